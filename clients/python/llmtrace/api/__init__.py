@@ -1,0 +1,1 @@
+"""LLMTrace API packages (generated stubs live in versioned subpackages)."""
