@@ -1,0 +1,190 @@
+"""Validation of incoming spans: every problem of a span, each with its field path.
+
+Works on the wire messages directly (this is the bulk ingest path); limits come from
+`llmtrace.limits`, which the shim also uses so that captured spans always pass.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+
+from llmtrace.api.v1 import finding_pb2, span_pb2
+
+from llmtrace import limits
+
+Violation = tuple[str, str]
+"""(field path relative to the span, description)."""
+
+_SEVERITIES = frozenset(finding_pb2.Severity.values()) - {finding_pb2.SEVERITY_UNSPECIFIED}
+_STATUS_CODES = frozenset(span_pb2.StatusCode.values())
+
+
+def validate_span(span: span_pb2.Span, now_unix: float | None = None) -> list[Violation]:
+    """Return every violation of `span`; an empty list means the span can be stored."""
+    out: list[Violation] = []
+    _check_ids(span, out)
+    _check_tenant(span.tenant, out)
+    _check_times(span, time.time() if now_unix is None else now_unix, out)
+    for name in ("agent",):
+        _check_len(out, name, span.agent, limits.MAX_AGENT_CHARS)
+    for name in (
+        "operation",
+        "provider",
+        "request_model",
+        "response_model",
+        "name",
+        "session_id",
+        "client_address",
+        "upstream_request_id",
+        "server_address",
+        "api_key_fingerprint",
+    ):
+        _check_len(out, name, getattr(span, name), limits.MAX_NAME_CHARS)
+    _check_len(out, "user_agent", span.user_agent, limits.MAX_TEXT_CHARS)
+    _check_status(span.status, out)
+    _check_usage(span.usage, out)
+    _check_cost(span, out)
+    _check_content(span, out)
+    if len(span.attributes) > limits.MAX_ITEMS:
+        out.append(("attributes", f"at most {limits.MAX_ITEMS} attributes"))
+    _check_findings(span, out)
+    return out
+
+
+def _check_ids(span: span_pb2.Span, out: list[Violation]) -> None:
+    if len(span.trace_id) != limits.TRACE_ID_BYTES or not any(span.trace_id):
+        out.append(("trace_id", f"must be {limits.TRACE_ID_BYTES} bytes, not all zero"))
+    if len(span.span_id) != limits.SPAN_ID_BYTES or not any(span.span_id):
+        out.append(("span_id", f"must be {limits.SPAN_ID_BYTES} bytes, not all zero"))
+    if span.parent_span_id and len(span.parent_span_id) != limits.SPAN_ID_BYTES:
+        out.append(("parent_span_id", f"must be empty or {limits.SPAN_ID_BYTES} bytes"))
+
+
+def _check_tenant(tenant: str, out: list[Violation]) -> None:
+    if not tenant:
+        out.append(("tenant", "is required"))
+    elif len(tenant) > limits.MAX_TENANT_CHARS:
+        out.append(("tenant", f"must be at most {limits.MAX_TENANT_CHARS} characters"))
+    elif not tenant.isprintable() or tenant.strip() != tenant:
+        out.append(("tenant", "must be printable, without leading or trailing spaces"))
+
+
+def _check_times(span: span_pb2.Span, now: float, out: list[Violation]) -> None:
+    if not span.HasField("start_time"):
+        out.append(("start_time", "is required"))
+        return
+    if not span.HasField("end_time"):
+        out.append(("end_time", "is required"))
+        return
+    start = span.start_time.seconds + span.start_time.nanos / 1e9
+    end = span.end_time.seconds + span.end_time.nanos / 1e9
+    if start < limits.MIN_START_UNIX_SECONDS:
+        out.append(("start_time", "must be after 2000-01-01"))
+    if end > now + limits.MAX_FUTURE_SECONDS:
+        out.append(("end_time", "is more than a day in the future"))
+    if end < start:
+        out.append(("end_time", "must not be before start_time"))
+    if span.HasField("time_to_first_token"):
+        ttft = span.time_to_first_token
+        if ttft.seconds < 0 or ttft.nanos < 0:
+            out.append(("time_to_first_token", "must not be negative"))
+        elif ttft.seconds + ttft.nanos / 1e9 > max(end - start, 0) + 1e-6:
+            out.append(("time_to_first_token", "must not exceed the span's duration"))
+
+
+def _check_status(status: span_pb2.SpanStatus, out: list[Violation]) -> None:
+    code = status.http_status_code
+    if code != 0 and not 100 <= code <= 599:
+        out.append(("status.http_status_code", "must be 0 or an HTTP status 100-599"))
+    if status.code not in _STATUS_CODES:
+        out.append(("status.code", "unknown status code"))
+    _check_len(out, "status.error_message", status.error_message, limits.MAX_TEXT_CHARS)
+    _check_len(out, "status.error_type", status.error_type, limits.MAX_NAME_CHARS)
+
+
+def _check_usage(usage: span_pb2.Usage, out: list[Violation]) -> None:
+    for name in (
+        "input_tokens",
+        "output_tokens",
+        "total_tokens",
+        "cache_read_input_tokens",
+        "cache_creation_input_tokens",
+        "reasoning_output_tokens",
+    ):
+        value = getattr(usage, name)
+        if value < 0:
+            out.append((f"usage.{name}", "must not be negative"))
+        elif value > limits.MAX_TOKENS:
+            out.append((f"usage.{name}", f"must be at most {limits.MAX_TOKENS}"))
+
+
+def _check_cost(span: span_pb2.Span, out: list[Violation]) -> None:
+    cost = span.cost
+    for name, value in (
+        ("total_usd", cost.total_usd),
+        ("input_usd", cost.input_usd),
+        ("output_usd", cost.output_usd),
+    ):
+        if not math.isfinite(value) or value < 0 or value > limits.MAX_COST_USD:
+            out.append((f"cost.{name}", f"must be a finite amount from 0 to {limits.MAX_COST_USD}"))
+    if span.HasField("security_score") and not 0 <= span.security_score <= 100:
+        out.append(("security_score", "must be 0-100"))
+
+
+def _check_content(span: span_pb2.Span, out: list[Violation]) -> None:
+    req, resp = span.request, span.response
+    if len(req.messages) > limits.MAX_ITEMS:
+        out.append(("request.messages", f"at most {limits.MAX_ITEMS} messages"))
+    if len(req.tools) > limits.MAX_ITEMS:
+        out.append(("request.tools", f"at most {limits.MAX_ITEMS} tools"))
+    if len(resp.choices) > limits.MAX_ITEMS:
+        out.append(("response.choices", f"at most {limits.MAX_ITEMS} choices"))
+    _check_len(out, "request.body", req.body, limits.MAX_BODY_CHARS)
+    _check_len(out, "response.body", resp.body, limits.MAX_BODY_CHARS)
+    _check_len(out, "response.id", resp.id, limits.MAX_NAME_CHARS)
+    if _content_chars(req.messages) > limits.MAX_BODY_CHARS:
+        out.append(("request.messages", f"content exceeds {limits.MAX_BODY_CHARS} characters"))
+    if _content_chars(c.message for c in resp.choices) > limits.MAX_BODY_CHARS:
+        out.append(("response.choices", f"content exceeds {limits.MAX_BODY_CHARS} characters"))
+    tools_chars = sum(len(t.parameters_json) + len(t.description) for t in req.tools)
+    if tools_chars > limits.MAX_BODY_CHARS:
+        out.append(("request.tools", f"definitions exceed {limits.MAX_BODY_CHARS} characters"))
+
+
+def _content_chars(messages: Iterable[span_pb2.Message]) -> int:
+    total = 0
+    for message in messages:
+        for part in message.parts:
+            total += len(part.text) + len(part.uri)
+        for call in message.tool_calls:
+            total += len(call.arguments)
+    return total
+
+
+def _check_findings(span: span_pb2.Span, out: list[Violation]) -> None:
+    if len(span.findings) > limits.MAX_ITEMS:
+        out.append(("findings", f"at most {limits.MAX_ITEMS} findings"))
+        return
+    for i, finding in enumerate(span.findings):
+        path = f"findings[{i}]"
+        if not finding.type:
+            out.append((f"{path}.type", "is required"))
+        _check_len(out, f"{path}.type", finding.type, limits.MAX_NAME_CHARS)
+        if finding.severity not in _SEVERITIES:
+            out.append((f"{path}.severity", "must be INFO, LOW, MEDIUM, HIGH or CRITICAL"))
+        if not 0.0 <= finding.confidence <= 1.0:
+            out.append((f"{path}.confidence", "must be in [0, 1]"))
+        if finding.span_id and finding.span_id != span.span_id:
+            out.append((f"{path}.span_id", "must be empty or the span's own span_id"))
+        if finding.trace_id and finding.trace_id != span.trace_id:
+            out.append((f"{path}.trace_id", "must be empty or the span's own trace_id"))
+        _check_len(out, f"{path}.id", finding.id, limits.MAX_NAME_CHARS)
+        _check_len(out, f"{path}.description", finding.description, limits.MAX_TEXT_CHARS)
+        _check_len(out, f"{path}.excerpt", finding.excerpt, limits.MAX_TEXT_CHARS)
+
+
+def _check_len(out: list[Violation], path: str, value: str, limit: int) -> None:
+    if len(value) > limit:
+        out.append((path, f"must be at most {limit} characters"))

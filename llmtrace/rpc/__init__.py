@@ -1,0 +1,1 @@
+"""gRPC servicers: the edge where wire messages meet the store and the query layer."""

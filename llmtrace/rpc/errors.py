@@ -1,0 +1,83 @@
+"""Canonical gRPC errors with google.rpc details: the one place status codes are built.
+
+Client mistakes are INVALID_ARGUMENT with a `BadRequest` listing every field violation, plus an
+`ErrorInfo` whose `reason` is a stable machine-readable code; nothing a client sends should end
+as UNKNOWN or INTERNAL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NoReturn
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+ERROR_DOMAIN = "llmtrace.dev"
+
+
+class RpcError(Exception):
+    """A failure to report to the client as a canonical status with details."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        reason: str,
+        violations: Sequence[tuple[str, str]] = (),
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.reason = reason
+        self.violations = list(violations)
+        self.metadata = metadata or {}
+
+    def to_status(self) -> grpc.Status:
+        """The grpc.Status carrying a google.rpc.Status with ErrorInfo and BadRequest details."""
+        details: list[any_pb2.Any] = []
+        info = any_pb2.Any()
+        info.Pack(
+            error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata)
+        )
+        details.append(info)
+        if self.violations:
+            bad = any_pb2.Any()
+            bad.Pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                        for f, d in self.violations
+                    ]
+                )
+            )
+            details.append(bad)
+        code_value = self.code.value[0]
+        status: grpc.Status = rpc_status.to_status(
+            status_pb2.Status(code=code_value, message=self.message, details=details)
+        )
+        return status
+
+
+def invalid_argument(
+    violations: Sequence[tuple[str, str]], message: str | None = None, *, reason: str = "INVALID_ARGUMENT"
+) -> RpcError:
+    """INVALID_ARGUMENT naming every bad field."""
+    if message is None:
+        message = "; ".join(f"{field}: {desc}" for field, desc in violations)
+    return RpcError(grpc.StatusCode.INVALID_ARGUMENT, message, reason=reason, violations=violations)
+
+
+def not_found(message: str, *, reason: str = "NOT_FOUND") -> RpcError:
+    """NOT_FOUND for a named resource the tenant does not have."""
+    return RpcError(grpc.StatusCode.NOT_FOUND, message, reason=reason)
+
+
+async def abort(context: grpc.aio.ServicerContext[object, object], error: RpcError) -> NoReturn:
+    """End the RPC with `error`'s status and details."""
+    await context.abort_with_status(error.to_status())
+    raise AssertionError("abort_with_status returned")  # pragma: no cover

@@ -1,0 +1,132 @@
+"""IngestService: validate, convert to Arrow, commit, then acknowledge."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import Executor
+
+import grpc
+import structlog
+from llmtrace.api.v1 import common_pb2, ingest_service_pb2, ingest_service_pb2_grpc, span_pb2
+
+from llmtrace import limits
+from llmtrace.ingest.arrow_rows import build_write_batch
+from llmtrace.ingest.validation import validate_span
+from llmtrace.rpc import metrics
+from llmtrace.rpc.errors import RpcError, abort, invalid_argument
+from llmtrace.store.writer import StoreWriter, WriteBatch, WriterClosedError
+
+_log = structlog.get_logger(__name__)
+
+Context = grpc.aio.ServicerContext[object, object]
+
+
+class _Prepared:
+    """A request's spans split into rows to write and per-span rejections."""
+
+    __slots__ = ("accepted", "batch", "rejections")
+
+    def __init__(
+        self, batch: WriteBatch | None, accepted: int, rejections: list[ingest_service_pb2.RejectedSpan]
+    ) -> None:
+        self.batch = batch
+        self.accepted = accepted
+        self.rejections = rejections
+
+
+def _prepare(spans: Sequence[span_pb2.Span]) -> _Prepared:
+    now = time.time()
+    valid: list[span_pb2.Span] = []
+    rejections: list[ingest_service_pb2.RejectedSpan] = []
+    for index, span in enumerate(spans):
+        violations = validate_span(span, now)
+        if not violations:
+            valid.append(span)
+            continue
+        rejections.append(
+            ingest_service_pb2.RejectedSpan(
+                index=index,
+                trace_id=span.trace_id,
+                span_id=span.span_id,
+                violations=[
+                    common_pb2.FieldViolation(field=f"spans[{index}].{field}", description=desc)
+                    for field, desc in violations
+                ],
+            )
+        )
+    batch = build_write_batch(valid, int(now * 1_000_000)) if valid else None
+    return _Prepared(batch, len(valid), rejections)
+
+
+def _partial_success(
+    rejections: list[ingest_service_pb2.RejectedSpan],
+) -> ingest_service_pb2.IngestPartialSuccess | None:
+    if not rejections:
+        return None
+    first = rejections[0].violations[0]
+    more = f" (and {len(rejections) - 1} more spans)" if len(rejections) > 1 else ""
+    return ingest_service_pb2.IngestPartialSuccess(
+        rejected_spans=len(rejections),
+        error_message=f"{len(rejections)} span(s) rejected: {first.field}: {first.description}{more}",
+        rejections=rejections,
+    )
+
+
+class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
+    """Stores spans; acknowledges only what is committed."""
+
+    def __init__(self, writer: StoreWriter, cpu_executor: Executor) -> None:
+        self._writer = writer
+        self._cpu = cpu_executor
+
+    async def _ingest(self, spans: Sequence[span_pb2.Span]) -> _Prepared:
+        if len(spans) > limits.MAX_SPANS_PER_BATCH:
+            raise invalid_argument(
+                [("spans", f"at most {limits.MAX_SPANS_PER_BATCH} spans per request, got {len(spans)}")],
+                reason="BATCH_TOO_LARGE",
+            )
+        # Validation and Arrow conversion are CPU work: keep them off the event loop.
+        prepared = await asyncio.get_running_loop().run_in_executor(self._cpu, _prepare, spans)
+        if prepared.batch is not None:
+            try:
+                await self._writer.write(prepared.batch)
+            except WriterClosedError as exc:
+                raise RpcError(grpc.StatusCode.UNAVAILABLE, str(exc), reason="SHUTTING_DOWN") from exc
+            except RuntimeError as exc:
+                raise RpcError(
+                    grpc.StatusCode.UNAVAILABLE, "storage write failed; retry", reason="STORE_WRITE_FAILED"
+                ) from exc
+        metrics.SPANS_ACCEPTED.inc(prepared.accepted)
+        metrics.SPANS_REJECTED.inc(len(prepared.rejections))
+        return prepared
+
+    async def IngestSpans(  # noqa: N802 - gRPC method name
+        self, request: ingest_service_pb2.IngestSpansRequest, context: Context
+    ) -> ingest_service_pb2.IngestSpansResponse:
+        """Store a batch; reject invalid spans individually."""
+        try:
+            prepared = await self._ingest(request.spans)
+        except RpcError as err:
+            await abort(context, err)
+        return ingest_service_pb2.IngestSpansResponse(
+            accepted_spans=prepared.accepted, partial_success=_partial_success(prepared.rejections)
+        )
+
+    async def StreamSpans(  # noqa: N802 - gRPC method name
+        self,
+        request_iterator: AsyncIterator[ingest_service_pb2.StreamSpansRequest],
+        context: Context,
+    ) -> AsyncIterator[ingest_service_pb2.StreamSpansResponse]:
+        """Acknowledge each request message, in order, once its spans are committed."""
+        async for request in request_iterator:
+            try:
+                prepared = await self._ingest(request.spans)
+            except RpcError as err:
+                await abort(context, err)
+            yield ingest_service_pb2.StreamSpansResponse(
+                sequence=request.sequence,
+                accepted_spans=prepared.accepted,
+                partial_success=_partial_success(prepared.rejections),
+            )

@@ -1,0 +1,149 @@
+"""Server interceptor: request ids, one structured log line and metrics per RPC.
+
+A client may send `x-request-id`; otherwise one is made. It is bound into structlog's context
+variables for everything logged while the RPC runs, and returned as trailing metadata.
+Unexpected exceptions are logged with their traceback and reported to the client as INTERNAL
+with the request id only, never the exception text.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+
+from llmtrace.rpc import metrics
+
+_log = structlog.get_logger("llmtrace.rpc")
+_QUIET_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+
+
+def _request_id(details: grpc.HandlerCallDetails) -> str:
+    for key, value in details.invocation_metadata or ():
+        if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 128:
+            return value
+    return uuid.uuid4().hex[:16]
+
+
+def _code_name(context: grpc.aio.ServicerContext[Any, Any], failed: bool) -> str:
+    code = context.code()
+    if code is None:
+        return "INTERNAL" if failed else "OK"
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return grpc.StatusCode(code).name if isinstance(code, tuple) else str(code)
+
+
+class _Call:
+    """Bookkeeping for one RPC."""
+
+    def __init__(self, method: str, request_id: str) -> None:
+        self.method = method
+        self.request_id = request_id
+        self.start = time.perf_counter()
+
+    def begin(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        structlog.contextvars.bind_contextvars(request_id=self.request_id, rpc=self.method)
+        context.set_trailing_metadata((("x-request-id", self.request_id),))
+
+    def end(self, context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None) -> None:
+        elapsed = time.perf_counter() - self.start
+        failed = error is not None and not isinstance(error, _AbortErrors)
+        code = _code_name(context, failed)
+        metrics.RPC_TOTAL.labels(self.method, code).inc()
+        metrics.RPC_DURATION.labels(self.method).observe(elapsed)
+        if failed:
+            _log.error("rpc failed", code=code, duration_ms=round(elapsed * 1000, 3), exc_info=error)
+        elif not self.method.startswith(_QUIET_PREFIXES):
+            _log.info("rpc", code=code, duration_ms=round(elapsed * 1000, 3))
+        structlog.contextvars.unbind_contextvars("request_id", "rpc")
+
+    async def internal(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {self.request_id})")
+
+
+# grpc.aio raises this (an internal class) from context.abort(); it is an expected outcome.
+_AbortErrors: tuple[type[BaseException], ...] = (grpc.aio.AbortError,)
+
+
+class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
+    """Logs, times and counts every RPC; hides unexpected exceptions behind INTERNAL."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method: str = handler_call_details.method
+        request_id = _request_id(handler_call_details)
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary, method, request_id),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                _wrap_stream(handler.stream_stream, method, request_id),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream, method, request_id),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+def _wrap_unary(behavior: Any, method: str, request_id: str) -> Any:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        call = _Call(method, request_id)
+        call.begin(context)
+        error: BaseException | None = None
+        try:
+            return await behavior(request, context)
+        except _AbortErrors as exc:
+            error = exc
+            raise
+        except Exception as exc:
+            error = exc
+            call.end(context, error)
+            await call.internal(context)
+            raise
+        finally:
+            if error is None or isinstance(error, _AbortErrors):
+                call.end(context, error)
+
+    return wrapped
+
+
+def _wrap_stream(behavior: Any, method: str, request_id: str) -> Any:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        call = _Call(method, request_id)
+        call.begin(context)
+        error: BaseException | None = None
+        try:
+            async for response in behavior(request, context):
+                yield response
+        except _AbortErrors as exc:
+            error = exc
+            raise
+        except Exception as exc:
+            error = exc
+            call.end(context, error)
+            await call.internal(context)
+            raise
+        finally:
+            if error is None or isinstance(error, _AbortErrors):
+                call.end(context, error)
+
+    return wrapped

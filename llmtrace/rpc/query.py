@@ -1,0 +1,285 @@
+"""QueryService: List/Get over spans, traces and findings; stats; sandboxed SQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import uuid
+from typing import Any
+
+import grpc
+from llmtrace.api.v1 import common_pb2, query_service_pb2, query_service_pb2_grpc
+
+from llmtrace import limits
+from llmtrace.query import PageTokenCodec, QueryError
+from llmtrace.rpc.errors import RpcError, abort, invalid_argument, not_found
+from llmtrace.rpc.row_convert import (
+    finding_from_row,
+    python_to_any_value,
+    span_from_row,
+    stats_from_row,
+    trace_from_row,
+)
+from llmtrace.store import queries
+from llmtrace.store.listing import ListRequest, list_page
+from llmtrace.store.reader import Row, StoreReader
+from llmtrace.store.sql_sandbox import SqlRefused, SqlTimeout, execute_sandboxed
+
+Context = grpc.aio.ServicerContext[object, object]
+
+_DIMENSIONS = {
+    query_service_pb2.STATS_DIMENSION_MODEL: "model",
+    query_service_pb2.STATS_DIMENSION_PROVIDER: "provider",
+    query_service_pb2.STATS_DIMENSION_AGENT: "agent",
+    query_service_pb2.STATS_DIMENSION_TIME: "time",
+}
+_DEFAULT_BUCKET_US = 3_600_000_000
+
+
+def _tenant(tenant: str) -> str:
+    if not tenant:
+        raise invalid_argument([("tenant", "is required")])
+    if len(tenant) > limits.MAX_TENANT_CHARS:
+        raise invalid_argument([("tenant", f"must be at most {limits.MAX_TENANT_CHARS} characters")])
+    return tenant
+
+
+def _id(value: bytes, field: str, size: int, *, required: bool = True) -> bytes | None:
+    if not value and not required:
+        return None
+    if len(value) != size:
+        raise invalid_argument([(field, f"must be {size} bytes")])
+    return value
+
+
+def _list_request(request: Any) -> ListRequest:
+    return ListRequest(
+        tenant=_tenant(request.tenant),
+        page_size=request.page_size,
+        page_token=request.page_token,
+        filter=request.filter,
+        order_by=request.order_by,
+    )
+
+
+def sql_value(value: object) -> common_pb2.AnyValue:
+    """A DuckDB result value as AnyValue (timestamps and dates as ISO 8601 text)."""
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return common_pb2.AnyValue(string_value=value.isoformat())
+    if isinstance(value, dt.timedelta):
+        return common_pb2.AnyValue(string_value=str(value))
+    if isinstance(value, decimal.Decimal):
+        return common_pb2.AnyValue(double_value=float(value))
+    if isinstance(value, uuid.UUID):
+        return common_pb2.AnyValue(string_value=str(value))
+    if isinstance(value, bytes | bytearray | memoryview):
+        return common_pb2.AnyValue(bytes_value=bytes(value))
+    if isinstance(value, list | tuple):
+        return common_pb2.AnyValue(array_value=common_pb2.ArrayValue(values=[sql_value(v) for v in value]))
+    if isinstance(value, dict):
+        return common_pb2.AnyValue(
+            kvlist_value=common_pb2.KeyValueList(
+                values=[common_pb2.KeyValue(key=str(k), value=sql_value(v)) for k, v in value.items()]
+            )
+        )
+    return python_to_any_value(value)
+
+
+class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
+    """Answers queries for one tenant at a time."""
+
+    def __init__(
+        self, reader: StoreReader, codec: PageTokenCodec, *, sql_max_rows: int, sql_timeout_s: float
+    ) -> None:
+        self._reader = reader
+        self._codec = codec
+        self._sql_max_rows = sql_max_rows
+        self._sql_timeout_s = sql_timeout_s
+
+    async def _guard(self, context: Context, coro: Any) -> Any:
+        try:
+            return await coro
+        except QueryError as exc:
+            await abort(context, invalid_argument([(exc.field, exc.message)], reason="INVALID_QUERY"))
+        except RpcError as exc:
+            await abort(context, exc)
+
+    async def ListTraces(  # noqa: N802 - gRPC method name
+        self, request: query_service_pb2.ListTracesRequest, context: Context
+    ) -> query_service_pb2.ListTracesResponse:
+        """A page of trace summaries."""
+
+        async def run() -> query_service_pb2.ListTracesResponse:
+            page = await list_page(self._reader, self._codec, queries.TRACE_LIST, _list_request(request))
+            return query_service_pb2.ListTracesResponse(
+                traces=[trace_from_row(r) for r in page.rows], next_page_token=page.next_page_token
+            )
+
+        result: query_service_pb2.ListTracesResponse = await self._guard(context, run())
+        return result
+
+    async def GetTrace(  # noqa: N802 - gRPC method name
+        self, request: query_service_pb2.GetTraceRequest, context: Context
+    ) -> query_service_pb2.GetTraceResponse:
+        """One trace with its spans, oldest first."""
+
+        async def run() -> query_service_pb2.GetTraceResponse:
+            tenant = _tenant(request.tenant)
+            trace_id = _id(request.trace_id, "trace_id", limits.TRACE_ID_BYTES)
+            summary = await queries.get_trace(self._reader, tenant, request.trace_id)
+            if summary is None:
+                raise not_found(f"trace {request.trace_id.hex()} not found")
+            trace = trace_from_row(summary)
+            full = request.view != query_service_pb2.SPAN_VIEW_BASIC
+            rows = await queries.get_spans(self._reader, tenant, trace_id=trace_id, full=full)
+            trace.spans.extend(await self._spans(tenant, rows, with_findings=full))
+            return query_service_pb2.GetTraceResponse(trace=trace)
+
+        result: query_service_pb2.GetTraceResponse = await self._guard(context, run())
+        return result
+
+    async def _spans(self, tenant: str, rows: list[Row], *, with_findings: bool) -> list[Any]:
+        spans = [span_from_row(r) for r in rows]
+        if with_findings and spans:
+            by_trace: dict[bytes, list[Any]] = {}
+            for span in spans:
+                by_trace.setdefault(span.trace_id, []).append(span)
+            for trace_id, members in by_trace.items():
+                found = await queries.findings_for(
+                    self._reader, tenant, trace_id, [s.span_id for s in members]
+                )
+                index = {s.span_id: s for s in members}
+                for row in found:
+                    index[row["span_id"]].findings.append(finding_from_row(row))
+        return spans
+
+    async def ListSpans(  # noqa: N802 - gRPC method name
+        self, request: query_service_pb2.ListSpansRequest, context: Context
+    ) -> query_service_pb2.ListSpansResponse:
+        """A page of spans (basic view unless asked for full)."""
+
+        async def run() -> query_service_pb2.ListSpansResponse:
+            full = request.view == query_service_pb2.SPAN_VIEW_FULL
+            req = _list_request(request)
+            page = await list_page(self._reader, self._codec, queries.span_list_query(full), req)
+            spans = await self._spans(req.tenant, page.rows, with_findings=full)
+            return query_service_pb2.ListSpansResponse(spans=spans, next_page_token=page.next_page_token)
+
+        result: query_service_pb2.ListSpansResponse = await self._guard(context, run())
+        return result
+
+    async def GetSpan(  # noqa: N802 - gRPC method name
+        self, request: query_service_pb2.GetSpanRequest, context: Context
+    ) -> query_service_pb2.GetSpanResponse:
+        """One span with content and findings."""
+
+        async def run() -> query_service_pb2.GetSpanResponse:
+            tenant = _tenant(request.tenant)
+            span_id = _id(request.span_id, "span_id", limits.SPAN_ID_BYTES)
+            trace_id = _id(request.trace_id, "trace_id", limits.TRACE_ID_BYTES, required=False)
+            rows = await queries.get_spans(self._reader, tenant, span_id=span_id, trace_id=trace_id)
+            if not rows:
+                raise not_found(f"span {request.span_id.hex()} not found")
+            if len(rows) > 1:
+                raise invalid_argument(
+                    [("trace_id", "span_id is in several traces; give trace_id too")], reason="AMBIGUOUS_SPAN"
+                )
+            spans = await self._spans(tenant, rows, with_findings=True)
+            return query_service_pb2.GetSpanResponse(span=spans[0])
+
+        result: query_service_pb2.GetSpanResponse = await self._guard(context, run())
+        return result
+
+    async def ListFindings(  # noqa: N802 - gRPC method name
+        self, request: query_service_pb2.ListFindingsRequest, context: Context
+    ) -> query_service_pb2.ListFindingsResponse:
+        """A page of findings."""
+
+        async def run() -> query_service_pb2.ListFindingsResponse:
+            page = await list_page(self._reader, self._codec, queries.FINDING_LIST, _list_request(request))
+            return query_service_pb2.ListFindingsResponse(
+                findings=[finding_from_row(r) for r in page.rows], next_page_token=page.next_page_token
+            )
+
+        result: query_service_pb2.ListFindingsResponse = await self._guard(context, run())
+        return result
+
+    async def GetStats(  # noqa: N802 - gRPC method name
+        self, request: query_service_pb2.GetStatsRequest, context: Context
+    ) -> query_service_pb2.GetStatsResponse:
+        """Overall and grouped aggregates."""
+
+        async def run() -> query_service_pb2.GetStatsResponse:
+            q = _stats_query(request)
+            rows = await queries.stats(self._reader, q)
+            response = query_service_pb2.GetStatsResponse(total=stats_from_row(rows[0]))
+            for row in rows[1:]:
+                group = response.groups.add(stats=stats_from_row(row))
+                group.model = row.get("g_model") or ""
+                group.provider = row.get("g_provider") or ""
+                group.agent = row.get("g_agent") or ""
+                if row.get("g_time") is not None:
+                    group.bucket_start.FromDatetime(row["g_time"])
+            return response
+
+        result: query_service_pb2.GetStatsResponse = await self._guard(context, run())
+        return result
+
+    async def ExecuteSql(  # noqa: N802 - gRPC method name
+        self, request: query_service_pb2.ExecuteSqlRequest, context: Context
+    ) -> query_service_pb2.ExecuteSqlResponse:
+        """One sandboxed read-only query."""
+
+        async def run() -> query_service_pb2.ExecuteSqlResponse:
+            tenant = _tenant(request.tenant)
+            if request.max_rows < 0:
+                raise invalid_argument([("max_rows", "must not be negative")])
+            cap = min(request.max_rows or self._sql_max_rows, self._sql_max_rows)
+            try:
+                result = await self._reader.run(
+                    lambda cur: execute_sandboxed(
+                        cur, tenant=tenant, query=request.query, max_rows=cap, timeout_s=self._sql_timeout_s
+                    )
+                )
+            except SqlRefused as exc:
+                code = (
+                    grpc.StatusCode.PERMISSION_DENIED
+                    if exc.reason == "denied"
+                    else grpc.StatusCode.INVALID_ARGUMENT
+                )
+                raise RpcError(
+                    code, exc.message, reason="SQL_REFUSED", violations=[("query", exc.message)]
+                ) from exc
+            except SqlTimeout as exc:
+                raise RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc), reason="SQL_TIMEOUT") from exc
+            response = query_service_pb2.ExecuteSqlResponse(truncated=result.truncated)
+            for column in result.columns:
+                response.columns.add(name=column.name, type=column.type)
+            for values in result.rows:
+                response.rows.add(values=[sql_value(v) for v in values])
+            return response
+
+        result: query_service_pb2.ExecuteSqlResponse = await self._guard(context, run())
+        return result
+
+
+def _stats_query(request: query_service_pb2.GetStatsRequest) -> queries.StatsQuery:
+    tenant = _tenant(request.tenant)
+    group_by: list[str] = []
+    for i, dim in enumerate(request.group_by):
+        name = _DIMENSIONS.get(dim)
+        if name is None:
+            raise invalid_argument([(f"group_by[{i}]", "unknown dimension")])
+        if name in group_by:
+            raise invalid_argument([(f"group_by[{i}]", f"{name} is repeated")])
+        group_by.append(name)
+    width = _DEFAULT_BUCKET_US
+    if request.HasField("bucket_width"):
+        width = request.bucket_width.ToMicroseconds()
+        if width < 1_000_000:
+            raise invalid_argument([("bucket_width", "must be at least 1 second")])
+    start = request.start_time.ToDatetime(dt.UTC) if request.HasField("start_time") else None
+    end = request.end_time.ToDatetime(dt.UTC) if request.HasField("end_time") else None
+    if start is not None and end is not None and end <= start:
+        raise invalid_argument([("end_time", "must be after start_time")])
+    return queries.StatsQuery(tenant, request.filter, tuple(group_by), width, start, end)

@@ -1,0 +1,226 @@
+"""The core process: gRPC server lifecycle around the store.
+
+Start-up opens the database (the only writer), applies migrations, starts the writer thread,
+the gRPC server (Ingest, Query, health, reflection) and the metrics endpoint, then reports
+SERVING. Shutdown on SIGTERM/SIGINT: NOT_SERVING, stop accepting, let in-flight RPCs finish
+(capped by `shutdown.timeout_seconds`), commit what the writer holds, checkpoint, close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from llmtrace.api.v1 import (
+    ingest_service_pb2,
+    ingest_service_pb2_grpc,
+    query_service_pb2,
+    query_service_pb2_grpc,
+)
+from prometheus_client import start_http_server
+
+from llmtrace.config import Settings, parse_host_port
+from llmtrace.query import PageTokenCodec
+from llmtrace.rpc.ingest import IngestServicer
+from llmtrace.rpc.interceptors import ObservabilityInterceptor
+from llmtrace.rpc.query import QueryServicer
+from llmtrace.store.database import DatabaseLockedError, open_database
+from llmtrace.store.migrations import apply_migrations, current_version, latest_version
+from llmtrace.store.reader import StoreReader
+from llmtrace.store.writer import StoreWriter
+
+_log = structlog.get_logger("llmtrace.core")
+
+SERVICE_NAMES = (
+    ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
+    query_service_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name,
+)
+
+
+class StartupError(RuntimeError):
+    """The core cannot start (locked database, stale schema, address in use)."""
+
+
+@dataclass(frozen=True)
+class BoundAddresses:
+    """Where the core actually listens (ports resolved when configured as 0)."""
+
+    grpc: str
+    metrics: str | None
+
+
+def _open_store(settings: Settings) -> duckdb.DuckDBPyConnection:
+    try:
+        conn = open_database(settings.storage.database_path)
+    except DatabaseLockedError as exc:
+        raise StartupError(str(exc)) from exc
+    if settings.storage.auto_migrate:
+        applied = apply_migrations(conn)
+        if applied:
+            _log.info("migrations applied", versions=applied)
+    else:
+        version = current_version(conn)
+        if version != latest_version():
+            conn.close()
+            raise StartupError(
+                f"database schema is at version {version}, this build needs {latest_version()}; "
+                "run `llmtrace migrate` (storage.auto_migrate is false)"
+            )
+    return conn
+
+
+def _page_token_key(conn: duckdb.DuckDBPyConnection) -> bytes:
+    row = conn.execute("SELECT value FROM core_meta WHERE key = 'page_token_key'").fetchone()
+    if row is None:
+        raise StartupError("database has no page token key; is the schema complete?")
+    return bytes(row[0])
+
+
+class Core:
+    """One core process's resources."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._conn: duckdb.DuckDBPyConnection | None = None
+        self._writer: StoreWriter | None = None
+        self._reader: StoreReader | None = None
+        self._cpu = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ingest-cpu")
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._metrics_server: Any = None
+
+    async def start(self) -> BoundAddresses:
+        """Open the store and start serving; returns the bound addresses."""
+        settings = self.settings
+        self._conn = await asyncio.to_thread(_open_store, settings)
+        self._writer = StoreWriter(self._conn)
+        self._writer.start()
+        self._reader = StoreReader(self._conn)
+        codec = PageTokenCodec(_page_token_key(self._conn))
+        max_bytes = settings.grpc.max_message_bytes
+        server = grpc.aio.server(
+            interceptors=[ObservabilityInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", max_bytes),
+                ("grpc.max_send_message_length", max_bytes),
+            ],
+        )
+        ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(
+            IngestServicer(self._writer, self._cpu), server
+        )
+        query_service_pb2_grpc.add_QueryServiceServicer_to_server(
+            QueryServicer(
+                self._reader,
+                codec,
+                sql_max_rows=settings.sql.max_rows,
+                sql_timeout_s=settings.sql.timeout_seconds,
+            ),
+            server,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        host, _ = parse_host_port(settings.grpc.listen_addr)
+        try:
+            port = server.add_insecure_port(settings.grpc.listen_addr)
+        except RuntimeError as exc:
+            raise StartupError(f"cannot listen on {settings.grpc.listen_addr}: {exc}") from exc
+        await server.start()
+        self._server = server
+        metrics_addr = self._start_metrics()
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        bound = BoundAddresses(grpc=_join(host, port), metrics=metrics_addr)
+        _log.info(
+            "core serving", grpc=bound.grpc, metrics=bound.metrics, database=settings.storage.database_path
+        )
+        return bound
+
+    def _start_metrics(self) -> str | None:
+        if not self.settings.metrics.enabled:
+            return None
+        host, port = parse_host_port(self.settings.metrics.listen_addr)
+        try:
+            server, _thread = start_http_server(port, addr=host)
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {self.settings.metrics.listen_addr}: {exc}") from exc
+        self._metrics_server = server
+        return _join(host, server.server_port)
+
+    async def stop(self) -> None:
+        """Drain and close; returns as soon as everything is flushed."""
+        grace = self.settings.shutdown.timeout_seconds
+        started = time.monotonic()
+        await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            # Stops accepting at once; returns when in-flight RPCs are done or `grace` is up.
+            await self._server.stop(grace)
+        if self._writer is not None:
+            remaining = max(grace - (time.monotonic() - started), 1.0)
+            await asyncio.to_thread(self._writer.close, remaining)
+        if self._reader is not None:
+            self._reader.close()
+        self._cpu.shutdown(wait=True)
+        if self._conn is not None:
+            conn = self._conn
+            with contextlib.suppress(duckdb.Error):
+                await asyncio.to_thread(conn.execute, "CHECKPOINT")
+            conn.close()
+            self._conn = None
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+        _log.info("core stopped", seconds=round(time.monotonic() - started, 3))
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _write_ready_file(path: str, bound: BoundAddresses) -> None:
+    target = Path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps({"grpc": bound.grpc, "metrics": bound.metrics, "pid": os.getpid()}))
+    tmp.replace(target)  # atomic: a watcher never reads half a file
+
+
+async def serve_core(settings: Settings, ready_file: str | None = None) -> int:
+    """Run the core until SIGTERM or SIGINT; returns the exit code."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    core = Core(settings)
+    try:
+        bound = await core.start()
+    except StartupError as exc:
+        _log.error("core cannot start", error=str(exc))
+        await core.stop()
+        return 1
+    if ready_file:
+        _write_ready_file(ready_file, bound)
+    await stop.wait()
+    _log.info("shutting down", grace_seconds=settings.shutdown.timeout_seconds)
+    await core.stop()
+    return 0
+
+
+def run_core(settings: Settings, ready_file: str | None = None) -> int:
+    """Entry point of `llmtrace core` (and, until the shim exists, `llmtrace serve`)."""
+    # Spans hold prompts: everything the core creates (database, WAL, ready file) is owner-only.
+    os.umask(0o077)
+    return asyncio.run(serve_core(settings, ready_file))

@@ -1,0 +1,1 @@
+"""DuckDB storage: schema migrations, the single writer, and read queries."""

@@ -1,0 +1,41 @@
+"""Opening the DuckDB file with the settings every connection of the core must have."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+
+# External access off: no file-reading table functions, no ATTACH/COPY to arbitrary paths, no
+# extension downloads. The database file itself, its WAL and temp spill files are still usable.
+_LOCKED_DOWN = {
+    "enable_external_access": "false",
+    "autoinstall_known_extensions": "false",
+    "autoload_known_extensions": "false",
+}
+
+
+class DatabaseLockedError(RuntimeError):
+    """Another process holds the database file open for writing."""
+
+
+def open_database(path: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open (creating if needed, unless read-only) the database file, owner-only permissions."""
+    target = Path(path)
+    if not read_only:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    # DuckDB creates the file and its WAL with the process umask; spans hold prompts, so the
+    # files are owner-only whatever the caller's umask is.
+    old_umask = os.umask(0o077)
+    try:
+        conn = duckdb.connect(str(target), read_only=read_only, config=dict(_LOCKED_DOWN))
+    except duckdb.IOException as exc:
+        if "lock" in str(exc).lower():
+            raise DatabaseLockedError(
+                f"{target} is locked by another process (is a core already running?)"
+            ) from exc
+        raise
+    finally:
+        os.umask(old_umask)
+    return conn

@@ -1,0 +1,100 @@
+"""Generic keyset-paginated listing: filter, order, page token, LIMIT n+1.
+
+Every List RPC is one `ListQuery` (a relation, its field catalog and default order) run through
+`list_page`. Pages never use OFFSET: the token carries the last row's sort keys, so deep pages
+cost the same as the first and rows inserted meanwhile cause neither gaps nor repeats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from llmtrace.query import (
+    FieldSpec,
+    PageTokenCodec,
+    QueryError,
+    compile_filter,
+    effective_page_size,
+    keyset_predicate,
+    order_sql_clause,
+    parse_order_by,
+    query_fingerprint,
+    token_values_from_row,
+)
+from llmtrace.store.reader import Row, StoreReader
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """One listable resource."""
+
+    resource: str
+    #: SELECT list (no trailing comma).
+    columns: str
+    #: FROM clause body; `{tenant}` marks where the tenant parameter goes (possibly several times).
+    relation: str
+    #: Column that holds the tenant in `relation`.
+    tenant_column: str
+    catalog: dict[str, FieldSpec]
+    default_order: str
+    tiebreak: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ListRequest:
+    """The paging fields every List request has."""
+
+    tenant: str
+    page_size: int
+    page_token: str
+    filter: str
+    order_by: str
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of rows and the token for the next (empty at the end)."""
+
+    rows: list[Row]
+    next_page_token: str
+
+
+async def list_page(reader: StoreReader, codec: PageTokenCodec, query: ListQuery, req: ListRequest) -> Page:
+    """Run one page of `query` for `req`; raises QueryError on a bad filter, order or token."""
+    size = effective_page_size(req.page_size)
+    where = compile_filter(req.filter, query.catalog)
+    order = parse_order_by(req.order_by, query.catalog, default=query.default_order, tiebreak=query.tiebreak)
+    fingerprint = query_fingerprint(query.resource, req.tenant, req.filter, req.order_by)
+    if req.page_token:
+        where = where & keyset_predicate(order, codec.decode(req.page_token, fingerprint))
+    relation_sql, relation_params = _bind_tenant(query.relation, req.tenant)
+    keys = ", ".join(f"{term.field.sql} AS __k{i}" for i, term in enumerate(order))
+    sql = (
+        f"SELECT {query.columns}, {keys} FROM {relation_sql} "
+        f"WHERE {query.tenant_column} = ? AND {where.sql} "
+        f"ORDER BY {order_sql_clause(order)} LIMIT {size + 1}"
+    )
+    rows = await reader.fetch(sql, [*relation_params, req.tenant, *where.params])
+    token = ""
+    if len(rows) > size:
+        rows = rows[:size]
+        last = rows[-1]
+        token = codec.encode(
+            fingerprint, token_values_from_row(order, [last[f"__k{i}"] for i in range(len(order))])
+        )
+    for row in rows:
+        for i in range(len(order)):
+            del row[f"__k{i}"]
+    return Page(rows, token)
+
+
+def _bind_tenant(relation: str, tenant: str) -> tuple[str, list[Any]]:
+    count = relation.count("{tenant}")
+    return relation.replace("{tenant}", "?"), [tenant] * count
+
+
+def require_tenant(tenant: str) -> None:
+    """Every query names its tenant."""
+    if not tenant:
+        raise QueryError("tenant", "tenant is required")

@@ -1,0 +1,247 @@
+"""The read queries behind QueryService: spans, traces, findings and stats.
+
+Rows come back as plain dicts keyed by column name; the RPC layer turns them into messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from llmtrace.query import FieldSpec, compile_filter
+from llmtrace.store.catalogs import (
+    FINDING_FIELDS,
+    SPAN_DURATION_MS_SQL,
+    SPAN_FIELDS,
+    SPAN_IS_ERROR_SQL,
+    SPAN_SCORE_SQL,
+    TRACE_FIELDS,
+)
+from llmtrace.store.listing import ListQuery
+from llmtrace.store.reader import Row, StoreReader
+
+# span_rows joined with the scores analysis wrote later; `{tenant}` is bound by the caller.
+SPAN_RELATION = (
+    "span_rows AS s LEFT JOIN (SELECT trace_id, span_id, max(score) AS score FROM span_scores "
+    "WHERE tenant = {tenant} GROUP BY trace_id, span_id) AS sc "
+    "ON sc.trace_id = s.trace_id AND sc.span_id = s.span_id"
+)
+
+_BASIC_COLUMNS = [
+    "tenant",
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "name",
+    "agent",
+    "operation",
+    "provider",
+    "request_model",
+    "response_model",
+    "start_time",
+    "end_time",
+    "ttft_us",
+    "status_code",
+    "http_status_code",
+    "error_message",
+    "error_type",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+    "reasoning_output_tokens",
+    "usage_estimated",
+    "cost_usd",
+    "cost_input_usd",
+    "cost_output_usd",
+    "session_id",
+    "client_address",
+    "user_agent",
+    "upstream_request_id",
+    "server_address",
+    "api_key_fingerprint",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "stream",
+    "frequency_penalty",
+    "presence_penalty",
+    "seed",
+    "choice_count",
+    "output_type",
+    "stop_sequences",
+    "response_id",
+    "finish_reasons",
+    "attributes",
+]
+_CONTENT_COLUMNS = [
+    "request_messages",
+    "request_tools",
+    "request_body",
+    "request_truncated",
+    "response_choices",
+    "response_body",
+    "response_truncated",
+]
+
+SPAN_BASIC_SELECT = ", ".join(f"s.{c}" for c in _BASIC_COLUMNS) + f", {SPAN_SCORE_SQL} AS score"
+SPAN_FULL_SELECT = SPAN_BASIC_SELECT + ", " + ", ".join(f"s.{c}" for c in _CONTENT_COLUMNS)
+
+FINDING_SELECT = (
+    "f.id, f.tenant, f.trace_id, f.span_id, f.type, f.severity, f.confidence, f.detector, "
+    "f.location, f.description, f.excerpt, f.metadata, f.create_time"
+)
+
+
+def span_list_query(full: bool) -> ListQuery:
+    """ListSpans over the tenant's spans."""
+    return ListQuery(
+        resource="spans",
+        columns=SPAN_FULL_SELECT if full else SPAN_BASIC_SELECT,
+        relation=SPAN_RELATION,
+        tenant_column="s.tenant",
+        catalog=SPAN_FIELDS,
+        default_order="start_time desc",
+        tiebreak=("trace_id", "span_id"),
+    )
+
+
+# Per-trace aggregate of the tenant's spans; `t` in TRACE_FIELDS.
+TRACE_RELATION = (
+    "(SELECT s.tenant, s.trace_id, min(s.start_time) AS start_time, max(s.end_time) AS end_time, "
+    "count(*) AS span_count, count(*) FILTER (WHERE " + SPAN_IS_ERROR_SQL + ") AS error_count, "
+    "sum(s.input_tokens) AS input_tokens, sum(s.output_tokens) AS output_tokens, "
+    "sum(s.total_tokens) AS total_tokens, coalesce(sum(s.cost_usd), 0.0) AS cost_usd, "
+    "max(" + SPAN_SCORE_SQL + ") AS max_security_score, "
+    "list_sort(list_distinct(list(s.request_model) FILTER (WHERE s.request_model <> ''))) AS models, "
+    "list_sort(list_distinct(list(s.agent) FILTER (WHERE s.agent <> ''))) AS agents, "
+    "max(s.session_id) AS session_id "
+    "FROM " + SPAN_RELATION + " WHERE s.tenant = {tenant} GROUP BY s.tenant, s.trace_id) AS t"
+)
+
+TRACE_LIST = ListQuery(
+    resource="traces",
+    columns="t.*",
+    relation=TRACE_RELATION,
+    tenant_column="t.tenant",
+    catalog=TRACE_FIELDS,
+    default_order="start_time desc",
+    tiebreak=("trace_id",),
+)
+
+FINDING_LIST = ListQuery(
+    resource="findings",
+    columns=FINDING_SELECT,
+    relation="finding_rows AS f",
+    tenant_column="f.tenant",
+    catalog=FINDING_FIELDS,
+    default_order="create_time desc",
+    tiebreak=("id",),
+)
+
+
+async def get_spans(
+    reader: StoreReader,
+    tenant: str,
+    *,
+    span_id: bytes | None = None,
+    trace_id: bytes | None = None,
+    full: bool = True,
+) -> list[Row]:
+    """Rows of the spans matching the ids (a trace's spans oldest first)."""
+    where = ["s.tenant = ?"]
+    params: list[object] = [tenant, tenant]
+    if span_id is not None:
+        where.append("s.span_id = ?")
+        params.append(span_id)
+    if trace_id is not None:
+        where.append("s.trace_id = ?")
+        params.append(trace_id)
+    sql = (
+        f"SELECT {SPAN_FULL_SELECT if full else SPAN_BASIC_SELECT} "
+        f"FROM {SPAN_RELATION.replace('{tenant}', '?')} "
+        f"WHERE {' AND '.join(where)} ORDER BY s.start_time, s.span_id LIMIT 10001"
+    )
+    return await reader.fetch(sql, params)
+
+
+async def get_trace(reader: StoreReader, tenant: str, trace_id: bytes) -> Row | None:
+    """The per-trace aggregate row of one trace, or None."""
+    sql = f"SELECT t.* FROM {TRACE_RELATION.replace('{tenant}', '?')} WHERE t.trace_id = ?"
+    rows = await reader.fetch(sql, [tenant, tenant, trace_id])
+    return rows[0] if rows else None
+
+
+async def findings_for(
+    reader: StoreReader, tenant: str, trace_id: bytes, span_ids: Sequence[bytes]
+) -> list[Row]:
+    """Findings of the given spans of one trace."""
+    if not span_ids:
+        return []
+    marks = ", ".join("?" for _ in span_ids)
+    sql = (
+        f"SELECT {FINDING_SELECT} FROM finding_rows AS f WHERE f.tenant = ? AND f.trace_id = ? "
+        f"AND f.span_id IN ({marks}) ORDER BY f.create_time, f.id"
+    )
+    return await reader.fetch(sql, [tenant, trace_id, *span_ids])
+
+
+@dataclass(frozen=True)
+class StatsQuery:
+    """GetStats in plain terms."""
+
+    tenant: str
+    filter: str
+    group_by: tuple[str, ...]  # of "model", "provider", "agent", "time"
+    bucket_width_us: int
+    start_time: datetime | None
+    end_time: datetime | None
+
+
+_GROUP_SQL = {
+    "model": "s.request_model",
+    "provider": "s.provider",
+    "agent": "s.agent",
+    "time": "time_bucket(to_microseconds(?), s.start_time)",
+}
+
+_STATS_AGGREGATES = (
+    "count(*) AS span_count, count(DISTINCT s.trace_id) AS trace_count, "
+    f"count(*) FILTER (WHERE {SPAN_IS_ERROR_SQL}) AS error_count, "
+    "coalesce(sum(s.input_tokens), 0) AS input_tokens, coalesce(sum(s.output_tokens), 0) AS output_tokens, "
+    "coalesce(sum(s.total_tokens), 0) AS total_tokens, coalesce(sum(s.cost_usd), 0.0) AS cost_usd, "
+    f"quantile_cont({SPAN_DURATION_MS_SQL}, [0.5, 0.95, 0.99]) AS latency_ms, "
+    "quantile_cont(s.ttft_us / 1000.0, 0.5) AS ttft_p50_ms"
+)
+
+
+async def stats(reader: StoreReader, q: StatsQuery, fields: dict[str, FieldSpec] = SPAN_FIELDS) -> list[Row]:
+    """Aggregates: the first row is the overall total, then one row per group (ordered by keys).
+
+    One scan with GROUPING SETS computes the total and the groups together.
+    """
+    where = compile_filter(q.filter, fields)
+    conds = ["s.tenant = ?", where.sql]
+    params: list[object] = [q.tenant, *where.params]
+    if q.start_time is not None:
+        conds.append("s.start_time >= ?")
+        params.append(q.start_time)
+    if q.end_time is not None:
+        conds.append("s.start_time < ?")
+        params.append(q.end_time)
+    keys = [f"{_GROUP_SQL[g]} AS g_{g}" for g in q.group_by]
+    key_params: list[object] = [q.bucket_width_us] if "time" in q.group_by else []
+    relation = SPAN_RELATION.replace("{tenant}", "?")
+    params = [q.tenant, *params]
+    if not keys:
+        sql = f"SELECT 0 AS grp, {_STATS_AGGREGATES} FROM {relation} WHERE {' AND '.join(conds)}"
+        return await reader.fetch(sql, params)
+    names = ", ".join(f"g_{g}" for g in q.group_by)
+    sql = (
+        f"SELECT * FROM (SELECT {', '.join(keys)}, GROUPING({names}) AS grp, {_STATS_AGGREGATES} "
+        f"FROM {relation} WHERE {' AND '.join(conds)} GROUP BY GROUPING SETS ((), ({names}))) "
+        f"ORDER BY grp DESC, {names}"
+    )
+    return await reader.fetch(sql, [*key_params, *params])
