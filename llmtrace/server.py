@@ -36,7 +36,7 @@ from llmtrace.config import Settings, parse_host_port
 from llmtrace.query import PageTokenCodec
 from llmtrace.rpc.ingest import IngestServicer
 from llmtrace.rpc.interceptors import ObservabilityInterceptor
-from llmtrace.rpc.query import QueryServicer
+from llmtrace.rpc.query import PageSizes, QueryServicer
 from llmtrace.store.database import DatabaseLockedError, open_database
 from llmtrace.store.migrations import apply_migrations, current_version, latest_version
 from llmtrace.store.reader import StoreReader
@@ -127,6 +127,7 @@ class Core:
                 codec,
                 sql_max_rows=settings.sql.max_rows,
                 sql_timeout_s=settings.sql.timeout_seconds,
+                paging=PageSizes(settings.query.default_page_size, settings.query.max_page_size),
             ),
             server,
         )

@@ -10,10 +10,12 @@ DEFAULT_PAGE_SIZE: Final = 50
 MAX_PAGE_SIZE: Final = 1000
 
 
-def effective_page_size(requested: int) -> int:
+def effective_page_size(
+    requested: int, *, default: int = DEFAULT_PAGE_SIZE, maximum: int = MAX_PAGE_SIZE
+) -> int:
     """The page size to use: the default for 0, capped at the maximum (AIP-158 coerces, not rejects)."""
     if requested < 0:
         raise QueryError("page_size", "page_size must not be negative")
     if requested == 0:
-        return DEFAULT_PAGE_SIZE
-    return min(requested, MAX_PAGE_SIZE)
+        return min(default, maximum)
+    return min(requested, maximum)

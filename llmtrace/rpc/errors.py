@@ -78,6 +78,10 @@ def not_found(message: str, *, reason: str = "NOT_FOUND") -> RpcError:
 
 
 async def abort(context: grpc.aio.ServicerContext[object, object], error: RpcError) -> NoReturn:
-    """End the RPC with `error`'s status and details."""
-    await context.abort_with_status(error.to_status())
-    raise AssertionError("abort_with_status returned")  # pragma: no cover
+    """End the RPC with `error`'s status and details, keeping trailing metadata already set."""
+    status = error.to_status()
+    # abort_with_status would replace the trailing metadata set so far (the interceptor's
+    # x-request-id); send both.
+    earlier = tuple(context.trailing_metadata() or ())
+    await context.abort(status.code, status.details, (*earlier, *status.trailing_metadata))
+    raise AssertionError("abort returned")  # pragma: no cover

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -52,14 +53,24 @@ def _id(value: bytes, field: str, size: int, *, required: bool = True) -> bytes 
     return value
 
 
-def _list_request(request: Any) -> ListRequest:
+def _list_request(request: Any, paging: PageSizes) -> ListRequest:
     return ListRequest(
         tenant=_tenant(request.tenant),
         page_size=request.page_size,
         page_token=request.page_token,
         filter=request.filter,
         order_by=request.order_by,
+        default_page_size=paging.default,
+        max_page_size=paging.maximum,
     )
+
+
+@dataclass(frozen=True)
+class PageSizes:
+    """`query.default_page_size` and `query.max_page_size`."""
+
+    default: int = 50
+    maximum: int = 1000
 
 
 def sql_value(value: object) -> common_pb2.AnyValue:
@@ -89,8 +100,15 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
     """Answers queries for one tenant at a time."""
 
     def __init__(
-        self, reader: StoreReader, codec: PageTokenCodec, *, sql_max_rows: int, sql_timeout_s: float
+        self,
+        reader: StoreReader,
+        codec: PageTokenCodec,
+        *,
+        sql_max_rows: int,
+        sql_timeout_s: float,
+        paging: PageSizes | None = None,
     ) -> None:
+        self._paging = paging or PageSizes()
         self._reader = reader
         self._codec = codec
         self._sql_max_rows = sql_max_rows
@@ -110,7 +128,9 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         """A page of trace summaries."""
 
         async def run() -> query_service_pb2.ListTracesResponse:
-            page = await list_page(self._reader, self._codec, queries.TRACE_LIST, _list_request(request))
+            page = await list_page(
+                self._reader, self._codec, queries.TRACE_LIST, _list_request(request, self._paging)
+            )
             return query_service_pb2.ListTracesResponse(
                 traces=[trace_from_row(r) for r in page.rows], next_page_token=page.next_page_token
             )
@@ -160,7 +180,7 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
 
         async def run() -> query_service_pb2.ListSpansResponse:
             full = request.view == query_service_pb2.SPAN_VIEW_FULL
-            req = _list_request(request)
+            req = _list_request(request, self._paging)
             page = await list_page(self._reader, self._codec, queries.span_list_query(full), req)
             spans = await self._spans(req.tenant, page.rows, with_findings=full)
             return query_service_pb2.ListSpansResponse(spans=spans, next_page_token=page.next_page_token)
@@ -196,7 +216,9 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         """A page of findings."""
 
         async def run() -> query_service_pb2.ListFindingsResponse:
-            page = await list_page(self._reader, self._codec, queries.FINDING_LIST, _list_request(request))
+            page = await list_page(
+                self._reader, self._codec, queries.FINDING_LIST, _list_request(request, self._paging)
+            )
             return query_service_pb2.ListFindingsResponse(
                 findings=[finding_from_row(r) for r in page.rows], next_page_token=page.next_page_token
             )

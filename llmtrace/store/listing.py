@@ -50,6 +50,8 @@ class ListRequest:
     page_token: str
     filter: str
     order_by: str
+    default_page_size: int = 50
+    max_page_size: int = 1000
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ class Page:
 
 async def list_page(reader: StoreReader, codec: PageTokenCodec, query: ListQuery, req: ListRequest) -> Page:
     """Run one page of `query` for `req`; raises QueryError on a bad filter, order or token."""
-    size = effective_page_size(req.page_size)
+    size = effective_page_size(req.page_size, default=req.default_page_size, maximum=req.max_page_size)
     where = compile_filter(req.filter, query.catalog)
     order = parse_order_by(req.order_by, query.catalog, default=query.default_order, tiebreak=query.tiebreak)
     fingerprint = query_fingerprint(query.resource, req.tenant, req.filter, req.order_by)

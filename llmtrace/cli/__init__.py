@@ -1,0 +1,1 @@
+"""The `llmtrace` command line."""

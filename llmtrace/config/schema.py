@@ -1,0 +1,118 @@
+"""The settings tree: frozen dataclasses whose field defaults are the documented defaults.
+
+Every leaf is a str, int, float or bool. The loader derives key paths (`grpc.listen_addr`),
+environment variable names and type conversion from these classes, so adding a field here is
+all it takes to make it configurable; its validation rule lives in `validate.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcSettings:
+    """The core's gRPC server."""
+
+    listen_addr: str = "127.0.0.1:50051"
+    max_message_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """The Prometheus scrape endpoint."""
+
+    enabled: bool = True
+    listen_addr: str = "127.0.0.1:9464"
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSettings:
+    """The DuckDB file the core owns."""
+
+    database_path: str = "./llmtrace.duckdb"
+    auto_migrate: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    """Log level and renderer (logs always go to stderr)."""
+
+    level: str = "info"
+    format: str = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownSettings:
+    """Graceful stop: how long in-flight work may take after SIGTERM."""
+
+    timeout_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class SqlSettings:
+    """Bounds on ad-hoc read-only SQL (CLI and admin RPC)."""
+
+    max_rows: int = 10_000
+    timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class QuerySettings:
+    """Page sizes for List RPCs."""
+
+    max_page_size: int = 1000
+    default_page_size: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The resolved configuration of one process."""
+
+    listen_addr: str = "127.0.0.1:8080"
+    upstream_url: str = "https://api.openai.com"
+    grpc: GrpcSettings = field(default_factory=GrpcSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    shutdown: ShutdownSettings = field(default_factory=ShutdownSettings)
+    sql: SqlSettings = field(default_factory=SqlSettings)
+    query: QuerySettings = field(default_factory=QuerySettings)
+    # Recognised keys of features not built yet, by dotted key path, kept verbatim so that
+    # `llmtrace validate` can show them (redacted). Nothing reads them at run time.
+    not_built: Mapping[str, object] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One problem found in the configuration, located by its dotted key path."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; `issues` lists every problem found, not just the first."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues = list(issues)
+        super().__init__(self.issues)
+
+    def __str__(self) -> str:
+        return "\n".join(str(issue) for issue in self.issues)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    """What `load_config` returns: the settings, non-fatal warnings, and the file used."""
+
+    settings: Settings
+    warnings: list[ConfigIssue]
+    source: str | None

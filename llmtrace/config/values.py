@@ -1,0 +1,183 @@
+"""Turning raw values (YAML scalars, environment strings, flag values) into typed settings."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Callable
+from typing import Final
+from urllib.parse import urlsplit
+
+from llmtrace.config.paths import Leaf
+from llmtrace.config.schema import LOG_FORMATS, LOG_LEVELS
+
+_TYPE_NAMES: Final[dict[type, str]] = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+}
+_TRUE: Final = frozenset({"true", "1", "yes"})
+_FALSE: Final = frozenset({"false", "0", "no"})
+_HOSTNAME: Final = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?$")
+_MAX_PORT: Final = 65535
+#: gRPC message sizes are signed 32-bit integers.
+_MAX_GRPC_MESSAGE_BYTES: Final = 2**31 - 1
+
+
+Rule = Callable[[object], None]
+
+
+class InvalidValueError(ValueError):
+    """A value that cannot be used; the message says what was expected."""
+
+
+def describe(value: object) -> str:
+    """Show a value in an error message the way a user wrote it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return f"{value:g}"  # `-1`, as written, even after conversion to float
+    if isinstance(value, str | int | float):
+        return repr(value)
+    return f"a {type(value).__name__}"
+
+
+def check_type(value: object, leaf: Leaf) -> str | int | float | bool:
+    """Accept a value already typed (from YAML or a flag) if it fits `leaf`."""
+    # bool is a subclass of int: `max_rows: true` must not become 1.
+    if leaf is bool and isinstance(value, bool):
+        return value
+    if leaf is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if leaf is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if leaf is str and isinstance(value, str):
+        return value
+    raise InvalidValueError(f"expected {_TYPE_NAMES[leaf]}, got {describe(value)}")
+
+
+def parse_text(text: str, leaf: Leaf) -> str | int | float | bool:
+    """Convert an environment variable (or a string flag) to `leaf`'s type."""
+    if leaf is str:
+        return text
+    stripped = text.strip()
+    if leaf is bool:
+        if stripped.lower() in _TRUE:
+            return True
+        if stripped.lower() in _FALSE:
+            return False
+        raise InvalidValueError(f"expected one of true/false/1/0/yes/no, got {text!r}")
+    try:
+        return int(stripped) if leaf is int else float(stripped)
+    except ValueError:
+        raise InvalidValueError(f"expected {_TYPE_NAMES[leaf]}, got {text!r}") from None
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """Split `host:port` (`[v6addr]:port` for IPv6); port 0 means "pick a free port".
+
+    Raises ValueError with a message fit for a user when the address is malformed.
+    """
+    expected = f"expected host:port, got {value!r}"
+    if value.startswith("["):
+        host, sep, port_text = value[1:].partition("]:")
+        if not sep:
+            raise ValueError(expected)
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{expected}: {host!r} is not an IPv6 address") from None
+    else:
+        host, sep, port_text = value.rpartition(":")
+        if not sep or not host:
+            raise ValueError(expected)
+        if ":" in host:
+            raise ValueError(f"{expected}: put IPv6 addresses in brackets, e.g. [::1]:{port_text}")
+        if not _HOSTNAME.match(host):
+            raise ValueError(f"{expected}: {host!r} is not a host name or IP address")
+    if not port_text.isdigit() or int(port_text) > _MAX_PORT:
+        raise ValueError(f"{expected}: port must be a number from 0 to {_MAX_PORT}")
+    return host, int(port_text)
+
+
+def _host_port(value: object) -> None:
+    assert isinstance(value, str)
+    try:
+        parse_host_port(value)
+    except ValueError as exc:
+        raise InvalidValueError(str(exc)) from None
+
+
+def _http_url(value: object) -> None:
+    assert isinstance(value, str)
+    expected = f"expected an http:// or https:// URL, got {value!r}"
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise InvalidValueError(expected) from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname or value != value.strip():
+        raise InvalidValueError(expected)
+
+
+def _positive(value: object) -> None:
+    assert isinstance(value, int | float)
+    if not value > 0 or not math.isfinite(value):
+        raise InvalidValueError(f"must be greater than 0, got {describe(value)}")
+
+
+def _grpc_message_bytes(value: object) -> None:
+    _positive(value)
+    assert isinstance(value, int)
+    if value > _MAX_GRPC_MESSAGE_BYTES:
+        raise InvalidValueError(f"must be at most {_MAX_GRPC_MESSAGE_BYTES}, got {value}")
+
+
+def _non_empty(value: object) -> None:
+    if value == "":
+        raise InvalidValueError("must not be empty")
+
+
+def _one_of(choices: tuple[str, ...]) -> Rule:
+    def rule(value: object) -> None:
+        if value not in choices:
+            raise InvalidValueError(f"expected one of {', '.join(choices)}, got {describe(value)}")
+
+    return rule
+
+
+#: What each key must satisfy beyond its type. Keys not listed accept any value of their type.
+RULES: Final[dict[str, Rule]] = {
+    "listen_addr": _host_port,
+    "upstream_url": _http_url,
+    "grpc.listen_addr": _host_port,
+    "grpc.max_message_bytes": _grpc_message_bytes,
+    "metrics.listen_addr": _host_port,
+    "storage.database_path": _non_empty,
+    "logging.level": _one_of(LOG_LEVELS),
+    "logging.format": _one_of(LOG_FORMATS),
+    "shutdown.timeout_seconds": _positive,
+    "sql.max_rows": _positive,
+    "sql.timeout_seconds": _positive,
+    "query.max_page_size": _positive,
+    "query.default_page_size": _positive,
+}
+
+#: Spellings accepted for logging.level; LLMTrace 0.2 used Rust's `warn` and `trace`.
+_LEVEL_ALIASES: Final = {"warn": "warning", "trace": "debug"}
+
+
+def normalize(path: str, value: str | int | float | bool) -> tuple[str | int | float | bool, str | None]:
+    """Canonicalise case-insensitive enums; returns the value and a warning, if any."""
+    if path not in ("logging.level", "logging.format") or not isinstance(value, str):
+        return value, None
+    lowered = value.strip().lower()
+    if path == "logging.level" and lowered in _LEVEL_ALIASES:
+        canonical = _LEVEL_ALIASES[lowered]
+        warning = None if lowered == "warn" else f"{value!r} is not a level here; using {canonical!r}"
+        return canonical, warning
+    return lowered, None
