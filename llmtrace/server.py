@@ -83,10 +83,10 @@ def _open_store(settings: Settings) -> duckdb.DuckDBPyConnection:
 
 
 def _page_token_key(conn: duckdb.DuckDBPyConnection) -> bytes:
-    row = conn.execute("SELECT value FROM core_meta WHERE key = 'page_token_key'").fetchone()
-    if row is None:
+    rows = conn.execute("SELECT value FROM core_meta WHERE key = 'page_token_key'").fetchall()
+    if not rows:
         raise StartupError("database has no page token key; is the schema complete?")
-    return bytes(row[0])
+    return bytes(rows[0][0])
 
 
 class Core:

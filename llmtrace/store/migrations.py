@@ -261,14 +261,15 @@ def latest_version() -> int:
 
 def current_version(conn: duckdb.DuckDBPyConnection) -> int:
     """The highest applied migration, 0 for an empty database."""
+    # fetchall, not fetchone: DuckDB keeps a partly fetched result open on the connection.
     exists = conn.execute(
         "SELECT count(*) FROM information_schema.tables "
         "WHERE table_schema = 'main' AND table_name = 'schema_version'"
-    ).fetchone()
-    if not exists or exists[0] == 0:
+    ).fetchall()
+    if exists[0][0] == 0:
         return 0
-    row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
-    return int(row[0]) if row else 0
+    rows = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchall()
+    return int(rows[0][0])
 
 
 def apply_migrations(conn: duckdb.DuckDBPyConnection) -> list[int]:

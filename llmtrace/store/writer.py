@@ -153,9 +153,9 @@ class StoreWriter:
             conn.execute("BEGIN TRANSACTION")
             try:
                 for sql, is_spans in statements:
-                    row = conn.execute(sql).fetchone()
+                    rows = conn.execute(sql).fetchall()
                     if is_spans:
-                        counts.append(int(row[0]) if row else 0)
+                        counts.append(int(rows[0][0]) if rows else 0)
                 conn.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(duckdb.Error):
