@@ -24,21 +24,21 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
 from llmtrace.api.v1 import (
     ingest_service_pb2,
     ingest_service_pb2_grpc,
     query_service_pb2,
     query_service_pb2_grpc,
 )
-from prometheus_client import start_http_server
-
 from llmtrace.config import Settings, parse_host_port
 from llmtrace.query import PageTokenCodec
 from llmtrace.rpc.ingest import IngestServicer
 from llmtrace.rpc.interceptors import ObservabilityInterceptor
 from llmtrace.rpc.query import PageSizes, QueryServicer
-from llmtrace.store.database import DatabaseLockedError, open_database
-from llmtrace.store.migrations import apply_migrations, current_version, latest_version
+from llmtrace.store.database import DatabaseOpenError, open_database
+from llmtrace.store.migrations import MigrationError, apply_migrations, current_version, latest_version
 from llmtrace.store.reader import StoreReader
 from llmtrace.store.writer import StoreWriter
 
@@ -65,10 +65,14 @@ class BoundAddresses:
 def _open_store(settings: Settings) -> duckdb.DuckDBPyConnection:
     try:
         conn = open_database(settings.storage.database_path)
-    except DatabaseLockedError as exc:
+    except DatabaseOpenError as exc:
         raise StartupError(str(exc)) from exc
     if settings.storage.auto_migrate:
-        applied = apply_migrations(conn)
+        try:
+            applied = apply_migrations(conn)
+        except MigrationError as exc:
+            conn.close()
+            raise StartupError(str(exc)) from exc
         if applied:
             _log.info("migrations applied", versions=applied)
     else:

@@ -11,6 +11,7 @@ import sys
 import time
 
 import grpc
+
 from llmtrace.api.v1 import (
     ingest_service_pb2,
     ingest_service_pb2_grpc,

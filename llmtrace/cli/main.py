@@ -150,10 +150,15 @@ def _run(args: argparse.Namespace) -> int:
 
         return run_core(settings, ready_file=args.ready_file)
     if args.command == "migrate":
-        from llmtrace.store.migrations import migrate_database  # noqa: PLC0415
+        from llmtrace.store.database import DatabaseOpenError  # noqa: PLC0415
+        from llmtrace.store.migrations import MigrationError, migrate_database  # noqa: PLC0415
 
         path = settings.storage.database_path
-        applied = migrate_database(path)
+        try:
+            applied = migrate_database(path)
+        except (DatabaseOpenError, MigrationError) as exc:
+            log.error("migration failed", error=str(exc))
+            return 1
         if applied:
             print(f"{path}: applied migrations {', '.join(str(v) for v in applied)}")
         else:

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
-from llmtrace.api.v1 import common_pb2, span_pb2
 
+from llmtrace.api.v1 import common_pb2, span_pb2
 from llmtrace.ingest.content_json import encode_choices, encode_messages, encode_tools
 from llmtrace.store.row_schema import FINDING_ROW_SCHEMA, SPAN_ROW_SCHEMA
 from llmtrace.store.writer import WriteBatch

@@ -9,9 +9,9 @@ from concurrent.futures import Executor
 
 import grpc
 import structlog
-from llmtrace.api.v1 import common_pb2, ingest_service_pb2, ingest_service_pb2_grpc, span_pb2
 
 from llmtrace import limits
+from llmtrace.api.v1 import common_pb2, ingest_service_pb2, ingest_service_pb2_grpc, span_pb2
 from llmtrace.ingest.arrow_rows import build_write_batch
 from llmtrace.ingest.validation import validate_span
 from llmtrace.rpc import metrics

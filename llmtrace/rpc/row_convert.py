@@ -8,8 +8,8 @@ from datetime import datetime
 from typing import Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
-from llmtrace.api.v1 import common_pb2, finding_pb2, query_service_pb2, span_pb2
 
+from llmtrace.api.v1 import common_pb2, finding_pb2, query_service_pb2, span_pb2
 from llmtrace.ingest.content_json import decode_choices, decode_messages, decode_tools
 from llmtrace.store.reader import Row
 

@@ -16,7 +16,11 @@ _LOCKED_DOWN = {
 }
 
 
-class DatabaseLockedError(RuntimeError):
+class DatabaseOpenError(RuntimeError):
+    """The database file cannot be opened (not a DuckDB file, unreadable, locked)."""
+
+
+class DatabaseLockedError(DatabaseOpenError):
     """Another process holds the database file open for writing."""
 
 
@@ -35,7 +39,7 @@ def open_database(path: str | Path, *, read_only: bool = False) -> duckdb.DuckDB
             raise DatabaseLockedError(
                 f"{target} is locked by another process (is a core already running?)"
             ) from exc
-        raise
+        raise DatabaseOpenError(f"cannot open {target}: {str(exc).splitlines()[0]}") from exc
     finally:
         os.umask(old_umask)
     return conn

@@ -14,6 +14,10 @@ import duckdb
 from llmtrace.store.database import open_database
 
 
+class MigrationError(RuntimeError):
+    """The schema cannot be brought to this build's version."""
+
+
 @dataclass(frozen=True)
 class Migration:
     """One schema change."""
@@ -277,7 +281,7 @@ def apply_migrations(conn: duckdb.DuckDBPyConnection) -> list[int]:
     applied: list[int] = []
     version = current_version(conn)
     if version > latest_version():
-        raise RuntimeError(
+        raise MigrationError(
             f"database schema version {version} is newer than this build supports "
             f"({latest_version()}); upgrade llmtrace"
         )
