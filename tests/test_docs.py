@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import RunningCore
+from llmtrace.server import Core
+from tests.conftest import RunningCore, core_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,3 +39,55 @@ async def test_tour_script_sends_and_lists_spans(core: RunningCore) -> None:
     lines = result.stdout.splitlines()
     assert lines[0] == "accepted 3 spans"
     assert [line.split()[1] for line in lines[1:]] == ["gpt-4o", "gpt-4o-mini", "gpt-4o"]
+
+
+def _readme_sql_commands() -> list[list[str]]:
+    commands = []
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith(".venv/bin/llmtrace sql "):
+            commands.append(shlex.split(line)[1:])
+    return commands
+
+
+async def test_readme_sql_examples_run(tmp_path: Path) -> None:
+    commands = _readme_sql_commands()
+    assert len(commands) >= 3
+    database = tmp_path / "llmtrace.duckdb"
+    core = Core(core_settings(database))
+    bound = await core.start()
+    try:
+        sent = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, str(ROOT / "docs/examples/send_spans.py"), bound.grpc],
+            capture_output=True,
+            check=True,
+        )
+        assert sent.returncode == 0
+    finally:
+        await core.stop()
+    # No core answers on this address, so `llmtrace sql` reads the file directly.
+    env = {
+        **os.environ,
+        "LLMTRACE_STORAGE_DATABASE_PATH": str(database),
+        "LLMTRACE_GRPC_LISTEN_ADDR": "127.0.0.1:9",
+        "TZ": "UTC",
+    }
+    outputs = []
+    for args in commands:
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "llmtrace.cli.main", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+            timeout=60,
+        )
+        assert result.returncode == 0, (args, result.stderr)
+        outputs.append(result.stdout)
+    assert "gpt-4o-mini" in outputs[0]
+    assert "(2 rows)" in outputs[0]
+    csv_lines = outputs[1].splitlines()
+    assert csv_lines[0] == "trace_id,spans,tokens"
+    assert csv_lines[1].split(",")[1] == "2"
+    assert json.loads(outputs[2]) == [{"agent": "tour", "avg_ms": 850.0}]
