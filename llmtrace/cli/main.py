@@ -116,13 +116,20 @@ def build_parser() -> argparse.ArgumentParser:
     sql = commands.add_parser(
         "sql",
         parents=[config, logs, database],
-        help="run a read-only SQL query against the DuckDB file",
-        description="Run a read-only SQL query, bounded in rows and time; results go to stdout.",
+        help="run a read-only SQL query over the spans, findings and traces views",
+        description="Run one read-only SELECT over the views spans, findings and traces, bounded "
+        "in rows and time; results go to stdout. Goes through the core's ExecuteSql RPC when a "
+        "core answers on grpc.listen_addr, otherwise opens the DuckDB file read-only.",
     )
     sql.add_argument("query", metavar="QUERY", help="the SQL statement")
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
     sql.add_argument("--tenant", default="default", help="tenant whose rows the query sees")
     sql.add_argument("--max-rows", metavar="N", type=int, help="return at most N rows (sql.max_rows)")
+    sql.add_argument(
+        "--grpc-listen-addr",
+        metavar="HOST:PORT",
+        help="core to ask first (grpc.listen_addr); without one answering, the file is read directly",
+    )
     return parser
 
 
