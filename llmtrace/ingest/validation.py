@@ -10,15 +10,26 @@ import math
 import time
 from collections.abc import Iterable
 
-from llmtrace.api.v1 import finding_pb2, span_pb2
-
 from llmtrace import limits
+from llmtrace.api.v1 import finding_pb2, span_pb2
 
 Violation = tuple[str, str]
 """(field path relative to the span, description)."""
 
 _SEVERITIES = frozenset(finding_pb2.Severity.values()) - {finding_pb2.SEVERITY_UNSPECIFIED}
 _STATUS_CODES = frozenset(span_pb2.StatusCode.values())
+_SHORT_FIELDS = (
+    "operation",
+    "provider",
+    "request_model",
+    "response_model",
+    "name",
+    "session_id",
+    "client_address",
+    "upstream_request_id",
+    "server_address",
+    "api_key_fingerprint",
+)
 
 
 def validate_span(span: span_pb2.Span, now_unix: float | None = None) -> list[Violation]:
@@ -27,21 +38,24 @@ def validate_span(span: span_pb2.Span, now_unix: float | None = None) -> list[Vi
     _check_ids(span, out)
     _check_tenant(span.tenant, out)
     _check_times(span, time.time() if now_unix is None else now_unix, out)
-    for name in ("agent",):
-        _check_len(out, name, span.agent, limits.MAX_AGENT_CHARS)
-    for name in (
-        "operation",
-        "provider",
-        "request_model",
-        "response_model",
-        "name",
-        "session_id",
-        "client_address",
-        "upstream_request_id",
-        "server_address",
-        "api_key_fingerprint",
-    ):
-        _check_len(out, name, getattr(span, name), limits.MAX_NAME_CHARS)
+    _check_len(out, "agent", span.agent, limits.MAX_AGENT_CHARS)
+    # Hot path: one sum tells that every short field is within its limit; only when it does not
+    # are the fields checked one by one to name the culprit.
+    short = (
+        span.operation,
+        span.provider,
+        span.request_model,
+        span.response_model,
+        span.name,
+        span.session_id,
+        span.client_address,
+        span.upstream_request_id,
+        span.server_address,
+        span.api_key_fingerprint,
+    )
+    if sum(map(len, short)) > limits.MAX_NAME_CHARS:
+        for name, value in zip(_SHORT_FIELDS, short, strict=True):
+            _check_len(out, name, value, limits.MAX_NAME_CHARS)
     _check_len(out, "user_agent", span.user_agent, limits.MAX_TEXT_CHARS)
     _check_status(span.status, out)
     _check_usage(span.usage, out)
@@ -49,7 +63,8 @@ def validate_span(span: span_pb2.Span, now_unix: float | None = None) -> list[Vi
     _check_content(span, out)
     if len(span.attributes) > limits.MAX_ITEMS:
         out.append(("attributes", f"at most {limits.MAX_ITEMS} attributes"))
-    _check_findings(span, out)
+    if span.findings:
+        _check_findings(span, out)
     return out
 
 
@@ -105,6 +120,16 @@ def _check_status(status: span_pb2.SpanStatus, out: list[Violation]) -> None:
 
 
 def _check_usage(usage: span_pb2.Usage, out: list[Violation]) -> None:
+    counts = (
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.total_tokens,
+        usage.cache_read_input_tokens,
+        usage.cache_creation_input_tokens,
+        usage.reasoning_output_tokens,
+    )
+    if min(counts) >= 0 and max(counts) <= limits.MAX_TOKENS:
+        return
     for name in (
         "input_tokens",
         "output_tokens",
@@ -135,6 +160,12 @@ def _check_cost(span: span_pb2.Span, out: list[Violation]) -> None:
 
 def _check_content(span: span_pb2.Span, out: list[Violation]) -> None:
     req, resp = span.request, span.response
+    counts = (len(req.messages), len(req.tools), len(resp.choices))
+    # Encoded size bounds every text length below it (a character takes at least one byte).
+    if max(counts) <= limits.MAX_ITEMS and max(req.ByteSize(), resp.ByteSize()) <= limits.MAX_BODY_CHARS:
+        # The size bound does not cover response.id, whose limit is far below the body's.
+        _check_len(out, "response.id", resp.id, limits.MAX_NAME_CHARS)
+        return
     if len(req.messages) > limits.MAX_ITEMS:
         out.append(("request.messages", f"at most {limits.MAX_ITEMS} messages"))
     if len(req.tools) > limits.MAX_ITEMS:

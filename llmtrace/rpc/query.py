@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from llmtrace.api.v1 import common_pb2, query_service_pb2, query_service_pb2_grpc
+from google.protobuf import timestamp_pb2
 
 from llmtrace import limits
+from llmtrace.api.v1 import common_pb2, query_service_pb2, query_service_pb2_grpc
 from llmtrace.query import PageTokenCodec, QueryError
 from llmtrace.rpc.errors import RpcError, abort, invalid_argument, not_found
 from llmtrace.rpc.row_convert import (
@@ -35,6 +36,8 @@ _DIMENSIONS = {
     query_service_pb2.STATS_DIMENSION_TIME: "time",
 }
 _DEFAULT_BUCKET_US = 3_600_000_000
+# The range of a valid google.protobuf.Duration; larger values overflow DuckDB's int64 microseconds.
+_MAX_BUCKET_US = 315_576_000_000 * 1_000_000
 
 
 def _tenant(tenant: str) -> str:
@@ -42,6 +45,9 @@ def _tenant(tenant: str) -> str:
         raise invalid_argument([("tenant", "is required")])
     if len(tenant) > limits.MAX_TENANT_CHARS:
         raise invalid_argument([("tenant", f"must be at most {limits.MAX_TENANT_CHARS} characters")])
+    # Ingest stores no other tenants; a NUL would also break the SQL sandbox's tenant views.
+    if not tenant.isprintable() or tenant.strip() != tenant:
+        raise invalid_argument([("tenant", "must be printable, without leading or trailing spaces")])
     return tenant
 
 
@@ -73,8 +79,16 @@ class PageSizes:
     maximum: int = 1000
 
 
+_INT64 = range(-(2**63), 2**63)
+
+
 def sql_value(value: object) -> common_pb2.AnyValue:
-    """A DuckDB result value as AnyValue (timestamps and dates as ISO 8601 text)."""
+    """A DuckDB result value as AnyValue (timestamps and dates as ISO 8601 text).
+
+    Integers outside int64 (HUGEINT, UBIGINT) become decimal text rather than failing the RPC.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value not in _INT64:
+        return common_pb2.AnyValue(string_value=str(value))
     if isinstance(value, dt.datetime | dt.date | dt.time):
         return common_pb2.AnyValue(string_value=value.isoformat())
     if isinstance(value, dt.timedelta):
@@ -300,8 +314,17 @@ def _stats_query(request: query_service_pb2.GetStatsRequest) -> queries.StatsQue
         width = request.bucket_width.ToMicroseconds()
         if width < 1_000_000:
             raise invalid_argument([("bucket_width", "must be at least 1 second")])
-    start = request.start_time.ToDatetime(dt.UTC) if request.HasField("start_time") else None
-    end = request.end_time.ToDatetime(dt.UTC) if request.HasField("end_time") else None
+        if width > _MAX_BUCKET_US:
+            raise invalid_argument([("bucket_width", "must be at most 10000 years")])
+    start = _datetime(request.start_time, "start_time") if request.HasField("start_time") else None
+    end = _datetime(request.end_time, "end_time") if request.HasField("end_time") else None
     if start is not None and end is not None and end <= start:
         raise invalid_argument([("end_time", "must be after start_time")])
     return queries.StatsQuery(tenant, request.filter, tuple(group_by), width, start, end)
+
+
+def _datetime(value: timestamp_pb2.Timestamp, field: str) -> dt.datetime:
+    try:
+        return value.ToDatetime(dt.UTC)
+    except (ValueError, OverflowError):
+        raise invalid_argument([(field, "must be a valid timestamp (years 1 to 9999)")]) from None
