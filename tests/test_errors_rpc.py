@@ -494,10 +494,6 @@ async def test_odd_but_valid_requests_succeed(shared: RunningCore) -> None:
     await q.ExecuteSql(Q.ExecuteSqlRequest(tenant=TENANT, query="SELECT 1", max_rows=2**31 - 1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="llmtrace/query/literals.py: parse_rfc3339 lets OverflowError escape for a timestamp near year 1",
-)
 async def test_timestamp_literal_at_the_edge_of_the_range_is_invalid_argument(shared: RunningCore) -> None:
     failure = await expect_failure(
         _list(shared.query, "ListSpans", filter='start_time > "0001-01-01T00:00:00+01:00"')

@@ -313,3 +313,17 @@ def test_field_spec_enum_values_only_for_enums() -> None:
         FieldSpec("severity", "severity", FieldKind.ENUM)
     with pytest.raises(ValueError, match="enum_values"):
         FieldSpec("model", "model", FieldKind.STRING, enum_values={"a": 1})
+
+
+def test_presence_treats_empty_strings_and_ids_as_unset() -> None:
+    # The store keeps unset strings and ids empty rather than NULL.
+    connection = duckdb.connect()
+    connection.execute("CREATE TABLE spans (id INTEGER, model VARCHAR, trace_id BLOB)")
+    connection.executemany(
+        "INSERT INTO spans VALUES (?, ?, ?)", [(1, "gpt-4o", b"\x01"), (2, "", b""), (3, None, None)]
+    )
+    for text, expected in (("model:*", {1}), ("NOT model:*", {2, 3}), ("trace_id:*", {1})):
+        where = compile_filter(text, CATALOG)
+        rows = connection.execute(f"SELECT id FROM spans WHERE {where.sql}", where.params).fetchall()
+        assert {row[0] for row in rows} == expected, text
+    connection.close()

@@ -75,6 +75,11 @@ def _comparison(node: Comparison, catalog: Mapping[str, FieldSpec], params: list
     if value.kind is TokenKind.STAR:
         if op != ":":
             raise filter_error(f"'*' is only allowed after ':' (as in {spec.name}:*)", value.column)
+        # Unset strings and ids are stored empty, not NULL: "has a value" means non-empty.
+        if spec.kind is FieldKind.STRING:
+            return f"coalesce({expr}, '') <> ''"
+        if spec.kind is FieldKind.BYTES_HEX:
+            return f"coalesce(octet_length({expr}), 0) > 0"
         return f"{expr} IS NOT NULL"
     if op not in _OPERATORS[spec.kind]:
         allowed = " ".join(_OPERATORS[spec.kind])

@@ -94,7 +94,7 @@ def _timestamp(spec: FieldSpec, token: Token) -> datetime:
         raise _mismatch(spec, token, f"a quoted RFC 3339 timestamp such as {_TIMESTAMP_EXAMPLE}")
     try:
         return parse_rfc3339(token.value)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:  # OverflowError: zone offset past year 1 or 9999
         raise filter_error(
             f"invalid timestamp {token.text} for field {spec.name!r} ({exc}); "
             f"use RFC 3339 with a zone, such as {_TIMESTAMP_EXAMPLE}",
