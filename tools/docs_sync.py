@@ -75,7 +75,7 @@ VIEW_COLUMNS: dict[str, str] = {
     "request_truncated": "true when request content was truncated at capture",
     "response_id": "response id from the provider",
     "response_choices": "output messages as JSON, with `index` and `finish_reason`",
-    "finish_reasons": "finish reason of each choice (list)",
+    "finish_reasons": "finish reason of each choice, in choice order (empty when unknown)",
     "response_body": "raw response body when captured (possibly truncated)",
     "response_truncated": "true when response content was truncated at capture",
     "attributes": "other attributes as a JSON object",

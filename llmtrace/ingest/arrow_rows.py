@@ -123,10 +123,15 @@ def build_write_batch(spans: Sequence[span_pb2.Span], ingest_time_us: int) -> Wr
         "request_truncated": [r.truncated for r in requests],
         "response_id": [r.id for r in responses],
         "response_choices": [encode_choices(r.choices) for r in responses],
-        "finish_reasons": [[c.finish_reason for c in r.choices if c.finish_reason] for r in responses],
+        # One entry per choice (empty when unknown) so that list position is the choice index.
+        "finish_reasons": [[c.finish_reason for c in r.choices] for r in responses],
         "response_body": [r.body for r in responses],
         "response_truncated": [r.truncated for r in responses],
         "attributes": [_attributes_json(s.attributes) for s in spans],
+        "attributes_pb": [
+            common_pb2.KeyValueList(values=s.attributes).SerializeToString() if s.attributes else None
+            for s in spans
+        ],
         "ingest_time": [ingest_time_us] * len(spans),
     }
     table = pa.Table.from_arrays(

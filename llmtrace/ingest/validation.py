@@ -93,6 +93,9 @@ def _check_times(span: span_pb2.Span, now: float, out: list[Violation]) -> None:
     if not span.HasField("end_time"):
         out.append(("end_time", "is required"))
         return
+    for name in ("start_time", "end_time"):
+        if not 0 <= getattr(span, name).nanos < 1_000_000_000:
+            out.append((f"{name}.nanos", "must be in [0, 999999999]"))
     start = span.start_time.seconds + span.start_time.nanos / 1e9
     end = span.end_time.seconds + span.end_time.nanos / 1e9
     if start < limits.MIN_START_UNIX_SECONDS:

@@ -117,8 +117,11 @@ def span_from_row(row: Row) -> span_pb2.Span:
     params.output_type = row["output_type"]
     params.stop_sequences.extend(row["stop_sequences"])
     span.response.id = row["response_id"]
-    for key, value in json.loads(row["attributes"] or "{}").items():
-        span.attributes.add(key=key, value=python_to_any_value(value))
+    if row["attributes_pb"] is not None:
+        span.attributes.extend(common_pb2.KeyValueList.FromString(row["attributes_pb"]).values)
+    else:
+        for key, value in json.loads(row["attributes"] or "{}").items():
+            span.attributes.add(key=key, value=python_to_any_value(value))
     if "request_messages" in row:
         decode_messages(row["request_messages"], span.request.messages)
         decode_tools(row["request_tools"], span.request.tools)

@@ -92,6 +92,9 @@ _V1_TABLES = (
         response_body VARCHAR NOT NULL,
         response_truncated BOOLEAN NOT NULL,
         attributes JSON NOT NULL,
+        -- The same attributes as a serialized KeyValueList: JSON cannot tell every AnyValue
+        -- apart (bytes, int vs double), and OTLP export must lose nothing. NULL when empty.
+        attributes_pb BLOB,
         ingest_time TIMESTAMPTZ NOT NULL,
         PRIMARY KEY (tenant, trace_id, span_id)
     )

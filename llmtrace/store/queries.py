@@ -75,6 +75,7 @@ _BASIC_COLUMNS = [
     "response_id",
     "finish_reasons",
     "attributes",
+    "attributes_pb",
 ]
 _CONTENT_COLUMNS = [
     "request_messages",

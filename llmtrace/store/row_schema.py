@@ -70,6 +70,7 @@ SPAN_ROW_SCHEMA = pa.schema(
         ("response_body", _STR),
         ("response_truncated", _BOOL),
         ("attributes", _STR),
+        ("attributes_pb", pa.binary()),
         ("ingest_time", _TS),
     ]
 )
