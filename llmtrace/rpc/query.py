@@ -172,6 +172,14 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         result: query_service_pb2.GetTraceResponse = await self._guard(context, run())
         return result
 
+    async def _merge_analysed_scores(self, tenant: str, rows: list[Row]) -> None:
+        keys = [(r["trace_id"], r["span_id"]) for r in rows]
+        scores = await queries.analysed_scores(self._reader, tenant, keys)
+        for row in rows:
+            analysed = scores.get((row["trace_id"], row["span_id"]))
+            if analysed is not None:
+                row["score"] = analysed if row["score"] is None else max(analysed, row["score"])
+
     async def _spans(self, tenant: str, rows: list[Row], *, with_findings: bool) -> list[Any]:
         spans = [span_from_row(r) for r in rows]
         if with_findings and spans:
@@ -195,7 +203,12 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         async def run() -> query_service_pb2.ListSpansResponse:
             full = request.view == query_service_pb2.SPAN_VIEW_FULL
             req = _list_request(request, self._paging)
-            page = await list_page(self._reader, self._codec, queries.span_list_query(full), req)
+            join = queries.uses_security_score(req.filter, req.order_by)
+            page = await list_page(
+                self._reader, self._codec, queries.span_list_query(full, join_scores=join), req
+            )
+            if not join:
+                await self._merge_analysed_scores(req.tenant, page.rows)
             spans = await self._spans(req.tenant, page.rows, with_findings=full)
             return query_service_pb2.ListSpansResponse(spans=spans, next_page_token=page.next_page_token)
 

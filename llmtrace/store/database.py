@@ -13,6 +13,11 @@ _LOCKED_DOWN = {
     "enable_external_access": "false",
     "autoinstall_known_extensions": "false",
     "autoload_known_extensions": "false",
+    # DuckDB checkpoints every 16 MB of WAL by default, and each checkpoint recompresses the
+    # partly filled last row group: at ingest rates that is every few batches, with commits
+    # stalled for seconds (measured in docs/benchmarks.md). Rarer checkpoints cost a longer WAL
+    # replay after a crash; the core also checkpoints on shutdown.
+    "checkpoint_threshold": "256MB",
 }
 
 

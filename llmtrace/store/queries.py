@@ -5,6 +5,7 @@ Rows come back as plain dicts keyed by column name; the RPC layer turns them int
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -96,12 +97,15 @@ FINDING_SELECT = (
 )
 
 
-def span_list_query(full: bool) -> ListQuery:
-    """ListSpans over the tenant's spans."""
+def span_list_query(full: bool, *, join_scores: bool = True) -> ListQuery:
+    """ListSpans over the tenant's spans; without `join_scores`, `score` is the ingested one only."""
+    columns = SPAN_FULL_SELECT if full else SPAN_BASIC_SELECT
+    if not join_scores:
+        columns = columns.replace(f"{SPAN_SCORE_SQL} AS score", "s.security_score AS score")
     return ListQuery(
         resource="spans",
-        columns=SPAN_FULL_SELECT if full else SPAN_BASIC_SELECT,
-        relation=SPAN_RELATION,
+        columns=columns,
+        relation=SPAN_RELATION if join_scores else "span_rows AS s",
         tenant_column="s.tenant",
         catalog=SPAN_FIELDS,
         default_order="start_time desc",
@@ -218,10 +222,41 @@ _STATS_AGGREGATES = (
 )
 
 
+def uses_security_score(*texts: str) -> bool:
+    """Whether a filter or order needs analysed scores joined in before the LIMIT.
+
+    The join stops DuckDB's cheap top-N and costs a hash join over every span, so it is left out
+    unless the request names the field; otherwise scores are merged into the page afterwards.
+    A false positive (the word inside a string literal) is only slower, never wrong.
+    """
+    return any("security_score" in text for text in texts)
+
+
+async def analysed_scores(
+    reader: StoreReader, tenant: str, keys: Sequence[tuple[bytes, bytes]]
+) -> dict[tuple[bytes, bytes], int]:
+    """Highest analysed score per (trace_id, span_id) among `keys`."""
+    if not keys:
+        return {}
+    marks = ", ".join("?" for _ in keys)
+    sql = (
+        "SELECT trace_id, span_id, max(score) AS score FROM span_scores "
+        f"WHERE tenant = ? AND span_id IN ({marks}) GROUP BY trace_id, span_id"
+    )
+    rows = await reader.fetch(sql, [tenant, *(span_id for _, span_id in keys)])
+    wanted = set(keys)
+    return {
+        (r["trace_id"], r["span_id"]): int(r["score"])
+        for r in rows
+        if (r["trace_id"], r["span_id"]) in wanted
+    }
+
+
 async def stats(reader: StoreReader, q: StatsQuery, fields: dict[str, FieldSpec] = SPAN_FIELDS) -> list[Row]:
     """Aggregates: the first row is the overall total, then one row per group (ordered by keys).
 
-    One scan with GROUPING SETS computes the total and the groups together.
+    The total and the groups are two plain aggregations run side by side: DuckDB computes
+    `count(DISTINCT ...)` under GROUPING SETS about twice as slowly as in two separate scans.
     """
     where = compile_filter(q.filter, fields)
     conds = ["s.tenant = ?", where.sql]
@@ -232,17 +267,22 @@ async def stats(reader: StoreReader, q: StatsQuery, fields: dict[str, FieldSpec]
     if q.end_time is not None:
         conds.append("s.start_time < ?")
         params.append(q.end_time)
-    keys = [f"{_GROUP_SQL[g]} AS g_{g}" for g in q.group_by]
+    relation = "span_rows AS s"
+    if uses_security_score(q.filter):
+        relation = SPAN_RELATION.replace("{tenant}", "?")
+        params = [q.tenant, *params]
+    condition = " AND ".join(conds)
+    total_sql = f"SELECT {_STATS_AGGREGATES} FROM {relation} WHERE {condition}"
+    if not q.group_by:
+        return await reader.fetch(total_sql, params)
+    keys = ", ".join(f"{_GROUP_SQL[g]} AS g_{g}" for g in q.group_by)
     key_params: list[object] = [q.bucket_width_us] if "time" in q.group_by else []
-    relation = SPAN_RELATION.replace("{tenant}", "?")
-    params = [q.tenant, *params]
-    if not keys:
-        sql = f"SELECT 0 AS grp, {_STATS_AGGREGATES} FROM {relation} WHERE {' AND '.join(conds)}"
-        return await reader.fetch(sql, params)
     names = ", ".join(f"g_{g}" for g in q.group_by)
-    sql = (
-        f"SELECT * FROM (SELECT {', '.join(keys)}, GROUPING({names}) AS grp, {_STATS_AGGREGATES} "
-        f"FROM {relation} WHERE {' AND '.join(conds)} GROUP BY GROUPING SETS ((), ({names}))) "
-        f"ORDER BY grp DESC, {names}"
+    group_sql = (
+        f"SELECT {keys}, {_STATS_AGGREGATES} FROM {relation} WHERE {condition} "
+        f"GROUP BY {names} ORDER BY {names}"
     )
-    return await reader.fetch(sql, [*key_params, *params])
+    total, groups = await asyncio.gather(
+        reader.fetch(total_sql, params), reader.fetch(group_sql, [*key_params, *params])
+    )
+    return total + groups
