@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -230,4 +231,7 @@ def run_core(settings: Settings, ready_file: str | None = None) -> int:
     """Entry point of `llmtrace core` (and, until the shim exists, `llmtrace serve`)."""
     # Spans hold prompts: everything the core creates (database, WAL, ready file) is owner-only.
     os.umask(0o077)
+    # The DuckDB writer thread releases the GIL for every statement and must win it back after;
+    # with the default 5 ms switch interval it queues behind the ingest CPU thread each time.
+    sys.setswitchinterval(0.0005)
     return asyncio.run(serve_core(settings, ready_file))

@@ -54,7 +54,7 @@ class WriteBatch:
 class _Pending:
     batch: WriteBatch
     loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[int] = field(repr=False)
+    future: asyncio.Future[None] = field(repr=False)
 
 
 _STOP = object()
@@ -69,14 +69,13 @@ class StoreWriter:
         self._queue: queue.Queue[_Pending | object] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="duckdb-writer", daemon=True)
         self._closed = False
-        self._seq = 0
 
     def start(self) -> None:
         """Start the writer thread."""
         self._thread.start()
 
-    async def write(self, batch: WriteBatch) -> int:
-        """Commit `batch`; return how many of its spans were new (not already stored)."""
+    async def write(self, batch: WriteBatch) -> None:
+        """Commit `batch` (spans already stored are skipped: ingest is idempotent)."""
         if self._closed:
             raise WriterClosedError("the store is shutting down")
         loop = asyncio.get_running_loop()
@@ -115,7 +114,7 @@ class StoreWriter:
 
     def _commit_group(self, group: list[_Pending]) -> None:
         try:
-            counts = self._insert(group)
+            self._insert(group)
         except Exception:
             if len(group) == 1:
                 _log.exception("store write failed")
@@ -124,59 +123,51 @@ class StoreWriter:
             for pending in group:
                 self._commit_group([pending])
             return
-        for pending, count in zip(group, counts, strict=True):
-            _resolve(pending, count)
-
-    def _insert(self, group: list[_Pending]) -> list[int]:
-        try:
-            return self._insert_group(group, or_ignore=False)
-        except duckdb.ConstraintException:
-            return self._insert_group(group, or_ignore=True)
-
-    def _insert_group(self, group: list[_Pending], *, or_ignore: bool) -> list[int]:
-        conn = self._conn
-        span_sql = _SPAN_UPSERT if or_ignore else _SPAN_INSERT
-        finding_sql = _FINDING_UPSERT if or_ignore else _FINDING_INSERT
-        # Arrow tables are registered outside the transaction: unregistering inside an aborted
-        # one fails and would hide the constraint error that triggers the OR IGNORE retry.
-        names: list[str] = []
-        statements: list[tuple[str, bool]] = []
         for pending in group:
-            names.append(self._register(pending.batch.spans))
-            statements.append((span_sql.replace("{src}", names[-1]), True))
-            findings = pending.batch.findings
-            if findings is not None and findings.num_rows:
-                names.append(self._register(findings))
-                statements.append((finding_sql.replace("{src}", names[-1]), False))
-        counts: list[int] = []
+            _resolve(pending)
+
+    def _insert(self, group: list[_Pending]) -> None:
+        spans = pa.concat_tables([p.batch.spans for p in group])  # zero-copy
+        found = [p.batch.findings for p in group if p.batch.findings is not None]
+        findings = pa.concat_tables(found) if found else None
         try:
-            conn.execute("BEGIN TRANSACTION")
-            try:
-                for sql, is_spans in statements:
-                    rows = conn.execute(sql).fetchall()
-                    if is_spans:
-                        counts.append(int(rows[0][0]) if rows else 0)
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(duckdb.Error):
-                    conn.execute("ROLLBACK")
-                raise
+            self._insert_tables(spans, findings, or_ignore=False)
+        except duckdb.ConstraintException:
+            self._insert_tables(spans, findings, or_ignore=True)
+
+    def _insert_tables(self, spans: pa.Table, findings: pa.Table | None, *, or_ignore: bool) -> None:
+        conn = self._conn
+        # One script per group: every execute() hands the GIL back and has to win it again from
+        # the ingest thread, so fewer calls mean shorter commits under load.
+        conn.register("_ingest_spans", spans)
+        script = [
+            "BEGIN TRANSACTION",
+            (_SPAN_UPSERT if or_ignore else _SPAN_INSERT).replace("{src}", "_ingest_spans"),
+        ]
+        if findings is not None and findings.num_rows:
+            conn.register("_ingest_findings", findings)
+            script.append(
+                (_FINDING_UPSERT if or_ignore else _FINDING_INSERT).replace("{src}", "_ingest_findings")
+            )
+        script.append("COMMIT")
+        # Tables are unregistered outside the transaction: doing so inside an aborted one fails
+        # and would hide the constraint error that triggers the OR IGNORE retry.
+        try:
+            conn.execute(";\n".join(script))
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                conn.execute("ROLLBACK")
+            raise
         finally:
-            for name in names:
-                conn.unregister(name)
-        return counts
-
-    def _register(self, table: pa.Table) -> str:
-        self._seq += 1
-        name = f"_ingest_{self._seq}"
-        self._conn.register(name, table)
-        return name
+            conn.unregister("_ingest_spans")
+            if findings is not None and findings.num_rows:
+                conn.unregister("_ingest_findings")
 
 
-def _resolve(pending: _Pending, count: int) -> None:
+def _resolve(pending: _Pending) -> None:
     def set_result() -> None:
         if not pending.future.done():
-            pending.future.set_result(count)
+            pending.future.set_result(None)
 
     _call_soon(pending, set_result)
 
