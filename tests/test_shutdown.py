@@ -88,12 +88,12 @@ class Launcher:
         self.directory = directory
         self.started: list[CoreProcess] = []
 
-    def launch(self, config: Path, *, umask: int = -1) -> CoreProcess:
+    def launch(self, config: Path, *, umask: int = -1, command: str = "core") -> CoreProcess:
         n = len(self.started)
         ready, log = self.directory / f"ready-{n}.json", self.directory / f"core-{n}.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [*CLI, "core", "--config", str(config), "--ready-file", str(ready)],
+                [*CLI, command, "--config", str(config), "--ready-file", str(ready)],
                 cwd=self.directory,
                 env=_env(),
                 stdout=out,
@@ -198,10 +198,11 @@ async def test_sigterm_during_ingest_loses_no_acknowledged_span(tmp_path: Path, 
     assert len(acknowledged) >= 400
 
 
+@pytest.mark.parametrize("command", ["core", "serve"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_idle_core_stops_promptly(tmp_path: Path, cores: Launcher, sig: signal.Signals) -> None:
+def test_idle_core_stops_promptly(tmp_path: Path, cores: Launcher, sig: signal.Signals, command: str) -> None:
     database = tmp_path / "llmtrace.duckdb"
-    core = cores.launch(write_config(tmp_path, database))
+    core = cores.launch(write_config(tmp_path, database), command=command)
     core.wait_ready()
     code, seconds = core.stop(sig)
     assert code == 0, core.log()
