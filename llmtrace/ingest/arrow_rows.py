@@ -8,21 +8,18 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
 
 from llmtrace.api.v1 import common_pb2, span_pb2
-from llmtrace.ingest.content_json import encode_choices, encode_messages, encode_tools
+from llmtrace.ingest.content_json import dumps, encode_choices, encode_messages, encode_tools
 from llmtrace.store.row_schema import FINDING_ROW_SCHEMA, SPAN_ROW_SCHEMA
 from llmtrace.store.writer import WriteBatch
 
 #: Base score per severity (FINDINGS.md): info 10, low 30, medium 60, high 80, critical 95.
 SEVERITY_BASE_SCORE = {1: 10, 2: 30, 3: 60, 4: 80, 5: 95}
-
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def _us(ts: Any) -> int:
@@ -50,7 +47,7 @@ def any_value_to_python(value: common_pb2.AnyValue) -> Any:
 def _attributes_json(attributes: Sequence[common_pb2.KeyValue]) -> str:
     if not attributes:
         return "{}"
-    return _dumps({kv.key: any_value_to_python(kv.value) for kv in attributes})
+    return dumps({kv.key: any_value_to_python(kv.value) for kv in attributes})
 
 
 def finding_id(tenant: str, trace_id: bytes, span_id: bytes, *, index: int, kind: str, detector: str) -> str:
@@ -107,14 +104,7 @@ def build_write_batch(spans: Sequence[span_pb2.Span], ingest_time_us: int) -> Wr
         "upstream_request_id": [s.upstream_request_id for s in spans],
         "server_address": [s.server_address for s in spans],
         "api_key_fingerprint": [s.api_key_fingerprint for s in spans],
-        "temperature": [_opt(p, "temperature") for p in params],
-        "top_p": [_opt(p, "top_p") for p in params],
-        "max_tokens": [_opt(p, "max_tokens") for p in params],
-        "stream": [_opt(p, "stream") for p in params],
-        "frequency_penalty": [_opt(p, "frequency_penalty") for p in params],
-        "presence_penalty": [_opt(p, "presence_penalty") for p in params],
-        "seed": [_opt(p, "seed") for p in params],
-        "choice_count": [_opt(p, "choice_count") for p in params],
+        **_optional_parameters(params),
         "output_type": [p.output_type for p in params],
         "stop_sequences": [list(p.stop_sequences) for p in params],
         "request_messages": [encode_messages(r.messages) for r in requests],
@@ -150,6 +140,23 @@ def build_write_batch(spans: Sequence[span_pb2.Span], ingest_time_us: int) -> Wr
     return WriteBatch(spans=table, findings=findings)
 
 
+_OPTIONAL_PARAMETERS = (
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "stream",
+    "frequency_penalty",
+    "presence_penalty",
+    "seed",
+    "choice_count",
+)
+
+
+def _optional_parameters(params: Sequence[span_pb2.RequestParameters]) -> dict[str, list[Any]]:
+    """Columns of the optional parameters, None where unset."""
+    return {name: [_opt(p, name) for p in params] for name in _OPTIONAL_PARAMETERS}
+
+
 def _score(span: span_pb2.Span) -> int | None:
     """The score sent with the span, raised to the worst severity among its findings."""
     score = span.security_score if span.HasField("security_score") else None
@@ -175,5 +182,5 @@ def _add_findings(fcols: dict[str, list[Any]], span: span_pb2.Span, ingest_time_
         fcols["location"].append(f.location)
         fcols["description"].append(f.description)
         fcols["excerpt"].append(f.excerpt)
-        fcols["metadata"].append(_dumps(dict(f.metadata)))
+        fcols["metadata"].append(dumps(dict(f.metadata)))
         fcols["create_time"].append(_us(f.create_time) if f.HasField("create_time") else ingest_time_us)

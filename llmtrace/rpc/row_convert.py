@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import base64
-import json
 from datetime import datetime
 from typing import Any
 
+import orjson
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from llmtrace.api.v1 import common_pb2, finding_pb2, query_service_pb2, span_pb2
@@ -120,7 +120,7 @@ def span_from_row(row: Row) -> span_pb2.Span:
     if row["attributes_pb"] is not None:
         span.attributes.extend(common_pb2.KeyValueList.FromString(row["attributes_pb"]).values)
     else:
-        for key, value in json.loads(row["attributes"] or "{}").items():
+        for key, value in orjson.loads(row["attributes"] or "{}").items():
             span.attributes.add(key=key, value=python_to_any_value(value))
     if "request_messages" in row:
         decode_messages(row["request_messages"], span.request.messages)
@@ -151,7 +151,7 @@ def finding_from_row(row: Row) -> finding_pb2.Finding:
         location=row["location"],
         description=row["description"],
         excerpt=row["excerpt"],
-        metadata=json.loads(row["metadata"] or "{}"),
+        metadata=orjson.loads(row["metadata"] or "{}"),
         create_time=timestamp(row["create_time"]),
     )
 
