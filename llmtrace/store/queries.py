@@ -212,14 +212,19 @@ _GROUP_SQL = {
     "time": "time_bucket(to_microseconds(?), s.start_time)",
 }
 
-_STATS_AGGREGATES = (
-    "count(*) AS span_count, count(DISTINCT s.trace_id) AS trace_count, "
-    f"count(*) FILTER (WHERE {SPAN_IS_ERROR_SQL}) AS error_count, "
+# Aggregates that add up across groups, and those that do not (distinct counts, percentiles).
+_ADDITIVE = ("span_count", "error_count", "input_tokens", "output_tokens", "total_tokens", "cost_usd")
+_ADDITIVE_AGGREGATES = (
+    f"count(*) AS span_count, count(*) FILTER (WHERE {SPAN_IS_ERROR_SQL}) AS error_count, "
     "coalesce(sum(s.input_tokens), 0) AS input_tokens, coalesce(sum(s.output_tokens), 0) AS output_tokens, "
-    "coalesce(sum(s.total_tokens), 0) AS total_tokens, coalesce(sum(s.cost_usd), 0.0) AS cost_usd, "
+    "coalesce(sum(s.total_tokens), 0) AS total_tokens, coalesce(sum(s.cost_usd), 0.0) AS cost_usd"
+)
+_HOLISTIC_AGGREGATES = (
+    "count(DISTINCT s.trace_id) AS trace_count, "
     f"quantile_cont({SPAN_DURATION_MS_SQL}, [0.5, 0.95, 0.99]) AS latency_ms, "
     "quantile_cont(s.ttft_us / 1000.0, 0.5) AS ttft_p50_ms"
 )
+_STATS_AGGREGATES = f"{_ADDITIVE_AGGREGATES}, {_HOLISTIC_AGGREGATES}"
 
 
 def uses_security_score(*texts: str) -> bool:
@@ -257,6 +262,8 @@ async def stats(reader: StoreReader, q: StatsQuery, fields: dict[str, FieldSpec]
 
     The total and the groups are two plain aggregations run side by side: DuckDB computes
     `count(DISTINCT ...)` under GROUPING SETS about twice as slowly as in two separate scans.
+    Every dimension puts each span in exactly one group, so the total's additive aggregates are
+    the sums over the groups and its own scan computes only distinct traces and percentiles.
     """
     where = compile_filter(q.filter, fields)
     conds = ["s.tenant = ?", where.sql]
@@ -282,7 +289,11 @@ async def stats(reader: StoreReader, q: StatsQuery, fields: dict[str, FieldSpec]
         f"SELECT {keys}, {_STATS_AGGREGATES} FROM {relation} WHERE {condition} "
         f"GROUP BY {names} ORDER BY {names}"
     )
-    total, groups = await asyncio.gather(
-        reader.fetch(total_sql, params), reader.fetch(group_sql, [*key_params, *params])
+    holistic_sql = f"SELECT {_HOLISTIC_AGGREGATES} FROM {relation} WHERE {condition}"
+    holistic, groups = await asyncio.gather(
+        reader.fetch(holistic_sql, params), reader.fetch(group_sql, [*key_params, *params])
     )
-    return total + groups
+    total = dict(holistic[0])
+    for name in _ADDITIVE:
+        total[name] = sum(group[name] for group in groups)
+    return [total, *groups]
