@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import functools
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,6 +112,24 @@ def sql_value(value: object) -> common_pb2.AnyValue:
     return python_to_any_value(value)
 
 
+_Method = Callable[[Any, Any, Context], Awaitable[Any]]
+
+
+def _reports_errors(method: _Method) -> _Method:
+    """Turn query and request errors into INVALID_ARGUMENT (or their own status) with details."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: Context) -> Any:
+        try:
+            return await method(self, request, context)
+        except QueryError as exc:
+            await abort(context, invalid_argument([(exc.field, exc.message)], reason="INVALID_QUERY"))
+        except RpcError as exc:
+            await abort(context, exc)
+
+    return wrapper
+
+
 class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
     """Answers queries for one tenant at a time."""
 
@@ -128,49 +148,33 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         self._sql_max_rows = sql_max_rows
         self._sql_timeout_s = sql_timeout_s
 
-    async def _guard(self, context: Context, coro: Any) -> Any:
-        try:
-            return await coro
-        except QueryError as exc:
-            await abort(context, invalid_argument([(exc.field, exc.message)], reason="INVALID_QUERY"))
-        except RpcError as exc:
-            await abort(context, exc)
-
+    @_reports_errors
     async def ListTraces(  # noqa: N802 - gRPC method name
         self, request: query_service_pb2.ListTracesRequest, context: Context
     ) -> query_service_pb2.ListTracesResponse:
         """A page of trace summaries."""
+        page = await list_page(
+            self._reader, self._codec, queries.TRACE_LIST, _list_request(request, self._paging)
+        )
+        return query_service_pb2.ListTracesResponse(
+            traces=[trace_from_row(r) for r in page.rows], next_page_token=page.next_page_token
+        )
 
-        async def run() -> query_service_pb2.ListTracesResponse:
-            page = await list_page(
-                self._reader, self._codec, queries.TRACE_LIST, _list_request(request, self._paging)
-            )
-            return query_service_pb2.ListTracesResponse(
-                traces=[trace_from_row(r) for r in page.rows], next_page_token=page.next_page_token
-            )
-
-        result: query_service_pb2.ListTracesResponse = await self._guard(context, run())
-        return result
-
+    @_reports_errors
     async def GetTrace(  # noqa: N802 - gRPC method name
         self, request: query_service_pb2.GetTraceRequest, context: Context
     ) -> query_service_pb2.GetTraceResponse:
         """One trace with its spans, oldest first."""
-
-        async def run() -> query_service_pb2.GetTraceResponse:
-            tenant = _tenant(request.tenant)
-            trace_id = _id(request.trace_id, "trace_id", limits.TRACE_ID_BYTES)
-            summary = await queries.get_trace(self._reader, tenant, request.trace_id)
-            if summary is None:
-                raise not_found(f"trace {request.trace_id.hex()} not found")
-            trace = trace_from_row(summary)
-            full = request.view != query_service_pb2.SPAN_VIEW_BASIC
-            rows = await queries.get_spans(self._reader, tenant, trace_id=trace_id, full=full)
-            trace.spans.extend(await self._spans(tenant, rows, with_findings=full))
-            return query_service_pb2.GetTraceResponse(trace=trace)
-
-        result: query_service_pb2.GetTraceResponse = await self._guard(context, run())
-        return result
+        tenant = _tenant(request.tenant)
+        trace_id = _id(request.trace_id, "trace_id", limits.TRACE_ID_BYTES)
+        summary = await queries.get_trace(self._reader, tenant, request.trace_id)
+        if summary is None:
+            raise not_found(f"trace {request.trace_id.hex()} not found")
+        trace = trace_from_row(summary)
+        full = request.view != query_service_pb2.SPAN_VIEW_BASIC
+        rows = await queries.get_spans(self._reader, tenant, trace_id=trace_id, full=full)
+        trace.spans.extend(await self._spans(tenant, rows, with_findings=full))
+        return query_service_pb2.GetTraceResponse(trace=trace)
 
     async def _merge_analysed_scores(self, tenant: str, rows: list[Row]) -> None:
         keys = [(r["trace_id"], r["span_id"]) for r in rows]
@@ -195,121 +199,101 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
                     index[row["span_id"]].findings.append(finding_from_row(row))
         return spans
 
+    @_reports_errors
     async def ListSpans(  # noqa: N802 - gRPC method name
         self, request: query_service_pb2.ListSpansRequest, context: Context
     ) -> query_service_pb2.ListSpansResponse:
         """A page of spans (basic view unless asked for full)."""
+        full = request.view == query_service_pb2.SPAN_VIEW_FULL
+        req = _list_request(request, self._paging)
+        join = queries.uses_security_score(req.filter, req.order_by)
+        page = await list_page(
+            self._reader, self._codec, queries.span_list_query(full, join_scores=join), req
+        )
+        if not join:
+            await self._merge_analysed_scores(req.tenant, page.rows)
+        spans = await self._spans(req.tenant, page.rows, with_findings=full)
+        return query_service_pb2.ListSpansResponse(spans=spans, next_page_token=page.next_page_token)
 
-        async def run() -> query_service_pb2.ListSpansResponse:
-            full = request.view == query_service_pb2.SPAN_VIEW_FULL
-            req = _list_request(request, self._paging)
-            join = queries.uses_security_score(req.filter, req.order_by)
-            page = await list_page(
-                self._reader, self._codec, queries.span_list_query(full, join_scores=join), req
-            )
-            if not join:
-                await self._merge_analysed_scores(req.tenant, page.rows)
-            spans = await self._spans(req.tenant, page.rows, with_findings=full)
-            return query_service_pb2.ListSpansResponse(spans=spans, next_page_token=page.next_page_token)
-
-        result: query_service_pb2.ListSpansResponse = await self._guard(context, run())
-        return result
-
+    @_reports_errors
     async def GetSpan(  # noqa: N802 - gRPC method name
         self, request: query_service_pb2.GetSpanRequest, context: Context
     ) -> query_service_pb2.GetSpanResponse:
         """One span with content and findings."""
+        tenant = _tenant(request.tenant)
+        span_id = _id(request.span_id, "span_id", limits.SPAN_ID_BYTES)
+        trace_id = _id(request.trace_id, "trace_id", limits.TRACE_ID_BYTES, required=False)
+        rows = await queries.get_spans(self._reader, tenant, span_id=span_id, trace_id=trace_id)
+        if not rows:
+            raise not_found(f"span {request.span_id.hex()} not found")
+        if len(rows) > 1:
+            raise invalid_argument(
+                [("trace_id", "span_id is in several traces; give trace_id too")], reason="AMBIGUOUS_SPAN"
+            )
+        spans = await self._spans(tenant, rows, with_findings=True)
+        return query_service_pb2.GetSpanResponse(span=spans[0])
 
-        async def run() -> query_service_pb2.GetSpanResponse:
-            tenant = _tenant(request.tenant)
-            span_id = _id(request.span_id, "span_id", limits.SPAN_ID_BYTES)
-            trace_id = _id(request.trace_id, "trace_id", limits.TRACE_ID_BYTES, required=False)
-            rows = await queries.get_spans(self._reader, tenant, span_id=span_id, trace_id=trace_id)
-            if not rows:
-                raise not_found(f"span {request.span_id.hex()} not found")
-            if len(rows) > 1:
-                raise invalid_argument(
-                    [("trace_id", "span_id is in several traces; give trace_id too")], reason="AMBIGUOUS_SPAN"
-                )
-            spans = await self._spans(tenant, rows, with_findings=True)
-            return query_service_pb2.GetSpanResponse(span=spans[0])
-
-        result: query_service_pb2.GetSpanResponse = await self._guard(context, run())
-        return result
-
+    @_reports_errors
     async def ListFindings(  # noqa: N802 - gRPC method name
         self, request: query_service_pb2.ListFindingsRequest, context: Context
     ) -> query_service_pb2.ListFindingsResponse:
         """A page of findings."""
+        page = await list_page(
+            self._reader, self._codec, queries.FINDING_LIST, _list_request(request, self._paging)
+        )
+        return query_service_pb2.ListFindingsResponse(
+            findings=[finding_from_row(r) for r in page.rows], next_page_token=page.next_page_token
+        )
 
-        async def run() -> query_service_pb2.ListFindingsResponse:
-            page = await list_page(
-                self._reader, self._codec, queries.FINDING_LIST, _list_request(request, self._paging)
-            )
-            return query_service_pb2.ListFindingsResponse(
-                findings=[finding_from_row(r) for r in page.rows], next_page_token=page.next_page_token
-            )
-
-        result: query_service_pb2.ListFindingsResponse = await self._guard(context, run())
-        return result
-
+    @_reports_errors
     async def GetStats(  # noqa: N802 - gRPC method name
         self, request: query_service_pb2.GetStatsRequest, context: Context
     ) -> query_service_pb2.GetStatsResponse:
         """Overall and grouped aggregates."""
+        q = _stats_query(request)
+        rows = await queries.stats(self._reader, q)
+        response = query_service_pb2.GetStatsResponse(total=stats_from_row(rows[0]))
+        for row in rows[1:]:
+            group = response.groups.add(stats=stats_from_row(row))
+            group.model = row.get("g_model") or ""
+            group.provider = row.get("g_provider") or ""
+            group.agent = row.get("g_agent") or ""
+            if row.get("g_time") is not None:
+                group.bucket_start.FromDatetime(row["g_time"])
+        return response
 
-        async def run() -> query_service_pb2.GetStatsResponse:
-            q = _stats_query(request)
-            rows = await queries.stats(self._reader, q)
-            response = query_service_pb2.GetStatsResponse(total=stats_from_row(rows[0]))
-            for row in rows[1:]:
-                group = response.groups.add(stats=stats_from_row(row))
-                group.model = row.get("g_model") or ""
-                group.provider = row.get("g_provider") or ""
-                group.agent = row.get("g_agent") or ""
-                if row.get("g_time") is not None:
-                    group.bucket_start.FromDatetime(row["g_time"])
-            return response
-
-        result: query_service_pb2.GetStatsResponse = await self._guard(context, run())
-        return result
-
+    @_reports_errors
     async def ExecuteSql(  # noqa: N802 - gRPC method name
         self, request: query_service_pb2.ExecuteSqlRequest, context: Context
     ) -> query_service_pb2.ExecuteSqlResponse:
         """One sandboxed read-only query."""
-
-        async def run() -> query_service_pb2.ExecuteSqlResponse:
-            tenant = _tenant(request.tenant)
-            if request.max_rows < 0:
-                raise invalid_argument([("max_rows", "must not be negative")])
-            cap = min(request.max_rows or self._sql_max_rows, self._sql_max_rows)
-            try:
-                result = await self._reader.run(
-                    lambda cur: execute_sandboxed(
-                        cur, tenant=tenant, query=request.query, max_rows=cap, timeout_s=self._sql_timeout_s
-                    )
+        tenant = _tenant(request.tenant)
+        if request.max_rows < 0:
+            raise invalid_argument([("max_rows", "must not be negative")])
+        cap = min(request.max_rows or self._sql_max_rows, self._sql_max_rows)
+        try:
+            result = await self._reader.run(
+                lambda cur: execute_sandboxed(
+                    cur, tenant=tenant, query=request.query, max_rows=cap, timeout_s=self._sql_timeout_s
                 )
-            except SqlRefused as exc:
-                code = (
-                    grpc.StatusCode.PERMISSION_DENIED
-                    if exc.reason == "denied"
-                    else grpc.StatusCode.INVALID_ARGUMENT
-                )
-                raise RpcError(
-                    code, exc.message, reason="SQL_REFUSED", violations=[("query", exc.message)]
-                ) from exc
-            except SqlTimeout as exc:
-                raise RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc), reason="SQL_TIMEOUT") from exc
-            response = query_service_pb2.ExecuteSqlResponse(truncated=result.truncated)
-            for column in result.columns:
-                response.columns.add(name=column.name, type=column.type)
-            for values in result.rows:
-                response.rows.add(values=[sql_value(v) for v in values])
-            return response
-
-        result: query_service_pb2.ExecuteSqlResponse = await self._guard(context, run())
-        return result
+            )
+        except SqlRefused as exc:
+            code = (
+                grpc.StatusCode.PERMISSION_DENIED
+                if exc.reason == "denied"
+                else grpc.StatusCode.INVALID_ARGUMENT
+            )
+            raise RpcError(
+                code, exc.message, reason="SQL_REFUSED", violations=[("query", exc.message)]
+            ) from exc
+        except SqlTimeout as exc:
+            raise RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc), reason="SQL_TIMEOUT") from exc
+        response = query_service_pb2.ExecuteSqlResponse(truncated=result.truncated)
+        for column in result.columns:
+            response.columns.add(name=column.name, type=column.type)
+        for values in result.rows:
+            response.rows.add(values=[sql_value(v) for v in values])
+        return response
 
 
 def _stats_query(request: query_service_pb2.GetStatsRequest) -> queries.StatsQuery:
