@@ -20,7 +20,7 @@ MAX_NAME_CHARS: Final = 512
 MAX_TEXT_CHARS: Final = 8 * 1024
 #: Request or response body, and the total of all message content on one side of a span.
 MAX_BODY_CHARS: Final = 1024 * 1024
-#: Messages, choices, tools, tool calls, content parts, attributes and findings per span.
+#: Messages, choices, tools, attributes and findings per span (each list counted on its own).
 MAX_ITEMS: Final = 10_000
 #: Token counts above this are treated as corrupt (no request uses a billion tokens).
 MAX_TOKENS: Final = 1_000_000_000

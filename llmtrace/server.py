@@ -2,8 +2,9 @@
 
 Start-up opens the database (the only writer), applies migrations, starts the writer thread,
 the gRPC server (Ingest, Query, health, reflection) and the metrics endpoint, then reports
-SERVING. Shutdown on SIGTERM/SIGINT: NOT_SERVING, stop accepting, let in-flight RPCs finish
-(capped by `shutdown.timeout_seconds`), commit what the writer holds, checkpoint, close.
+SERVING. Shutdown on SIGTERM/SIGINT: NOT_SERVING, stop accepting, let in-flight RPCs finish (an RPC
+still running after `shutdown.timeout_seconds` is cancelled), commit everything the writer holds,
+checkpoint, close.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ class Core:
         self._conn: duckdb.DuckDBPyConnection | None = None
         self._writer: StoreWriter | None = None
         self._reader: StoreReader | None = None
+        self._sql_reader: StoreReader | None = None
         # One thread: validation and Arrow building hold the GIL, so a second thread only adds
         # contention with the writer thread (measured: same throughput, slower commits).
         self._cpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-cpu")
@@ -116,6 +118,8 @@ class Core:
         self._writer = StoreWriter(self._conn)
         self._writer.start()
         self._reader = StoreReader(self._conn)
+        # Ad-hoc SQL gets threads of its own, so slow operator queries never starve the List RPCs.
+        self._sql_reader = StoreReader(self._conn, threads=2, timeout_s=settings.sql.timeout_seconds + 5)
         codec = PageTokenCodec(_page_token_key(self._conn))
         max_bytes = settings.grpc.max_message_bytes
         server = grpc.aio.server(
@@ -132,6 +136,7 @@ class Core:
             QueryServicer(
                 self._reader,
                 codec,
+                sql_reader=self._sql_reader,
                 sql_max_rows=settings.sql.max_rows,
                 sql_timeout_s=settings.sql.timeout_seconds,
                 paging=PageSizes(settings.query.default_page_size, settings.query.max_page_size),
@@ -178,11 +183,13 @@ class Core:
             # Stops accepting at once; returns when in-flight RPCs are done or `grace` is up.
             await self._server.stop(grace)
         if self._writer is not None:
-            remaining = max(grace - (time.monotonic() - started), 1.0)
-            await asyncio.to_thread(self._writer.close, remaining)
-        if self._reader is not None:
-            self._reader.close()
-        self._cpu.shutdown(wait=True)
+            # No RPC is left to add batches, so the queue is bounded: wait for every commit.
+            # (Closing the connection under a writer still committing would fail and lose them.)
+            await asyncio.to_thread(self._writer.close, None)
+        for reader in (self._reader, self._sql_reader):
+            if reader is not None:
+                await asyncio.to_thread(reader.close)
+        await asyncio.to_thread(self._cpu.shutdown, True)
         if self._conn is not None:
             conn = self._conn
             with contextlib.suppress(duckdb.Error):
@@ -220,7 +227,12 @@ async def serve_core(settings: Settings, ready_file: str | None = None) -> int:
         await core.stop()
         return 1
     if ready_file:
-        _write_ready_file(ready_file, bound)
+        try:
+            _write_ready_file(ready_file, bound)
+        except OSError as exc:
+            _log.error("cannot write the ready file", path=ready_file, error=str(exc))
+            await core.stop()
+            return 1
     await stop.wait()
     _log.info("shutting down", grace_seconds=settings.shutdown.timeout_seconds)
     await core.stop()

@@ -449,7 +449,7 @@ STATS_CASES: list[tuple[str, query_service_pb2.GetStatsRequest, str, str]] = [
     ("bucket-zero", _stats((4,), bucket_width=_dur(0)), "bucket_width", AT_LEAST_1S),
     ("bucket-under-1s", _stats((4,), bucket_width=_dur(0, 999_999_999)), "bucket_width", AT_LEAST_1S),
     ("bucket-negative", _stats(bucket_width=_dur(-60)), "bucket_width", AT_LEAST_1S),
-    ("bucket-huge", _stats((4,), bucket_width=_dur(2**62)), "bucket_width", "must be at most 10000 years"),
+    ("bucket-huge", _stats((4,), bucket_width=_dur(2**62)), "bucket_width", "must be at most 100 years"),
     ("end-equals-start", _stats(start_time=_ts(1000), end_time=_ts(1000)), "end_time", AFTER_START),
     ("end-before-start", _stats(start_time=_ts(1000, 1000), end_time=_ts(1000)), "end_time", AFTER_START),
     ("start-out-of-range", _stats(start_time=_ts(10**12)), "start_time", VALID_TS),
@@ -489,7 +489,7 @@ async def test_odd_but_valid_requests_succeed(shared: RunningCore) -> None:
     await q.GetStats(
         Q.GetStatsRequest(tenant=TENANT, start_time=_ts(-62135596800), end_time=_ts(253402300799))
     )
-    await q.GetStats(_stats((4,), bucket_width=_dur(315_576_000_000)))
+    await q.GetStats(_stats((4,), bucket_width=_dur(100 * 365 * 86_400)))
     await q.GetStats(_stats((4,), bucket_width=_dur(1)))
     await q.ExecuteSql(Q.ExecuteSqlRequest(tenant=TENANT, query="SELECT 1", max_rows=2**31 - 1))
 

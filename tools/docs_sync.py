@@ -98,6 +98,21 @@ VIEW_COLUMNS: dict[str, str] = {
 }
 
 
+#: Where a view's column means something else than the same-named column of `spans`.
+VIEW_COLUMN_OVERRIDES: dict[tuple[str, str], str] = {
+    ("traces", "cost_usd"): "sum of the priced spans' cost in USD; 0 when none was priced",
+    ("traces", "input_tokens"): "sum of input tokens over the trace's spans",
+    ("traces", "output_tokens"): "sum of output tokens over the trace's spans",
+    ("traces", "total_tokens"): "sum of total tokens over the trace's spans",
+    ("traces", "start_time"): "earliest span start (UTC)",
+    ("traces", "end_time"): "latest span end (UTC)",
+    ("traces", "duration_ms"): "end_time - start_time of the trace in milliseconds",
+    ("traces", "session_id"): "session id of the trace's spans, if any",
+    ("findings", "trace_id"): "trace of the span the finding is about",
+    ("findings", "span_id"): "span the finding is about",
+}
+
+
 def _fields_table(title: str, catalog: dict[str, FieldSpec], default_order: str, tiebreak: str) -> str:
     lines = [
         f"### {title}",
@@ -154,7 +169,8 @@ def views_section() -> str:
         for name, data_type in rows:
             if name not in VIEW_COLUMNS:
                 raise SystemExit(f"tools/docs_sync.py: describe column {view}.{name} in VIEW_COLUMNS")
-            parts[-1] += f"\n| `{name}` | {data_type} | {VIEW_COLUMNS[name]} |"
+            meaning = VIEW_COLUMN_OVERRIDES.get((view, name), VIEW_COLUMNS[name])
+            parts[-1] += f"\n| `{name}` | {data_type} | {meaning} |"
     conn.close()
     return "\n\n".join(parts)
 

@@ -2,7 +2,7 @@
 
 Every leaf is a str, int, float or bool. The loader derives key paths (`grpc.listen_addr`),
 environment variable names and type conversion from these classes, so adding a field here is
-all it takes to make it configurable; its validation rule lives in `validate.py`.
+all it takes to make it configurable; its validation rule lives in `values.py` (`RULES`).
 """
 
 from __future__ import annotations

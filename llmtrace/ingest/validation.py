@@ -37,7 +37,8 @@ def validate_span(span: span_pb2.Span, now_unix: float | None = None) -> list[Vi
     out: list[Violation] = []
     _check_ids(span, out)
     _check_tenant(span.tenant, out)
-    _check_times(span, time.time() if now_unix is None else now_unix, out)
+    now = time.time() if now_unix is None else now_unix
+    _check_times(span, now, out)
     _check_len(out, "agent", span.agent, limits.MAX_AGENT_CHARS)
     # Hot path: one sum tells that every short field is within its limit; only when it does not
     # are the fields checked one by one to name the culprit.
@@ -64,7 +65,7 @@ def validate_span(span: span_pb2.Span, now_unix: float | None = None) -> list[Vi
     if len(span.attributes) > limits.MAX_ITEMS:
         out.append(("attributes", f"at most {limits.MAX_ITEMS} attributes"))
     if span.findings:
-        _check_findings(span, out)
+        _check_findings(span, now, out)
     return out
 
 
@@ -197,7 +198,7 @@ def _content_chars(messages: Iterable[span_pb2.Message]) -> int:
     return total
 
 
-def _check_findings(span: span_pb2.Span, out: list[Violation]) -> None:
+def _check_findings(span: span_pb2.Span, now: float, out: list[Violation]) -> None:
     if len(span.findings) > limits.MAX_ITEMS:
         out.append(("findings", f"at most {limits.MAX_ITEMS} findings"))
         return
@@ -214,6 +215,12 @@ def _check_findings(span: span_pb2.Span, out: list[Violation]) -> None:
             out.append((f"{path}.span_id", "must be empty or the span's own span_id"))
         if finding.trace_id and finding.trace_id != span.trace_id:
             out.append((f"{path}.trace_id", "must be empty or the span's own trace_id"))
+        if finding.HasField("create_time"):
+            created = finding.create_time
+            if not 0 <= created.nanos < 1_000_000_000:
+                out.append((f"{path}.create_time.nanos", "must be in [0, 999999999]"))
+            elif not limits.MIN_START_UNIX_SECONDS <= created.seconds <= now + limits.MAX_FUTURE_SECONDS:
+                out.append((f"{path}.create_time", "must be after 2000-01-01 and at most a day ahead"))
         _check_len(out, f"{path}.id", finding.id, limits.MAX_NAME_CHARS)
         _check_len(out, f"{path}.description", finding.description, limits.MAX_TEXT_CHARS)
         _check_len(out, f"{path}.excerpt", finding.excerpt, limits.MAX_TEXT_CHARS)

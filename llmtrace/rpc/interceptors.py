@@ -8,6 +8,7 @@ with the request id only, never the exception text.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -45,15 +46,24 @@ class _Call:
         self.method = method
         self.request_id = request_id
         self.start = time.perf_counter()
+        self.ended = False
 
     def begin(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         structlog.contextvars.bind_contextvars(request_id=self.request_id, rpc=self.method)
         context.set_trailing_metadata((("x-request-id", self.request_id),))
 
-    def end(self, context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None) -> None:
+    def end(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        error: BaseException | None,
+        *,
+        cancelled: bool = False,
+    ) -> None:
+        self.ended = True
         elapsed = time.perf_counter() - self.start
         failed = error is not None and not isinstance(error, _AbortErrors)
-        code = _code_name(context, failed)
+        # A cancelled RPC (client gone, deadline passed) has no status set by us: say so.
+        code = "CANCELLED" if cancelled else _code_name(context, failed)
         metrics.RPC_TOTAL.labels(self.method, code).inc()
         metrics.RPC_DURATION.labels(self.method).observe(elapsed)
         if failed:
@@ -111,16 +121,19 @@ def _wrap_unary(behavior: Any, method: str, request_id: str) -> Any:
         error: BaseException | None = None
         try:
             return await behavior(request, context)
+        except asyncio.CancelledError:
+            call.end(context, None, cancelled=True)
+            raise
         except _AbortErrors as exc:
             error = exc
             raise
-        except Exception as exc:
+        except Exception as exc:  # report as INTERNAL without leaking details
             error = exc
             call.end(context, error)
             await call.internal(context)
             raise
         finally:
-            if error is None or isinstance(error, _AbortErrors):
+            if not call.ended:
                 call.end(context, error)
 
     return wrapped
@@ -134,16 +147,19 @@ def _wrap_stream(behavior: Any, method: str, request_id: str) -> Any:
         try:
             async for response in behavior(request, context):
                 yield response
+        except asyncio.CancelledError:
+            call.end(context, None, cancelled=True)
+            raise
         except _AbortErrors as exc:
             error = exc
             raise
-        except Exception as exc:
+        except Exception as exc:  # report as INTERNAL without leaking details
             error = exc
             call.end(context, error)
             await call.internal(context)
             raise
         finally:
-            if error is None or isinstance(error, _AbortErrors):
+            if not call.ended:
                 call.end(context, error)
 
     return wrapped

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import decimal
 import functools
@@ -26,7 +27,7 @@ from llmtrace.rpc.row_convert import (
 )
 from llmtrace.store import queries
 from llmtrace.store.listing import ListRequest, list_page
-from llmtrace.store.reader import Row, StoreReader
+from llmtrace.store.reader import ReadTimeoutError, Row, StoreReader
 from llmtrace.store.sql_sandbox import SqlRefused, SqlTimeout, execute_sandboxed
 
 Context = grpc.aio.ServicerContext[object, object]
@@ -38,8 +39,8 @@ _DIMENSIONS = {
     query_service_pb2.STATS_DIMENSION_TIME: "time",
 }
 _DEFAULT_BUCKET_US = 3_600_000_000
-# The range of a valid google.protobuf.Duration; larger values overflow DuckDB's int64 microseconds.
-_MAX_BUCKET_US = 315_576_000_000 * 1_000_000
+# A century: wider buckets start before year 1 for spans near DuckDB's bucket origin (2000-01-03).
+_MAX_BUCKET_US = 100 * 366 * 86_400 * 1_000_000
 
 
 def _tenant(tenant: str) -> str:
@@ -126,6 +127,10 @@ def _reports_errors(method: _Method) -> _Method:
             await abort(context, invalid_argument([(exc.field, exc.message)], reason="INVALID_QUERY"))
         except RpcError as exc:
             await abort(context, exc)
+        except ReadTimeoutError as exc:
+            await abort(
+                context, RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc), reason="QUERY_TIMEOUT")
+            )
 
     return wrapper
 
@@ -138,12 +143,14 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         reader: StoreReader,
         codec: PageTokenCodec,
         *,
+        sql_reader: StoreReader | None = None,
         sql_max_rows: int,
         sql_timeout_s: float,
         paging: PageSizes | None = None,
     ) -> None:
         self._paging = paging or PageSizes()
         self._reader = reader
+        self._sql_reader = sql_reader or reader
         self._codec = codec
         self._sql_max_rows = sql_max_rows
         self._sql_timeout_s = sql_timeout_s
@@ -173,6 +180,9 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         trace = trace_from_row(summary)
         full = request.view != query_service_pb2.SPAN_VIEW_BASIC
         rows = await queries.get_spans(self._reader, tenant, trace_id=trace_id, full=full)
+        if len(rows) > queries.MAX_TRACE_SPANS:
+            rows = rows[: queries.MAX_TRACE_SPANS]
+            trace.spans_truncated = True
         trace.spans.extend(await self._spans(tenant, rows, with_findings=full))
         return query_service_pb2.GetTraceResponse(trace=trace)
 
@@ -185,19 +195,20 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
                 row["score"] = analysed if row["score"] is None else max(analysed, row["score"])
 
     async def _spans(self, tenant: str, rows: list[Row], *, with_findings: bool) -> list[Any]:
-        spans = [span_from_row(r) for r in rows]
-        if with_findings and spans:
-            by_trace: dict[bytes, list[Any]] = {}
-            for span in spans:
-                by_trace.setdefault(span.trace_id, []).append(span)
-            for trace_id, members in by_trace.items():
-                found = await queries.findings_for(
-                    self._reader, tenant, trace_id, [s.span_id for s in members]
-                )
-                index = {s.span_id: s for s in members}
-                for row in found:
-                    index[row["span_id"]].findings.append(finding_from_row(row))
-        return spans
+        found: list[Row] = []
+        if with_findings:
+            keys = [(r["trace_id"], r["span_id"]) for r in rows]
+            found = await queries.findings_for(self._reader, tenant, keys)
+
+        def convert() -> list[Any]:
+            # Decoding content JSON of many spans is CPU work: done off the event loop.
+            spans = [span_from_row(r) for r in rows]
+            index = {(s.trace_id, s.span_id): s for s in spans}
+            for row in found:
+                index[(row["trace_id"], row["span_id"])].findings.append(finding_from_row(row))
+            return spans
+
+        return await asyncio.to_thread(convert)
 
     @_reports_errors
     async def ListSpans(  # noqa: N802 - gRPC method name
@@ -272,7 +283,7 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
             raise invalid_argument([("max_rows", "must not be negative")])
         cap = min(request.max_rows or self._sql_max_rows, self._sql_max_rows)
         try:
-            result = await self._reader.run(
+            result = await self._sql_reader.run(
                 lambda cur: execute_sandboxed(
                     cur, tenant=tenant, query=request.query, max_rows=cap, timeout_s=self._sql_timeout_s
                 )
@@ -288,12 +299,16 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
             ) from exc
         except SqlTimeout as exc:
             raise RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc), reason="SQL_TIMEOUT") from exc
-        response = query_service_pb2.ExecuteSqlResponse(truncated=result.truncated)
-        for column in result.columns:
-            response.columns.add(name=column.name, type=column.type)
-        for values in result.rows:
-            response.rows.add(values=[sql_value(v) for v in values])
-        return response
+
+        def convert() -> query_service_pb2.ExecuteSqlResponse:
+            response = query_service_pb2.ExecuteSqlResponse(truncated=result.truncated)
+            for column in result.columns:
+                response.columns.add(name=column.name, type=column.type)
+            for values in result.rows:
+                response.rows.add(values=[sql_value(v) for v in values])
+            return response
+
+        return await asyncio.to_thread(convert)
 
 
 def _stats_query(request: query_service_pb2.GetStatsRequest) -> queries.StatsQuery:
@@ -312,7 +327,7 @@ def _stats_query(request: query_service_pb2.GetStatsRequest) -> queries.StatsQue
         if width < 1_000_000:
             raise invalid_argument([("bucket_width", "must be at least 1 second")])
         if width > _MAX_BUCKET_US:
-            raise invalid_argument([("bucket_width", "must be at most 10000 years")])
+            raise invalid_argument([("bucket_width", "must be at most 100 years")])
     start = _datetime(request.start_time, "start_time") if request.HasField("start_time") else None
     end = _datetime(request.end_time, "end_time") if request.HasField("end_time") else None
     if start is not None and end is not None and end <= start:

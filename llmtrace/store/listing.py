@@ -13,7 +13,6 @@ from typing import Any
 from llmtrace.query import (
     FieldSpec,
     PageTokenCodec,
-    QueryError,
     compile_filter,
     effective_page_size,
     keyset_predicate,
@@ -94,9 +93,3 @@ async def list_page(reader: StoreReader, codec: PageTokenCodec, query: ListQuery
 def _bind_tenant(relation: str, tenant: str) -> tuple[str, list[Any]]:
     count = relation.count("{tenant}")
     return relation.replace("{tenant}", "?"), [tenant] * count
-
-
-def require_tenant(tenant: str) -> None:
-    """Every query names its tenant."""
-    if not tenant:
-        raise QueryError("tenant", "tenant is required")

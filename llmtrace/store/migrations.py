@@ -242,8 +242,8 @@ _V1_VIEWS = (
         sum(total_tokens)::BIGINT AS total_tokens,
         coalesce(sum(cost_usd), 0) AS cost_usd,
         max(security_score) AS max_security_score,
-        list_sort(list_distinct(list(request_model))) AS models,
-        list_sort(list_distinct(list(agent))) AS agents,
+        list_sort(list_distinct(list(request_model) FILTER (WHERE request_model <> ''))) AS models,
+        list_sort(list_distinct(list(agent) FILTER (WHERE agent <> ''))) AS agents,
         max(session_id) AS session_id
     FROM spans
     GROUP BY tenant, trace_id

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from llmtrace.query import FieldSpec, compile_filter
+from llmtrace.query import compile_filter
 from llmtrace.store.catalogs import (
     FINDING_FIELDS,
     SPAN_DURATION_MS_SQL,
@@ -21,6 +21,9 @@ from llmtrace.store.catalogs import (
 )
 from llmtrace.store.listing import ListQuery
 from llmtrace.store.reader import Row, StoreReader
+
+#: Most spans GetTrace returns; one more is fetched to tell that there were more.
+MAX_TRACE_SPANS = 10_000
 
 # span_rows joined with the scores analysis wrote later; `{tenant}` is bound by the caller.
 SPAN_RELATION = (
@@ -167,7 +170,7 @@ async def get_spans(
     sql = (
         f"SELECT {SPAN_FULL_SELECT if full else SPAN_BASIC_SELECT} "
         f"FROM {SPAN_RELATION.replace('{tenant}', '?')} "
-        f"WHERE {' AND '.join(where)} ORDER BY s.start_time, s.span_id LIMIT 10001"
+        f"WHERE {' AND '.join(where)} ORDER BY s.start_time, s.span_id LIMIT {MAX_TRACE_SPANS + 1}"
     )
     return await reader.fetch(sql, params)
 
@@ -179,18 +182,18 @@ async def get_trace(reader: StoreReader, tenant: str, trace_id: bytes) -> Row | 
     return rows[0] if rows else None
 
 
-async def findings_for(
-    reader: StoreReader, tenant: str, trace_id: bytes, span_ids: Sequence[bytes]
-) -> list[Row]:
-    """Findings of the given spans of one trace."""
-    if not span_ids:
+async def findings_for(reader: StoreReader, tenant: str, keys: Sequence[tuple[bytes, bytes]]) -> list[Row]:
+    """Findings of the spans named by (trace_id, span_id), in one query."""
+    if not keys:
         return []
-    marks = ", ".join("?" for _ in span_ids)
+    marks = ", ".join("?" for _ in keys)
     sql = (
-        f"SELECT {FINDING_SELECT} FROM finding_rows AS f WHERE f.tenant = ? AND f.trace_id = ? "
+        f"SELECT {FINDING_SELECT} FROM finding_rows AS f WHERE f.tenant = ? "
         f"AND f.span_id IN ({marks}) ORDER BY f.create_time, f.id"
     )
-    return await reader.fetch(sql, [tenant, trace_id, *span_ids])
+    wanted = set(keys)
+    rows = await reader.fetch(sql, [tenant, *(span_id for _, span_id in keys)])
+    return [r for r in rows if (r["trace_id"], r["span_id"]) in wanted]
 
 
 @dataclass(frozen=True)
@@ -257,7 +260,7 @@ async def analysed_scores(
     }
 
 
-async def stats(reader: StoreReader, q: StatsQuery, fields: dict[str, FieldSpec] = SPAN_FIELDS) -> list[Row]:
+async def stats(reader: StoreReader, q: StatsQuery) -> list[Row]:
     """Aggregates: the first row is the overall total, then one row per group (ordered by keys).
 
     The total and the groups are two plain aggregations run side by side: DuckDB computes
@@ -265,7 +268,7 @@ async def stats(reader: StoreReader, q: StatsQuery, fields: dict[str, FieldSpec]
     Every dimension puts each span in exactly one group, so the total's additive aggregates are
     the sums over the groups and its own scan computes only distinct traces and percentiles.
     """
-    where = compile_filter(q.filter, fields)
+    where = compile_filter(q.filter, SPAN_FIELDS)
     conds = ["s.tenant = ?", where.sql]
     params: list[object] = [q.tenant, *where.params]
     if q.start_time is not None:

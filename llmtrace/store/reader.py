@@ -1,8 +1,14 @@
-"""Read access: every query runs on its own cursor in a worker thread, off the event loop."""
+"""Read access: every query runs on its own cursor in a worker thread, off the event loop.
+
+A query is interrupted when it runs past the reader's time limit or when the RPC that asked for
+it is cancelled (client gone, deadline passed), so abandoned queries do not hold worker threads.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -13,25 +19,55 @@ T = TypeVar("T")
 
 Row = dict[str, Any]
 
+#: Longest a List/Get/Stats query may run; they are designed to take milliseconds.
+DEFAULT_TIMEOUT_S = 30.0
+
+
+class ReadTimeoutError(RuntimeError):
+    """A read query ran past the reader's time limit and was interrupted."""
+
 
 class StoreReader:
     """Runs read queries on per-call cursors of the core's database connection."""
 
-    def __init__(self, conn: duckdb.DuckDBPyConnection, *, threads: int = 4) -> None:
+    def __init__(
+        self, conn: duckdb.DuckDBPyConnection, *, threads: int = 4, timeout_s: float = DEFAULT_TIMEOUT_S
+    ) -> None:
         self._conn = conn
+        self._timeout_s = timeout_s
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="duckdb-read")
 
     async def run(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
         """Call `fn` with a fresh cursor in a worker thread; the cursor is closed afterwards."""
+        cursors: list[duckdb.DuckDBPyConnection] = []
+        timed_out = threading.Event()
+
+        def interrupt(cursor: duckdb.DuckDBPyConnection) -> None:
+            timed_out.set()
+            cursor.interrupt()
 
         def call() -> T:
             cursor = self._conn.cursor()
+            cursors.append(cursor)
+            timer = threading.Timer(self._timeout_s, interrupt, (cursor,))
+            timer.start()
             try:
                 return fn(cursor)
+            except duckdb.InterruptException as exc:
+                if timed_out.is_set():
+                    raise ReadTimeoutError(f"query exceeded {self._timeout_s:g} s") from exc
+                raise
             finally:
+                timer.cancel()
                 cursor.close()
 
-        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        except asyncio.CancelledError:
+            for cursor in cursors:
+                with contextlib.suppress(duckdb.Error):
+                    cursor.interrupt()
+            raise
 
     async def fetch(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
         """Rows of `sql` as dicts keyed by column name."""

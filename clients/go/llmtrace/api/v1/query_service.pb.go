@@ -166,10 +166,13 @@ type Trace struct {
 	Agents []string `protobuf:"bytes,12,rep,name=agents,proto3" json:"agents,omitempty"`
 	// Session id of the trace's spans, when any.
 	SessionId string `protobuf:"bytes,13,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
-	// The trace's spans, oldest first (GetTrace only).
-	Spans         []*Span `protobuf:"bytes,14,rep,name=spans,proto3" json:"spans,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The trace's spans, oldest first (GetTrace only; at most 10,000).
+	Spans []*Span `protobuf:"bytes,14,rep,name=spans,proto3" json:"spans,omitempty"`
+	// True when the trace has more spans than GetTrace returns; page through the rest with
+	// ListSpans and the filter `trace_id = "<hex>"`.
+	SpansTruncated bool `protobuf:"varint,15,opt,name=spans_truncated,json=spansTruncated,proto3" json:"spans_truncated,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Trace) Reset() {
@@ -298,6 +301,13 @@ func (x *Trace) GetSpans() []*Span {
 		return x.Spans
 	}
 	return nil
+}
+
+func (x *Trace) GetSpansTruncated() bool {
+	if x != nil {
+		return x.SpansTruncated
+	}
+	return false
 }
 
 // ListTracesRequest asks for a page of trace summaries.
@@ -1546,7 +1556,7 @@ var File_llmtrace_api_v1_query_service_proto protoreflect.FileDescriptor
 
 const file_llmtrace_api_v1_query_service_proto_rawDesc = "" +
 	"\n" +
-	"#llmtrace/api/v1/query_service.proto\x12\x0fllmtrace.api.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cllmtrace/api/v1/common.proto\x1a\x1dllmtrace/api/v1/finding.proto\x1a\x1allmtrace/api/v1/span.proto\"\x95\x04\n" +
+	"#llmtrace/api/v1/query_service.proto\x12\x0fllmtrace.api.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cllmtrace/api/v1/common.proto\x1a\x1dllmtrace/api/v1/finding.proto\x1a\x1allmtrace/api/v1/span.proto\"\xbe\x04\n" +
 	"\x05Trace\x12\x19\n" +
 	"\btrace_id\x18\x01 \x01(\fR\atraceId\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x129\n" +
@@ -1566,7 +1576,8 @@ const file_llmtrace_api_v1_query_service_proto_rawDesc = "" +
 	"\x06agents\x18\f \x03(\tR\x06agents\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\r \x01(\tR\tsessionId\x12+\n" +
-	"\x05spans\x18\x0e \x03(\v2\x15.llmtrace.api.v1.SpanR\x05spansB\x15\n" +
+	"\x05spans\x18\x0e \x03(\v2\x15.llmtrace.api.v1.SpanR\x05spans\x12'\n" +
+	"\x0fspans_truncated\x18\x0f \x01(\bR\x0espansTruncatedB\x15\n" +
 	"\x13_max_security_score\"\x9a\x01\n" +
 	"\x11ListTracesRequest\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x1b\n" +

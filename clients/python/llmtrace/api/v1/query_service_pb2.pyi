@@ -100,6 +100,7 @@ class Trace(_message.Message):
     AGENTS_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
     SPANS_FIELD_NUMBER: _builtins.int
+    SPANS_TRUNCATED_FIELD_NUMBER: _builtins.int
     trace_id: _builtins.bytes
     """Trace id (16 bytes)."""
     tenant: _builtins.str
@@ -118,6 +119,10 @@ class Trace(_message.Message):
     """Highest security score among its spans; unset when none was analysed."""
     session_id: _builtins.str
     """Session id of the trace's spans, when any."""
+    spans_truncated: _builtins.bool
+    """True when the trace has more spans than GetTrace returns; page through the rest with
+    ListSpans and the filter `trace_id = "<hex>"`.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Earliest span start."""
@@ -136,7 +141,7 @@ class Trace(_message.Message):
 
     @_builtins.property
     def spans(self) -> _containers.RepeatedCompositeFieldContainer[_span_pb2.Span]:
-        """The trace's spans, oldest first (GetTrace only)."""
+        """The trace's spans, oldest first (GetTrace only; at most 10,000)."""
 
     def __init__(
         self,
@@ -155,10 +160,11 @@ class Trace(_message.Message):
         agents: _abc.Iterable[_builtins.str] | None = ...,
         session_id: _builtins.str = ...,
         spans: _abc.Iterable[_span_pb2.Span] | None = ...,
+        spans_truncated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_security_score", b"_max_security_score", "end_time", b"end_time", "max_security_score", b"max_security_score", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_security_score", b"_max_security_score", "agents", b"agents", "cost_usd", b"cost_usd", "end_time", b"end_time", "error_count", b"error_count", "input_tokens", b"input_tokens", "max_security_score", b"max_security_score", "models", b"models", "output_tokens", b"output_tokens", "session_id", b"session_id", "span_count", b"span_count", "spans", b"spans", "start_time", b"start_time", "tenant", b"tenant", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_security_score", b"_max_security_score", "agents", b"agents", "cost_usd", b"cost_usd", "end_time", b"end_time", "error_count", b"error_count", "input_tokens", b"input_tokens", "max_security_score", b"max_security_score", "models", b"models", "output_tokens", b"output_tokens", "session_id", b"session_id", "span_count", b"span_count", "spans", b"spans", "spans_truncated", b"spans_truncated", "start_time", b"start_time", "tenant", b"tenant", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_security_score: _TypeAlias = _typing.Literal["max_security_score"]  # noqa: Y015
     _WhichOneofArgType__max_security_score: _TypeAlias = _typing.Literal["_max_security_score", b"_max_security_score"]  # noqa: Y015
