@@ -9,6 +9,7 @@ with the request id only, never the exception text.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -114,52 +115,44 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
+@contextlib.asynccontextmanager
+async def _observed(
+    method: str, request_id: str, context: grpc.aio.ServicerContext[Any, Any]
+) -> AsyncIterator[None]:
+    """Bookkeeping around one RPC, unary or streaming: log, count, and hide unexpected errors."""
+    call = _Call(method, request_id)
+    call.begin(context)
+    error: BaseException | None = None
+    try:
+        yield
+    except asyncio.CancelledError:
+        call.end(context, None, cancelled=True)
+        raise
+    except _AbortErrors as exc:
+        error = exc
+        raise
+    except Exception as exc:  # report as INTERNAL without leaking details
+        error = exc
+        call.end(context, error)
+        await call.internal(context)
+        raise
+    finally:
+        if not call.ended:
+            call.end(context, error)
+
+
 def _wrap_unary(behavior: Any, method: str, request_id: str) -> Any:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        call = _Call(method, request_id)
-        call.begin(context)
-        error: BaseException | None = None
-        try:
+        async with _observed(method, request_id, context):
             return await behavior(request, context)
-        except asyncio.CancelledError:
-            call.end(context, None, cancelled=True)
-            raise
-        except _AbortErrors as exc:
-            error = exc
-            raise
-        except Exception as exc:  # report as INTERNAL without leaking details
-            error = exc
-            call.end(context, error)
-            await call.internal(context)
-            raise
-        finally:
-            if not call.ended:
-                call.end(context, error)
 
     return wrapped
 
 
 def _wrap_stream(behavior: Any, method: str, request_id: str) -> Any:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        call = _Call(method, request_id)
-        call.begin(context)
-        error: BaseException | None = None
-        try:
+        async with _observed(method, request_id, context):
             async for response in behavior(request, context):
                 yield response
-        except asyncio.CancelledError:
-            call.end(context, None, cancelled=True)
-            raise
-        except _AbortErrors as exc:
-            error = exc
-            raise
-        except Exception as exc:  # report as INTERNAL without leaking details
-            error = exc
-            call.end(context, error)
-            await call.internal(context)
-            raise
-        finally:
-            if not call.ended:
-                call.end(context, error)
 
     return wrapped
