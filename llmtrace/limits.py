@@ -13,6 +13,23 @@ SPAN_ID_BYTES: Final = 8
 
 #: Tenant and agent names: short identifiers, also used as Parquet partition values.
 MAX_TENANT_CHARS: Final = 128
+
+
+def tenant_problem(tenant: str) -> str | None:
+    """Why `tenant` is not a valid tenant name, or None when it is.
+
+    One rule for ingest, queries and the CLI: a query can never name a tenant ingest would
+    refuse, and a NUL or quote-like oddity never reaches the SQL sandbox's tenant views.
+    """
+    if not tenant:
+        return "is required"
+    if len(tenant) > MAX_TENANT_CHARS:
+        return f"must be at most {MAX_TENANT_CHARS} characters"
+    if not tenant.isprintable() or tenant.strip() != tenant:
+        return "must be printable, without leading or trailing spaces"
+    return None
+
+
 MAX_AGENT_CHARS: Final = 256
 #: Model, provider, operation, span name and other short metadata strings.
 MAX_NAME_CHARS: Final = 512

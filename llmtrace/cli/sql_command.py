@@ -29,7 +29,7 @@ import grpc
 import structlog
 
 from llmtrace.config import Settings, parse_host_port
-from llmtrace.limits import MAX_TENANT_CHARS
+from llmtrace.limits import tenant_problem
 
 if TYPE_CHECKING:
     from llmtrace.api.v1 import common_pb2
@@ -90,12 +90,9 @@ def run_sql(settings: Settings, *, query: str, fmt: str, tenant: str, max_rows: 
     if cap <= 0:
         return _fail(EXIT_REFUSED, f"max rows must be greater than 0, got {cap}")
     # The core's rule for tenants, so the file path refuses what the RPC would refuse.
-    if not tenant or len(tenant) > MAX_TENANT_CHARS or not tenant.isprintable() or tenant.strip() != tenant:
-        return _fail(
-            EXIT_REFUSED,
-            f"invalid tenant {tenant!r}: 1 to {MAX_TENANT_CHARS} printable characters, "
-            "without leading or trailing spaces",
-        )
+    problem = tenant_problem(tenant)
+    if problem is not None:
+        return _fail(EXIT_REFUSED, f"invalid tenant {tenant!r}: the tenant {problem}")
     try:
         target = _core_target(settings.grpc.listen_addr)
         result: Result | None = None

@@ -79,12 +79,9 @@ def _check_ids(span: span_pb2.Span, out: list[Violation]) -> None:
 
 
 def _check_tenant(tenant: str, out: list[Violation]) -> None:
-    if not tenant:
-        out.append(("tenant", "is required"))
-    elif len(tenant) > limits.MAX_TENANT_CHARS:
-        out.append(("tenant", f"must be at most {limits.MAX_TENANT_CHARS} characters"))
-    elif not tenant.isprintable() or tenant.strip() != tenant:
-        out.append(("tenant", "must be printable, without leading or trailing spaces"))
+    problem = limits.tenant_problem(tenant)
+    if problem is not None:
+        out.append(("tenant", problem))
 
 
 def _check_times(span: span_pb2.Span, now: float, out: list[Violation]) -> None:

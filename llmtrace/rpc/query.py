@@ -44,13 +44,9 @@ _MAX_BUCKET_US = 100 * 366 * 86_400 * 1_000_000
 
 
 def _tenant(tenant: str) -> str:
-    if not tenant:
-        raise invalid_argument([("tenant", "is required")])
-    if len(tenant) > limits.MAX_TENANT_CHARS:
-        raise invalid_argument([("tenant", f"must be at most {limits.MAX_TENANT_CHARS} characters")])
-    # Ingest stores no other tenants; a NUL would also break the SQL sandbox's tenant views.
-    if not tenant.isprintable() or tenant.strip() != tenant:
-        raise invalid_argument([("tenant", "must be printable, without leading or trailing spaces")])
+    problem = limits.tenant_problem(tenant)
+    if problem is not None:
+        raise invalid_argument([("tenant", problem)])
     return tenant
 
 
