@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,11 +42,10 @@ def core_settings(database_path: Path) -> Settings:
     )
 
 
-@pytest.fixture
-async def core(tmp_path: Path) -> AsyncIterator[RunningCore]:
-    """A running core; stopped (and its database closed) after the test."""
-    path = tmp_path / "llmtrace.duckdb"
-    instance = Core(core_settings(path))
+@asynccontextmanager
+async def running_core(settings: Settings) -> AsyncIterator[RunningCore]:
+    """A core started with `settings`; stopped (and its database closed) on exit."""
+    instance = Core(settings)
     bound = await instance.start()
     channel = grpc.aio.insecure_channel(bound.grpc)
     try:
@@ -55,8 +55,15 @@ async def core(tmp_path: Path) -> AsyncIterator[RunningCore]:
             channel=channel,
             ingest=ingest_service_pb2_grpc.IngestServiceStub(channel),
             query=query_service_pb2_grpc.QueryServiceStub(channel),
-            database_path=path,
+            database_path=Path(settings.storage.database_path),
         )
     finally:
         await channel.close()
         await instance.stop()
+
+
+@pytest.fixture
+async def core(tmp_path: Path) -> AsyncIterator[RunningCore]:
+    """A running core on a fresh database, for one test."""
+    async with running_core(core_settings(tmp_path / "llmtrace.duckdb")) as running:
+        yield running

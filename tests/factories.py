@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -18,13 +16,8 @@ from llmtrace.api.v1 import (
     common_pb2,
     finding_pb2,
     ingest_service_pb2,
-    ingest_service_pb2_grpc,
-    query_service_pb2_grpc,
     span_pb2,
 )
-from llmtrace.config import Settings
-from llmtrace.server import Core
-from tests.conftest import RunningCore
 
 if TYPE_CHECKING:
     from llmtrace.api.v1.ingest_service_pb2_grpc import IngestServiceAsyncStub
@@ -292,23 +285,3 @@ async def ingest_all(
         response = await stub.IngestSpans(ingest_service_pb2.IngestSpansRequest(spans=batch))
         assert not response.HasField("partial_success"), response.partial_success
         assert response.accepted_spans == len(batch)
-
-
-@asynccontextmanager
-async def running_core(settings: Settings) -> AsyncIterator[RunningCore]:
-    """A core started with `settings` (like the `core` fixture, for non-default settings)."""
-    instance = Core(settings)
-    bound = await instance.start()
-    channel = grpc.aio.insecure_channel(bound.grpc)
-    try:
-        yield RunningCore(
-            core=instance,
-            bound=bound,
-            channel=channel,
-            ingest=ingest_service_pb2_grpc.IngestServiceStub(channel),
-            query=query_service_pb2_grpc.QueryServiceStub(channel),
-            database_path=Path(settings.storage.database_path),
-        )
-    finally:
-        await channel.close()
-        await instance.stop()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from llmtrace.api.v1 import ingest_service_pb2, query_service_pb2
 from llmtrace.store.database import open_database
-from tests.conftest import core_settings
-from tests.factories import make_span, running_core
+from tests.conftest import core_settings, running_core
+from tests.factories import make_span
 
 
 async def test_analysed_scores_raise_the_span_score_in_every_query(tmp_path: Path) -> None:

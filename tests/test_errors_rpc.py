@@ -16,17 +16,8 @@ import pytest_asyncio
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from llmtrace.api.v1 import query_service_pb2
-from tests.conftest import RunningCore, core_settings
-from tests.factories import (
-    BASE_NS,
-    MS,
-    RpcFailure,
-    expect_failure,
-    ingest_all,
-    make_finding,
-    make_span,
-    running_core,
-)
+from tests.conftest import RunningCore, core_settings, running_core
+from tests.factories import BASE_NS, MS, RpcFailure, expect_failure, ingest_all, make_finding, make_span
 
 if TYPE_CHECKING:
     from llmtrace.api.v1.query_service_pb2_grpc import QueryServiceAsyncStub

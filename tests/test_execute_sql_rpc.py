@@ -15,8 +15,8 @@ import pytest_asyncio
 
 from llmtrace.api.v1 import common_pb2, finding_pb2, query_service_pb2
 from llmtrace.config import SqlSettings
-from tests.conftest import RunningCore, core_settings
-from tests.factories import BASE_NS, MS, expect_failure, ingest_all, make_finding, make_span, running_core
+from tests.conftest import RunningCore, core_settings, running_core
+from tests.factories import BASE_NS, MS, expect_failure, ingest_all, make_finding, make_span
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -18,8 +18,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmtrace.api.v1 import ingest_service_pb2, query_service_pb2
-from tests.conftest import RunningCore, core_settings
-from tests.factories import BASE_NS, ingest_all, make_span, running_core
+from tests.conftest import RunningCore, core_settings, running_core
+from tests.factories import BASE_NS, ingest_all, make_span
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

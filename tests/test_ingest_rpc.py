@@ -28,16 +28,8 @@ from llmtrace.api.v1 import (
     query_service_pb2,
     span_pb2,
 )
-from tests.conftest import RunningCore, core_settings
-from tests.factories import (
-    BASE_NS,
-    MS,
-    expect_failure,
-    make_complete_span,
-    make_finding,
-    make_span,
-    running_core,
-)
+from tests.conftest import RunningCore, core_settings, running_core
+from tests.factories import BASE_NS, MS, expect_failure, make_complete_span, make_finding, make_span
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -15,8 +15,8 @@ import pytest
 import pytest_asyncio
 
 from llmtrace.api.v1 import finding_pb2, query_service_pb2, span_pb2
-from tests.conftest import RunningCore, core_settings
-from tests.factories import BASE_NS, MS, ingest_all, running_core
+from tests.conftest import RunningCore, core_settings, running_core
+from tests.factories import BASE_NS, MS, ingest_all
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

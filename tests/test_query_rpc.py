@@ -21,8 +21,8 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from llmtrace.api.v1 import finding_pb2, query_service_pb2, span_pb2
 from llmtrace.query import FieldKind, FieldSpec
 from llmtrace.store.catalogs import FINDING_FIELDS, SPAN_FIELDS, TRACE_FIELDS
-from tests.conftest import RunningCore, core_settings
-from tests.factories import BASE_NS, MS, expect_failure, ingest_all, running_core
+from tests.conftest import RunningCore, core_settings, running_core
+from tests.factories import BASE_NS, MS, expect_failure, ingest_all
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
