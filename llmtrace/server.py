@@ -110,6 +110,7 @@ class Core:
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._metrics_server: Any = None
+        self._stopped = False
 
     async def start(self) -> BoundAddresses:
         """Open the store and start serving; returns the bound addresses."""
@@ -175,7 +176,10 @@ class Core:
         return _join(host, server.server_port)
 
     async def stop(self) -> None:
-        """Drain and close; returns as soon as everything is flushed."""
+        """Drain and close; returns as soon as everything is flushed. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
         grace = self.settings.shutdown.timeout_seconds
         started = time.monotonic()
         await self._health.enter_graceful_shutdown()

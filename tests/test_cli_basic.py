@@ -120,6 +120,19 @@ def test_flags_become_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
         "logging.level": "debug",
         "logging.format": "json",
         "sql.max_rows": None,
+        "listen_addr": None,
+        "upstream_url": None,
+        "workers": None,
+        "core_addr": None,
+    }
+    seen.clear()
+    argv = ["shim", "--core", "h:3", "--listen-addr", "h:4", "--upstream-url", "http://u", "--workers", "3"]
+    assert cli.main(argv) == cli.EXIT_INTERRUPTED
+    assert {k: v for k, v in seen.items() if v is not None} == {
+        "core_addr": "h:3",
+        "listen_addr": "h:4",
+        "upstream_url": "http://u",
+        "workers": 3,
     }
 
 
@@ -181,7 +194,8 @@ def test_server_help_documents_flags_and_ready_file(capsys: pytest.CaptureFixtur
     ):
         assert flag in out
     assert "--ready-file PATH once serving, write a JSON file with the bound addresses" in out
-    assert "runs the core alone" in out
+    assert "start the core (a supervised child process" in out
+    assert "--listen-addr" in out and "--upstream-url" in out and "--workers" in out
 
 
 def test_sql_arguments(capsys: pytest.CaptureFixture[str]) -> None:

@@ -194,6 +194,24 @@ ENV_CASES = {
     "LLMTRACE_SQL_TIMEOUT_SECONDS": ("sql.timeout_seconds", "3", 3.0),
     "LLMTRACE_QUERY_MAX_PAGE_SIZE": ("query.max_page_size", "500", 500),
     "LLMTRACE_QUERY_DEFAULT_PAGE_SIZE": ("query.default_page_size", "20", 20),
+    "LLMTRACE_CORE_ADDR": ("core_addr", "core.internal:50051", "core.internal:50051"),
+    "LLMTRACE_WORKERS": ("workers", "4", 4),
+    "LLMTRACE_TIMEOUT_MS": ("timeout_ms", "120000", 120000),
+    "LLMTRACE_CONNECTION_TIMEOUT_MS": ("connection_timeout_ms", "500", 500),
+    "LLMTRACE_MAX_REQUEST_SIZE_BYTES": ("max_request_size_bytes", "1024", 1024),
+    "LLMTRACE_LOGGING_ACCESS_LOG": ("logging.access_log", "no", False),
+    "LLMTRACE_CAPTURE_BODIES": ("capture.bodies", "redacted", "redacted"),
+    "LLMTRACE_CAPTURE_MAX_BODY_BYTES": ("capture.max_body_bytes", "4096", 4096),
+    "LLMTRACE_SHIPPER_BATCH_MAX_SPANS": ("shipper.batch_max_spans", "100", 100),
+    "LLMTRACE_SHIPPER_BATCH_MAX_BYTES": ("shipper.batch_max_bytes", "65536", 65536),
+    "LLMTRACE_SHIPPER_FLUSH_INTERVAL_MS": ("shipper.flush_interval_ms", "50", 50),
+    "LLMTRACE_SHIPPER_QUEUE_MAX_SPANS": ("shipper.queue_max_spans", "1000", 1000),
+    "LLMTRACE_SHIPPER_SPOOL_DIR": ("shipper.spool_dir", "/var/spool/llmtrace", "/var/spool/llmtrace"),
+    "LLMTRACE_SHIPPER_SPOOL_MAX_BYTES": ("shipper.spool_max_bytes", "1048576", 1048576),
+    "LLMTRACE_SHIPPER_DEAD_LETTER_PATH": ("shipper.dead_letter_path", "/tmp/dl.jsonl", "/tmp/dl.jsonl"),
+    "LLMTRACE_SHIPPER_RETRY_INITIAL_MS": ("shipper.retry_initial_ms", "10", 10),
+    "LLMTRACE_SHIPPER_RETRY_MAX_MS": ("shipper.retry_max_ms", "1000", 1000),
+    "LLMTRACE_SHIPPER_RPC_TIMEOUT_MS": ("shipper.rpc_timeout_ms", "2000", 2000),
     # LLMTrace 0.2's names.
     "LLMTRACE_LOG_LEVEL": ("logging.level", "error", "error"),
     "LLMTRACE_LOG_FORMAT": ("logging.format", "JSON", "json"),
@@ -409,7 +427,6 @@ def test_predecessor_level_spellings(tmp_path: Path) -> None:
 
 def test_unbuilt_keys_warn_and_are_kept(tmp_path: Path) -> None:
     text = """
-timeout_ms: 30000
 rate_limiting:
   enabled: true
   tenant_overrides: {"t1": {requests_per_second: 5}}
@@ -422,7 +439,6 @@ grpc:
     loaded = load(tmp_path, text)
     assert loaded.settings.storage.database_path == "x.duckdb"
     assert [(w.path, w.message) for w in loaded.warnings] == [
-        ("timeout_ms", "recognised but not built yet; ignored"),
         ("rate_limiting", "recognised but not built yet; ignored"),
         ("storage.profile", "recognised but not built yet; ignored"),
         ("grpc.enabled", "recognised but not built yet; ignored"),

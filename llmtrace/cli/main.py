@@ -1,4 +1,4 @@
-"""The `llmtrace` command: serve, core, validate, migrate, sql.
+"""The `llmtrace` command: serve, core, shim, validate, migrate, sql.
 
 Results go to stdout and logs to stderr. Every subcommand loads the configuration the same
 way (file < environment < flags) and exits 2, listing every problem, when it is invalid.
@@ -34,6 +34,10 @@ _FLAG_KEYS = {
     "log_level": "logging.level",
     "log_format": "logging.format",
     "max_rows": "sql.max_rows",
+    "listen_addr": "listen_addr",
+    "upstream_url": "upstream_url",
+    "workers": "workers",
+    "core": "core_addr",
 }
 
 
@@ -87,12 +91,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="once serving, write a JSON file with the bound addresses (useful with port 0)",
     )
 
+    http = argparse.ArgumentParser(add_help=False)
+    http.add_argument("--listen-addr", metavar="HOST:PORT", help="HTTP proxy address (listen_addr)")
+    http.add_argument("--upstream-url", metavar="URL", help="provider API root (upstream_url)")
+    http.add_argument("--workers", metavar="N", type=int, help="shim worker processes (workers)")
+
     commands.add_parser(
         "serve",
-        parents=[server],
-        help="run LLMTrace; until the HTTP shim exists this runs the core alone",
-        description="Run LLMTrace. Until the HTTP shim is built this runs the core alone "
-        "(the same as `llmtrace core`).",
+        parents=[server, http],
+        help="run LLMTrace: the core and the HTTP proxy (shim) together",
+        description="Run LLMTrace: start the core (a supervised child process, restarted if it "
+        "crashes), then the HTTP proxy on listen_addr. On SIGTERM or SIGINT the proxy drains and "
+        "flushes its spans first, the core stops last.",
+    )
+    shim = commands.add_parser(
+        "shim",
+        parents=[config, logs, http],
+        help="run the HTTP proxy alone, shipping spans to a core elsewhere",
+        description="Run the HTTP proxy (shim) alone. Spans go to the core at --core (core_addr; "
+        "default grpc.listen_addr); while it is unreachable they wait in the spool.",
+    )
+    shim.add_argument("--core", metavar="HOST:PORT", help="the core's gRPC address (core_addr)")
+    shim.add_argument(
+        "--ready-file",
+        metavar="PATH",
+        help="once serving, write a JSON file with the bound addresses (useful with port 0)",
     )
     commands.add_parser(
         "core",
@@ -152,10 +175,18 @@ def _run(args: argparse.Namespace) -> int:
     for issue in loaded.warnings:
         log.warning("configuration key ignored", key=issue.path, reason=issue.message)
 
-    if args.command in ("serve", "core"):
+    if args.command == "core":
         from llmtrace.server import run_core  # noqa: PLC0415 - heavy import, only when serving
 
         return run_core(settings, ready_file=args.ready_file)
+    if args.command in ("serve", "shim"):
+        from llmtrace.supervisor import run_serve  # noqa: PLC0415 - heavy import, only when serving
+
+        return run_serve(
+            settings,
+            with_core=args.command == "serve",
+            ready_file=args.ready_file,
+        )
     if args.command == "migrate":
         from llmtrace.store.database import DatabaseOpenError  # noqa: PLC0415
         from llmtrace.store.migrations import MigrationError, migrate_database  # noqa: PLC0415

@@ -14,10 +14,7 @@ from typing import Final
 NOT_BUILT_TOP_LEVEL: Final = frozenset(
     {
         # LLMTrace 0.2 proxy settings (timeouts, TLS and limits of the HTTP listener).
-        "timeout_ms",
-        "connection_timeout_ms",
         "max_connections",
-        "max_request_size_bytes",
         "max_response_size_bytes",
         "security_analysis_timeout_ms",
         "trace_storage_timeout_ms",
@@ -48,9 +45,6 @@ NOT_BUILT_TOP_LEVEL: Final = frozenset(
         "server",
         "feature_flags",
         # Planned here: shim-to-core wiring, pricing, budgets, tenancy, lake and reports.
-        "core_addr",
-        "capture",
-        "shipper",
         "pricing",
         "budgets",
         "tenants",

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+CAPTURE_BODIES = ("full", "redacted", "metadata")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,8 @@ class LoggingSettings:
 
     level: str = "info"
     format: str = "text"
+    # One structlog line per proxied request (method, path, status, duration, tenant).
+    access_log: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +73,52 @@ class QuerySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CaptureSettings:
+    """What the shim keeps of each exchange."""
+
+    # full: messages and answers as sent; redacted: PII and secrets masked before storage;
+    # metadata: no content at all (model, usage, timings, status only).
+    bodies: str = "full"
+    # Content beyond this (per request or response side) is truncated in the span, marked so.
+    max_body_bytes: int = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ShipperSettings:
+    """How the shim delivers spans to the core: batches, retries, and the on-disk spool."""
+
+    batch_max_spans: int = 500
+    batch_max_bytes: int = 4 * 1024 * 1024
+    # A batch goes out when full or when its oldest span has waited this long; also the most a
+    # SIGKILLed shim can lose.
+    flush_interval_ms: int = 200
+    # Spans waiting in memory; beyond this, batches go to the spool.
+    queue_max_spans: int = 20_000
+    spool_dir: str = "./llmtrace-spool"
+    spool_max_bytes: int = 1024 * 1024 * 1024
+    # Spans the core rejects as invalid are appended here (JSON lines), never retried.
+    dead_letter_path: str = "./llmtrace-spool/dead-letter.jsonl"
+    retry_initial_ms: int = 100
+    retry_max_ms: int = 5_000
+    # Deadline of one IngestSpans call; past it the batch is retried (ingest is idempotent).
+    rpc_timeout_ms: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The resolved configuration of one process."""
 
     listen_addr: str = "127.0.0.1:8080"
     upstream_url: str = "https://api.openai.com"
+    # The core the shim ships to; empty means grpc.listen_addr (the core `serve` starts).
+    core_addr: str = ""
+    # Shim worker processes sharing listen_addr.
+    workers: int = 1
+    # Bounds the wait for upstream response headers and every idle gap between chunks, never a
+    # whole stream (a ten-minute stream works). The OpenAI SDK's own default is 600 s.
+    timeout_ms: int = 600_000
+    connection_timeout_ms: int = 10_000
+    max_request_size_bytes: int = 32 * 1024 * 1024
     grpc: GrpcSettings = field(default_factory=GrpcSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -82,6 +126,8 @@ class Settings:
     shutdown: ShutdownSettings = field(default_factory=ShutdownSettings)
     sql: SqlSettings = field(default_factory=SqlSettings)
     query: QuerySettings = field(default_factory=QuerySettings)
+    capture: CaptureSettings = field(default_factory=CaptureSettings)
+    shipper: ShipperSettings = field(default_factory=ShipperSettings)
     # Recognised keys of features not built yet, by dotted key path, kept verbatim so that
     # `llmtrace validate` can show them (redacted). Nothing reads them at run time.
     not_built: Mapping[str, object] = field(default_factory=dict, compare=False)

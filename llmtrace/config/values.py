@@ -10,7 +10,8 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from llmtrace.config.paths import Leaf
-from llmtrace.config.schema import LOG_FORMATS, LOG_LEVELS
+from llmtrace.config.schema import CAPTURE_BODIES, LOG_FORMATS, LOG_LEVELS
+from llmtrace.limits import MAX_BODY_CHARS, MAX_SPANS_PER_BATCH
 
 _TYPE_NAMES: Final[dict[type, str]] = {
     str: "a string",
@@ -142,6 +143,25 @@ def _non_empty(value: object) -> None:
         raise InvalidValueError("must not be empty")
 
 
+def _optional_host_port(value: object) -> None:
+    if value != "":
+        _host_port(value)
+
+
+def _at_most(limit: int) -> Rule:
+    def rule(value: object) -> None:
+        _positive(value)
+        assert isinstance(value, int)
+        if value > limit:
+            raise InvalidValueError(f"must be at most {limit}, got {value}")
+
+    return rule
+
+
+def _body_bytes(value: object) -> None:
+    _at_most(MAX_BODY_CHARS)(value)
+
+
 def _one_of(choices: tuple[str, ...]) -> Rule:
     def rule(value: object) -> None:
         if value not in choices:
@@ -165,6 +185,23 @@ RULES: Final[dict[str, Rule]] = {
     "sql.timeout_seconds": _positive,
     "query.max_page_size": _positive,
     "query.default_page_size": _positive,
+    "core_addr": _optional_host_port,
+    "workers": _positive,
+    "timeout_ms": _positive,
+    "connection_timeout_ms": _positive,
+    "max_request_size_bytes": _positive,
+    "capture.bodies": _one_of(CAPTURE_BODIES),
+    "capture.max_body_bytes": _body_bytes,
+    "shipper.batch_max_spans": _at_most(MAX_SPANS_PER_BATCH),
+    "shipper.batch_max_bytes": _positive,
+    "shipper.flush_interval_ms": _positive,
+    "shipper.queue_max_spans": _positive,
+    "shipper.spool_dir": _non_empty,
+    "shipper.spool_max_bytes": _positive,
+    "shipper.dead_letter_path": _non_empty,
+    "shipper.retry_initial_ms": _positive,
+    "shipper.retry_max_ms": _positive,
+    "shipper.rpc_timeout_ms": _positive,
 }
 
 #: Spellings accepted for logging.level; LLMTrace 0.2 used Rust's `warn` and `trace`.

@@ -1,0 +1,164 @@
+"""Masking of PII and secrets in free text: each match becomes a typed placeholder.
+
+Pure Python, no I/O. Patterns are compiled once; each runs only when a cheap substring test
+says the text could hold a match, so text without anything sensitive costs a few substring
+searches and one digit-run scan.
+
+Placeholders: `[PRIVATE_KEY]`, `[JWT]`, `[AWS_ACCESS_KEY]`, `[GITHUB_TOKEN]`, `[SLACK_TOKEN]`,
+`[ANTHROPIC_KEY]`, `[OPENAI_KEY]`, `[API_KEY]` / `[SECRET]` (for `name=value` assignments and
+`Bearer` tokens: the name is kept, the value masked), `[EMAIL]`, `[IBAN]` (mod-97 valid),
+`[CREDIT_CARD]` (Luhn valid), `[SSN]` (US, dashed), `[PHONE]` (10 to 15 digits).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+_PRIVATE_KEY = re.compile(
+    r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----.*?(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----|\Z)", re.S
+)
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+_AWS = re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b")
+_GITHUB = re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b")
+_SLACK = re.compile(r"\bxox[abposre]-[A-Za-z0-9-]{10,}")
+_ANTHROPIC = re.compile(r"\bsk-ant-[A-Za-z0-9_-]{20,}")
+_OPENAI = re.compile(r"\bsk-(?:proj-|svcacct-|admin-|None-)?[A-Za-z0-9_-]{20,}")
+# `api_key=...`, `"apiKey": "..."`, `password: ...`: the name and separator are kept. A value that
+# is already a placeholder (`[OPENAI_KEY]`) is left alone.
+_ASSIGNMENT_PATTERN = r"""(?x)
+    (?P<name>(?:api[_-]?key|apikey|access[_-]?token|auth[_-]?token|secret[_-]?key|client[_-]?secret
+        |private[_-]?key|password|passwd|secret|token)\b["']?\s*[:=]\s*["']?)
+    (?P<value>(?!\[)[^\s"',;&)\]}<>]{4,})
+"""
+# Run on the lower-cased text: case-insensitive matching is about ten times slower in `re`.
+_ASSIGNMENT = re.compile(_ASSIGNMENT_PATTERN)
+# For the rare text whose lower-casing changes its length (positions would not line up).
+_ASSIGNMENT_ANY_CASE = re.compile(_ASSIGNMENT_PATTERN, re.IGNORECASE)
+_BEARER = re.compile(r"(?i)\b(bearer\s+)(?!\[)[A-Za-z0-9._~+/=-]{12,}")
+_EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
+_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
+_SSN = re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])")
+_PHONE = re.compile(
+    r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,4}(?!\w)"
+)
+# The pre-check for every digit-based pattern: a run of 9+ digits with separators.
+_DIGIT_RUN = re.compile(r"\d[\d ().+-]{7,}\d")
+
+_SECRET_NAMES: Final = ("password", "passwd", "secret")
+
+
+def _luhn_valid(digits: str) -> bool:
+    total = 0
+    for position, char in enumerate(reversed(digits)):
+        value = ord(char) - 48
+        if position % 2:
+            value = value * 2 - 9 if value > 4 else value * 2
+        total += value
+    return total % 10 == 0
+
+
+def _iban_valid(candidate: str) -> bool:
+    code = candidate.replace(" ", "")
+    if not 15 <= len(code) <= 34:
+        return False
+    rearranged = code[4:] + code[:4]
+    number = "".join(str(int(char, 36)) for char in rearranged)
+    return int(number) % 97 == 1
+
+
+def _card(match: re.Match[str]) -> str:
+    digits = match.group().replace(" ", "").replace("-", "")
+    return "[CREDIT_CARD]" if 13 <= len(digits) <= 19 and _luhn_valid(digits) else match.group()
+
+
+def _iban(match: re.Match[str]) -> str:
+    text = match.group()
+    # The last groups may be a following word in capitals: try shorter candidates too.
+    cut = len(text)
+    while cut >= 15:
+        if _iban_valid(text[:cut]):
+            return "[IBAN]" + text[cut:]
+        space = text.rfind(" ", 0, cut)
+        cut = space if space > 0 else cut - 4
+    return text
+
+
+def _phone(match: re.Match[str]) -> str:
+    text = match.group()
+    digits = sum(char.isdigit() for char in text)
+    # A bare run of digits is an id or an amount more often than a phone number.
+    has_shape = text[0] == "+" or "(" in text or any(sep in text for sep in " .-")
+    return "[PHONE]" if 10 <= digits <= 15 and has_shape else text
+
+
+def _placeholder_for(name: str) -> str:
+    lowered = name.lower()
+    return "[SECRET]" if any(word in lowered for word in _SECRET_NAMES) else "[API_KEY]"
+
+
+def _assignment(match: re.Match[str]) -> str:
+    name = match.group("name")
+    return name + _placeholder_for(name)
+
+
+def _mask_assignments(text: str) -> str:
+    lowered = text.lower()
+    if len(lowered) != len(text):
+        return _ASSIGNMENT_ANY_CASE.sub(_assignment, text)
+    out: list[str] = []
+    position = 0
+    for match in _ASSIGNMENT.finditer(lowered):
+        start, end = match.span("value")
+        out.append(text[position:start])
+        out.append(_placeholder_for(match.group("name")))
+        position = end
+    if not out:
+        return text
+    out.append(text[position:])
+    return "".join(out)
+
+
+def _any_in(text: str, needles: tuple[str, ...]) -> bool:
+    return any(needle in text for needle in needles)
+
+
+_AWS_PREFIXES: Final = ("AKIA", "ASIA", "ABIA", "ACCA")
+_ASSIGNMENT_WORDS: Final = ("key", "token", "secret", "passw")
+
+
+def mask_sensitive(text: str) -> str:
+    """`text` with PII and secrets replaced by typed placeholders such as `[EMAIL]`.
+
+    Whole secrets go first, so that a key inside an assignment gets its specific placeholder;
+    digit patterns go last, cards before phone numbers. Text with nothing to mask comes back unchanged.
+    """
+    if not text:
+        return text
+    if "PRIVATE KEY-----" in text:
+        text = _PRIVATE_KEY.sub("[PRIVATE_KEY]", text)
+    if "eyJ" in text:
+        text = _JWT.sub("[JWT]", text)
+    if _any_in(text, _AWS_PREFIXES):
+        text = _AWS.sub("[AWS_ACCESS_KEY]", text)
+    if "gh" in text:
+        text = _GITHUB.sub("[GITHUB_TOKEN]", text)
+    if "xox" in text:
+        text = _SLACK.sub("[SLACK_TOKEN]", text)
+    if "sk-" in text:
+        text = _ANTHROPIC.sub("[ANTHROPIC_KEY]", text)
+        text = _OPENAI.sub("[OPENAI_KEY]", text)
+    lowered = text.lower()
+    if "bearer" in lowered:
+        text = _BEARER.sub(r"\1[API_KEY]", text)
+    if _any_in(lowered, _ASSIGNMENT_WORDS):
+        text = _mask_assignments(text)
+    if "@" in text:
+        text = _EMAIL.sub("[EMAIL]", text)
+    if _DIGIT_RUN.search(text) is not None:
+        text = _IBAN.sub(_iban, text)
+        text = _CARD.sub(_card, text)
+        text = _SSN.sub("[SSN]", text)
+        text = _PHONE.sub(_phone, text)
+    return text

@@ -1,0 +1,299 @@
+"""`llmtrace serve` and `llmtrace shim`: the process tree and its supervision.
+
+`serve` starts the core first (a child process, the only one that opens the DuckDB file), waits
+until it serves, then starts the shim workers on one shared listening socket. A crashed core or
+worker is restarted. On SIGTERM or SIGINT the workers are stopped first (they drain and flush
+their spans to the core) and the core last. Every child asks the kernel for SIGTERM when the
+supervisor dies (PR_SET_PDEATHSIG), so a killed supervisor never leaves a core holding the
+database lock. `shim` with one worker and no core runs the worker in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any, Final
+
+import structlog
+
+from llmtrace.config.schema import Settings
+from llmtrace.logs import configure_logging
+
+_log = structlog.get_logger("llmtrace.supervisor")
+_PR_SET_PDEATHSIG: Final = 1
+_CORE_START_TIMEOUT_S: Final = 120.0
+_RESTART_BACKOFF_S: Final = (0.5, 1.0, 2.0, 5.0)
+_mp = multiprocessing.get_context("spawn")
+
+
+def _die_with_parent() -> None:
+    # Linux only; elsewhere a killed supervisor can orphan its children (documented).
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    # Our own process group: a terminal's Ctrl-C reaches the supervisor only, which then stops
+    # the children in order (workers first, core last).
+    with contextlib.suppress(OSError):
+        os.setpgrp()
+
+
+def _core_child(settings: Settings, ready_file: str) -> None:
+    _die_with_parent()
+    if os.getppid() == 1:  # the supervisor died before prctl took effect
+        sys.exit(1)
+    configure_logging(settings.logging.level, settings.logging.format)
+    from llmtrace.server import run_core  # noqa: PLC0415 - heavy import, child only
+
+    sys.exit(run_core(settings, ready_file=ready_file))
+
+
+def _shim_child(settings: Settings, sock: socket.socket, core_addr: str, ready: Any) -> None:
+    _die_with_parent()
+    if os.getppid() == 1:
+        sys.exit(1)
+    configure_logging(settings.logging.level, settings.logging.format)
+    sys.exit(run_worker(settings, sock, core_addr=core_addr, on_ready=lambda _addr: ready.put(os.getpid())))
+
+
+def run_worker(settings: Settings, sock: socket.socket, *, core_addr: str, on_ready: Any = None) -> int:
+    """Run one shim worker in this process until SIGTERM/SIGINT."""
+    os.umask(0o077)  # spool and dead-letter files hold prompts
+    from shim.server import serve_worker  # noqa: PLC0415 - heavy import
+
+    return asyncio.run(serve_worker(settings, sock, core_addr=core_addr, on_ready=on_ready))
+
+
+@dataclass(slots=True)
+class _Child:
+    name: str
+    process: BaseProcess
+    restarts: int = 0
+
+
+class Supervisor:
+    """Starts, restarts and stops the core and the shim workers."""
+
+    def __init__(self, settings: Settings, *, with_core: bool, core_addr: str | None, ready_file: str | None):
+        self._settings = settings
+        self._with_core = with_core
+        self._core_addr = core_addr or settings.core_addr or settings.grpc.listen_addr
+        self._ready_file = ready_file
+        self._tmp = Path(tempfile.mkdtemp(prefix="llmtrace-"))
+        self._core: _Child | None = None
+        self._core_bound: dict[str, Any] = {}
+        self._workers: list[_Child] = []
+        self._sock: socket.socket | None = None
+        self._ready: Any = _mp.Queue()
+        self._stopping = False
+
+    # -- core --------------------------------------------------------------------------------
+
+    def _start_core(self) -> None:
+        ready = self._tmp / "core-ready.json"
+        ready.unlink(missing_ok=True)
+        settings = self._settings
+        if self._core_bound:  # a restart keeps the addresses the workers already use
+            settings = replace(settings, grpc=replace(settings.grpc, listen_addr=self._core_bound["grpc"]))
+        process = _mp.Process(target=_core_child, args=(settings, str(ready)), name="llmtrace-core")
+        process.start()
+        if self._core is None:
+            self._core = _Child("core", process)
+        else:
+            self._core.process = process
+        deadline = time.monotonic() + _CORE_START_TIMEOUT_S
+        while not ready.exists():
+            if not process.is_alive():
+                raise SupervisorError(f"the core exited during start-up (exit code {process.exitcode})")
+            if time.monotonic() > deadline:
+                process.terminate()
+                raise SupervisorError("the core did not start in time")
+            time.sleep(0.05)
+        self._core_bound = json.loads(ready.read_text())
+        self._core_addr = self._core_bound["grpc"]
+
+    # -- shim workers ------------------------------------------------------------------------
+
+    def _start_worker(self, index: int) -> None:
+        assert self._sock is not None
+        process = _mp.Process(
+            target=_shim_child,
+            args=(self._settings, self._sock, self._core_addr, self._ready),
+            name=f"llmtrace-shim-{index}",
+        )
+        process.start()
+        if index < len(self._workers):
+            self._workers[index].process = process
+        else:
+            self._workers.append(_Child(f"shim-{index}", process))
+
+    def _wait_workers_ready(self, count: int) -> None:
+        for _ in range(count):
+            try:
+                self._ready.get(timeout=_CORE_START_TIMEOUT_S)
+            except Exception as exc:
+                raise SupervisorError("a shim worker did not start in time") from exc
+
+    # -- run ---------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start everything, supervise until SIGTERM/SIGINT, stop in order; returns the exit code."""
+        from shim.server import bind_socket, sock_address  # noqa: PLC0415
+
+        os.umask(0o077)
+        wake_r, wake_w = socket.socketpair()
+        wake_w.setblocking(False)
+        signal.set_wakeup_fd(wake_w.fileno())
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        try:
+            if self._with_core:
+                self._start_core()
+            try:
+                self._sock = bind_socket(self._settings.listen_addr)
+            except OSError as exc:
+                raise SupervisorError(f"cannot listen on {self._settings.listen_addr}: {exc}") from exc
+            workers = self._settings.workers
+            if workers > 1:
+                os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self._tmp)
+            for index in range(workers):
+                self._start_worker(index)
+            self._wait_workers_ready(workers)
+            http = sock_address(self._sock)
+            _log.info("llmtrace serving", http=http, core=self._core_addr, workers=workers)
+            if self._ready_file:
+                _write_json(
+                    self._ready_file,
+                    {
+                        "http": http,
+                        "grpc": self._core_addr,
+                        "metrics": self._core_bound.get("metrics"),
+                        "pid": os.getpid(),
+                    },
+                )
+            self._supervise(wake_r)
+        except SupervisorError as exc:
+            _log.error("cannot start", error=str(exc))
+            self._stop_all()
+            return 1
+        self._stop_all()
+        return 0
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if not self._stopping:
+            _log.info("shutting down", signal=signal.Signals(signum).name)
+        self._stopping = True
+
+    def _supervise(self, wake: socket.socket) -> None:
+        while not self._stopping:
+            children = [c for c in (self._core, *self._workers) if c is not None]
+            multiprocessing.connection.wait([c.process.sentinel for c in children] + [wake], timeout=1.0)
+            with contextlib.suppress(BlockingIOError):
+                wake.recv(4096)
+            if self._stopping:
+                return
+            for child in children:
+                if child.process.is_alive():
+                    continue
+                code = child.process.exitcode
+                delay = _RESTART_BACKOFF_S[min(child.restarts, len(_RESTART_BACKOFF_S) - 1)]
+                _log.error("child exited; restarting", child=child.name, exit_code=code, in_seconds=delay)
+                _mark_dead(child.process.pid)
+                time.sleep(delay)
+                child.restarts += 1
+                if self._stopping:
+                    return
+                if child is self._core:
+                    self._start_core()
+                else:
+                    self._start_worker(self._workers.index(child))
+                    self._wait_workers_ready(1)
+
+    def _stop_all(self) -> None:
+        grace = self._settings.shutdown.timeout_seconds + 10
+        # Workers first: they drain requests and flush spans to a still-running core.
+        for child in self._workers:
+            _terminate(child.process)
+        for child in self._workers:
+            _join(child, grace)
+        if self._core is not None:
+            _terminate(self._core.process)
+            _join(self._core, grace)
+        if self._sock is not None:
+            self._sock.close()
+        for path in self._tmp.iterdir():
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self._tmp.rmdir()
+
+
+class SupervisorError(RuntimeError):
+    """A child could not be started."""
+
+
+def _terminate(process: BaseProcess) -> None:
+    if process.is_alive():
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+
+
+def _join(child: _Child, timeout: float) -> None:
+    child.process.join(timeout)
+    if child.process.is_alive():
+        _log.error("child did not stop in time; killing it", child=child.name)
+        child.process.kill()
+        child.process.join()
+
+
+def _mark_dead(pid: int | None) -> None:
+    if pid is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess  # noqa: PLC0415
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    target = Path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(target)
+
+
+def run_serve(
+    settings: Settings, *, with_core: bool, core_addr: str | None = None, ready_file: str | None = None
+) -> int:
+    """Entry point of `llmtrace serve` (with_core) and `llmtrace shim`."""
+    if settings.upstream_url.rstrip("/").endswith("/v1"):
+        _log.warning(
+            "upstream_url ends in /v1; request paths already start with /v1, so calls would go to "
+            "/v1/v1/...: set upstream_url to the API root, e.g. https://api.openai.com",
+            upstream_url=settings.upstream_url,
+        )
+    if not with_core and settings.workers == 1:
+        from shim.server import bind_socket  # noqa: PLC0415
+
+        try:
+            sock = bind_socket(settings.listen_addr)
+        except OSError as exc:
+            _log.error("cannot start", error=f"cannot listen on {settings.listen_addr}: {exc}")
+            return 1
+
+        def ready(address: str) -> None:
+            if ready_file:
+                _write_json(ready_file, {"http": address, "grpc": target, "pid": os.getpid()})
+
+        target = core_addr or settings.core_addr or settings.grpc.listen_addr
+        return run_worker(settings, sock, core_addr=target, on_ready=ready)
+    return Supervisor(settings, with_core=with_core, core_addr=core_addr, ready_file=ready_file).run()

@@ -1,0 +1,173 @@
+"""`create_app(settings)`: the Sanic application of one shim worker.
+
+Routes the shim owns: `/health` and `/metrics`. Every other path is proxied (`shim.proxy`).
+The worker's aiohttp session, spool and shipper are opened in `before_server_start` and closed in
+`after_server_stop`, never at import time. Sanic's own limits are derived from our keys so that
+they never cut in before ours, and its errors are answered in OpenAI's error shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Final
+
+import aiohttp
+import orjson
+from sanic import Request, Sanic
+from sanic.config import Config
+from sanic.exceptions import SanicException
+from sanic.response import HTTPResponse
+
+from llmtrace.config.schema import Settings
+from shim.dead_letter import DeadLetterFile
+from shim.errors import ShimError, error_response
+from shim.metrics import render_metrics
+from shim.proxy import METHODS, Proxy
+from shim.shipper import Shipper
+from shim.spool import Spool
+
+#: Sanic's response timeout must outlast ours (time to upstream headers), so 504 comes from us.
+_SANIC_TIMEOUT_MARGIN_S: Final = 5.0
+_PROMETHEUS_TEXT: Final = "text/plain; version=0.0.4; charset=utf-8"
+_OWN_PATHS: Final = frozenset({"/health", "/metrics"})
+_app_numbers = itertools.count(1)
+
+
+@dataclass(slots=True)
+class ShimContext:
+    """Per-worker state, on `app.ctx`."""
+
+    settings: Settings
+    core_addr: str
+    proxy: Proxy | None = None
+    shipper: Shipper | None = None
+    session: aiohttp.ClientSession | None = None
+    draining: bool = False
+    #: Seconds left for the shipper's flush when the worker stops (set by the worker).
+    flush_timeout: float = 30.0
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def create_app(settings: Settings, *, core_addr: str | None = None) -> Sanic[Config, ShimContext]:
+    """The Sanic app of one worker; `core_addr` defaults to `core_addr`, else `grpc.listen_addr`."""
+    target = core_addr or settings.core_addr or settings.grpc.listen_addr
+    app: Sanic[Config, ShimContext] = Sanic(
+        f"llmtrace_shim_{next(_app_numbers)}",
+        ctx=ShimContext(settings=settings, core_addr=target),
+        configure_logging=False,
+    )
+    app.config.update(
+        {
+            "REQUEST_MAX_SIZE": settings.max_request_size_bytes,
+            "RESPONSE_TIMEOUT": (settings.timeout_ms + settings.connection_timeout_ms) / 1000
+            + _SANIC_TIMEOUT_MARGIN_S,
+            "ACCESS_LOG": False,  # ours goes through structlog (shim.proxy)
+            "MOTD": False,
+            # Touchup rewrites Sanic's request handler per app at start-up; with more than one
+            # app in a process (tests, embedding) it breaks the second one, and its gain is small.
+            "TOUCHUP": False,
+            "NOISY_EXCEPTIONS": False,
+            "GRACEFUL_SHUTDOWN_TIMEOUT": settings.shutdown.timeout_seconds,
+        }
+    )
+    app.before_server_start(_open_resources)
+    app.after_server_stop(_close_resources)
+    app.add_route(_health, "/health", methods=["GET", "HEAD"], name="health", error_format="json")
+    app.add_route(_metrics, "/metrics", methods=["GET"], name="metrics", error_format="json")
+    app.add_route(_proxied, "/", methods=METHODS, name="proxy_root", error_format="json")
+    app.add_route(_proxied, "/<path:path>", methods=METHODS, name="proxy", error_format="json")
+    # error_format is given so Sanic does not parse our handlers' source to guess it.
+    app.error_handler.add(SanicException, _sanic_error)
+    return app
+
+
+async def _open_resources(app: Sanic[Config, ShimContext]) -> None:
+    ctx = app.ctx
+    settings = ctx.settings
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60),  # no cap on concurrent streams
+        auto_decompress=False,  # compressed bodies pass through untouched
+        trust_env=True,  # HTTPS_PROXY / NO_PROXY, as every HTTP client honours them
+        cookie_jar=aiohttp.DummyCookieJar(),  # never keep one client's cookies for another
+    )
+    spool = await asyncio.to_thread(
+        Spool.open, Path(settings.shipper.spool_dir), settings.shipper.spool_max_bytes
+    )
+    shipper = Shipper(
+        settings.shipper,
+        ctx.core_addr,
+        spool,
+        DeadLetterFile(Path(settings.shipper.dead_letter_path)),
+        max_message_bytes=settings.grpc.max_message_bytes,
+    )
+    await shipper.start()
+    ctx.session, ctx.shipper = session, shipper
+    ctx.proxy = Proxy(settings, shipper, session)
+
+
+async def _close_resources(app: Sanic[Config, ShimContext]) -> None:
+    ctx = app.ctx
+    if ctx.shipper is not None:
+        await ctx.shipper.close(ctx.flush_timeout)
+    if ctx.session is not None:
+        await ctx.session.close()
+
+
+ShimApp = Sanic[Config, ShimContext]
+ShimRequest = Request[ShimApp, SimpleNamespace]
+
+
+async def _proxied(request: ShimRequest, path: str = "") -> HTTPResponse | None:
+    proxy = request.app.ctx.proxy
+    assert proxy is not None
+    return await proxy.handle(request)
+
+
+async def _health(request: ShimRequest) -> HTTPResponse:
+    """200 while this worker can proxy (whatever the core's state), 503 when it cannot."""
+    ctx = request.app.ctx
+    shipper = ctx.shipper
+    if ctx.draining or shipper is None:
+        state = {"status": "draining" if ctx.draining else "starting"}
+        return HTTPResponse(orjson.dumps(state), status=503, content_type="application/json")
+    body: dict[str, object] = {
+        "status": "ok",
+        "core": await shipper.core_status(),
+        "core_addr": ctx.core_addr,
+        "queued_spans": shipper.queued_spans,
+        "spool_bytes": shipper.spool_bytes,
+        "spool_max_bytes": ctx.settings.shipper.spool_max_bytes,
+    }
+    return HTTPResponse(orjson.dumps(body), content_type="application/json")
+
+
+async def _metrics(request: ShimRequest) -> HTTPResponse:
+    body = await asyncio.to_thread(render_metrics)  # multiprocess mode reads files
+    return HTTPResponse(body, content_type=_PROMETHEUS_TEXT)
+
+
+def _sanic_error(request: ShimRequest, exception: Exception) -> HTTPResponse:
+    """Sanic's own refusals (body too large, slow upload, bad HTTP) in OpenAI's error shape."""
+    status = getattr(exception, "status_code", 500) or 500
+    code = {
+        400: "bad_request",
+        404: "not_found",
+        405: "method_not_allowed",
+        408: "request_timeout",
+        413: "request_too_large",
+        503: "response_timeout",
+    }.get(status, "shim_error")
+    message = str(exception) or code
+    if status == 413:
+        message = (
+            f"request body exceeds max_request_size_bytes ({request.app.ctx.settings.max_request_size_bytes})"
+        )
+    error = ShimError(status, code, message)
+    proxy = request.app.ctx.proxy
+    if proxy is not None and request.path not in _OWN_PATHS:
+        proxy.record_refused(request, error)  # refused calls leave a trace too
+    return error_response(status, code, message)

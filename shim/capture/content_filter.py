@@ -1,0 +1,67 @@
+"""What the `capture.bodies` mode lets through of each piece of content, within the size budget.
+
+- `full`: content as sent;
+- `redacted`: every text passed through `mask_sensitive` (before it is cut, so a cut never leaves
+  half a secret unmasked);
+- `metadata`: no content at all (texts, URIs, tool arguments, raw bodies all empty).
+
+An unknown mode is treated as `metadata`: capture fails closed.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from llmtrace.security.masking import mask_sensitive
+from shim.capture.accumulate import Budget
+
+BODIES_FULL: Final = "full"
+BODIES_REDACTED: Final = "redacted"
+BODIES_METADATA: Final = "metadata"
+
+# When a text is cut before masking, the last characters of the masked text are dropped too: a
+# secret straddling the first cut may have escaped masking. Longer than any masked pattern but
+# private keys, which match up to the end of the text when their END line is cut away.
+_MASK_MARGIN = 8 * 1024
+
+
+def normalize_mode(bodies: str) -> str:
+    """`bodies` when it is a known mode, else `metadata`."""
+    return bodies if bodies in (BODIES_FULL, BODIES_REDACTED) else BODIES_METADATA
+
+
+class ContentFilter:
+    """Applies one mode and one character budget to the texts of one side of a span."""
+
+    __slots__ = ("budget", "keeps_content", "masks")
+
+    def __init__(self, mode: str, budget_chars: int) -> None:
+        self.budget = Budget(budget_chars)
+        self.keeps_content = mode != BODIES_METADATA
+        self.masks = mode == BODIES_REDACTED
+
+    @property
+    def truncated(self) -> bool:
+        """Some text was cut or dropped for the budget."""
+        return self.budget.truncated
+
+    def text(self, value: str) -> str:
+        """`value` as this mode and the remaining budget allow."""
+        if not value or not self.keeps_content:
+            return ""
+        if self.masks:
+            value = masked_within(value, self.budget)
+        return self.budget.take(value)
+
+
+def masked_within(value: str, budget: Budget) -> str:
+    """`value` masked, masking only about as much as `budget` can keep (huge texts stay cheap)."""
+    room = budget.remaining
+    if room == 0:
+        budget.truncated = True
+        return ""
+    if len(value) <= room + _MASK_MARGIN:
+        return mask_sensitive(value)
+    masked = mask_sensitive(value[: room + _MASK_MARGIN])
+    budget.truncated = True
+    return masked[: min(room, max(len(masked) - _MASK_MARGIN, 0))]

@@ -1,0 +1,88 @@
+"""Incremental decompression of a response body, for parsing only (the client gets the raw bytes)."""
+
+from __future__ import annotations
+
+import importlib
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+#: Most decompressed bytes one step yields: a compression bomb never expands all at once.
+STEP_BYTES = 256 * 1024
+
+
+def _load_brotli() -> Any:
+    try:
+        return importlib.import_module("brotli")
+    except ImportError:
+        return None
+
+
+_BROTLI: Any = _load_brotli()
+
+
+class Decoder:
+    """Decodes one `content-encoding` chunk by chunk; `failed` once the bytes cannot be decoded.
+
+    Supports identity, gzip, deflate (zlib-wrapped or raw, as servers send both) and br when the
+    `brotli` module is installed. Any other encoding sets `failed` at once.
+    """
+
+    __slots__ = ("_brotli", "_started", "_zlib", "encoding", "failed")
+
+    def __init__(self, content_encoding: str) -> None:
+        self.encoding = content_encoding.strip().lower()
+        self.failed = False
+        self._started = False
+        self._zlib: Any = None
+        self._brotli: Any = None
+        if self.encoding in ("", "identity"):
+            self.encoding = ""
+        elif self.encoding in ("gzip", "x-gzip", "deflate"):
+            # 32 + 15: zlib detects a gzip or zlib header itself.
+            self._zlib = zlib.decompressobj(32 + zlib.MAX_WBITS)
+        elif self.encoding == "br" and _BROTLI is not None:
+            self._brotli = _BROTLI.Decompressor()
+        else:
+            self.failed = True
+
+    def decode(self, chunk: bytes) -> Iterator[bytes]:
+        """The decoded bytes of `chunk`, in pieces of at most about `STEP_BYTES`."""
+        if self.failed:
+            return
+        if not self.encoding:
+            yield chunk
+        elif self._zlib is not None:
+            yield from self._inflate(chunk)
+        else:
+            yield from self._unbrotli(chunk)
+
+    def _inflate(self, chunk: bytes) -> Iterator[bytes]:
+        data = chunk
+        while data and not self._zlib.eof:
+            try:
+                out: bytes = self._zlib.decompress(data, STEP_BYTES)
+            except zlib.error:
+                if self.encoding == "deflate" and not self._started:
+                    # Some servers send raw deflate under `deflate`: retry this first chunk as such.
+                    self._started = True
+                    self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
+                    continue
+                self.failed = True
+                return
+            self._started = True
+            if out:
+                yield out
+            data = self._zlib.unconsumed_tail
+
+    def _unbrotli(self, chunk: bytes) -> Iterator[bytes]:
+        try:
+            out: bytes = self._brotli.process(chunk, output_buffer_limit=STEP_BYTES)
+            # Output beyond the limit stays buffered in the decompressor: drain it before the next chunk.
+            while out:
+                yield out
+                if self._brotli.is_finished():
+                    return
+                out = self._brotli.process(b"", output_buffer_limit=STEP_BYTES)
+        except Exception:  # brotli.error is not importable without the module: catch what it raises
+            self.failed = True

@@ -1,0 +1,85 @@
+"""Type-checked reads of decoded JSON: every getter returns a safe default for a wrong type.
+
+Capture parses bodies written by arbitrary clients and upstreams; a wrong type anywhere must
+lose that one value, never raise.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+
+JsonObject = dict[str, Any]
+
+
+def as_dict(value: object) -> JsonObject:
+    """`value` when it is a JSON object, else an empty dict."""
+    return value if isinstance(value, dict) else {}
+
+
+def as_list(value: object) -> list[Any]:
+    """`value` when it is a JSON array, else an empty list."""
+    return value if isinstance(value, list) else []
+
+
+def as_str(value: object) -> str:
+    """`value` when it is a string, else an empty string."""
+    return value if isinstance(value, str) else ""
+
+
+def as_int(value: object) -> int | None:
+    """`value` as an int64 when it is an integral number (not a bool), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            return None
+        value = int(value)
+    if isinstance(value, int) and _INT64_MIN <= value <= _INT64_MAX:
+        return value
+    return None
+
+
+def as_count(value: object) -> int:
+    """`value` as a non-negative count (token counts), 0 when absent or invalid."""
+    number = as_int(value)
+    return number if number is not None and number > 0 else 0
+
+
+def as_float(value: object) -> float | None:
+    """`value` as a finite float when it is a number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def as_bool(value: object) -> bool | None:
+    """`value` when it is a boolean, else None."""
+    return value if isinstance(value, bool) else None
+
+
+def to_json_text(value: object) -> str:
+    """`value` as compact JSON text (strings stay as they are: tool arguments often are JSON text)."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    try:
+        return orjson.dumps(value).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return ""
+
+
+def loads(data: bytes | str) -> object | None:
+    """Decoded JSON, or None when `data` is not valid JSON (None is also what `null` decodes to)."""
+    try:
+        value: object = orjson.loads(data)
+        return value
+    except orjson.JSONDecodeError:
+        return None

@@ -1,0 +1,93 @@
+"""Content parts and tool calls in the shapes OpenAI and Anthropic use, read into `model` types."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shim.capture import model
+from shim.capture.jsonvalues import as_dict, as_list, as_str, to_json_text
+
+# Part types that carry text, by their name in any of the three APIs.
+_TEXT_TYPES = frozenset({"text", "input_text", "output_text", "summary_text"})
+
+
+def image_part(url: str, mime: str = "") -> model.Part:
+    """An image part; inline `data:` URIs are not stored (span.proto), only their MIME type."""
+    if url.startswith("data:"):
+        return model.Part(model.PART_IMAGE, mime=mime or url[5:].partition(";")[0].partition(",")[0])
+    return model.Part(model.PART_IMAGE, uri=url, mime=mime)
+
+
+def text_parts(content: object) -> list[model.Part]:
+    """Parts of a `content` value: a plain string is one text part; arrays hold typed parts."""
+    if isinstance(content, str):
+        return [model.Part(model.PART_TEXT, text=content)]
+    return [part for item in as_list(content) if (part := content_part(item)) is not None]
+
+
+def content_part(item: object) -> model.Part | None:
+    """One part of an OpenAI (chat or Responses) or Anthropic content array; None when not a part."""
+    if isinstance(item, str):
+        return model.Part(model.PART_TEXT, text=item)
+    part = as_dict(item)
+    if not part:
+        return None
+    kind = as_str(part.get("type"))
+    if kind in _TEXT_TYPES:
+        return model.Part(model.PART_TEXT, text=as_str(part.get("text")))
+    if kind == "refusal":
+        return model.Part(model.PART_REFUSAL, text=as_str(part.get("refusal")) or as_str(part.get("text")))
+    if kind in ("thinking", "reasoning"):
+        return model.Part(model.PART_REASONING, text=as_str(part.get("thinking")) or as_str(part.get("text")))
+    if kind == "image_url":  # chat completions: {"image_url": {"url": ...}} or a bare string
+        url = part.get("image_url")
+        return image_part(url if isinstance(url, str) else as_str(as_dict(url).get("url")))
+    if kind == "input_image":  # Responses API
+        return image_part(as_str(part.get("image_url")) or as_str(part.get("file_id")))
+    if kind in ("image", "document"):  # Anthropic: a `source` of base64, url or file
+        return _anthropic_source(kind, as_dict(part.get("source")))
+    if kind == "input_audio":
+        audio = as_dict(part.get("input_audio")) or part
+        audio_format = as_str(audio.get("format"))
+        return model.Part(model.PART_AUDIO, mime=f"audio/{audio_format}" if audio_format else "")
+    if kind in ("file", "input_file"):
+        file = as_dict(part.get("file")) or part
+        uri = as_str(file.get("file_id")) or as_str(file.get("file_url")) or as_str(file.get("filename"))
+        return model.Part(model.PART_FILE, uri=uri)
+    return model.Part(model.PART_OTHER, mime=kind)
+
+
+def _anthropic_source(kind: str, source: dict[str, Any]) -> model.Part:
+    part_type = model.PART_IMAGE if kind == "image" else model.PART_FILE
+    uri = as_str(source.get("url")) or as_str(source.get("file_id"))
+    mime = as_str(source.get("media_type"))
+    if source.get("type") == "text":  # a plain-text document: its text is content
+        return model.Part(model.PART_TEXT, text=as_str(source.get("data")))
+    return model.Part(part_type, uri=uri, mime=mime)
+
+
+def openai_tool_calls(value: object) -> list[model.ToolCall]:
+    """Tool calls of a chat completions assistant message (`tool_calls` array)."""
+    calls: list[model.ToolCall] = []
+    for item in as_list(value):
+        call = as_dict(item)
+        if not call:
+            continue
+        function = as_dict(call.get("function")) or as_dict(call.get("custom"))
+        calls.append(
+            model.ToolCall(
+                id=as_str(call.get("id")),
+                type=as_str(call.get("type")) or "function",
+                name=as_str(function.get("name")),
+                arguments=to_json_text(function.get("arguments", function.get("input"))),
+            )
+        )
+    return calls
+
+
+def legacy_function_call(value: object) -> list[model.ToolCall]:
+    """The legacy `function_call` object as a one-element tool call list (empty when absent)."""
+    call = as_dict(value)
+    if not call:
+        return []
+    return [model.ToolCall(name=as_str(call.get("name")), arguments=to_json_text(call.get("arguments")))]

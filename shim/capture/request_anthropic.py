@@ -1,0 +1,77 @@
+"""Anthropic request bodies: `POST /v1/messages`."""
+
+from __future__ import annotations
+
+from shim.capture import model
+from shim.capture.jsonvalues import (
+    JsonObject,
+    as_bool,
+    as_dict,
+    as_float,
+    as_int,
+    as_list,
+    as_str,
+    to_json_text,
+)
+from shim.capture.parts import content_part, text_parts
+
+
+def read_messages(body: JsonObject, request: model.ParsedRequest) -> None:
+    """Fill `request` from a Messages API body.
+
+    `tool_result` blocks (sent inside user messages) become `tool` messages of their own, before
+    the rest of their user message, so that every span has the same shape whatever the provider.
+    """
+    request.model = as_str(body.get("model"))
+    params = request.parameters
+    stream = as_bool(body.get("stream"))
+    request.stream = bool(stream)
+    params.stream = stream
+    params.max_tokens = as_int(body.get("max_tokens"))
+    params.temperature = as_float(body.get("temperature"))
+    params.top_p = as_float(body.get("top_p"))
+    params.stop = [s for s in as_list(body.get("stop_sequences")) if isinstance(s, str)]
+    system = body.get("system")
+    if isinstance(system, str | list) and system:
+        request.messages.append(model.Message("system", text_parts(system)))
+    for item in as_list(body.get("messages")):
+        raw = as_dict(item)
+        if raw:
+            request.messages.extend(_messages(as_str(raw.get("role")), raw.get("content")))
+    for item in as_list(body.get("tools")):
+        tool = as_dict(item)
+        if tool:
+            request.tools.append(
+                model.ToolDefinition(
+                    # Client tools have no type; server tools (web_search_...) name theirs.
+                    type=as_str(tool.get("type")) or "function",
+                    name=as_str(tool.get("name")),
+                    description=as_str(tool.get("description")),
+                    parameters_json=to_json_text(tool.get("input_schema")),
+                )
+            )
+
+
+def _messages(role: str, content: object) -> list[model.Message]:
+    if isinstance(content, str):
+        return [model.Message(role, [model.Part(model.PART_TEXT, text=content)])]
+    out: list[model.Message] = []
+    message = model.Message(role)
+    for item in as_list(content):
+        block = as_dict(item)
+        kind = block.get("type")
+        if kind == "tool_use":
+            arguments = to_json_text(block.get("input"))
+            call = model.ToolCall(as_str(block.get("id")), "function", as_str(block.get("name")), arguments)
+            message.tool_calls.append(call)
+        elif kind == "tool_result":
+            result = block.get("content")
+            parts = text_parts(result) if isinstance(result, str | list) else []
+            out.append(model.Message("tool", parts, tool_call_id=as_str(block.get("tool_use_id"))))
+        else:
+            part = content_part(item)
+            if part is not None:
+                message.parts.append(part)
+    if message.parts or message.tool_calls or not out:
+        out.append(message)
+    return out

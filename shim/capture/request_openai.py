@@ -1,0 +1,173 @@
+"""OpenAI request bodies: chat completions, legacy completions, embeddings and the Responses API.
+
+Each reader fills a `ParsedRequest` from a decoded JSON object; wrong types lose the value only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shim.capture import model
+from shim.capture.jsonvalues import (
+    JsonObject,
+    as_bool,
+    as_dict,
+    as_float,
+    as_int,
+    as_list,
+    as_str,
+    to_json_text,
+)
+from shim.capture.parts import content_part, legacy_function_call, openai_tool_calls, text_parts
+
+
+def read_chat(body: JsonObject, request: model.ParsedRequest) -> None:
+    """`POST /v1/chat/completions`."""
+    _common(body, request)
+    params = request.parameters
+    params.max_tokens = as_int(body.get("max_completion_tokens", body.get("max_tokens")))
+    params.output_type = _output_type(as_dict(body.get("response_format")).get("type"))
+    for item in as_list(body.get("messages")):
+        raw = as_dict(item)
+        if not raw:
+            continue
+        message = model.Message(
+            role=as_str(raw.get("role")),
+            parts=text_parts(raw.get("content")),
+            name=as_str(raw.get("name")),
+            tool_call_id=as_str(raw.get("tool_call_id")),
+            tool_calls=(
+                openai_tool_calls(raw.get("tool_calls")) or legacy_function_call(raw.get("function_call"))
+            ),
+        )
+        refusal = raw.get("refusal")
+        if isinstance(refusal, str) and refusal:
+            message.parts.append(model.Part(model.PART_REFUSAL, text=refusal))
+        request.messages.append(message)
+    for item in as_list(body.get("tools")):
+        tool = as_dict(item)
+        if tool:
+            spec = as_dict(tool.get("function")) or as_dict(tool.get("custom"))
+            request.tools.append(_tool(as_str(tool.get("type")) or "function", spec))
+    for item in as_list(body.get("functions")):  # the legacy form of `tools`
+        spec = as_dict(item)
+        if spec:
+            request.tools.append(_tool("function", spec))
+
+
+def read_completions(body: JsonObject, request: model.ParsedRequest) -> None:
+    """`POST /v1/completions` (legacy): each prompt string becomes a user message."""
+    _common(body, request)
+    request.parameters.max_tokens = as_int(body.get("max_tokens"))
+    texts, token_ids = _texts_and_token_ids(body.get("prompt"))
+    request.messages.extend(model.Message("user", [model.Part(model.PART_TEXT, text=t)]) for t in texts)
+    request.token_id_count = token_ids
+
+
+def read_embeddings(body: JsonObject, request: model.ParsedRequest) -> None:
+    """`POST /v1/embeddings`: one user message whose parts are the input strings, in order.
+
+    Inputs given as token ids are counted (`token_id_count`), never stored.
+    """
+    request.model = as_str(body.get("model"))
+    texts, token_ids = _texts_and_token_ids(body.get("input"))
+    if texts:
+        request.messages.append(model.Message("user", [model.Part(model.PART_TEXT, text=t) for t in texts]))
+    request.token_id_count = token_ids
+
+
+def read_responses(body: JsonObject, request: model.ParsedRequest) -> None:
+    """`POST /v1/responses`: `instructions` become a system message, then the input items."""
+    _common(body, request)
+    params = request.parameters
+    params.max_tokens = as_int(body.get("max_output_tokens"))
+    params.output_type = _output_type(as_dict(as_dict(body.get("text")).get("format")).get("type"))
+    instructions = body.get("instructions")
+    if isinstance(instructions, str) and instructions:
+        request.messages.append(model.Message("system", [model.Part(model.PART_TEXT, text=instructions)]))
+    items = body.get("input")
+    if isinstance(items, str):
+        request.messages.append(model.Message("user", [model.Part(model.PART_TEXT, text=items)]))
+    for item in as_list(items):
+        message = response_item(item)
+        if message is not None:
+            request.messages.append(message)
+    for entry in as_list(body.get("tools")):
+        tool = as_dict(entry)
+        if tool:
+            kind = as_str(tool.get("type")) or "function"
+            # Built-in tools (web_search, file_search, ...) have no name: their type names them.
+            spec = tool if tool.get("name") else {**tool, "name": kind}
+            request.tools.append(_tool(kind, spec))
+
+
+def response_item(value: object) -> model.Message | None:
+    """One Responses API item (input or output) as a message; None when it is not an item."""
+    item = as_dict(value)
+    if not item:
+        return None
+    kind = as_str(item.get("type")) or "message"
+    if kind == "message":
+        return model.Message(as_str(item.get("role")) or "user", text_parts(item.get("content")))
+    if kind in ("function_call", "custom_tool_call"):
+        arguments = to_json_text(item.get("arguments", item.get("input")))
+        call = model.ToolCall(as_str(item.get("call_id")), "function", as_str(item.get("name")), arguments)
+        return model.Message("assistant", tool_calls=[call])
+    if kind in ("function_call_output", "custom_tool_call_output"):
+        output = item.get("output")
+        parts = text_parts(output) if isinstance(output, str | list) else []
+        return model.Message("tool", parts, tool_call_id=as_str(item.get("call_id")))
+    if kind == "reasoning":
+        summary = [as_str(as_dict(s).get("text")) for s in as_list(item.get("summary"))]
+        return model.Message("assistant", [model.Part(model.PART_REASONING, text="\n".join(summary))])
+    part = content_part(item)  # a bare part, or an item type we do not model (web search call, ...)
+    return model.Message(as_str(item.get("role")) or "user", [part] if part else [])
+
+
+def _common(body: JsonObject, request: model.ParsedRequest) -> None:
+    request.model = as_str(body.get("model"))
+    params = request.parameters
+    stream = as_bool(body.get("stream"))
+    request.stream = bool(stream)
+    params.stream = stream
+    request.include_usage = as_bool(as_dict(body.get("stream_options")).get("include_usage")) is True
+    params.temperature = as_float(body.get("temperature"))
+    params.top_p = as_float(body.get("top_p"))
+    params.frequency_penalty = as_float(body.get("frequency_penalty"))
+    params.presence_penalty = as_float(body.get("presence_penalty"))
+    params.seed = as_int(body.get("seed"))
+    params.choice_count = as_int(body.get("n"))
+    stop = body.get("stop")
+    params.stop = [stop] if isinstance(stop, str) else [s for s in as_list(stop) if isinstance(s, str)]
+
+
+def _tool(kind: str, spec: dict[str, Any]) -> model.ToolDefinition:
+    schema = spec.get("parameters", spec.get("format"))
+    return model.ToolDefinition(
+        type=kind,
+        name=as_str(spec.get("name")),
+        description=as_str(spec.get("description")),
+        parameters_json=to_json_text(schema),
+    )
+
+
+def _output_type(kind: object) -> str:
+    if kind in ("json_object", "json_schema"):
+        return "json"
+    return kind if isinstance(kind, str) else ""
+
+
+def _texts_and_token_ids(value: object) -> tuple[list[str], int]:
+    """Strings of a prompt or input (string, list of strings) and the count of token ids in it."""
+    if isinstance(value, str):
+        return [value], 0
+    texts: list[str] = []
+    token_ids = 0
+    for item in as_list(value):
+        if isinstance(item, str):
+            texts.append(item)
+        elif isinstance(item, int):
+            token_ids += 1  # one flat array of token ids
+        elif isinstance(item, list):
+            token_ids += len(item)  # a batch of token id arrays
+    return texts, token_ids

@@ -1,0 +1,202 @@
+"""Following a response as it streams to the client, and reading it into a `ParsedResponse`.
+
+`ResponseCapture.feed` runs on the event loop for every chunk, so it does little: decompress
+(only when the body is compressed), then either split SSE events and fold each into the answer,
+or append to a bounded buffer that `finish` parses once.
+"""
+
+from __future__ import annotations
+
+from llmtrace import limits
+from shim.capture import model
+from shim.capture.accumulate import Budget
+from shim.capture.decode import Decoder
+from shim.capture.estimate import estimate_usage
+from shim.capture.jsonvalues import loads
+from shim.capture.request_parse import raw_text
+from shim.capture.response_json import READERS, read_embeddings_edges, read_error
+from shim.capture.sse import SseParser
+from shim.capture.stream_anthropic import AnthropicStream
+from shim.capture.stream_base import StreamReader
+from shim.capture.stream_openai import ChatStream
+from shim.capture.stream_responses import ResponsesStream
+
+#: JSON bodies are buffered (decompressed) up to this or the capture limit, whichever is larger,
+#: so that a large answer can still be parsed and then cut to the limit.
+JSON_BUFFER_BYTES = 8 * 1024 * 1024
+#: Embeddings bodies are mostly vectors: only this much of each end is kept.
+EMBEDDINGS_EDGE_BYTES = 16 * 1024
+
+_STREAM_READERS: dict[str, type[StreamReader]] = {
+    model.API_CHAT_COMPLETIONS: ChatStream,
+    model.API_COMPLETIONS: ChatStream,
+    model.API_RESPONSES: ResponsesStream,
+    model.API_MESSAGES: AnthropicStream,
+}
+_ESTIMATED_OPERATIONS = frozenset({model.OP_CHAT, model.OP_TEXT_COMPLETION, model.OP_EMBEDDINGS})
+
+
+class ResponseCapture:
+    """Reads one response body, chunk by chunk as received from the upstream, never raising.
+
+    Call `feed` with every raw chunk (compressed or not, exactly as received), then `finish` once.
+    """
+
+    __slots__ = (
+        "_body",
+        "_broken",
+        "_decoder",
+        "_edges",
+        "_json_chars",
+        "_limit",
+        "_overflow",
+        "_received",
+        "_request",
+        "_sse",
+        "_status",
+        "_stream",
+        "_tail",
+    )
+
+    def __init__(
+        self,
+        request: model.ParsedRequest,
+        status: int,
+        content_type: str,
+        content_encoding: str,
+        *,
+        max_body_bytes: int,
+    ) -> None:
+        self._request = request
+        self._status = status
+        self._limit = max(0, min(max_body_bytes, limits.MAX_BODY_CHARS))
+        self._decoder = Decoder(content_encoding)
+        self._received = 0
+        self._broken = False
+        self._overflow = False
+        self._body = bytearray()
+        self._tail = b""
+        self._json_chars = 0
+        self._sse: SseParser | None = None
+        self._stream: StreamReader | None = None
+        reader = _STREAM_READERS.get(request.api)
+        is_sse = content_type.lower().startswith("text/event-stream")
+        if reader is not None and (is_sse or (not content_type and request.stream and status < 400)):
+            self._sse = SseParser(max(max_body_bytes, JSON_BUFFER_BYTES))
+            self._stream = reader(self._limit)
+        # Successful embeddings keep only the ends of the body (model and usage are at the end).
+        self._edges = request.api == model.API_EMBEDDINGS and status < 400 and self._sse is None
+
+    @property
+    def request(self) -> model.ParsedRequest:
+        """The parsed request this response answers."""
+        return self._request
+
+    def feed(self, chunk: bytes) -> None:
+        """Take the next raw chunk of the body."""
+        if not chunk or self._broken:
+            return
+        self._received += len(chunk)
+        if self._overflow and not self._edges:
+            return  # nothing more will be parsed: spare the decompression
+        try:
+            if not self._decoder.encoding:
+                self._take(chunk)
+            else:
+                for piece in self._decoder.decode(chunk):
+                    self._take(piece)
+        except Exception:  # capture must never break the proxy; what was read so far is kept
+            self._broken = True
+
+    def _take(self, piece: bytes) -> None:
+        if self._sse is not None and self._stream is not None:
+            on_event = self._stream.on_event
+            for event, data in self._sse.feed(piece):
+                on_event(event, data)
+            return
+        if self._edges:
+            self._keep_edges(piece)
+            return
+        room = max(self._limit, JSON_BUFFER_BYTES) - len(self._body)
+        if len(piece) > room:
+            piece = piece[: max(room, 0)]
+            self._overflow = True
+        self._body += piece
+
+    def _keep_edges(self, piece: bytes) -> None:
+        room = EMBEDDINGS_EDGE_BYTES - len(self._body)
+        if room > 0:
+            self._body += piece[:room]
+            piece = piece[room:]
+        if piece:
+            self._overflow = True
+            self._tail = (self._tail + piece)[-EMBEDDINGS_EDGE_BYTES:]
+
+    def finish(self) -> model.ParsedResponse:
+        """What the body said; call once, after the last chunk (or when the exchange broke)."""
+        response = model.ParsedResponse()
+        try:
+            self._finish(response)
+        except Exception:  # never raise: an unreadable answer is an empty one
+            response = model.ParsedResponse(truncated=True)
+        request = self._request
+        if (
+            response.usage is None
+            and self._status < 400
+            and not response.error_type
+            and request.operation in _ESTIMATED_OPERATIONS
+            and not self._decoder.failed
+        ):
+            stream = self._stream
+            response.usage = estimate_usage(
+                request,
+                response,
+                streamed_deltas=stream.deltas if stream is not None else 0,
+                output_chars=stream.budget.offered if stream is not None else self._json_chars,
+            )
+        return response
+
+    def _finish(self, response: model.ParsedResponse) -> None:
+        if self._decoder.failed:
+            encoding = self._decoder.encoding or "unknown"
+            response.raw_body = f"[{self._received} bytes of {encoding[:64]}-encoded body, not decoded]"
+            return
+        if self._stream is not None and self._sse is not None:
+            if not self._broken:
+                for event, data in self._sse.close():
+                    self._stream.on_event(event, data)
+            self._stream.fill(response)
+            response.truncated = response.truncated or self._sse.dropped or self._broken
+            return
+        if self._edges:
+            self._finish_embeddings(response)
+            return
+        self._finish_json(response)
+
+    def _finish_embeddings(self, response: model.ParsedResponse) -> None:
+        if self._overflow:
+            read_embeddings_edges(bytes(self._body), self._tail, response)
+        else:
+            self._finish_json(response)
+
+    def _finish_json(self, response: model.ParsedResponse) -> None:
+        body = bytes(self._body)
+        self._body = bytearray()
+        if not body:
+            return
+        data = None if self._overflow or self._broken else loads(body)
+        if isinstance(data, dict):
+            if read_error(data, response):
+                return
+            reader = READERS.get(self._request.api)
+            if reader is not None and self._status < 400:
+                budget = Budget(self._limit)
+                reader(data, response, budget)
+                response.truncated = budget.truncated
+                self._json_chars = budget.offered
+                return
+            if self._request.api == model.API_MODELS and self._status < 400:
+                return  # the model list is not content
+        text, cut = raw_text(body, self._limit)
+        response.raw_body = text
+        response.truncated = cut or self._overflow or self._broken

@@ -1,0 +1,251 @@
+"""Building the protobuf span of one exchange: the only capture module that knows protobuf.
+
+Every string and list is held to `llmtrace.limits` (cut, with the truncated flags set), and the
+content of each side to the capture limit, so the core never rejects a span built here.
+"""
+
+from __future__ import annotations
+
+import time
+
+from llmtrace import limits
+from llmtrace.api.v1 import common_pb2, span_pb2
+from llmtrace.security.masking import mask_sensitive
+from shim.capture import model
+from shim.capture.content_filter import BODIES_FULL, BODIES_METADATA, ContentFilter, normalize_mode
+from shim.capture.exchange import ExchangeMeta
+
+ERROR_STREAM_CUT = "upstream_stream_cut"
+_STREAM_CUT_MESSAGE = "the upstream stream ended before its final event"
+#: Stop sequences kept per request (they are short; the API allows four).
+MAX_STOP_SEQUENCES = 64
+
+_PART_TYPES = {
+    model.PART_TEXT: span_pb2.CONTENT_PART_TYPE_TEXT,
+    model.PART_IMAGE: span_pb2.CONTENT_PART_TYPE_IMAGE,
+    model.PART_AUDIO: span_pb2.CONTENT_PART_TYPE_AUDIO,
+    model.PART_FILE: span_pb2.CONTENT_PART_TYPE_FILE,
+    model.PART_REFUSAL: span_pb2.CONTENT_PART_TYPE_REFUSAL,
+    model.PART_REASONING: span_pb2.CONTENT_PART_TYPE_REASONING,
+    model.PART_OTHER: span_pb2.CONTENT_PART_TYPE_OTHER,
+}
+
+
+def _cut(value: str, limit: int) -> str:
+    return value if len(value) <= limit else value[:limit]
+
+
+def _name(value: str) -> str:
+    """A short metadata string (model, id, role...) cut to the name limit."""
+    return _cut(value, limits.MAX_NAME_CHARS)
+
+
+def build_span(
+    meta: ExchangeMeta,
+    request: model.ParsedRequest,
+    response: model.ParsedResponse | None,
+    *,
+    bodies: str,
+    max_body_bytes: int,
+) -> span_pb2.Span:
+    """The span of one exchange, with content as the `bodies` mode (`full`, `redacted`,
+    `metadata`) allows and each side's content within `max_body_bytes` characters."""
+    mode = normalize_mode(bodies)
+    budget = max(0, min(max_body_bytes, limits.MAX_BODY_CHARS))
+    request_model = _name(request.model)
+    span = span_pb2.Span(
+        trace_id=meta.trace_id,
+        span_id=meta.span_id,
+        parent_span_id=meta.parent_span_id,
+        tenant=_cut(meta.tenant, limits.MAX_TENANT_CHARS),
+        agent=_cut(meta.agent, limits.MAX_AGENT_CHARS),
+        operation=_name(request.operation),
+        provider=_name(request.provider),
+        request_model=request_model,
+        response_model=_name(response.model) if response is not None else "",
+        name=_name(_span_name(meta, request.operation, request_model)),
+        session_id=_name(meta.session_id),
+        client_address=_name(meta.client_address),
+        user_agent=_cut(meta.user_agent, limits.MAX_TEXT_CHARS),
+        upstream_request_id=_name(meta.upstream_request_id),
+        server_address=_name(meta.server_address),
+        api_key_fingerprint=_name(meta.api_key_fingerprint),
+    )
+    _set_times(span, meta)
+    _set_status(span.status, meta, response, mode)
+    _set_request(span.request, meta, request, mode, budget)
+    if response is not None:
+        _set_response(span.response, response, mode, budget)
+        if response.usage is not None:
+            _set_usage(span.usage, response.usage)
+    _set_attributes(span, meta, mode)
+    return span
+
+
+def _span_name(meta: ExchangeMeta, operation: str, request_model: str) -> str:
+    if not operation:  # an unknown route: name it as OpenTelemetry names HTTP spans
+        return f"{meta.method} {meta.path}".strip()
+    return f"{operation} {request_model}".strip()
+
+
+def _set_times(span: span_pb2.Span, meta: ExchangeMeta) -> None:
+    # The proxy's clock readings are trusted but clamped, so the span is always valid.
+    minimum = limits.MIN_START_UNIX_SECONDS * 1_000_000_000
+    end = meta.end_unix_nano
+    start = meta.start_unix_nano
+    if start < minimum:
+        start = end if end >= minimum else time.time_ns()
+    end = max(end, start)
+    span.start_time.FromNanoseconds(start)
+    span.end_time.FromNanoseconds(end)
+    if meta.ttft_nano is not None:
+        span.time_to_first_token.FromNanoseconds(min(max(meta.ttft_nano, 0), end - start))
+
+
+def _set_status(
+    status: span_pb2.SpanStatus, meta: ExchangeMeta, response: model.ParsedResponse | None, mode: str
+) -> None:
+    http = meta.http_status if 100 <= meta.http_status <= 599 else 0
+    status.http_status_code = http
+    error_type = meta.error_type
+    message = meta.error_message
+    if response is not None:
+        error_type = error_type or response.error_type
+        message = message or response.error_message
+        if response.stream_cut and not error_type:
+            error_type = ERROR_STREAM_CUT
+            message = message or _STREAM_CUT_MESSAGE
+        if response.error_message and not error_type:
+            error_type = "upstream_error"
+    if not error_type and http >= 400:
+        error_type = str(http)  # as OpenTelemetry's `error.type` does for HTTP errors
+    if not error_type:
+        status.code = span_pb2.STATUS_CODE_OK
+        return
+    status.code = span_pb2.STATUS_CODE_ERROR
+    status.error_type = _name(error_type)
+    # Upstream error messages may quote the request: masked unless content is kept in full.
+    if mode != BODIES_FULL:
+        message = mask_sensitive(_cut(message, limits.MAX_TEXT_CHARS))
+    status.error_message = _cut(message, limits.MAX_TEXT_CHARS)
+
+
+def _set_request(
+    out: span_pb2.LlmRequest, meta: ExchangeMeta, request: model.ParsedRequest, mode: str, budget: int
+) -> None:
+    content = ContentFilter(mode, budget)
+    truncated = request.truncated or meta.request_body_truncated
+    if len(request.messages) > limits.MAX_ITEMS:
+        truncated = True
+    for message in request.messages[: limits.MAX_ITEMS]:
+        _set_message(out.messages.add(), message, content)
+    tools = ContentFilter(mode, budget)
+    if len(request.tools) > limits.MAX_ITEMS:
+        truncated = True
+    for tool in request.tools[: limits.MAX_ITEMS]:
+        out.tools.add(
+            type=_name(tool.type),
+            name=_name(tool.name),
+            description=tools.text(tool.description),
+            parameters_json=tools.text(tool.parameters_json),
+        )
+    _set_parameters(out.parameters, request.parameters, mode)
+    body = ContentFilter(mode, budget)
+    out.body = body.text(request.raw_body)
+    out.truncated = truncated or content.truncated or tools.truncated or body.truncated
+
+
+def _set_parameters(out: span_pb2.RequestParameters, params: model.Parameters, mode: str) -> None:
+    if params.temperature is not None:
+        out.temperature = params.temperature
+    if params.top_p is not None:
+        out.top_p = params.top_p
+    if params.max_tokens is not None:
+        out.max_tokens = params.max_tokens
+    if params.stream is not None:
+        out.stream = params.stream
+    if params.frequency_penalty is not None:
+        out.frequency_penalty = params.frequency_penalty
+    if params.presence_penalty is not None:
+        out.presence_penalty = params.presence_penalty
+    if params.seed is not None:
+        out.seed = params.seed
+    if params.choice_count is not None:
+        out.choice_count = params.choice_count
+    out.output_type = _name(params.output_type)
+    if mode != BODIES_METADATA:  # stop sequences are text the client wrote
+        masks = mode != BODIES_FULL
+        for stop in params.stop[:MAX_STOP_SEQUENCES]:
+            out.stop_sequences.append(_name(mask_sensitive(stop) if masks else stop))
+
+
+def _set_response(out: span_pb2.LlmResponse, response: model.ParsedResponse, mode: str, budget: int) -> None:
+    out.id = _name(response.id)
+    content = ContentFilter(mode, budget)
+    truncated = response.truncated or len(response.choices) > limits.MAX_ITEMS
+    for choice in response.choices[: limits.MAX_ITEMS]:
+        added = out.choices.add(index=max(min(choice.index, 2**31 - 1), -(2**31)))
+        added.finish_reason = _name(choice.finish_reason)
+        _set_message(added.message, choice.message, content)
+    body = ContentFilter(mode, budget)
+    out.body = body.text(response.raw_body)
+    out.truncated = truncated or content.truncated or body.truncated
+
+
+def _set_message(out: span_pb2.Message, message: model.Message, content: ContentFilter) -> None:
+    out.role = _name(message.role)
+    out.name = _name(message.name)
+    out.tool_call_id = _name(message.tool_call_id)
+    for part in message.parts:
+        out.parts.add(
+            type=_PART_TYPES.get(part.type, span_pb2.CONTENT_PART_TYPE_OTHER),
+            text=content.text(part.text),
+            uri=content.text(part.uri),
+            mime_type=_name(part.mime),
+        )
+    for call in message.tool_calls:
+        out.tool_calls.add(
+            id=_name(call.id),
+            type=_name(call.type),
+            name=_name(call.name),
+            arguments=content.text(call.arguments),
+        )
+
+
+def _set_usage(out: span_pb2.Usage, usage: model.Usage) -> None:
+    def count(value: int) -> int:
+        return min(max(value, 0), limits.MAX_TOKENS)
+
+    out.input_tokens = count(usage.input_tokens)
+    out.output_tokens = count(usage.output_tokens)
+    out.total_tokens = count(usage.total_tokens)
+    out.cache_read_input_tokens = count(usage.cache_read_input_tokens)
+    out.cache_creation_input_tokens = count(usage.cache_creation_input_tokens)
+    out.reasoning_output_tokens = count(usage.reasoning_output_tokens)
+    out.estimated = usage.estimated
+
+
+def _set_attributes(span: span_pb2.Span, meta: ExchangeMeta, mode: str) -> None:
+    attributes = span.attributes
+
+    def add(key: str, value: str | int) -> None:
+        if len(attributes) >= limits.MAX_ITEMS:
+            return
+        if isinstance(value, int):
+            attributes.add(key=key, value=common_pb2.AnyValue(int_value=value))
+        else:
+            attributes.add(
+                key=_name(key), value=common_pb2.AnyValue(string_value=_cut(value, limits.MAX_TEXT_CHARS))
+            )
+
+    add("http.request.method", meta.method)
+    add("url.path", meta.path)
+    if meta.query:
+        add("url.query", meta.query)
+    if meta.http_status:
+        add("http.response.status_code", meta.http_status)
+    for name, value in meta.request_headers.items():
+        add(f"http.request.header.{name}", value)
+    for name, value in meta.response_headers.items():
+        add(f"http.response.header.{name}", value)
+    add("llmtrace.capture.bodies", mode)

@@ -1,0 +1,94 @@
+"""Streamed Anthropic messages: `message_start`, content blocks and their deltas, `message_delta`,
+ending with `message_stop`."""
+
+from __future__ import annotations
+
+from shim.capture import model
+from shim.capture.accumulate import TextAccumulator, ToolCallAccumulator
+from shim.capture.jsonvalues import as_dict, as_int, as_str, to_json_text
+from shim.capture.stream_base import MAX_SLOTS, StreamReader, event_object
+from shim.capture.usage import anthropic_usage
+
+_BLOCK_PARTS = {"text": model.PART_TEXT, "thinking": model.PART_REASONING}
+_DELTA_FIELDS = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json"}
+
+
+class AnthropicStream(StreamReader):
+    """Content blocks by index: text and thinking blocks become parts, tool_use blocks tool calls."""
+
+    __slots__ = ("_blocks", "_role", "_stop_reason")
+
+    def __init__(self, budget_chars: int) -> None:
+        super().__init__(budget_chars)
+        self._blocks: dict[int, tuple[str, TextAccumulator] | ToolCallAccumulator] = {}
+        self._stop_reason = ""
+        self._role = "assistant"
+
+    def on_event(self, event: bytes, data: bytes) -> None:
+        """Take one event; its type is in the data (`event:` repeats it)."""
+        payload = event_object(data)
+        kind = payload.get("type")
+        if kind == "content_block_delta":
+            self._delta(payload)
+        elif kind == "content_block_start":
+            self._start(payload)
+        elif kind == "message_start":
+            message = as_dict(payload.get("message"))
+            self.set_identity(message.get("id"), message.get("model"))
+            self._role = as_str(message.get("role")) or self._role
+            self.usage = anthropic_usage(message.get("usage"), self.usage)
+        elif kind == "message_delta":
+            reason = as_dict(payload.get("delta")).get("stop_reason")
+            if isinstance(reason, str) and reason:
+                self._stop_reason = reason
+            self.usage = anthropic_usage(payload.get("usage"), self.usage)
+        elif kind == "message_stop":
+            self.done = True
+        elif kind == "error":
+            self.set_error(payload.get("error"))
+            self.done = True  # the stream ended as the API says it may: not a cut
+
+    def _start(self, payload: dict[str, object]) -> None:
+        index = as_int(payload.get("index"))
+        if index is None or index in self._blocks or not 0 <= index < MAX_SLOTS or not self.claim_slot():
+            return
+        block = as_dict(payload.get("content_block"))
+        kind = as_str(block.get("type"))
+        if kind in ("tool_use", "server_tool_use"):
+            call = ToolCallAccumulator(as_str(block.get("id")), as_str(block.get("name")))
+            initial = block.get("input")
+            if initial:  # usually `{}`, the arguments follow as input_json_delta pieces
+                call.arguments.add(to_json_text(initial), self.budget)
+            self._blocks[index] = call
+            return
+        accumulator = TextAccumulator()
+        accumulator.add(as_str(block.get(kind)) if kind in _BLOCK_PARTS else "", self.budget)
+        self._blocks[index] = (_BLOCK_PARTS.get(kind, model.PART_OTHER), accumulator)
+
+    def _delta(self, payload: dict[str, object]) -> None:
+        delta = as_dict(payload.get("delta"))
+        field = _DELTA_FIELDS.get(as_str(delta.get("type")))
+        if field is None:
+            return  # signature and citation deltas carry no content
+        piece = delta.get(field)
+        if not isinstance(piece, str) or not piece:
+            return
+        self.deltas += 1
+        block = self._blocks.get(as_int(payload.get("index")) or 0)
+        if isinstance(block, ToolCallAccumulator):
+            block.arguments.add(piece, self.budget)
+        elif block is not None:
+            block[1].add(piece, self.budget)
+
+    def choices(self) -> list[model.Choice]:
+        """One choice holding the blocks in index order, or none when no block started."""
+        if not self._blocks:
+            return []
+        message = model.Message(self._role)
+        for index in sorted(self._blocks):
+            block = self._blocks[index]
+            if isinstance(block, ToolCallAccumulator):
+                message.tool_calls.append(block.to_model())
+            elif block[0] != model.PART_OTHER:
+                message.parts.append(model.Part(block[0], text=block[1].text()))
+        return [model.Choice(0, message, self._stop_reason)]

@@ -1,0 +1,104 @@
+"""Streamed OpenAI chat completions and legacy completions (`data: {chunk}` ... `data: [DONE]`)."""
+
+from __future__ import annotations
+
+from shim.capture import model
+from shim.capture.accumulate import ChoiceAccumulator, ToolCallAccumulator
+from shim.capture.jsonvalues import as_dict, as_int, as_list, as_str
+from shim.capture.stream_base import MAX_SLOTS, StreamReader, event_object
+from shim.capture.usage import openai_usage
+
+
+class ChatStream(StreamReader):
+    """Chat completion chunks (`delta`) and legacy completion chunks (`text`) by choice index."""
+
+    __slots__ = ("_choices",)
+
+    def __init__(self, budget_chars: int) -> None:
+        super().__init__(budget_chars)
+        self._choices: dict[int, ChoiceAccumulator] = {}
+
+    def on_event(self, event: bytes, data: bytes) -> None:
+        """Take one chunk, or the `[DONE]` marker."""
+        if data == b"[DONE]":
+            self.done = True
+            return
+        chunk = event_object(data)
+        if not chunk:
+            return
+        self.set_identity(chunk.get("id"), chunk.get("model"))
+        if "error" in chunk:  # an error sent mid-stream ends the answer
+            self.set_error(chunk["error"])
+            return
+        usage = chunk.get("usage")
+        if usage:
+            self.usage = openai_usage(usage)
+        for raw in as_list(chunk.get("choices")):
+            item = as_dict(raw)
+            choice = self._choice(as_int(item.get("index")) or 0)
+            if choice is None:
+                continue
+            delta = item.get("delta")
+            if delta is None:
+                text = item.get("text")  # legacy completions
+                if isinstance(text, str) and text:
+                    self.deltas += 1
+                    choice.content.add(text, self.budget)
+            else:
+                self._delta(choice, as_dict(delta))
+            reason = item.get("finish_reason")
+            if isinstance(reason, str) and reason:
+                choice.finish_reason = reason
+
+    def _choice(self, index: int) -> ChoiceAccumulator | None:
+        choice = self._choices.get(index)
+        if choice is None:
+            if not 0 <= index < MAX_SLOTS or not self.claim_slot():
+                return None
+            choice = self._choices[index] = ChoiceAccumulator()
+        return choice
+
+    def _delta(self, choice: ChoiceAccumulator, delta: dict[str, object]) -> None:
+        role = delta.get("role")
+        if isinstance(role, str) and role:
+            choice.role = role
+        content = delta.get("content")
+        if isinstance(content, str) and content:
+            self.deltas += 1
+            choice.content.add(content, self.budget)
+        refusal = delta.get("refusal")
+        if isinstance(refusal, str) and refusal:
+            self.deltas += 1
+            choice.refusal.add(refusal, self.budget)
+        reasoning = delta.get("reasoning_content", delta.get("reasoning"))
+        if isinstance(reasoning, str) and reasoning:  # DeepSeek, vLLM and others stream reasoning here
+            self.deltas += 1
+            choice.reasoning.add(reasoning, self.budget)
+        for position, raw in enumerate(as_list(delta.get("tool_calls"))):
+            item = as_dict(raw)
+            index = as_int(item.get("index"))
+            key = position if index is None else index
+            if key not in choice.tool_calls and not self.claim_slot():
+                continue
+            call = choice.tool_call(key)
+            function = as_dict(item.get("function"))
+            call.merge_ids(as_str(item.get("id")), as_str(function.get("name")))
+            kind = as_str(item.get("type"))
+            if kind:
+                call.type = kind
+            self._arguments(call, function.get("arguments"))
+        function_call = as_dict(delta.get("function_call"))  # legacy functions
+        if function_call:
+            if choice.function_call is None:
+                choice.function_call = ToolCallAccumulator()
+            choice.function_call.merge_ids("", as_str(function_call.get("name")))
+            self._arguments(choice.function_call, function_call.get("arguments"))
+
+    def _arguments(self, call: ToolCallAccumulator, piece: object) -> None:
+        if isinstance(piece, str) and piece:
+            self.deltas += 1
+            call.arguments.add(piece, self.budget)
+
+    def choices(self) -> list[model.Choice]:
+        """Choices in index order."""
+        return [self._choices[i].to_choice(i) for i in sorted(self._choices)]

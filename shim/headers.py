@@ -1,0 +1,156 @@
+"""Which headers cross the proxy, which are read by it, and which are kept in a span.
+
+Forwarding is verbatim except for hop-by-hop headers (RFC 9110 §7.6.1), `Host` (the upstream's
+own is set by the client library) and every `X-LLMTrace-*` header, which is ours and must never
+reach a provider. Storage is an allow-list: credentials and cookies never reach the core.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from typing import Final
+
+from multidict import CIMultiDict
+from sanic.compat import Header
+
+#: Connection-scoped headers; never forwarded in either direction.
+HOP_BY_HOP: Final = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+#: Recomputed by the client library from the bytes actually sent.
+_RECOMPUTED: Final = frozenset({"host", "content-length"})
+OUR_PREFIX: Final = "x-llmtrace-"
+
+#: Headers worth keeping in a span: they explain the call and carry no secret.
+_STORED_REQUEST: Final = frozenset(
+    {
+        "content-type",
+        "content-length",
+        "accept",
+        "content-encoding",
+        "openai-organization",
+        "openai-project",
+        "openai-beta",
+        "anthropic-version",
+        "anthropic-beta",
+        "x-request-id",
+        "idempotency-key",
+    }
+)
+_STORED_REQUEST_PREFIXES: Final = ("x-stainless-",)
+_STORED_RESPONSE: Final = frozenset(
+    {
+        "content-type",
+        "content-length",
+        "content-encoding",
+        "x-request-id",
+        "request-id",
+        "openai-processing-ms",
+        "openai-version",
+        "openai-model",
+        "openai-organization",
+        "retry-after",
+    }
+)
+_STORED_RESPONSE_PREFIXES: Final = ("x-ratelimit-", "anthropic-ratelimit-")
+
+#: Headers that carry a provider credential (fingerprinted, never stored).
+_KEY_HEADERS: Final = ("authorization", "api-key", "x-api-key")
+#: Query parameters whose values are credentials (`?key=`, `?api_key=`, `?sig=` on Azure SAS...).
+_SECRET_PARAM: Final = re.compile(
+    r"(?P<head>(?:^|[&;])(?P<name>[^=&;]*(?:key|token|secret|sig|signature|password|auth)[^=&;]*)=)"
+    r"(?P<value>[^&;]*)",
+    re.IGNORECASE,
+)
+MASK: Final = "***"
+
+
+def forwardable(headers: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+    """The request headers to send upstream, repeated headers and their order kept."""
+    pairs = list(headers)
+    dropped = HOP_BY_HOP | _RECOMPUTED | _connection_listed(pairs)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in pairs:
+        lower = name.lower()
+        if lower in dropped or lower.startswith(OUR_PREFIX):
+            continue
+        out.add(name, value)
+    return out
+
+
+def returnable(headers: Iterable[tuple[str, str]]) -> Header:
+    """The upstream response headers to send to the client (framing is the server's job)."""
+    pairs = list(headers)
+    dropped = HOP_BY_HOP | _connection_listed(pairs)
+    out = Header()
+    for name, value in pairs:
+        if name.lower() not in dropped:
+            out.add(name, value)
+    return out
+
+
+def _connection_listed(pairs: list[tuple[str, str]]) -> frozenset[str]:
+    # `Connection: close, x-foo` makes x-foo hop-by-hop too (RFC 9110 §7.6.1).
+    listed = {
+        token.strip().lower()
+        for name, value in pairs
+        if name.lower() == "connection"
+        for token in value.split(",")
+    }
+    return frozenset(listed - {""})
+
+
+def stored_request_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Allow-listed request headers for the span, lower-case names."""
+    return _stored(headers, _STORED_REQUEST, _STORED_REQUEST_PREFIXES)
+
+
+def stored_response_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Allow-listed response headers for the span, lower-case names."""
+    return _stored(headers, _STORED_RESPONSE, _STORED_RESPONSE_PREFIXES)
+
+
+def _stored(
+    headers: Iterable[tuple[str, str]], names: frozenset[str], prefixes: tuple[str, ...]
+) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in headers:
+        lower = name.lower()
+        if lower in names or lower.startswith(prefixes):
+            out[lower] = value[:512]
+    return out
+
+
+def key_fingerprint(headers: Iterable[tuple[str, str]]) -> str:
+    """A short non-reversible fingerprint of the provider key, to group calls by key.
+
+    Keys are long random strings, so 64 bits of a salted SHA-256 identify one without
+    revealing it; the salt keeps the value from matching other tools' key hashes.
+    """
+    for name, value in headers:
+        if name.lower() in _KEY_HEADERS:
+            token = value.strip()
+            if token.lower().startswith("bearer "):
+                token = token[7:].strip()
+            if token:
+                return hashlib.sha256(b"llmtrace-key-fingerprint:" + token.encode()).hexdigest()[:16]
+    return ""
+
+
+def masked_query(query: str) -> str:
+    """The query string with credential-looking parameter values replaced by `***`."""
+    if not query:
+        return ""
+    return _SECRET_PARAM.sub(lambda m: m.group("head") + MASK, query)

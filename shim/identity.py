@@ -1,0 +1,95 @@
+"""Who a proxied call belongs to and where it sits in a trace, from the request headers.
+
+Tenant and agent come from `X-LLMTrace-Tenant` / `X-LLMTrace-Agent` (the predecessor's
+`-Tenant-ID` / `-Agent-ID` are accepted too); no tenant means `default`. Trace placement follows
+W3C Trace Context: a valid `traceparent` makes our span a child in the caller's trace, and the
+forwarded `traceparent` names our span as the parent, as a participating intermediary does.
+Without one, `X-LLMTrace-Session` maps a session to one stable trace id, so its calls group.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from llmtrace.limits import MAX_AGENT_CHARS, tenant_problem
+
+DEFAULT_TENANT: Final = "default"
+_TRACEPARENT: Final = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:-.*)?$")
+_ZERO_TRACE: Final = "0" * 32
+_ZERO_SPAN: Final = "0" * 16
+_MAX_SESSION_CHARS: Final = 256
+
+
+class IdentityError(ValueError):
+    """A header we read holds a value we cannot use; the message names the header."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallIdentity:
+    """Tenant, agent and trace placement of one call."""
+
+    tenant: str
+    agent: str
+    session_id: str
+    trace_id: bytes
+    span_id: bytes
+    parent_span_id: bytes
+    #: trace-flags of the incoming traceparent, kept when forwarding.
+    trace_flags: str
+
+    def traceparent(self) -> str:
+        """The `traceparent` to send upstream: same trace, our span as the parent."""
+        return f"00-{self.trace_id.hex()}-{self.span_id.hex()}-{self.trace_flags}"
+
+
+def _first(headers: Mapping[str, str], *names: str) -> str:
+    for name in names:
+        value = headers.get(name)
+        if value:
+            return value.strip()
+    return ""
+
+
+def resolve_identity(headers: Mapping[str, str]) -> CallIdentity:
+    """Read tenant, agent, session and trace context; raises IdentityError on unusable values.
+
+    `headers` must be case-insensitive (Sanic's and aiohttp's are).
+    """
+    tenant = _first(headers, "x-llmtrace-tenant", "x-llmtrace-tenant-id") or DEFAULT_TENANT
+    problem = tenant_problem(tenant)
+    if problem:
+        raise IdentityError(f"X-LLMTrace-Tenant {problem}")
+    agent = _first(headers, "x-llmtrace-agent", "x-llmtrace-agent-id")
+    if len(agent) > MAX_AGENT_CHARS or not agent.isprintable():
+        raise IdentityError(f"X-LLMTrace-Agent must be printable and at most {MAX_AGENT_CHARS} characters")
+    session = _first(headers, "x-llmtrace-session", "x-llmtrace-session-id")
+    if len(session) > _MAX_SESSION_CHARS or not session.isprintable():
+        raise IdentityError(
+            f"X-LLMTrace-Session must be printable and at most {_MAX_SESSION_CHARS} characters"
+        )
+    span_id = os.urandom(8)
+    parent = _parse_traceparent(headers.get("traceparent", ""))
+    if parent is not None:
+        trace_hex, parent_hex, flags = parent
+        return CallIdentity(
+            tenant, agent, session, bytes.fromhex(trace_hex), span_id, bytes.fromhex(parent_hex), flags
+        )
+    # Stable per (tenant, session): every call of the session lands in one trace.
+    trace_id = hashlib.sha256(f"{tenant}\x00{session}".encode()).digest()[:16] if session else os.urandom(16)
+    return CallIdentity(tenant, agent, session, trace_id, span_id, b"", "01")
+
+
+def _parse_traceparent(value: str) -> tuple[str, str, str] | None:
+    # Invalid traceparents are ignored, as W3C Trace Context requires (start a new trace).
+    match = _TRACEPARENT.match(value.strip().lower())
+    if match is None:
+        return None
+    version, trace_hex, parent_hex, flags = match.groups()
+    if version == "ff" or trace_hex == _ZERO_TRACE or parent_hex == _ZERO_SPAN:
+        return None
+    return trace_hex, parent_hex, flags

@@ -1,0 +1,284 @@
+"""The proxied route: forward any request upstream verbatim and stream the answer back.
+
+Per request: resolve identity from headers, forward with the worker's pooled aiohttp session
+(bytes untouched: `auto_decompress=False`, hop-by-hop and `X-LLMTrace-*` headers removed), send
+each upstream chunk to the client as it arrives, and tee it into the response capture. Once the
+client has its answer, the exchange becomes a span and goes to the shipper; the client never
+waits for the core. Failures to reach the upstream are the only answers the shim makes up
+(502, 504), each shaped like an OpenAI error and recorded as a span.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import aiohttp
+import structlog
+from sanic import Request
+from sanic.exceptions import ServerError
+from sanic.response import HTTPResponse
+from yarl import URL
+
+from llmtrace.config.schema import Settings
+from shim import metrics
+from shim.capture import ParsedRequest, ResponseCapture, build_span, parse_request
+from shim.capture.exchange import ExchangeMeta
+from shim.errors import ShimError
+from shim.headers import (
+    forwardable,
+    key_fingerprint,
+    masked_query,
+    returnable,
+    stored_request_headers,
+    stored_response_headers,
+)
+from shim.identity import IdentityError, resolve_identity
+from shim.shipper import Shipper
+
+_log = structlog.get_logger("llmtrace.shim.capture")
+_access = structlog.get_logger("llmtrace.shim.access")
+
+#: Any app's request: the proxy reads only the request itself, never `request.app`.
+AnyRequest = Request[Any, Any]
+#: Headers aiohttp would add on its own; the client's request is forwarded as it came.
+_NO_AUTO_HEADERS: Final = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+METHODS: Final = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Where proxied requests go: `upstream_url` with each request path appended as it came."""
+
+    base: str
+    server_address: str
+
+    @classmethod
+    def from_url(cls, url: str) -> Upstream:
+        """From `upstream_url` (credentials in it are never reported as the server address)."""
+        return cls(base=url.rstrip("/"), server_address=urlsplit(url).netloc.rpartition("@")[2])
+
+
+class Proxy:
+    """The proxied route of one worker: forwarding, capture and hand-off to the shipper."""
+
+    def __init__(self, settings: Settings, shipper: Shipper, session: aiohttp.ClientSession) -> None:
+        self.settings = settings
+        self.upstream = Upstream.from_url(settings.upstream_url)
+        self.shipper = shipper
+        self.session = session
+        self.timeout = aiohttp.ClientTimeout(
+            total=None,  # never bound a whole stream
+            sock_connect=settings.connection_timeout_ms / 1000,
+            # Bounds the wait for response headers and every gap between body chunks.
+            sock_read=settings.timeout_ms / 1000,
+        )
+        self.in_flight = 0
+
+    async def handle(self, request: AnyRequest) -> HTTPResponse | None:
+        """Sanic handler for every route the shim does not own."""
+        self.in_flight += 1
+        started = time.perf_counter()
+        exchange = Exchange(self, request, time.time_ns())
+        try:
+            return await exchange.run()
+        except asyncio.CancelledError:
+            # Sanic cancels the handler when the client goes away; leaving the `async with`
+            # closes the upstream connection, which cancels the upstream request too.
+            exchange.fail("client_disconnected", "the client closed the connection")
+            raise
+        finally:
+            self.in_flight -= 1
+            exchange.finish(time.perf_counter() - started)
+
+    def record_refused(self, request: AnyRequest, error: ShimError) -> None:
+        """Record a span for a request refused before our handler ran (Sanic's body limit)."""
+        exchange = Exchange(self, request, time.time_ns(), read_body=False)
+        exchange.meta.http_status = error.status
+        exchange.fail(error.code, error.message)
+        exchange.finish(0.0)
+
+
+class Exchange:
+    """One request's way through the proxy, and what it leaves behind for the span."""
+
+    __slots__ = ("_capture", "_proxy", "_request", "body", "identity_error", "meta", "traceparent")
+
+    def __init__(self, proxy: Proxy, request: AnyRequest, started_ns: int, *, read_body: bool = True) -> None:
+        self._proxy = proxy
+        self._request = request
+        self._capture: ResponseCapture | None = None
+        self.body: bytes = request.body if read_body else b""
+        headers = request.headers
+        self.identity_error: IdentityError | None = None
+        try:
+            identity = resolve_identity(headers)
+        except IdentityError as exc:
+            identity = resolve_identity({})  # recorded under `default`; the client gets a 400
+            self.identity_error = exc
+        self.traceparent = identity.traceparent()
+        pairs = list(headers.items())
+        self.meta = ExchangeMeta(
+            trace_id=identity.trace_id,
+            span_id=identity.span_id,
+            parent_span_id=identity.parent_span_id,
+            tenant=identity.tenant,
+            agent=identity.agent,
+            session_id=identity.session_id,
+            method=request.method,
+            path=request.path,
+            query=masked_query(request.query_string),
+            client_address=request.client_ip or "",
+            user_agent=headers.get("user-agent", ""),
+            server_address=proxy.upstream.server_address,
+            api_key_fingerprint=key_fingerprint(pairs),
+            request_headers=stored_request_headers(pairs),
+            start_unix_nano=started_ns,
+            request_body_truncated=len(self.body) > proxy.settings.capture.max_body_bytes,
+        )
+
+    def fail(self, error_type: str, message: str) -> None:
+        """Record our own failure; the first one recorded wins."""
+        if not self.meta.error_type:
+            self.meta.error_type = error_type
+            self.meta.error_message = message
+
+    async def run(self) -> HTTPResponse | None:
+        """Forward and relay; returns a response only when the shim answers itself."""
+        if self.identity_error is not None:
+            return self._answer(ShimError(400, "invalid_llmtrace_header", str(self.identity_error)))
+        proxy, request = self._proxy, self._request
+        query = request.query_string
+        url = URL(proxy.upstream.base + request.path + ("?" + query if query else ""), encoded=True)
+        headers = forwardable(request.headers.items())
+        if "traceparent" in headers:
+            headers["traceparent"] = self.traceparent  # same trace, our span as the parent
+        try:
+            upstream = await proxy.session.request(
+                request.method,
+                url,
+                headers=headers,
+                data=self.body or None,
+                skip_auto_headers=_NO_AUTO_HEADERS,
+                allow_redirects=False,
+                timeout=proxy.timeout,
+            )
+        except TimeoutError as exc:  # aiohttp's connect and read timeouts are TimeoutErrors
+            where = proxy.upstream.server_address
+            return self._answer(
+                ShimError(
+                    504,
+                    "upstream_timeout",
+                    f"the upstream {where} did not answer in time "
+                    f"(timeout_ms={proxy.settings.timeout_ms}): {type(exc).__name__}",
+                )
+            )
+        except aiohttp.ClientError as exc:
+            where = proxy.upstream.server_address
+            reason = str(exc) or type(exc).__name__
+            return self._answer(
+                ShimError(502, "upstream_unreachable", f"cannot reach the upstream {where}: {reason}")
+            )
+        async with upstream:
+            await self._relay(upstream)
+        return None
+
+    async def _relay(self, upstream: aiohttp.ClientResponse) -> None:
+        meta = self.meta
+        meta.http_status = upstream.status
+        raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers]
+        meta.response_headers = stored_response_headers(raw)
+        meta.upstream_request_id = (
+            upstream.headers.get("x-request-id") or upstream.headers.get("request-id") or ""
+        )
+        out_headers = returnable(raw)
+        content_type = upstream.headers.get("content-type", "")
+        if content_type.startswith("text/event-stream"):
+            out_headers["X-Accel-Buffering"] = "no"  # tell nginx & co. not to buffer the stream
+        capture = self._capture = ResponseCapture(
+            self.parsed_request,
+            status=upstream.status,
+            content_type=content_type,
+            content_encoding=upstream.headers.get("content-encoding", ""),
+            max_body_bytes=self._proxy.settings.capture.max_body_bytes,
+        )
+        response = await self._request.respond(status=upstream.status, headers=out_headers)
+        if response is None:  # Sanic returns None only when a response was already sent
+            return
+        try:
+            async for chunk in upstream.content.iter_any():
+                try:
+                    await response.send(chunk)
+                except (ConnectionError, ServerError) as exc:
+                    self.fail(
+                        "client_disconnected", f"the client closed the connection: {type(exc).__name__}"
+                    )
+                    return
+                if meta.ttft_nano is None:
+                    meta.ttft_nano = time.time_ns() - meta.start_unix_nano
+                capture.feed(chunk)  # after the send: parsing never delays the client
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            # The upstream died or stalled mid-answer. Abort the client's connection so it sees an
+            # incomplete response, exactly as it would talking to the upstream directly.
+            kind = "upstream_timeout" if isinstance(exc, TimeoutError) else "upstream_stream_cut"
+            self.fail(kind, f"the upstream response ended early: {type(exc).__name__}: {exc}")
+            transport = self._request.transport
+            if isinstance(transport, asyncio.Transport):
+                transport.abort()
+            return
+        await response.eof()
+
+    @property
+    def parsed_request(self) -> ParsedRequest:
+        """The request body read for capture (parsed once, lazily, off the client's path)."""
+        if self._capture is not None:
+            return self._capture.request
+        return parse_request(
+            self._request.path,
+            self.body,
+            self._request.headers.get("content-type", ""),
+            max_body_bytes=self._proxy.settings.capture.max_body_bytes,
+        )
+
+    def _answer(self, error: ShimError) -> HTTPResponse:
+        self.meta.http_status = error.status
+        self.fail(error.code, error.message)
+        return error.response()
+
+    def finish(self, seconds: float) -> None:
+        """Build the span and hand it to the shipper; never raises into the request."""
+        meta = self.meta
+        meta.end_unix_nano = time.time_ns()
+        capture_settings = self._proxy.settings.capture
+        try:
+            span = build_span(
+                meta,
+                self.parsed_request,
+                self._capture.finish() if self._capture is not None else None,
+                bodies=capture_settings.bodies,
+                max_body_bytes=capture_settings.max_body_bytes,
+            )
+        except Exception:
+            metrics.CAPTURE_FAILURES.inc()
+            _log.exception("cannot build the span of an exchange", path=meta.path, tenant=meta.tenant)
+            return
+        self._proxy.shipper.submit(span)
+        operation = span.operation or "other"
+        metrics.REQUESTS.labels(operation, f"{meta.http_status // 100}xx").inc()
+        metrics.REQUEST_DURATION.labels(operation).observe(seconds)
+        if meta.error_type:
+            metrics.SHIM_ERRORS.labels(meta.error_type).inc()
+        if self._proxy.settings.logging.access_log:
+            _access.info(
+                "request",
+                method=meta.method,
+                path=meta.path,
+                status=meta.http_status,
+                duration_ms=round(seconds * 1000, 3),
+                tenant=meta.tenant,
+                model=span.request_model,
+                error=meta.error_type or None,
+            )

@@ -1,0 +1,359 @@
+"""Delivery of captured spans to the core: batched, acknowledged, spooled, never silently lost.
+
+`submit` is synchronous and cheap (the proxy never waits on the core). A background task cuts
+batches by count, bytes and age and sends each as one `IngestSpans` call; the core acknowledges a
+batch only once it is committed. A batch that cannot be delivered (core down, slow, or shutting
+down) goes to the on-disk spool, and once anything is spooled every later batch follows it there,
+so replay keeps the order. A replay task drains the spool, oldest first, with backoff. Ingest is
+idempotent on (tenant, trace_id, span_id), so a batch resent after an ambiguous failure is not
+duplicated. Spans the core rejects as invalid go to the dead-letter file. Spans are dropped only
+when the spool's disk budget is full, and every drop is counted and logged.
+
+Spans travel as serialized bytes: a batch's wire form is the concatenation of its spans, each
+framed as field 1 of `IngestSpansRequest`, so nothing is serialized twice and spool files are
+ready-made requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Final
+
+import grpc
+import grpc.aio
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from llmtrace.api.v1 import ingest_service_pb2, span_pb2
+from llmtrace.config.schema import ShipperSettings
+from shim import metrics
+from shim.dead_letter import DeadLetter, DeadLetterFile
+from shim.spool import Spool
+
+_log = structlog.get_logger("llmtrace.shim.shipper")
+
+_INGEST_METHOD: Final = "/llmtrace.api.v1.IngestService/IngestSpans"
+#: Tag of `IngestSpansRequest.spans` (field 1, length-delimited).
+_SPANS_TAG: Final = b"\x0a"
+#: Codes after which the same batch can succeed later; anything else is a verdict on the batch.
+_TRANSIENT: Final = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+    }
+)
+_HEALTH_CACHE_SECONDS: Final = 1.0
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def frame_span(span_bytes: bytes) -> bytes:
+    """One serialized span framed as an `IngestSpansRequest.spans` element."""
+    return _SPANS_TAG + _varint(len(span_bytes)) + span_bytes
+
+
+@dataclass(slots=True)
+class _Batch:
+    payload: bytes
+    spans: int
+    captured_at: list[float] = field(default_factory=list)
+
+
+class Shipper:
+    """Batches spans to the core's IngestSpans; spools what cannot be delivered."""
+
+    def __init__(
+        self,
+        settings: ShipperSettings,
+        core_addr: str,
+        spool: Spool,
+        dead_letters: DeadLetterFile,
+        *,
+        max_message_bytes: int,
+    ) -> None:
+        self._settings = settings
+        self._core_addr = core_addr
+        self._spool = spool
+        self._dead_letters = dead_letters
+        self._channel = grpc.aio.insecure_channel(
+            core_addr,
+            options=[
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.keepalive_time_ms", 30_000),
+            ],
+        )
+        self._ingest: grpc.aio.UnaryUnaryMultiCallable[bytes, ingest_service_pb2.IngestSpansResponse] = (
+            self._channel.unary_unary(
+                _INGEST_METHOD,
+                request_serializer=None,  # payloads are already wire-format IngestSpansRequest bytes
+                response_deserializer=ingest_service_pb2.IngestSpansResponse.FromString,
+            )
+        )
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._queue: deque[tuple[bytes, float]] = deque()
+        self._queue_bytes = 0
+        self._wake = asyncio.Event()
+        self._spooled = asyncio.Event()
+        self._closing = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._core_ok: bool | None = None
+        self._health_checked_at = 0.0
+        self._health_ok = False
+        self._spill_lock = asyncio.Lock()
+
+    # -- the proxy's side -------------------------------------------------------------------
+
+    def submit(self, span: span_pb2.Span) -> None:
+        """Queue one span for delivery; never blocks and never raises for delivery problems."""
+        framed = frame_span(span.SerializeToString())
+        self._queue.append((framed, time.monotonic()))
+        self._queue_bytes += len(framed)
+        metrics.QUEUE_SPANS.inc()
+        # Wake the batcher for the first span (it starts the flush timer) and for a full batch.
+        if (
+            len(self._queue) == 1
+            or len(self._queue) >= self._settings.batch_max_spans
+            or self._queue_bytes >= self._settings.batch_max_bytes
+        ):
+            self._wake.set()
+
+    @property
+    def queued_spans(self) -> int:
+        """Spans waiting in memory."""
+        return len(self._queue)
+
+    @property
+    def spool_bytes(self) -> int:
+        """Bytes waiting in the on-disk spool."""
+        return self._spool.bytes_used
+
+    async def core_status(self) -> str:
+        """`reachable` or `unreachable`, from a cached gRPC health check of the core."""
+        now = time.monotonic()
+        if now - self._health_checked_at > _HEALTH_CACHE_SECONDS:
+            self._health_checked_at = now
+            try:
+                reply = await self._health.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.5)
+                self._health_ok = reply.status == health_pb2.HealthCheckResponse.SERVING
+            except grpc.aio.AioRpcError:
+                self._health_ok = False
+        return "reachable" if self._health_ok else "unreachable"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the batching and replay tasks (replaying spans spooled by earlier runs)."""
+        metrics.SPOOL_BYTES.set(self._spool.bytes_used)
+        if len(self._spool):
+            _log.info("replaying spooled batches", batches=len(self._spool), bytes=self._spool.bytes_used)
+            self._spooled.set()
+        self._tasks = [
+            asyncio.create_task(self._batch_loop(), name="shipper-batches"),
+            asyncio.create_task(self._replay_loop(), name="shipper-replay"),
+        ]
+
+    async def close(self, grace: float) -> None:
+        """Deliver or spool everything queued, then stop; spooled batches wait for the next run."""
+        self._closing = True
+        self._wake.set()
+        batches, replay = self._tasks
+        replay.cancel()
+        done, _ = await asyncio.wait({batches}, timeout=grace)
+        if not done:
+            batches.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await replay
+        with contextlib.suppress(asyncio.CancelledError):
+            await batches
+        # Whatever is still in memory (the deadline passed) goes to disk.
+        while self._queue:
+            await self._to_spool(self._cut_batch())
+        await self._channel.close()
+        await asyncio.to_thread(self._spool.close)
+
+    # -- batching -----------------------------------------------------------------------------
+
+    def _cut_batch(self) -> _Batch:
+        limit_spans = self._settings.batch_max_spans
+        limit_bytes = self._settings.batch_max_bytes
+        parts: list[bytes] = []
+        captured: list[float] = []
+        size = 0
+        while self._queue and len(parts) < limit_spans:
+            framed, at = self._queue[0]
+            if parts and size + len(framed) > limit_bytes:
+                break
+            self._queue.popleft()
+            parts.append(framed)
+            captured.append(at)
+            size += len(framed)
+        self._queue_bytes -= size
+        metrics.QUEUE_SPANS.dec(len(parts))
+        return _Batch(b"".join(parts), len(parts), captured)
+
+    async def _batch_loop(self) -> None:
+        interval = self._settings.flush_interval_ms / 1000
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            oldest = self._queue[0][1]
+            full = (
+                len(self._queue) >= self._settings.batch_max_spans
+                or self._queue_bytes >= self._settings.batch_max_bytes
+            )
+            wait = oldest + interval - time.monotonic()
+            if not full and not self._closing and wait > 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+                continue
+            batch = self._cut_batch()
+            if len(self._spool) or (self._closing and self._core_ok is False):
+                await self._to_spool(batch)  # keep order behind what is already spooled
+            elif not await self._send(batch.payload, batch.captured_at):
+                await self._to_spool(batch)
+            while len(self._queue) > self._settings.queue_max_spans:
+                await self._to_spool(self._cut_batch())  # the core is slow: spill, bound memory
+
+    async def _to_spool(self, batch: _Batch) -> None:
+        if not batch.spans:
+            return
+        async with self._spill_lock:
+            stored = await asyncio.to_thread(self._spool.append, batch.payload)
+        if stored:
+            metrics.BATCHES.labels("spooled").inc()
+            self._spooled.set()
+        else:
+            metrics.SPANS_DROPPED.inc(batch.spans)
+            _log.error(
+                "spool full: spans dropped",
+                spans=batch.spans,
+                spool_bytes=self._spool.bytes_used,
+                spool_max_bytes=self._settings.spool_max_bytes,
+            )
+        metrics.SPOOL_BYTES.set(self._spool.bytes_used)
+
+    # -- replay -------------------------------------------------------------------------------
+
+    async def _replay_loop(self) -> None:
+        delay = self._settings.retry_initial_ms / 1000
+        while True:
+            await self._spooled.wait()
+            async with self._spill_lock:
+                entry = await asyncio.to_thread(self._spool.peek)
+            if entry is None:
+                self._spooled.clear()
+                continue
+            if await self._send(entry.payload, None):
+                async with self._spill_lock:
+                    await asyncio.to_thread(self._spool.remove, entry)
+                metrics.SPOOL_BYTES.set(self._spool.bytes_used)
+                delay = self._settings.retry_initial_ms / 1000
+                continue
+            # Full jitter keeps many shims from hammering a recovering core in step.
+            await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - not cryptographic
+            delay = min(delay * 2, self._settings.retry_max_ms / 1000)
+
+    # -- one RPC ------------------------------------------------------------------------------
+
+    async def _send(self, payload: bytes, captured_at: list[float] | None) -> bool:
+        """True once the core has a verdict on every span (accepted or dead-lettered)."""
+        try:
+            reply = await self._ingest(payload, timeout=self._settings.rpc_timeout_ms / 1000)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in _TRANSIENT:
+                self._note_failure(exc)
+                return False
+            # INVALID_ARGUMENT or RESOURCE_EXHAUSTED for the request as a whole: resending the
+            # same bytes cannot succeed, so keep them for repair instead of retrying forever.
+            await self._dead_letter_all(payload, exc.code().name, exc.details() or "")
+            return True
+        self._core_ok = True
+        metrics.BATCHES.labels("sent").inc()
+        metrics.SPANS_SHIPPED.inc(reply.accepted_spans)
+        if captured_at:
+            now = time.monotonic()
+            for at in captured_at:
+                metrics.SHIP_LATENCY.observe(now - at)
+        if reply.partial_success.rejected_spans:
+            await self._dead_letter_rejected(payload, reply.partial_success)
+        return True
+
+    def _note_failure(self, exc: grpc.aio.AioRpcError) -> None:
+        metrics.BATCHES.labels("failed").inc()
+        if self._core_ok is not False:
+            _log.warning("core unreachable; spooling spans", core=self._core_addr, code=exc.code().name)
+        self._core_ok = False
+
+    async def _dead_letter_rejected(
+        self, payload: bytes, partial: ingest_service_pb2.IngestPartialSuccess
+    ) -> None:
+        spans = ingest_service_pb2.IngestSpansRequest.FromString(payload).spans
+        records = []
+        for rejection in partial.rejections:
+            if 0 <= rejection.index < len(spans):
+                span = spans[rejection.index]
+                records.append(
+                    DeadLetter(
+                        tenant=span.tenant,
+                        trace_id=span.trace_id,
+                        span_id=span.span_id,
+                        violations=[(v.field, v.description) for v in rejection.violations],
+                        span_bytes=span.SerializeToString(),
+                    )
+                )
+        await self._write_dead_letters(records, partial.error_message)
+
+    async def _dead_letter_all(self, payload: bytes, code: str, details: str) -> None:
+        try:
+            spans = list(ingest_service_pb2.IngestSpansRequest.FromString(payload).spans)
+        except Exception:
+            spans = []
+        records = [
+            DeadLetter(
+                tenant=span.tenant,
+                trace_id=span.trace_id,
+                span_id=span.span_id,
+                violations=[("", f"{code}: {details}")],
+                span_bytes=span.SerializeToString(),
+            )
+            for span in spans
+        ]
+        await self._write_dead_letters(records, f"{code}: {details}")
+
+    async def _write_dead_letters(self, records: list[DeadLetter], reason: str) -> None:
+        if not records:
+            return
+        metrics.BATCHES.labels("rejected").inc()
+        metrics.SPANS_DEAD_LETTERED.inc(len(records))
+        await asyncio.to_thread(self._dead_letters.append, records)
+        _log.warning(
+            "core rejected spans; kept in the dead-letter file",
+            spans=len(records),
+            reason=reason[:500],
+            path=str(self._dead_letters.path),
+        )

@@ -1,0 +1,78 @@
+"""`mask_sensitive`: each kind of PII and secret becomes its placeholder; look-alikes stay."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from llmtrace.security.masking import mask_sensitive
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("write to john.doe+x@mail.example.co.uk today", "write to [EMAIL] today"),
+        ("call +1 (415) 555-0132 now", "call [PHONE] now"),
+        ("call 415-555-0132 now", "call [PHONE] now"),
+        ("ruf +44 20 7946 0958", "ruf [PHONE]"),
+        ("card 4111 1111 1111 1111 ok", "card [CREDIT_CARD] ok"),
+        ("card 5500-0000-0000-0004", "card [CREDIT_CARD]"),
+        ("ssn 123-45-6789.", "ssn [SSN]."),
+        ("iban DE89 3704 0044 0532 0130 00 THEN", "iban [IBAN] THEN"),
+        ("iban GB82WEST12345698765432", "iban [IBAN]"),
+        ("aws AKIAIOSFODNN7EXAMPLE", "aws [AWS_ACCESS_KEY]"),
+        ("gh ghp_" + "a1" * 18, "gh [GITHUB_TOKEN]"),
+        ("gh github_pat_" + "B" * 30, "gh [GITHUB_TOKEN]"),
+        ("slack xoxb-1234567890-abcdefghij", "slack [SLACK_TOKEN]"),
+        ("t eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl end", "t [JWT] end"),
+        ("-----BEGIN PRIVATE KEY-----\nMIIEv\n-----END PRIVATE KEY-----\nafter", "[PRIVATE_KEY]\nafter"),
+        ("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNz (cut", "[PRIVATE_KEY]"),
+        ("key sk-proj-" + "x" * 40, "key [OPENAI_KEY]"),
+        ("key sk-ant-api03-" + "x" * 40, "key [ANTHROPIC_KEY]"),
+        ("api_key=abcd1234efgh&x=1", "api_key=[API_KEY]&x=1"),
+        ('{"apiKey": "abcd1234efgh"}', '{"apiKey": "[API_KEY]"}'),
+        ("OPENAI_API_KEY=sk-abcdefghijklmnopqrstuvwx", "OPENAI_API_KEY=[OPENAI_KEY]"),
+        ("password: hunter22", "password: [SECRET]"),
+        ("Authorization: Bearer abcdefghijklmnopqrstu", "Authorization: Bearer [API_KEY]"),
+    ],
+)
+def test_each_kind_is_masked(text: str, expected: str) -> None:
+    assert mask_sensitive(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "card 4111 1111 1111 1112 fails Luhn",
+        "iban DE89 3704 0044 0532 0130 01 fails mod 97",
+        "on 2024-01-15 at 10:30 order 123456789 version 1.2.3",
+        "ssn-like 000-12-3456 is not valid",
+        "the key points of token usage: 42 tokens",
+        "ask at example dot com",
+        "",
+    ],
+)
+def test_look_alikes_are_left_alone(text: str) -> None:
+    assert mask_sensitive(text) == text
+
+
+def test_placeholders_are_not_masked_again() -> None:
+    once = mask_sensitive("api_key=sk-abcdefghijklmnopqrstuvwx mail a@b.io")
+    assert once == "api_key=[OPENAI_KEY] mail [EMAIL]"
+    assert mask_sensitive(once) == once
+
+
+def test_unicode_whose_lowercase_changes_length_still_masks_assignments() -> None:
+    assert mask_sensitive("İstanbul token=abcdef123") == "İstanbul token=[API_KEY]"
+
+
+def test_a_kilobyte_without_matches_is_fast() -> None:
+    text = ("The quick brown fox jumps over the lazy dog in 2024; summarise the key points. " * 14)[:1024]
+    mask_sensitive(text)
+    runs = 2000
+    started = time.perf_counter()
+    for _ in range(runs):
+        mask_sensitive(text)
+    per_call = (time.perf_counter() - started) / runs
+    assert per_call < 100e-6, per_call
