@@ -30,7 +30,6 @@ from prometheus_client import start_http_server
 
 from llmtrace.api.v1 import (
     ingest_service_pb2,
-    ingest_service_pb2_grpc,
     query_service_pb2,
     query_service_pb2_grpc,
 )
@@ -130,9 +129,7 @@ class Core:
                 ("grpc.max_send_message_length", max_bytes),
             ],
         )
-        ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(
-            IngestServicer(self._writer, self._cpu), server
-        )
+        server.add_generic_rpc_handlers((IngestServicer(self._writer, self._cpu).handlers(),))
         query_service_pb2_grpc.add_QueryServiceServicer_to_server(
             QueryServicer(
                 self._reader,

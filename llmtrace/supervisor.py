@@ -154,6 +154,7 @@ class Supervisor:
 
         os.umask(0o077)
         wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
         wake_w.setblocking(False)
         signal.set_wakeup_fd(wake_w.fileno())
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -181,6 +182,8 @@ class Supervisor:
                         "grpc": self._core_addr,
                         "metrics": self._core_bound.get("metrics"),
                         "pid": os.getpid(),
+                        "core_pid": self._core.process.pid if self._core else None,
+                        "worker_pids": [w.process.pid for w in self._workers],
                     },
                 )
             self._supervise(wake_r)

@@ -9,6 +9,7 @@ from concurrent.futures import Executor
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 
 from llmtrace import limits
 from llmtrace.api.v1 import common_pb2, ingest_service_pb2, ingest_service_pb2_grpc, span_pb2
@@ -19,6 +20,7 @@ from llmtrace.rpc.errors import RpcError, abort, invalid_argument
 from llmtrace.store.writer import StoreWriter, WriteBatch, WriterClosedError
 
 _log = structlog.get_logger(__name__)
+SERVICE_NAME = ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
 
 Context = grpc.aio.ServicerContext[object, object]
 
@@ -60,6 +62,25 @@ def _prepare(spans: Sequence[span_pb2.Span]) -> _Prepared:
     return _Prepared(batch, len(valid), rejections)
 
 
+def _parse_and_prepare(data: bytes) -> _Prepared:
+    try:
+        spans = ingest_service_pb2.IngestSpansRequest.FromString(data).spans
+    except DecodeError as exc:
+        raise invalid_argument(
+            [("", f"not an IngestSpansRequest: {exc}")], reason="MALFORMED_REQUEST"
+        ) from exc
+    _check_batch_size(len(spans))
+    return _prepare(spans)
+
+
+def _check_batch_size(count: int) -> None:
+    if count > limits.MAX_SPANS_PER_BATCH:
+        raise invalid_argument(
+            [("spans", f"at most {limits.MAX_SPANS_PER_BATCH} spans per request, got {count}")],
+            reason="BATCH_TOO_LARGE",
+        )
+
+
 def _partial_success(
     rejections: list[ingest_service_pb2.RejectedSpan],
 ) -> ingest_service_pb2.IngestPartialSuccess | None:
@@ -82,13 +103,12 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         self._cpu = cpu_executor
 
     async def _ingest(self, spans: Sequence[span_pb2.Span]) -> _Prepared:
-        if len(spans) > limits.MAX_SPANS_PER_BATCH:
-            raise invalid_argument(
-                [("spans", f"at most {limits.MAX_SPANS_PER_BATCH} spans per request, got {len(spans)}")],
-                reason="BATCH_TOO_LARGE",
-            )
+        _check_batch_size(len(spans))
         # Validation and Arrow conversion are CPU work: keep them off the event loop.
         prepared = await asyncio.get_running_loop().run_in_executor(self._cpu, _prepare, spans)
+        return await self._commit(prepared)
+
+    async def _commit(self, prepared: _Prepared) -> _Prepared:
         if prepared.batch is not None:
             try:
                 await self._writer.write(prepared.batch)
@@ -112,6 +132,41 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             await abort(context, err)
         return ingest_service_pb2.IngestSpansResponse(
             accepted_spans=prepared.accepted, partial_success=_partial_success(prepared.rejections)
+        )
+
+    async def ingest_spans_bytes(
+        self, data: bytes, context: Context
+    ) -> ingest_service_pb2.IngestSpansResponse:
+        """IngestSpans as registered (`handlers`): the request arrives undecoded.
+
+        Decoding a large batch (megabytes of prompts) takes tens of milliseconds; done by gRPC
+        it would run on the event loop, so it runs in the CPU thread with validation instead.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            prepared = await self._commit(await loop.run_in_executor(self._cpu, _parse_and_prepare, data))
+        except RpcError as err:
+            await abort(context, err)
+        return ingest_service_pb2.IngestSpansResponse(
+            accepted_spans=prepared.accepted, partial_success=_partial_success(prepared.rejections)
+        )
+
+    def handlers(self) -> grpc.GenericRpcHandler:
+        """The IngestService method handlers, IngestSpans taking raw bytes (see above)."""
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "IngestSpans": grpc.unary_unary_rpc_method_handler(
+                    self.ingest_spans_bytes,
+                    request_deserializer=None,
+                    response_serializer=ingest_service_pb2.IngestSpansResponse.SerializeToString,
+                ),
+                "StreamSpans": grpc.stream_stream_rpc_method_handler(
+                    self.StreamSpans,
+                    request_deserializer=ingest_service_pb2.StreamSpansRequest.FromString,
+                    response_serializer=ingest_service_pb2.StreamSpansResponse.SerializeToString,
+                ),
+            },
         )
 
     async def StreamSpans(  # noqa: N802 - gRPC method name

@@ -1,0 +1,175 @@
+"""`llmtrace serve` and `llmtrace shim` as processes: start order, restarts, workers, no orphans."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.processes import CLI, LlmtraceProcess, cli_env, write_yaml
+from tools.fake_upstream import run_fake_upstream
+
+KEY = "sk-test-serve-000000000000000"
+pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+
+
+def _config(tmp_path: Path, upstream_url: str, **extra: Any) -> Path:
+    return write_yaml(
+        tmp_path / "config.yaml",
+        {
+            "listen_addr": "127.0.0.1:0",
+            "upstream_url": upstream_url,
+            "grpc": {"listen_addr": "127.0.0.1:0"},
+            "metrics": {"listen_addr": "127.0.0.1:0"},
+            "storage": {"database_path": str(tmp_path / "llmtrace.duckdb")},
+            "shipper": {"spool_dir": str(tmp_path / "spool"), "flush_interval_ms": 50},
+            "shutdown": {"timeout_seconds": 5},
+            **extra,
+        },
+    )
+
+
+async def _chat(http: aiohttp.ClientSession, base: str, text: str) -> None:
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": text}]}
+    headers = {"Authorization": f"Bearer {KEY}"}
+    async with http.post(f"http://{base}/v1/chat/completions", json=body, headers=headers) as r:
+        assert r.status == 200, await r.text()
+        assert (await r.json())["choices"][0]["message"]["content"] == f"Echo: {text}"
+
+
+def _alive(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "State:\tZ" not in status.read_text()
+    except FileNotFoundError:
+        return False
+
+
+def _span_count(tmp_path: Path, grpc_addr: str) -> int | None:
+    result = subprocess.run(
+        [*CLI, "sql", "SELECT count(*) AS n FROM spans", "--format", "csv", "--grpc-listen-addr", grpc_addr],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        cwd=tmp_path,
+        check=False,
+    )
+    lines = result.stdout.strip().splitlines()
+    return int(lines[-1]) if result.returncode == 0 and lines else None
+
+
+async def _wait_for_count(tmp_path: Path, grpc_addr: str, expected: int) -> int | None:
+    count = None
+    for _ in range(100):
+        count = await asyncio.to_thread(_span_count, tmp_path, grpc_addr)
+        if count == expected:
+            break
+        await asyncio.sleep(0.2)
+    return count
+
+
+async def test_serve_restarts_a_crashed_core_and_stops_in_order(tmp_path: Path) -> None:
+    async with run_fake_upstream() as upstream:
+        config = _config(tmp_path, upstream.base_url)
+        serve = LlmtraceProcess.start(tmp_path, "serve", "serve", "--config", str(config))
+        try:
+            ready = await asyncio.to_thread(serve.wait_ready)
+            async with aiohttp.ClientSession() as http:
+                await _chat(http, ready["http"], "before the crash")
+                os.kill(ready["core_pid"], signal.SIGKILL)
+                await _chat(http, ready["http"], "during the crash")  # the proxy keeps working
+                # The supervisor restarts the core on the same address; the spooled span arrives.
+                assert await _wait_for_count(tmp_path, ready["grpc"], 2) == 2, serve.log()
+            assert "child exited; restarting" in serve.log()
+            assert serve.stop(signal.SIGTERM) == 0, serve.log()
+            log = serve.log()
+            assert log.rindex("shim stopped") < log.rindex("core stopped")  # workers first, core last
+        finally:
+            serve.kill()
+
+
+async def test_killed_supervisor_leaves_no_orphan_holding_the_database(tmp_path: Path) -> None:
+    async with run_fake_upstream() as upstream:
+        config = _config(tmp_path, upstream.base_url)
+        serve = LlmtraceProcess.start(tmp_path, "serve", "serve", "--config", str(config))
+        try:
+            ready = await asyncio.to_thread(serve.wait_ready)
+            children = [ready["core_pid"], *ready["worker_pids"]]
+            assert all(_alive(pid) for pid in children)
+            serve.process.kill()
+            serve.process.wait()
+            for _ in range(100):
+                if not any(_alive(pid) for pid in children):
+                    break
+                await asyncio.sleep(0.1)
+            assert not any(_alive(pid) for pid in children)
+            # The database lock is free: a new core opens the same file.
+            again = LlmtraceProcess.start(tmp_path, "core", "core", "--config", str(config))
+            try:
+                await asyncio.to_thread(again.wait_ready)
+            finally:
+                again.stop()
+        finally:
+            serve.kill()
+
+
+async def test_several_workers_share_the_port_and_sum_their_metrics(tmp_path: Path) -> None:
+    async with run_fake_upstream() as upstream:
+        config = _config(tmp_path, upstream.base_url, workers=2)
+        serve = LlmtraceProcess.start(tmp_path, "serve", "serve", "--config", str(config))
+        try:
+            ready = await asyncio.to_thread(serve.wait_ready)
+            assert len(ready["worker_pids"]) == 2
+            async with aiohttp.ClientSession() as http:
+                # Fresh connections spread over the workers; 40 calls reach both in practice.
+                for i in range(40):
+                    async with aiohttp.ClientSession() as one:
+                        await _chat(one, ready["http"], f"call {i}")
+                assert await _wait_for_count(tmp_path, ready["grpc"], 40) == 40
+                async with http.get(f"http://{ready['http']}/metrics") as r:
+                    metrics = await r.text()
+            line = next(ln for ln in metrics.splitlines() if ln.startswith("llmtrace_shim_requests_total{"))
+            assert float(line.rsplit(" ", 1)[1]) == 40.0  # summed over both workers
+            assert serve.stop(signal.SIGTERM) == 0, serve.log()
+        finally:
+            serve.kill()
+
+
+async def test_shim_alone_spools_until_the_core_appears(tmp_path: Path) -> None:
+    async with run_fake_upstream() as upstream:
+        grpc_port = _free_port()
+        config = _config(tmp_path, upstream.base_url, grpc={"listen_addr": f"127.0.0.1:{grpc_port}"})
+        shim = LlmtraceProcess.start(tmp_path, "shim", "shim", "--config", str(config))
+        try:
+            ready = await asyncio.to_thread(shim.wait_ready)
+            assert ready["grpc"] == f"127.0.0.1:{grpc_port}"
+            async with aiohttp.ClientSession() as http:
+                for i in range(3):
+                    await _chat(http, ready["http"], f"no core yet {i}")
+                async with http.get(f"http://{ready['http']}/health") as r:
+                    health = await r.json()
+            assert r.status == 200 and health["core"] == "unreachable"
+            core = LlmtraceProcess.start(tmp_path, "core", "core", "--config", str(config))
+            try:
+                await asyncio.to_thread(core.wait_ready)
+                assert await _wait_for_count(tmp_path, ready["grpc"], 3) == 3, shim.log()
+            finally:
+                assert shim.stop() == 0
+                core.stop()
+        finally:
+            shim.kill()
+
+
+def _free_port() -> int:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
