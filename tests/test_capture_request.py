@@ -130,7 +130,7 @@ def test_chat_legacy_functions_and_function_call() -> None:
     assert [(t.name, t.description, t.parameters_json) for t in request.tools] == [
         ("f", "d", '{"type":"object"}')
     ]
-    assert request.parameters.stream is None and not request.stream
+    assert request.parameters.stream is False and not request.stream  # absent means not streamed
 
 
 def test_legacy_completions_prompt_forms() -> None:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from llmtrace.server import Core
-from tests.conftest import RunningCore, core_settings
+from tests.conftest import RunningCore, Stack, core_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,12 +41,43 @@ async def test_tour_script_sends_and_lists_spans(core: RunningCore) -> None:
     assert [line.split()[1] for line in lines[1:]] == ["gpt-4o", "gpt-4o-mini", "gpt-4o"]
 
 
-def _readme_sql_commands() -> list[list[str]]:
+def _readme_sql_commands(*, proxy_tour: bool = False) -> list[list[str]]:
+    """The README's `llmtrace sql` commands: the proxy tour's (over `agent, request_model, stream`)
+    or the others (over the spans of send_spans.py)."""
     commands = []
     for line in (ROOT / "README.md").read_text().splitlines():
-        if line.startswith(".venv/bin/llmtrace sql "):
+        if line.startswith(".venv/bin/llmtrace sql ") and ("stream," in line) == proxy_tour:
             commands.append(shlex.split(line)[1:])
     return commands
+
+
+async def test_readme_proxy_tour_runs(stack: Stack, tmp_path: Path) -> None:
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, str(ROOT / "docs/examples/proxy_call.py"), stack.shim.base_url + "/v1"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["Echo: Hello through the proxy", "Echo: Stream a short answer"]
+    await stack.spans(expected=2)
+    (command,) = _readme_sql_commands(proxy_tour=True)
+    env = {**os.environ, "LLMTRACE_GRPC_LISTEN_ADDR": stack.core.bound.grpc}
+    out = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "llmtrace.cli.main", *command, "--format", "csv"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=60,
+    )
+    rows = out.stdout.splitlines()
+    assert rows[0] == "agent,request_model,stream,input_tokens,output_tokens,status_code"
+    assert rows[1].startswith("tour,gpt-4o-mini,false,") and rows[1].endswith(",200")
+    assert rows[2].startswith("tour,gpt-4o,true,") and rows[2].endswith(",200")
 
 
 async def test_readme_sql_examples_run(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ def read_messages(body: JsonObject, request: model.ParsedRequest) -> None:
     params = request.parameters
     stream = as_bool(body.get("stream"))
     request.stream = bool(stream)
-    params.stream = stream
+    params.stream = bool(stream)  # the APIs default to not streaming
     params.max_tokens = as_int(body.get("max_tokens"))
     params.temperature = as_float(body.get("temperature"))
     params.top_p = as_float(body.get("top_p"))

@@ -129,7 +129,7 @@ def _common(body: JsonObject, request: model.ParsedRequest) -> None:
     params = request.parameters
     stream = as_bool(body.get("stream"))
     request.stream = bool(stream)
-    params.stream = stream
+    params.stream = bool(stream)  # the APIs default to not streaming
     request.include_usage = as_bool(as_dict(body.get("stream_options")).get("include_usage")) is True
     params.temperature = as_float(body.get("temperature"))
     params.top_p = as_float(body.get("top_p"))
