@@ -301,3 +301,33 @@ async def test_gzip_response_passes_through_compressed(make_client: OpenAIFactor
         "Echo: zip again",
         "Echo: zip it",
     ]
+
+
+async def test_anthropic_messages_json_and_stream(stack: Stack) -> None:
+    body: Any = {
+        "model": "claude-sonnet-4",
+        "max_tokens": 64,
+        "system": "Answer briefly.",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hello claude"}]}],
+    }
+    headers = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(stack.upstream.base_url + "/v1/messages", json=body, headers=headers) as r:
+            want = await r.json()
+        async with http.post(stack.shim.base_url + "/v1/messages", json=body, headers=headers) as r:
+            got = await r.json()
+        async with http.post(
+            stack.shim.base_url + "/v1/messages", json={**body, "stream": True}, headers=headers
+        ) as r:
+            events = (await r.read()).decode()
+    assert strip_ids(got) == strip_ids(want)
+    assert "event: message_stop" in events
+    spans = await stack.spans(expected=2)
+    assert {s.provider for s in spans} == {"anthropic"}
+    for span in spans:
+        assert [m.role for m in span.request.messages] == ["system", "user"]
+        assert span.request.messages[0].parts[0].text == "Answer briefly."
+        assert span.response.choices[0].message.parts[0].text == "Echo: hello claude"
+        assert span.usage.output_tokens > 0 and not span.usage.estimated
+        assert span.request.parameters.max_tokens == 64
+    assert sorted(s.request.parameters.stream for s in spans) == [False, True]
