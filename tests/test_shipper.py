@@ -75,7 +75,7 @@ async def test_rejected_spans_go_to_the_dead_letter_file(tmp_path: Path) -> None
         spans = await wait_for_spans(core, "acme", 1)
         await shipper.close(5)
     assert [s.span_id for s in spans] == [good.span_id]
-    (line,) = Path(settings.dead_letter_path).read_text().splitlines()
+    (line,) = await asyncio.to_thread(lambda: Path(settings.dead_letter_path).read_text().splitlines())
     record = json.loads(line)
     assert record["span_id"] == bad.span_id.hex() and record["tenant"] == "acme"
     assert record["violations"][0]["field"] == "spans[1].trace_id"
