@@ -7,14 +7,15 @@ PY := $(VENV)/bin/python
 BUF := tools/node_modules/.bin/buf
 CONFIG ?=
 
-.PHONY: help setup run test test-python test-go lint gen gen-check breaking bench clean
+.PHONY: help setup run test test-python test-go lint gen gen-check breaking bench bench-proxy wrk clean
 
 help:
 	@echo "make run     start llmtrace serve (core on 127.0.0.1:50051; CONFIG=file.yaml to use a config)"
 	@echo "make test    regenerate+diff stubs, lint, type-check, buf checks, Python and Go tests"
 	@echo "make lint    ruff, mypy --strict, buf lint/format/breaking, go vet"
 	@echo "make gen     regenerate Python and Go stubs from proto/"
-	@echo "make bench   run the benchmarks in tools/bench/"
+	@echo "make bench   run the benchmarks in tools/bench/ (core and proxy)"
+	@echo "make bench-proxy  run only the proxy benchmark (tools/bench/proxy.py)"
 
 # The venv is rebuilt when the dependency lists change.
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
@@ -61,8 +62,17 @@ test-go: setup
 
 test: gen-check lint test-python test-go
 
-bench: setup
+# The proxy benchmark's load generator: the Debian package, installed when missing.
+SUDO := $(shell test "$$(id -u)" -eq 0 || echo sudo)
+wrk:
+	@command -v wrk >/dev/null || { echo "installing wrk (apt-get install -y wrk)"; \
+		$(SUDO) apt-get install -y -q wrk >/dev/null || { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q wrk >/dev/null; }; }
+
+bench: setup wrk
 	$(PY) tools/bench/run_all.py
+
+bench-proxy: setup wrk
+	$(PY) tools/bench/proxy.py
 
 clean:
 	rm -rf $(VENV) .tools tools/node_modules .mypy_cache .ruff_cache .pytest_cache

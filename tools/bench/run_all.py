@@ -1,7 +1,8 @@
-"""Every benchmark in sequence (seed if needed, ingest, query, disk), then a summary table.
+"""Every benchmark in sequence (seed if needed, ingest, query, disk, proxy), then a summary table.
 
     .venv/bin/python tools/bench/run_all.py                 # the full 1,000,000-span run (`make bench`)
-    .venv/bin/python tools/bench/run_all.py --spans 100000 --batches 100   # a quick smoke run
+    .venv/bin/python tools/bench/run_all.py --spans 100000 --batches 100 --proxy-quick   # a quick smoke run
+    .venv/bin/python tools/bench/run_all.py --skip-proxy    # the core's benchmarks only
 
 See docs/benchmarks.md for what each figure measures and how.
 """
@@ -15,12 +16,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tools.bench.benchlib import REPO, human_bytes, machine_facts, print_table
 from tools.bench.disk import run_disk
 from tools.bench.ingest import GOAL_SPANS_PER_S, run_ingest
+from tools.bench.proxy import RESULTS_FILE as PROXY_RESULTS_FILE
+from tools.bench.proxy import Options as ProxyOptions
+from tools.bench.proxy import quick_options, run_proxy
 from tools.bench.query import GOAL_P50_MS, run_queries
 from tools.bench.seed import DEFAULT_SPANS, ensure_seed, print_seed
 
@@ -47,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=4, help="IngestSpans RPCs in flight")
     parser.add_argument("--runs", type=int, default=30, help="timed runs per query")
     parser.add_argument("--reseed", action="store_true", help="reseed even if a cached file exists")
+    parser.add_argument("--skip-proxy", action="store_true", help="leave out the proxy benchmark")
+    parser.add_argument("--proxy-quick", action="store_true", help="short proxy benchmark (smoke run)")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     args = parser.parse_args(argv)
 
@@ -65,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     queries = run_queries(args.spans, runs=args.runs, show_seed=False)
     _section("disk")
     disk = run_disk(args.spans, show_seed=False)
+    proxy: dict[str, Any] | None = None
+    if not args.skip_proxy:
+        _section("proxy")
+        proxy = run_proxy(quick_options() if args.proxy_quick else ProxyOptions())
+        PROXY_RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
+        PROXY_RESULTS_FILE.write_text(json.dumps({"machine": facts, **proxy}, indent=2) + "\n")
 
     seed = seeded.meta
     n = f"{args.spans:,}"
@@ -112,13 +125,24 @@ def main(argv: list[str] | None = None) -> int:
             "-",
         )
     )
+    if proxy is not None:
+        proxy_rows: list[tuple[str, str, str, str]] = proxy["rows"]
+        rows += [(f"proxy: {a}", b, c, "NO" if d == "**no**" else d) for a, b, c, d in proxy_rows]
     facts["loadavg_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     _section(f"summary ({facts['date']}, {facts['nproc']} x {facts['cpu']}, load {facts['loadavg_after']})")
     print_table(("figure", "value", "goal", "met?"), rows)
     if args.json:
         args.json.write_text(
             json.dumps(
-                {"machine": facts, "seed": seed, "ingest": ingest, "query": queries, "disk": disk}, indent=2
+                {
+                    "machine": facts,
+                    "seed": seed,
+                    "ingest": ingest,
+                    "query": queries,
+                    "disk": disk,
+                    "proxy": proxy,
+                },
+                indent=2,
             )
             + "\n"
         )
