@@ -10,6 +10,7 @@ import logging
 import sys
 from typing import TextIO
 
+import orjson
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import Processor
@@ -55,7 +56,8 @@ def configure_logging(level: str, fmt: str, stream: TextIO | None = None) -> Non
 
 def _renderer(fmt: str, out: TextIO) -> Processor:
     if fmt == "json":
-        return structlog.processors.JSONRenderer()
+        # orjson: the shim writes an access log line per request, so rendering is hot.
+        return structlog.processors.JSONRenderer(serializer=_orjson_dumps)
     if fmt == "text":
         isatty = getattr(out, "isatty", None)
         # Plain tracebacks whether or not `rich` happens to be installed: rich shows locals.
@@ -64,6 +66,11 @@ def _renderer(fmt: str, out: TextIO) -> Processor:
             exception_formatter=structlog.dev.plain_traceback,
         )
     raise ValueError(f"unknown log format {fmt!r}")
+
+
+def _orjson_dumps(obj: object, **_: object) -> str:
+    # default=str: structlog event dicts may carry arbitrary objects (exceptions, paths).
+    return orjson.dumps(obj, default=str).decode()
 
 
 def _route_stdlib(

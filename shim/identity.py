@@ -10,7 +10,7 @@ Without one, `X-LLMTrace-Session` maps a session to one stable trace id, so its 
 from __future__ import annotations
 
 import hashlib
-import os
+import random
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +23,11 @@ _TRACEPARENT: Final = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-
 _ZERO_TRACE: Final = "0" * 32
 _ZERO_SPAN: Final = "0" * 16
 _MAX_SESSION_CHARS: Final = 256
+
+
+# Ids must be unique, not secret: the process-seeded PRNG (seeded from os.urandom at start-up)
+# avoids a getrandom() system call per id on the hot path.
+_random_bytes = random.randbytes
 
 
 class IdentityError(ValueError):
@@ -72,7 +77,7 @@ def resolve_identity(headers: Mapping[str, str]) -> CallIdentity:
         raise IdentityError(
             f"X-LLMTrace-Session must be printable and at most {_MAX_SESSION_CHARS} characters"
         )
-    span_id = os.urandom(8)
+    span_id = _random_bytes(8)
     parent = _parse_traceparent(headers.get("traceparent", ""))
     if parent is not None:
         trace_hex, parent_hex, flags = parent
@@ -80,8 +85,13 @@ def resolve_identity(headers: Mapping[str, str]) -> CallIdentity:
             tenant, agent, session, bytes.fromhex(trace_hex), span_id, bytes.fromhex(parent_hex), flags
         )
     # Stable per (tenant, session): every call of the session lands in one trace.
-    trace_id = hashlib.sha256(f"{tenant}\x00{session}".encode()).digest()[:16] if session else os.urandom(16)
-    return CallIdentity(tenant, agent, session, trace_id, span_id, b"", "01")
+    if session:
+        return CallIdentity(tenant, agent, session, _session_trace_id(tenant, session), span_id, b"", "01")
+    return CallIdentity(tenant, agent, session, _random_bytes(16), span_id, b"", "01")
+
+
+def _session_trace_id(tenant: str, session: str) -> bytes:
+    return hashlib.sha256(f"{tenant}\x00{session}".encode()).digest()[:16]
 
 
 def _parse_traceparent(value: str) -> tuple[str, str, str] | None:

@@ -11,10 +11,15 @@ waits for the core. Failures to reach the upstream are the only answers the shim
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
+
+# Public in the standard library for decades but missing from typeshed.
+from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]
 
 import aiohttp
 import structlog
@@ -55,11 +60,27 @@ class Upstream:
 
     base: str
     server_address: str
+    #: HTTP(S) proxy to reach it through, from HTTPS_PROXY/HTTP_PROXY/NO_PROXY; None for direct.
+    proxy: str | None
 
     @classmethod
-    def from_url(cls, url: str) -> Upstream:
-        """From `upstream_url` (credentials in it are never reported as the server address)."""
-        return cls(base=url.rstrip("/"), server_address=urlsplit(url).netloc.rpartition("@")[2])
+    def from_url(cls, url: str, environ: Mapping[str, str] | None = None) -> Upstream:
+        """From `upstream_url` (credentials in it are never reported as the server address).
+
+        The proxy environment is read once here rather than by aiohttp's `trust_env`, which
+        re-reads it (and ~/.netrc, in a thread) on every request: measured at a quarter of the
+        shim's throughput.
+        """
+        parts = urlsplit(url)
+        proxies = {
+            key.lower()[: -len("_proxy")]: value
+            for key, value in (os.environ if environ is None else environ).items()
+            if key.lower() in ("http_proxy", "https_proxy", "no_proxy") and value
+        }
+        proxy = proxies.get(parts.scheme)
+        if proxy and proxy_bypass_environment(parts.hostname or "", proxies):
+            proxy = None
+        return cls(base=url.rstrip("/"), server_address=parts.netloc.rpartition("@")[2], proxy=proxy)
 
 
 class Proxy:
@@ -77,6 +98,8 @@ class Proxy:
             sock_read=settings.timeout_ms / 1000,
         )
         self.in_flight = 0
+        # Bound once: a module-level structlog logger is a lazy proxy that rebinds per call.
+        self.access_log = _access.bind() if settings.logging.access_log else None
 
     async def handle(self, request: AnyRequest) -> HTTPResponse | None:
         """Sanic handler for every route the shim does not own."""
@@ -165,6 +188,7 @@ class Exchange:
                 skip_auto_headers=_NO_AUTO_HEADERS,
                 allow_redirects=False,
                 timeout=proxy.timeout,
+                proxy=proxy.upstream.proxy,
             )
         except TimeoutError as exc:  # aiohttp's connect and read timeouts are TimeoutErrors
             where = proxy.upstream.server_address
@@ -271,8 +295,9 @@ class Exchange:
         metrics.REQUEST_DURATION.labels(operation).observe(seconds)
         if meta.error_type:
             metrics.SHIM_ERRORS.labels(meta.error_type).inc()
-        if self._proxy.settings.logging.access_log:
-            _access.info(
+        access_log = self._proxy.access_log
+        if access_log is not None:
+            access_log.info(
                 "request",
                 method=meta.method,
                 path=meta.path,
