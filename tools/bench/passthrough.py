@@ -10,7 +10,7 @@ with `request.respond` / `send` / `eof`, as the shim does.
     .venv/bin/python tools/bench/passthrough.py --upstream URL --listen 127.0.0.1:0 --ready-file r.json
 
 `--loop uvloop` (the default) is how Sanic runs an app on its own; `--loop asyncio` runs it on
-the standard asyncio loop, as `llmtrace serve` runs the shim.
+the standard asyncio loop (for comparison; the shim runs on uvloop, as Sanic does).
 """
 
 from __future__ import annotations

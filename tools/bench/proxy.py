@@ -9,7 +9,7 @@ process). Figures:
 1. Added latency, non-streaming chat, one connection (`wrk -t1 -c1`): p50 and p99 direct to the
    fake upstream and through the shim, in alternating rounds; the median of the rounds is kept.
 2. Throughput, one shim worker, 32 connections (`wrk -t2 -c32`, after a warm-up): direct, the
-   passthrough (on uvloop, as Sanic runs an app itself, and on the asyncio loop, as the shim runs)
+   passthrough (on uvloop, as Sanic and the shim run, and on the asyncio loop for comparison)
    and the shim, in alternating rounds; CPU of every process over each run from /proc/<pid>/stat;
    afterwards the spans the core holds are counted over ExecuteSql.
 3. Time to first token: sequential streaming chat requests from an aiohttp client, direct and
