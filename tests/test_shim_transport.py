@@ -187,3 +187,18 @@ async def test_no_key_in_database_spool_or_logs(
 
 def _files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()]
+
+
+async def test_head_and_unknown_routes_pass_through(stack: Stack) -> None:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    async with aiohttp.ClientSession() as http:
+        results = []
+        for base in (stack.upstream.base_url, stack.shim.base_url):
+            async with http.head(base + "/v1/models", headers=headers) as r:
+                head = (r.status, r.headers.get("Content-Type"), await r.read())
+            async with http.get(base + "/v1/no/such/route?x=1", headers=headers) as r:
+                unknown = (r.status, await r.read())
+            results.append((head, unknown))
+    assert results[0] == results[1]
+    spans = await stack.spans(expected=2)
+    assert sorted(s.status.http_status_code for s in spans) == sorted([results[0][0][0], results[0][1][0]])
