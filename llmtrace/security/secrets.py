@@ -1,0 +1,257 @@
+"""Secret detection: cloud and SaaS credentials, JWTs, private keys, and credentials assigned in text.
+
+Finding types follow the predecessor's vocabulary: `secret_leakage` for keys and tokens (including
+generic `api_key=...` assignments), `data_leakage` for assigned passwords ("credentials assigned").
+The detector name carries the kind, e.g. `regex.secret.github_token`.
+
+Unlike PII, secrets inside code blocks and URLs are reported: a live key in a snippet is still a leak.
+Placeholders are not: values that are low in entropy or read like `YOUR_KEY_HERE`, `<token>`,
+`${API_KEY}`, `os.environ[...]`, and the documentation examples `AKIAIOSFODNN7EXAMPLE` / `...EXAMPLEKEY`.
+Severities: private keys, AWS secret keys and provider API tokens (GitHub, Slack, OpenAI, Anthropic) are
+critical; AWS access key ids, JWTs, bearer tokens and assigned keys or passwords are high.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Iterator
+from typing import Final
+
+from llmtrace.security.findings import (
+    DATA_LEAKAGE,
+    SECRET_LEAKAGE,
+    Finding,
+    Match,
+    Severity,
+    drop_overlapping,
+    to_findings,
+)
+from llmtrace.security.normalize import normalize
+from llmtrace.security.validators import shannon_entropy
+
+_PRIVATE_KEY: Final = re.compile(
+    r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
+    r"(?P<body>[A-Za-z0-9+/=\s\\:,.-]*?)"
+    r"(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|(?=[^A-Za-z0-9+/=\s\\:,.-])|\Z)"
+)
+_BASE64_RUN: Final = re.compile(r"[A-Za-z0-9+/]{40,}")
+_AWS_KEY_ID: Final = re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b")
+# `=` may precede (an assignment) but not follow (base64 padding: a longer blob).
+_AWS_SECRET: Final = re.compile(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
+_AWS_SECRET_CONTEXT: Final = re.compile(r"aws|secret[_ ]?access[_ ]?key|secretaccesskey")
+_GITHUB: Final = re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b")
+_SLACK: Final = re.compile(r"\bxox[baprs]-[A-Za-z0-9-]{10,}")
+_JWT: Final = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+_ANTHROPIC: Final = re.compile(r"\bsk-ant-[A-Za-z0-9_-]{20,}")
+_OPENAI: Final = re.compile(r"\bsk-(?!ant-)(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}")
+# Matched against the lower-cased text (as fast as case-sensitive; `(?i)` is several times slower).
+_ASSIGNMENT: Final = re.compile(
+    r"(?P<name>api[_-]?key|apikey|access[_-]?token|auth[_-]?token|secret[_-]?key|client[_-]?secret"
+    r"|private[_-]?key|passw(?:or)?d|secret|token)"
+    r"[\"']?\s*(?::=|=>|[:=])\s*[\"']?(?P<value>[^\s\"'`,;&()\[\]{}<>]{6,})"
+)
+_ASSIGNMENT_WORDS: Final = ("key", "token", "secret", "passw")
+# `Authorization: Bearer <token>` (curl snippets, logged headers); matched on the lower-cased text.
+_BEARER: Final = re.compile(r"\bbearer\s+(?P<value>[a-z0-9._~+/=-]{20,})")
+# Parts of values people write instead of a real secret.
+_PLACEHOLDER_MARKERS: Final = (
+    "your",
+    "here",
+    "xxxx",
+    "example",
+    "placeholder",
+    "changeme",
+    "change_me",
+    "dummy",
+    "redacted",
+    "sample",
+    "***",
+    "...",
+    "todo",
+    "replace",
+    "insert",
+    "secret",
+    "password",
+)
+_REFERENCE: Final = re.compile(r"^(?:[$%@]|process\.env|os\.environ|env\.|getenv|settings\.|config\.)")
+_IDENTIFIER_PATH: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+$")
+
+# Per kind: the excerpt placeholder and the finding's description.
+_KINDS: Final = {
+    "private_key": ("[PRIVATE_KEY]", "Private key block"),
+    "aws_access_key": ("[AWS_ACCESS_KEY]", "AWS access key id"),
+    "aws_secret_key": ("[AWS_SECRET_KEY]", "AWS secret access key"),
+    "github_token": ("[GITHUB_TOKEN]", "GitHub token"),
+    "slack_token": ("[SLACK_TOKEN]", "Slack token"),
+    "jwt": ("[JWT]", "JSON Web Token"),
+    "anthropic_key": ("[ANTHROPIC_KEY]", "Anthropic API key"),
+    "openai_key": ("[OPENAI_KEY]", "OpenAI API key"),
+    "bearer_token": ("[API_KEY]", "Bearer token"),
+    "api_key_assignment": ("[API_KEY]", "Credential assigned to a key or token name"),
+    "password_assignment": ("[PASSWORD]", "Password assigned in text"),
+}
+
+
+def _match(
+    start: int, end: int, kind: str, severity: Severity, confidence: float, *, type_: str = SECRET_LEAKAGE
+) -> Match:
+    placeholder, description = _KINDS[kind]
+    return Match(
+        start=start,
+        end=end,
+        placeholder=placeholder,
+        type=type_,
+        severity=severity,
+        confidence=confidence,
+        detector=f"regex.secret.{kind}",
+        description=description,
+    )
+
+
+def _looks_placeholder(value: str) -> bool:
+    lowered = value.lower()
+    return any(marker in lowered for marker in _PLACEHOLDER_MARKERS) or len(set(lowered)) <= 3
+
+
+def _private_keys(text: str) -> Iterator[Match]:
+    for m in _PRIVATE_KEY.finditer(text):
+        # A header with key material under it is a leak; a bare header (prose, a truncated paste) may not be.
+        has_body = _BASE64_RUN.search(m.group("body").replace("\\n", "\n")) is not None
+        if has_body:
+            yield _match(m.start(), m.end(), "private_key", Severity.CRITICAL, 0.99)
+        else:
+            yield _match(m.start(), m.end(), "private_key", Severity.HIGH, 0.5)
+
+
+def _aws(text: str, lowered: str) -> Iterator[Match]:
+    key_ids: list[int] = []
+    for m in _AWS_KEY_ID.finditer(text):
+        if "EXAMPLE" in m.group():
+            continue
+        key_ids.append(m.start())
+        yield _match(m.start(), m.end(), "aws_access_key", Severity.HIGH, 0.9)
+    if not key_ids and _AWS_SECRET_CONTEXT.search(lowered) is None:
+        return
+    # Forty base64 characters are common (hashes, ids); only near an AWS context do they count.
+    for m in _AWS_SECRET.finditer(text):
+        value = m.group()
+        near_key = any(abs(m.start() - position) < 200 for position in key_ids)
+        window = lowered[max(0, m.start() - 80) : m.start()]
+        if not near_key and _AWS_SECRET_CONTEXT.search(window) is None:
+            continue
+        mixed = any(c.isupper() for c in value) and any(c.islower() for c in value)
+        if not mixed or "EXAMPLE" in value or shannon_entropy(value) < 4.0:
+            continue
+        yield _match(m.start(), m.end(), "aws_secret_key", Severity.CRITICAL, 0.9)
+
+
+def _tokens(text: str) -> Iterator[Match]:
+    if "gh" in text or "github_pat_" in text:
+        for m in _GITHUB.finditer(text):
+            body = m.group().split("_", 1)[1]
+            if shannon_entropy(body) >= 3.5 and not _looks_placeholder(body):
+                yield _match(m.start(), m.end(), "github_token", Severity.CRITICAL, 0.95)
+    if "xox" in text:
+        for m in _SLACK.finditer(text):
+            token = m.group()
+            # Real Slack tokens carry numeric workspace/user ids; `xoxb-your-token-here` does not.
+            if sum(c.isdigit() for c in token) >= 8 and shannon_entropy(token) >= 3.0:
+                yield _match(m.start(), m.end(), "slack_token", Severity.CRITICAL, 0.9)
+    if "sk-" in text:
+        for m in _ANTHROPIC.finditer(text):
+            body = m.group()[len("sk-ant-") :]
+            if shannon_entropy(body) >= 3.5 and not _looks_placeholder(body):
+                yield _match(m.start(), m.end(), "anthropic_key", Severity.CRITICAL, 0.95)
+        for m in _OPENAI.finditer(text):
+            body = m.group()[3:]
+            if shannon_entropy(body) >= 3.5 and not _looks_placeholder(body):
+                yield _match(m.start(), m.end(), "openai_key", Severity.CRITICAL, 0.9)
+
+
+def _jwt_header_ok(segment: str) -> bool:
+    try:
+        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (binascii.Error, ValueError):  # not base64, not UTF-8, not JSON
+        return False
+    return isinstance(header, dict) and "alg" in header
+
+
+def _jwts(text: str) -> Iterator[Match]:
+    for m in _JWT.finditer(text):
+        if _jwt_header_ok(m.group().split(".", 1)[0]):
+            yield _match(m.start(), m.end(), "jwt", Severity.HIGH, 0.95)
+
+
+def _assignment_value_ok(value: str, following: str, password: bool) -> bool:
+    if value.startswith("[") or _REFERENCE.match(value) or _looks_placeholder(value):
+        return False
+    # `api_key = settings.key` or `token = make_token(...)`: code naming a value, not the value.
+    if _IDENTIFIER_PATH.match(value) or following in {"(", "["}:
+        return False
+    entropy = shannon_entropy(value)
+    if password:
+        return entropy >= 2.5
+    has_digit = any(c.isdigit() for c in value)
+    has_alpha = any(c.isalpha() for c in value)
+    return len(value) >= 8 and has_digit and has_alpha and entropy >= (3.5 if len(value) >= 16 else 3.0)
+
+
+def _assignments(text: str, lowered: str) -> Iterator[Match]:
+    for m in _ASSIGNMENT.finditer(lowered):
+        start, end = m.span("value")
+        value = text[start:end]
+        password = m.group("name").startswith("passw")
+        if not _assignment_value_ok(value, text[end : end + 1], password):
+            continue
+        confidence = 0.8 if shannon_entropy(value) >= 4.0 else 0.7
+        if password:
+            yield _match(start, end, "password_assignment", Severity.HIGH, confidence, type_=DATA_LEAKAGE)
+        else:
+            yield _match(start, end, "api_key_assignment", Severity.HIGH, confidence)
+
+
+def _bearers(text: str, lowered: str) -> Iterator[Match]:
+    for m in _BEARER.finditer(lowered):
+        start, end = m.span("value")
+        value = text[start:end]
+        if _looks_placeholder(value) or shannon_entropy(value) < 3.5:
+            continue
+        yield _match(start, end, "bearer_token", Severity.HIGH, 0.8)
+
+
+_AWS_PREFIXES: Final = ("AKIA", "ASIA", "ABIA", "ACCA")
+
+
+def find_secrets(text: str, location: str, *, normalized: bool = False) -> list[Finding]:
+    """Secrets in `text`, one finding per occurrence, in text order.
+
+    `location` is copied into each finding. Pass `normalized=True` when `text` already went through
+    `normalize`. Excerpts replace each secret by a placeholder such as `[GITHUB_TOKEN]`; they never
+    hold the secret.
+    """
+    if not text:
+        return []
+    if not normalized:
+        text = normalize(text)
+    lowered = text.lower()
+    if len(lowered) != len(text):
+        lowered = "".join(char.lower()[0] for char in text)
+    # Specific detectors first, so that `api_key = sk-...` is reported as an OpenAI key.
+    candidates: list[Match] = []
+    if "PRIVATE KEY" in text:
+        candidates.extend(_private_keys(text))
+    if "eyJ" in text:
+        candidates.extend(_jwts(text))
+    if any(prefix in text for prefix in _AWS_PREFIXES) or "aws" in lowered or "secretaccesskey" in lowered:
+        candidates.extend(_aws(text, lowered))
+    candidates.extend(_tokens(text))
+    if "bearer" in lowered:
+        candidates.extend(_bearers(text, lowered))
+    if any(word in lowered for word in _ASSIGNMENT_WORDS):
+        candidates.extend(_assignments(text, lowered))
+    if not candidates:
+        return []
+    return to_findings(text, drop_overlapping(candidates), location)

@@ -1,0 +1,233 @@
+"""Secret detection: each kind is found, placeholders are not, and excerpts never hold the secret.
+
+Credentials are assembled from pieces so that secret scanners do not flag this file; none is real.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from llmtrace.security.findings import Finding, Severity
+from llmtrace.security.pii import find_pii
+from llmtrace.security.secrets import find_secrets
+from llmtrace.security.validators import shannon_entropy
+
+LOCATION = "response.choices[0].message.content"
+
+BODY36 = "aB3dE5fG7hI9jK1lM3nO5pQ7rS9tU1vW3xY5"
+GITHUB = "gh" + "p_" + BODY36
+GITHUB_PAT = "github" + "_pat_" + "11ABCDEFG0" + "aB3dE5fG7hI9jK1lM3nO5p_Q7rS9tU1vW3xY5zZ"
+SLACK = "xo" + "xb-" + "123456789012-1234567890123-" + "AbCdEfGhIjKlMnOpQrStUvWx"
+AWS_ID = "AK" + "IAZ7XQ4ZB2PSRT5W3Q"
+AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCY" + "q8Zr2LmN4v"
+OPENAI = "sk-" + "proj-" + "Ab3De5Fg7Hi9Jk1Lm3No5Pq7Rs9Tu1Vw"
+ANTHROPIC = "sk-" + "ant-api03-" + "Xy9Wv8Ut7Sr6Qp5On4Ml3Kj2Ih1Gf0Ed"
+
+
+def _b64(data: dict[str, object]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+
+JWT = (
+    _b64({"alg": "HS256", "typ": "JWT"}) + "." + _b64({"sub": "1234567890"}) + ".dozjgNryP4J3jVmNHl0w5N_XgL0n"
+)
+PRIVATE_KEY = (
+    "-----BEGIN " + "RSA PRIVATE KEY-----\n"
+    "MIIEowIBAAKCAQEAq8Zr2LmN4vX9yT1uW3oP5sR7tV9xZ1bD3fH5jL7nP9rT1vX3\n"
+    "zB5dF7hJ9kM1oQ3sU5wY7aC9eG1iK3mO5qS7uW9yA1cE3gI5kM7oQ9sU1wY3\n"
+    "-----END RSA PRIVATE KEY-----"
+)
+
+
+def found(text: str) -> list[Finding]:
+    return find_secrets(text, LOCATION)
+
+
+def detectors(text: str) -> list[str]:
+    return [f.detector.removeprefix("regex.secret.") for f in found(text)]
+
+
+@pytest.mark.parametrize(
+    ("secret", "kind", "placeholder", "severity"),
+    [
+        (GITHUB, "github_token", "[GITHUB_TOKEN]", Severity.CRITICAL),
+        (GITHUB_PAT, "github_token", "[GITHUB_TOKEN]", Severity.CRITICAL),
+        (SLACK, "slack_token", "[SLACK_TOKEN]", Severity.CRITICAL),
+        (AWS_ID, "aws_access_key", "[AWS_ACCESS_KEY]", Severity.HIGH),
+        (OPENAI, "openai_key", "[OPENAI_KEY]", Severity.CRITICAL),
+        ("sk-" + "Ab3De5Fg7Hi9Jk1Lm3No5Pq7Rs9Tu1Vw", "openai_key", "[OPENAI_KEY]", Severity.CRITICAL),
+        (ANTHROPIC, "anthropic_key", "[ANTHROPIC_KEY]", Severity.CRITICAL),
+        (JWT, "jwt", "[JWT]", Severity.HIGH),
+        (PRIVATE_KEY, "private_key", "[PRIVATE_KEY]", Severity.CRITICAL),
+    ],
+)
+def test_each_secret_kind_is_found_and_masked(
+    secret: str, kind: str, placeholder: str, severity: Severity
+) -> None:
+    findings = found(f"Here is the credential:\n{secret}\nkeep it safe.")
+    assert [f.detector for f in findings] == [f"regex.secret.{kind}"]
+    finding = findings[0]
+    assert finding.type == "secret_leakage"
+    assert finding.severity is severity
+    assert finding.location == LOCATION
+    assert placeholder in finding.excerpt
+    # Neither the secret nor a telling piece of it.
+    assert secret not in finding.excerpt
+    assert secret[-12:] not in finding.excerpt
+
+
+def test_aws_secret_key_needs_aws_context() -> None:
+    findings = found(f"aws_access_key_id={AWS_ID}\naws_secret_access_key={AWS_SECRET}")
+    assert [f.detector for f in findings] == ["regex.secret.aws_access_key", "regex.secret.aws_secret_key"]
+    assert findings[1].severity is Severity.CRITICAL
+    assert all(AWS_SECRET not in f.excerpt and AWS_ID not in f.excerpt for f in findings)
+    # The same forty characters without any AWS context are just a string, and so they are when the
+    # only mention of AWS is far away.
+    assert detectors(f"checksum {AWS_SECRET} ok") == []
+    far = "We deploy on AWS. " + "The rest of this paragraph is about something else entirely. " * 2
+    assert detectors(f"{far}checksum {AWS_SECRET} ok") == []
+    # A git SHA-1 near the word "aws" is not a secret key (no mixed case).
+    assert detectors("aws deploy at commit 3f786850e387550fdab836ed7e6dc881de23001b") == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "AKIAIOSFODNN7EXAMPLE is the documented example",
+        "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "token: " + "gh" + "p_" + "x" * 36,
+        "xo" + "xb-your-token-goes-here",
+        "OPENAI_API_KEY=" + "sk-" + "xxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+        "sk-" + "your-api-key-here-please-replace",
+        "token " + "gh" + "p_" + ("abcd1234" * 5)[:36] + " has too little entropy",
+        "sk-" + "abcd1234abcd1234abcd1234" + " has too little entropy",
+        "eyJhbGciOi.eyJzdWIiOi.abc is truncated",
+        "eyJub3RhbGciOiJ4In0.eyJzdWIiOiIxIn0.sig has no alg",
+    ],
+)
+def test_documentation_examples_and_placeholders_are_not_secrets(text: str) -> None:
+    assert found(text) == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "api_key=Zq8vN3kLp0XwR7tY2mB5",
+        '{"apiKey": "Zq8vN3kLp0XwR7tY2mB5"}',
+        "client_secret: 9fK2mQ7xL4pW8zR1",
+        "OPENAI_API_KEY = 'Zq8vN3kLp0XwR7tY2mB5'",
+        "ACCESS_TOKEN=Zq8vN3kLp0XwR7tY2mB5",
+    ],
+)
+def test_generic_assignments_with_high_entropy_values_are_found(text: str) -> None:
+    findings = found(text)
+    assert [f.detector for f in findings] == ["regex.secret.api_key_assignment"]
+    assert findings[0].type == "secret_leakage"
+    assert "Zq8vN3kLp0XwR7tY2mB5" not in findings[0].excerpt
+    assert "9fK2mQ7xL4pW8zR1" not in findings[0].excerpt
+    assert "[API_KEY]" in findings[0].excerpt
+
+
+def test_password_assignment_is_data_leakage() -> None:
+    findings = found("db host=10.0.0.5 user=app password: hunter2!")
+    assert [f.type for f in findings] == ["data_leakage"]
+    assert findings[0].detector == "regex.secret.password_assignment"
+    assert "hunter2" not in findings[0].excerpt
+    assert "password: [PASSWORD]" in findings[0].excerpt
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "api_key=YOUR_KEY_HERE",
+        "api_key=<your-api-key>",
+        "api_key=${OPENAI_API_KEY}",
+        "api_key = os.environ['OPENAI_API_KEY']",
+        "api_key = settings.openai_key",
+        "token = make_token(user)",
+        "password: ********",
+        "password=changeme",
+        "password: password123",
+        "max_tokens: 1024",
+        "the key point is simple",
+        "api_key=abcdefgh",
+        "api_key=abab1212abab1212",  # letters and digits, but only two bits per character
+        "password=$DB_PASS_2024",  # an environment variable, not the password
+        "api_key=$Zq8vN3kLp0XwR7tY",
+        "token = auth.current_user_token2",  # an attribute path in code
+        "api_key = vault.read_key_v2",
+    ],
+)
+def test_assignment_placeholders_references_and_low_entropy_are_not_reported(text: str) -> None:
+    assert found(text) == []
+
+
+def test_specific_kind_wins_over_generic_assignment() -> None:
+    assert detectors(f"OPENAI_API_KEY={OPENAI}") == ["openai_key"]
+
+
+def test_secrets_are_reported_inside_code_blocks_and_urls() -> None:
+    assert detectors(f"```bash\nexport GH_TOKEN={GITHUB}\n```") == ["github_token"]
+    assert detectors(f"git clone https://{GITHUB}@github.com/org/repo") == ["github_token"]
+
+
+def test_disguised_secret_is_found_after_normalisation() -> None:
+    # A zero-width space splits the token, and a Cyrillic "A" replaces the first letter of the AWS key id.
+    assert detectors(GITHUB[:10] + "\u200b" + GITHUB[10:]) == ["github_token"]
+    assert detectors("key \u0410" + AWS_ID[1:]) == ["aws_access_key"]
+
+
+def test_private_key_header_without_body_is_lower_confidence() -> None:
+    findings = found("the file starts with -----BEGIN " + "PRIVATE KEY----- and then base64")
+    assert [f.detector for f in findings] == ["regex.secret.private_key"]
+    assert findings[0].severity is Severity.HIGH
+    assert findings[0].confidence < 0.9
+
+
+def test_private_key_in_service_account_json_is_found() -> None:
+    body = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7" * 2
+    text = json.dumps({"type": "service_account", "private_key": f"-----BEGIN PRIVATE KEY-----\n{body}\n"})
+    findings = found(text)
+    assert [f.detector for f in findings] == ["regex.secret.private_key"]
+    assert body[:40] not in findings[0].excerpt
+
+
+def test_every_secret_in_an_excerpt_is_masked() -> None:
+    text = f"creds: {GITHUB} {SLACK} {OPENAI} done"
+    findings = found(text)
+    assert len(findings) == 3
+    for finding in findings:
+        for secret in (GITHUB, SLACK, OPENAI):
+            assert secret[-10:] not in finding.excerpt
+
+
+def test_nothing_in_plain_text() -> None:
+    assert found("The key risk is that the token budget runs out; the secret is planning.") == []
+    assert found("") == []
+
+
+def test_entropy_helper() -> None:
+    assert shannon_entropy("") == 0.0
+    assert shannon_entropy("aaaa") == 0.0
+    assert shannon_entropy("abcd") == pytest.approx(2.0)
+
+
+def test_pii_excerpts_mask_secrets_in_their_context() -> None:
+    # The PII detector does not look for tokens, but its excerpt must not leak one either.
+    findings = find_pii(f"mail ann.lee@corp.io with {GITHUB} attached", LOCATION)
+    assert [f.detector for f in findings] == ["regex.pii.email"]
+    assert GITHUB[-12:] not in findings[0].excerpt
+    assert "[GITHUB_TOKEN]" in findings[0].excerpt
+
+
+def test_bearer_token_is_found_but_not_a_variable() -> None:
+    findings = found("curl -H 'Authorization: Bearer abcDEF123ghiJKL456mnoPQR789' https://api.corp.io")
+    assert [f.detector for f in findings] == ["regex.secret.bearer_token"]
+    assert "abcDEF123" not in findings[0].excerpt
+    assert found("curl -H 'Authorization: Bearer $TOKEN' https://api.corp.io") == []
+    assert found("Authorization: Bearer <your-access-token-goes-here>") == []
+    # A JWT used as a bearer token is reported as a JWT.
+    assert detectors(f"Authorization: Bearer {JWT}") == ["jwt"]
