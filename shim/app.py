@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Final
@@ -49,7 +49,6 @@ class ShimContext:
     draining: bool = False
     #: Seconds left for the shipper's flush when the worker stops (set by the worker).
     flush_timeout: float = 30.0
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 def create_app(settings: Settings, *, core_addr: str | None = None) -> Sanic[Config, ShimContext]:

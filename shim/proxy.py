@@ -11,6 +11,7 @@ waits for the core. Failures to reach the upstream are the only answers the shim
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined
 
 import aiohttp
 import structlog
+from prometheus_client import Counter, Histogram
 from sanic import Request
 from sanic.exceptions import ServerError
 from sanic.response import HTTPResponse
@@ -81,6 +83,17 @@ class Upstream:
         if proxy and proxy_bypass_environment(parts.hostname or "", proxies):
             proxy = None
         return cls(base=url.rstrip("/"), server_address=parts.netloc.rpartition("@")[2], proxy=proxy)
+
+
+@functools.cache
+def _requests_counter(operation: str, status_class: int) -> Counter:
+    # labels() validates and locks on every call; the label sets here are few and fixed.
+    return metrics.REQUESTS.labels(operation, f"{status_class}xx")
+
+
+@functools.cache
+def _duration_histogram(operation: str) -> Histogram:
+    return metrics.REQUEST_DURATION.labels(operation)
 
 
 class Proxy:
@@ -291,8 +304,8 @@ class Exchange:
             return
         self._proxy.shipper.submit(span)
         operation = span.operation or "other"
-        metrics.REQUESTS.labels(operation, f"{meta.http_status // 100}xx").inc()
-        metrics.REQUEST_DURATION.labels(operation).observe(seconds)
+        _requests_counter(operation, meta.http_status // 100).inc()
+        _duration_histogram(operation).observe(seconds)
         if meta.error_type:
             metrics.SHIM_ERRORS.labels(meta.error_type).inc()
         access_log = self._proxy.access_log
