@@ -1,0 +1,228 @@
+"""Encoding evasion: injections hidden in base64, hex, binary, ROT13, reversed text, leetspeak or symbol
+alphabets (upside-down letters, braille, enclosed letters), decoded and judged again by `find_injection`.
+
+Policy: an encoding on its own is not an attack (images, hashes and "the base64 of hello is aGVsbG8=" are
+everyday content), so a finding is raised only when the decoded text holds an injection. Then two kinds of
+finding come back: one `encoding_attack` (the predecessor's type for encoding evasion) on the encoded span,
+and the decoded text's own injection findings with the decoder in the location, e.g.
+`request.messages[2].content[base64]`.
+
+Work is bounded: at most `MAX_CANDIDATES` blobs per decoder, each blob at most `MAX_BLOB_CHARS` long, and
+whole-text decoders (ROT13, reversal, leetspeak, symbols) only when a cheap test says the text could hold
+an encoded attack word.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import re
+from collections.abc import Callable, Iterator
+from typing import Final
+
+from llmtrace.security.findings import Finding, Match, Severity, drop_overlapping, to_findings
+from llmtrace.security.injection import find_injection
+from llmtrace.security.masking import mask_sensitive
+from llmtrace.security.normalize import normalize
+
+ENCODING_ATTACK: Final = "encoding_attack"
+
+MAX_CANDIDATES: Final = 8
+MAX_BLOB_CHARS: Final = 8192
+_EXCERPT_MAX: Final = 60
+
+_BASE64: Final = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Za-z0-9+/=_-])")
+_HEX: Final = re.compile(r"(?<![0-9A-Fa-f])(?:(?:\\x|0x)?[0-9A-Fa-f]{2}[ :,-]?){12,}(?![0-9A-Fa-f])")
+_BINARY: Final = re.compile(r"(?<![01])(?:[01]{8}[ ,]?){4,}(?![01])")
+_HEX_DIGITS: Final = re.compile(r"(?:\\x|0x)|[^0-9A-Fa-f]")
+# Words of an attack as they look once encoded: the gates of the whole-text decoders.
+_ATTACK_WORDS: Final = (
+    "ignore",
+    "instructions",
+    "previous",
+    "disregard",
+    "system prompt",
+    "reveal",
+    "jailbreak",
+)
+_ROT13_WORDS: Final = tuple(codecs.encode(word, "rot13") for word in _ATTACK_WORDS)
+_REVERSED_WORDS: Final = tuple(word[::-1] for word in _ATTACK_WORDS)
+# A word of letters with the digits and signs leetspeak puts in place of letters.
+_LEET_WORD: Final = re.compile(r"(?=[a-z0-9@$]*[a-z])[a-z@$]*[013457@$][a-z0-9@$]*")
+_LEET_TABLE: Final = str.maketrans("013457@$", "oieastas")
+_MIN_LEET_WORDS: Final = 2
+
+# Symbol alphabets NFKC leaves alone, mapped letter by letter onto a-z.
+_BRAILLE: Final = "⠁⠃⠉⠙⠑⠋⠛⠓⠊⠚⠅⠇⠍⠝⠕⠏⠟⠗⠎⠞⠥⠧⠺⠭⠽⠵"
+_UPSIDE_DOWN: Final = "ɐqɔpǝɟƃɥıɾʞlɯuodbɹsʇnʌʍxʎz"  # noqa: RUF001 - the look-alikes are the point
+_ENCLOSED: Final = "".join(
+    chr(first + i)
+    for first in (0x1F150, 0x1F130, 0x1F170)  # negative circled, squared, negative squared letters
+    for i in range(26)
+)
+_ALPHABET: Final = "abcdefghijklmnopqrstuvwxyz"
+# Non-ASCII symbols only: safe on text that mixes them with plain words.
+_SYMBOL_TABLE: Final = str.maketrans(
+    {
+        char: letter
+        for source in (_BRAILLE, _UPSIDE_DOWN, _ENCLOSED[:26], _ENCLOSED[26:52], _ENCLOSED[52:])
+        for char, letter in zip(source, _ALPHABET, strict=True)
+        if not char.isascii()
+    }
+)
+# Upside-down text also uses ASCII letters for others (`u` for n, `p` for d): only for all-symbol text.
+_UPSIDE_DOWN_TABLE: Final = str.maketrans(_UPSIDE_DOWN, _ALPHABET)
+_SYMBOL: Final = re.compile(
+    "[" + "".join(c for c in _BRAILLE + _UPSIDE_DOWN if not c.isascii()) + _ENCLOSED + "]"
+)
+_LEET_HINT: Final = re.compile(r"[a-z][013457@$]|[013457@$][a-z]")
+
+
+def _printable_text(data: bytes) -> str | None:
+    # Text a person could have hidden an instruction in: UTF-8, printable, and mostly letters and spaces.
+    try:
+        decoded = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if not decoded or sum(c.isprintable() or c in "\n\t\r" for c in decoded) < 0.95 * len(decoded):
+        return None
+    if sum(c.isalpha() or c == " " for c in decoded) < 0.6 * len(decoded):
+        return None
+    return decoded
+
+
+def _decode_base64(blob: str) -> str | None:
+    body = blob.rstrip("=")
+    # Text encodes to mixed case; a long lower-case word ("internationalization") is not base64.
+    if len(body) % 4 == 1 or body.islower() or body.isupper():
+        return None
+    padded = body + "=" * (-len(body) % 4)
+    try:
+        if "-" in body or "_" in body:
+            data = base64.urlsafe_b64decode(padded)
+        else:
+            data = base64.b64decode(padded, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return _printable_text(data)
+
+
+def _decode_hex(blob: str) -> str | None:
+    digits = _HEX_DIGITS.sub("", blob)
+    if len(digits) % 2:
+        digits = digits[:-1]
+    try:
+        return _printable_text(bytes.fromhex(digits))
+    except ValueError:
+        return None
+
+
+def _decode_binary(blob: str) -> str | None:
+    bits = "".join(c for c in blob if c in "01")
+    data = bytes(int(bits[i : i + 8], 2) for i in range(0, len(bits) - len(bits) % 8, 8))
+    return _printable_text(data)
+
+
+_BLOB_DECODERS: Final[tuple[tuple[str, re.Pattern[str], Callable[[str], str | None]], ...]] = (
+    ("base64", _BASE64, _decode_base64),
+    ("hex", _HEX, _decode_hex),
+    ("binary", _BINARY, _decode_binary),
+)
+
+
+def _blobs(text: str) -> Iterator[tuple[str, int, int, str]]:
+    """(decoder, start, end, decoded text) for encoded blobs that decode to text."""
+    for name, pattern, decode in _BLOB_DECODERS:
+        if name == "binary" and "0" not in text:
+            continue
+        tried = 0
+        for m in pattern.finditer(text):
+            if tried >= MAX_CANDIDATES:
+                break
+            blob = m.group().strip(" :,-")
+            if len(blob) > MAX_BLOB_CHARS:
+                continue
+            tried += 1
+            decoded = decode(blob)
+            if decoded is not None:
+                yield name, m.start(), m.start() + len(blob), decoded
+
+
+def _whole_text(text: str, lowered: str) -> Iterator[tuple[str, str]]:
+    """(decoder, decoded text) for the whole-text encodings the text may be in."""
+    if len(text) > MAX_BLOB_CHARS:
+        text, lowered = text[:MAX_BLOB_CHARS], lowered[:MAX_BLOB_CHARS]
+    if any(word in lowered for word in _ROT13_WORDS):
+        yield "rot13", codecs.encode(text, "rot13")
+    if any(word in lowered for word in _REVERSED_WORDS):
+        yield "reversed", text[::-1]
+    if _LEET_HINT.search(lowered) is not None:
+        leet_words = _LEET_WORD.findall(lowered)
+        if len(leet_words) >= _MIN_LEET_WORDS:
+            yield "leetspeak", lowered.translate(_LEET_TABLE)
+    if not text.isascii() and _SYMBOL.search(text) is not None:
+        yield "symbols", text.translate(_SYMBOL_TABLE)
+        upside_down = text.translate(_UPSIDE_DOWN_TABLE)
+        yield "symbols", upside_down
+        # Upside-down text is often written backwards as well.
+        yield "symbols", upside_down[::-1]
+
+
+def _excerpt_of(blob: str) -> str:
+    shown = blob[:_EXCERPT_MAX] + ("…" if len(blob) > _EXCERPT_MAX else "")
+    return mask_sensitive(" ".join(shown.split()))
+
+
+def _attack(text: str, start: int, end: int, decoder: str, inner: list[Finding]) -> Match:
+    kinds = ", ".join(sorted({finding.type for finding in inner}))
+    return Match(
+        start=start,
+        end=end,
+        placeholder=_excerpt_of(text[start:end]),
+        type=ENCODING_ATTACK,
+        severity=Severity.HIGH,
+        confidence=min(0.95, max(finding.confidence for finding in inner) + 0.05),
+        detector=f"decode.{decoder}",
+        description=f"{decoder} text that decodes to: {kinds}",
+    )
+
+
+def find_encoded(text: str, location: str, *, normalized: bool = False) -> list[Finding]:
+    """Injections hidden in encodings in `text`: an `encoding_attack` finding per encoded span (text
+    order), then the decoded text's injection findings located at `location[decoder]`.
+
+    `find_injection` on the plain text is the caller's business; this only judges decoded text. Pass
+    `normalized=True` when `text` already went through `normalize`.
+    """
+    if not text:
+        return []
+    if not normalized:
+        text = normalize(text)
+    lowered = text.lower()
+    attacks: list[Match] = []
+    inner_findings: list[Finding] = []
+    seen: set[str] = set()
+    for decoder, start, end, decoded in _blobs(text):
+        inner = find_injection(decoded, f"{location}[{decoder}]")
+        if inner:
+            attacks.append(_attack(text, start, end, decoder, inner))
+            inner_findings.extend(inner)
+    for decoder, decoded in _whole_text(text, lowered):
+        if decoded in seen:
+            continue
+        seen.add(decoded)
+        inner = find_injection(decoded, f"{location}[{decoder}]")
+        # Leetspeak decoding leaves plain words alone, so plain text with an injection in it and a digit
+        # somewhere would fire here too: count only what the plain text does not already show.
+        if inner and decoder == "leetspeak":
+            plain = {finding.detector for finding in find_injection(text, location, normalized=True)}
+            inner = [finding for finding in inner if finding.detector not in plain]
+        if inner:
+            attacks.append(_attack(text, 0, len(text), decoder, inner))
+            inner_findings.extend(inner)
+            # One whole-text decoding that works is enough: the others see the same text scrambled.
+            break
+    if not attacks:
+        return []
+    return to_findings(text, drop_overlapping(attacks), location) + inner_findings

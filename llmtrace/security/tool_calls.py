@@ -1,0 +1,217 @@
+"""Risky tool calls made by a model: dangerous shell commands, sensitive file paths, suspicious URLs.
+
+Finding types follow the predecessor's agent vocabulary: `dangerous_command` (recursive deletion of
+system or home directories, a download piped into a shell, `chmod 777`, `mkfs`, raw disk writes, fork
+bombs, reverse shells), `sensitive_file_access` (`/etc/shadow`, SSH keys, `.env` files, process
+environments, cloud credentials) and `suspicious_url` (`file://` and other SSRF schemes, the cloud
+metadata address, raw IP addresses, paste, tunnel and request-capture hosts). Loopback addresses are left
+alone: local development tools use them all the time.
+
+Every string in the arguments (JSON, parsed; raw text when it does not parse) is checked on its own, so
+a finding's location names the argument, e.g. `response.choices[0].message.tool_calls[0].arguments.cmd`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Final
+
+from llmtrace.security.findings import Finding, Match, Severity, drop_overlapping, to_findings
+from llmtrace.security.masking import mask_sensitive
+from llmtrace.security.normalize import normalize
+
+DANGEROUS_COMMAND: Final = "dangerous_command"
+SENSITIVE_FILE_ACCESS: Final = "sensitive_file_access"
+SUSPICIOUS_URL: Final = "suspicious_url"
+
+# Bounds: a model can emit huge arguments; the first strings and characters are what matter.
+MAX_STRINGS: Final = 256
+MAX_STRING_CHARS: Final = 65_536
+_MAX_DEPTH: Final = 32
+_EXCERPT_MAX: Final = 80
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    kind: str
+    type: str
+    severity: Severity
+    confidence: float
+    description: str
+    pattern: re.Pattern[str]
+
+
+def _rule(kind: str, type_: str, severity: Severity, confidence: float, pattern: str) -> _Rule:
+    return _Rule(kind, type_, severity, confidence, kind.replace("_", " ").capitalize(), re.compile(pattern))
+
+
+_SYSTEM_DIRS: Final = r"(?:etc|usr|var|bin|sbin|boot|home|root|lib|lib64|opt|dev|sys|proc)"
+
+# Run on the lower-cased string, most specific first (overlapping later matches are dropped).
+_RULES: Final[tuple[_Rule, ...]] = (
+    _rule(
+        "fork_bomb",
+        DANGEROUS_COMMAND,
+        Severity.CRITICAL,
+        0.95,
+        r":\(\)\s*\{\s*:\s*\|\s*:\s*&\s*\}\s*;\s*:|\bwhile\s+true\s*;\s*do\s+\$0\s*&",
+    ),
+    _rule(
+        "recursive_delete",
+        DANGEROUS_COMMAND,
+        Severity.CRITICAL,
+        0.9,
+        r"\brm\s+(?:-[a-z-]+\s+){0,4}-[a-z]*(?:r[a-z]*f|f[a-z]*r)[a-z]*\s+(?:-[a-z-]+\s+){0,4}"
+        rf"(?:/\*?(?=\s|$|[;&|'\"])|~/?\*?(?=\s|$|[;&|'\"])|\*(?=\s|$)|\$home\b|\$\{{home\}}|/{_SYSTEM_DIRS}/?(?=\s|$|[;&|'\"]))",
+    ),
+    _rule(
+        "format_disk",
+        DANGEROUS_COMMAND,
+        Severity.CRITICAL,
+        0.9,
+        r"\bmkfs(?:\.\w+)?(?=\s)|\bdd\s+[^\n]*\bof=/dev/(?:sd|hd|nvme|xvd|vd|disk|mmcblk)|>\s*/dev/(?:sd|nvme|hd)[a-z0-9]"
+        r"|\bwipefs\s+-a|\bshred\s+[^\n]*/dev/",
+    ),
+    _rule(
+        "pipe_to_shell",
+        DANGEROUS_COMMAND,
+        Severity.HIGH,
+        0.85,
+        r"\b(?:curl|wget|fetch)\b[^\n|;]{0,300}\|\s*(?:sudo\s+)?(?:ba|z|da|k)?sh\b"
+        r"|\bbase64\s+(?:-d|--decode)\b[^\n|;]{0,100}\|\s*(?:sudo\s+)?(?:ba|z|da|k)?sh\b",
+    ),
+    _rule(
+        "reverse_shell",
+        DANGEROUS_COMMAND,
+        Severity.CRITICAL,
+        0.9,
+        r"/dev/tcp/|\b(?:nc|ncat|netcat)\s+(?:-[a-z]+\s+){0,4}[^\s]+\s+\d+\s+(?:-[a-z]+\s+){0,4}-e\s|\bbash\s+-i\s+>&"
+        r"|\bsocat\s+[^\n]*exec:",
+    ),
+    _rule(
+        "world_writable",
+        DANGEROUS_COMMAND,
+        Severity.HIGH,
+        0.8,
+        r"\bchmod\s+(?:-[a-z]+\s+){0,4}(?:0?777|a\+rwx|ugo\+rwx|o\+w)\b",
+    ),
+    _rule(
+        "sql_destroy",
+        DANGEROUS_COMMAND,
+        Severity.HIGH,
+        0.75,
+        r"\bdrop\s+(?:table|database|schema)\b|\btruncate\s+table\b|\bdelete\s+from\s+\w+\s*(?:;|$)",
+    ),
+    _rule(
+        "sensitive_file",
+        SENSITIVE_FILE_ACCESS,
+        Severity.HIGH,
+        0.85,
+        r"/etc/(?:shadow|gshadow|sudoers|master\.passwd)\b|(?:~|\$home|/home/[\w.-]+|/root)/\.ssh/[\w.-]*"
+        r"|\bid_(?:rsa|dsa|ecdsa|ed25519)\b|\bauthorized_keys\b|/proc/(?:self|\d+)/(?:environ|mem|maps)\b"
+        r"|\.aws/credentials\b|\.kube/config\b|\.docker/config\.json\b|\.git-credentials\b|(?:^|/)\.netrc\b"
+        r"|(?:^|/)\.pgpass\b|\.gnupg/|(?:^|[/\s'\"=])\.env(?:\.[\w-]+)?(?=$|[\s'\";,)])"
+        r"|(?:^|/)(?:\.bash_history|\.zsh_history)\b|\bwp-config\.php\b|/var/run/secrets/",
+    ),
+    _rule(
+        "system_file",
+        SENSITIVE_FILE_ACCESS,
+        Severity.MEDIUM,
+        0.6,
+        r"/etc/(?:passwd|group|hosts)\b",
+    ),
+    _rule(
+        "ssrf_scheme",
+        SUSPICIOUS_URL,
+        Severity.HIGH,
+        0.85,
+        r"\b(?:file|gopher|dict|ldap|jar|netdoc)://|\b169\.254\.169\.254\b|\bmetadata\.google\.internal\b",
+    ),
+    _rule(
+        "exfil_host",
+        SUSPICIOUS_URL,
+        Severity.HIGH,
+        0.8,
+        r"\b(?:[\w-]+\.)*(?:pastebin\.com|hastebin\.com|ghostbin\.\w+|paste\.ee|0x0\.st|termbin\.com"
+        r"|transfer\.sh|ngrok\.io|ngrok-free\.app|ngrok\.app|ngrok\.dev|loca\.lt|localtunnel\.me|serveo\.net"
+        r"|trycloudflare\.com|webhook\.site|requestbin\.\w+|pipedream\.net|burpcollaborator\.net|oastify\.com"
+        r"|interact\.sh|oast\.\w+|canarytokens\.com|duckdns\.org|no-ip\.\w+)\b",
+    ),
+    _rule(
+        "raw_ip_url",
+        SUSPICIOUS_URL,
+        Severity.MEDIUM,
+        0.6,
+        r"\b(?:https?|ftp|wss?)://(?!127\.|0\.0\.0\.0|localhost)(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?"
+        r"|\b(?:https?|ftp)://\[(?!::1\])[0-9a-f:]+\]",
+    ),
+)
+
+
+def _strings(value: object, path: str, depth: int = 0) -> Iterator[tuple[str, str]]:
+    """(path, string) for the strings in a parsed JSON value, keys included (a key can be a path)."""
+    if depth > _MAX_DEPTH:
+        return
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            child = f"{path}.{key}" if str(key).isidentifier() else f"{path}[{json.dumps(str(key))}]"
+            yield child, str(key)
+            yield from _strings(item, child, depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _strings(item, f"{path}[{index}]", depth + 1)
+
+
+def _placeholder(text: str) -> str:
+    shown = " ".join(text[:_EXCERPT_MAX].split()) + ("…" if len(text) > _EXCERPT_MAX else "")
+    return mask_sensitive(shown)
+
+
+def _check(text: str, location: str, tool: str) -> list[Finding]:
+    text = normalize(text[:MAX_STRING_CHARS])
+    lowered = text.lower()
+    if len(lowered) != len(text):
+        lowered = "".join(char.lower()[0] for char in text)
+    matches = [
+        Match(
+            start=m.start(),
+            end=m.end(),
+            placeholder=_placeholder(text[m.start() : m.end()]),
+            type=rule.type,
+            severity=rule.severity,
+            confidence=rule.confidence,
+            detector=f"regex.tool.{rule.kind}",
+            description=f"{rule.description} in a call to {tool}",
+        )
+        for rule in _RULES
+        for m in rule.pattern.finditer(lowered)
+        if m.end() > m.start()
+    ]
+    return to_findings(text, drop_overlapping(matches), location) if matches else []
+
+
+def find_tool_call_risks(name: str, arguments_json: str, location: str) -> list[Finding]:
+    """Risky commands, file paths and URLs in a tool call's arguments, per argument in document order.
+
+    `name` is the tool's name (named in descriptions); `arguments_json` the arguments as the model sent
+    them (a JSON object as text; anything else is checked as raw text); `location` the arguments' place,
+    extended with the argument's path in each finding.
+    """
+    if not arguments_json:
+        return []
+    try:
+        parsed: object = json.loads(arguments_json)
+    except ValueError:  # not JSON (a truncated stream, a plain command string): check it as text
+        parsed = arguments_json
+    findings: list[Finding] = []
+    for count, (path, value) in enumerate(_strings(parsed, location)):
+        if count >= MAX_STRINGS:
+            break
+        if value:
+            findings.extend(_check(value, path, name))
+    return findings
