@@ -30,19 +30,10 @@ from sanic.config import Config
 from sanic.response import HTTPResponse
 from yarl import URL
 
-_HOP_BY_HOP: Final = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
+from shim.headers import HOP_BY_HOP
+
+# The shim's own hop-by-hop rule, so both forward the same headers.
+_HOP_BY_HOP: Final = HOP_BY_HOP
 _REQUEST_DROPPED: Final = _HOP_BY_HOP | {"host", "content-length"}
 _NO_AUTO_HEADERS: Final = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 _METHODS: Final = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
