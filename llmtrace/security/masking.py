@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from llmtrace.security.validators import luhn_valid
+
 _PRIVATE_KEY = re.compile(
     r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----.*?(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----|\Z)", re.S
 )
@@ -49,17 +51,8 @@ _DIGIT_RUN = re.compile(r"\d[\d ().+-]{7,}\d")
 _SECRET_NAMES: Final = ("password", "passwd", "secret")
 
 
-def _luhn_valid(digits: str) -> bool:
-    total = 0
-    for position, char in enumerate(reversed(digits)):
-        value = ord(char) - 48
-        if position % 2:
-            value = value * 2 - 9 if value > 4 else value * 2
-        total += value
-    return total % 10 == 0
-
-
 def _iban_valid(candidate: str) -> bool:
+    # Looser than validators.iban_valid (no per-country length): redaction errs on masking.
     code = candidate.replace(" ", "")
     if not 15 <= len(code) <= 34:
         return False
@@ -70,7 +63,7 @@ def _iban_valid(candidate: str) -> bool:
 
 def _card(match: re.Match[str]) -> str:
     digits = match.group().replace(" ", "").replace("-", "")
-    return "[CREDIT_CARD]" if 13 <= len(digits) <= 19 and _luhn_valid(digits) else match.group()
+    return "[CREDIT_CARD]" if 13 <= len(digits) <= 19 and luhn_valid(digits) else match.group()
 
 
 def _iban(match: re.Match[str]) -> str:
