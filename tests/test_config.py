@@ -212,6 +212,39 @@ ENV_CASES = {
     "LLMTRACE_SHIPPER_RETRY_INITIAL_MS": ("shipper.retry_initial_ms", "10", 10),
     "LLMTRACE_SHIPPER_RETRY_MAX_MS": ("shipper.retry_max_ms", "1000", 1000),
     "LLMTRACE_SHIPPER_RPC_TIMEOUT_MS": ("shipper.rpc_timeout_ms", "2000", 2000),
+    "LLMTRACE_SECURITY_ANALYSIS_ENABLED": ("security_analysis.enabled", "false", False),
+    "LLMTRACE_SECURITY_ANALYSIS_OPERATING_POINT": (
+        "security_analysis.operating_point",
+        "High_Recall",
+        "high_recall",
+    ),
+    "LLMTRACE_SECURITY_ANALYSIS_QUEUE_MAX_SPANS": ("security_analysis.queue_max_spans", "10", 10),
+    "LLMTRACE_SECURITY_ANALYSIS_BATCH_MAX_SPANS": ("security_analysis.batch_max_spans", "8", 8),
+    "LLMTRACE_SECURITY_ANALYSIS_TIMEOUT_MS": ("security_analysis.timeout_ms", "250", 250),
+    "LLMTRACE_SECURITY_ANALYSIS_MODEL_PATH": ("security_analysis.model_path", "/m.onnx", "/m.onnx"),
+    "LLMTRACE_ENFORCEMENT_MODE": ("enforcement.mode", "Block", "block"),
+    "LLMTRACE_ENFORCEMENT_DEPTH": ("enforcement.depth", "full", "full"),
+    "LLMTRACE_ENFORCEMENT_MIN_SEVERITY": ("enforcement.min_severity", "Critical", "critical"),
+    "LLMTRACE_ENFORCEMENT_MIN_CONFIDENCE": ("enforcement.min_confidence", "0.9", 0.9),
+    "LLMTRACE_ENFORCEMENT_FULL_TIMEOUT_MS": ("enforcement.full_timeout_ms", "50", 50),
+    "LLMTRACE_ENFORCEMENT_INJECTION": ("enforcement.injection", "block", "block"),
+    "LLMTRACE_ENFORCEMENT_JAILBREAK": ("enforcement.jailbreak", "flag", "flag"),
+    "LLMTRACE_ENFORCEMENT_PII": ("enforcement.pii", "log", "log"),
+    "LLMTRACE_ENFORCEMENT_SECRETS": ("enforcement.secrets", "block", "block"),
+    "LLMTRACE_ENFORCEMENT_TOOL_USE": ("enforcement.tool_use", "flag", "flag"),
+    "LLMTRACE_STREAMING_ANALYSIS_ENABLED": ("streaming_analysis.enabled", "yes", True),
+    "LLMTRACE_STREAMING_ANALYSIS_EARLY_STOP_ON_CRITICAL": (
+        "streaming_analysis.early_stop_on_critical",
+        "1",
+        True,
+    ),
+    "LLMTRACE_BOUNDARY_DEFENSE_ENABLED": ("boundary_defense.enabled", "true", True),
+    "LLMTRACE_BOUNDARY_DEFENSE_SHADOW_MODE": ("boundary_defense.shadow_mode", "true", True),
+    "LLMTRACE_BOUNDARY_DEFENSE_WRAP_ROLES": (
+        "boundary_defense.wrap_roles",
+        "tool, function",
+        ("tool", "function"),
+    ),
     # LLMTrace 0.2's names.
     "LLMTRACE_LOG_LEVEL": ("logging.level", "error", "error"),
     "LLMTRACE_LOG_FORMAT": ("logging.format", "JSON", "json"),
@@ -546,7 +579,12 @@ streaming_analysis: {token_interval: 50}
     }
     # Limits whose names contain "token" are not secrets; unset secrets stay visibly unset.
     assert tree["judge"] == {"openai": {"max_tokens": 512, "api_key": "", "password": None}}
-    assert tree["streaming_analysis"] == {"token_interval": 50}
+    assert tree["streaming_analysis"] == {
+        "enabled": False,
+        "early_stop_on_critical": False,
+        "token_interval": 50,
+    }
+    assert loaded.settings.not_built["streaming_analysis.token_interval"] == 50
     # The settings themselves are untouched.
     assert loaded.settings.not_built["auth"] == {
         "admin_key": "admin-secret",
@@ -605,3 +643,24 @@ def test_config_error_survives_pickling() -> None:
     copy = pickle.loads(pickle.dumps(error))
     assert copy.issues == error.issues
     assert str(copy) == "a.b: bad\nc: worse"
+
+
+def test_predecessor_keys_in_built_security_sections_warn(tmp_path: Path) -> None:
+    text = """
+enforcement: {mode: Block, action_on_critical: block}
+boundary_defense: {enabled: true, wrap_roles: [tool, function]}
+security_analysis: {ml_enabled: true, operating_point: high_precision}
+"""
+    loaded = load(tmp_path, text)
+    assert loaded.settings.enforcement.mode == "block"
+    assert loaded.settings.boundary_defense.wrap_roles == ("tool", "function")
+    assert loaded.settings.security_analysis.operating_point == "high_precision"
+    assert {w.path for w in loaded.warnings} == {"enforcement.action_on_critical", "security_analysis.ml_enabled"}
+
+
+def test_unknown_role_and_wrong_list_are_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load(tmp_path, "boundary_defense: {wrap_roles: [tool, robot]}\nenforcement: {min_confidence: 2}")
+    issues = issues_of(exc)
+    assert "unknown role 'robot'" in issues["boundary_defense.wrap_roles"]
+    assert issues["enforcement.min_confidence"] == "must be from 0 to 1, got 2"

@@ -31,15 +31,11 @@ NOT_BUILT_TOP_LEVEL: Final = frozenset(
         "cost_estimation",
         "cost_caps",
         "alerts",
-        "security_analysis",
-        "enforcement",
         "otel_ingest",
         "auth",
         "anomaly_detection",
-        "streaming_analysis",
         "pii",
         "output_safety",
-        "boundary_defense",
         "action_router",
         "judge",
         "server",
@@ -64,7 +60,21 @@ NOT_BUILT_NESTED: Final = frozenset(
         "storage.redis_url",
         # The core always serves gRPC; LLMTrace 0.2 made it optional.
         "grpc.enabled",
+        # LLMTrace 0.2 security settings this version replaces: the classifier always runs in
+        # the core (security_analysis.enabled), and streamed answers are checked per chunk.
+        "security_analysis.ml_enabled",
+        "security_analysis.ml_threshold",
+        "security_analysis.ml_preload",
+        "security_analysis.ml_cache_dir",
+        "security_analysis.ml_model",
+        "streaming_analysis.token_interval",
     }
+)
+
+#: Sections that also existed in LLMTrace 0.2 with keys of its own: an unknown key in them
+#: warns instead of failing, so a predecessor config keeps loading.
+PREDECESSOR_SECTIONS: Final = frozenset(
+    {"security_analysis", "enforcement", "streaming_analysis", "boundary_defense"}
 )
 
 #: LLMTrace 0.2 environment variables that set keys of features not built yet.

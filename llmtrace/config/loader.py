@@ -19,6 +19,7 @@ from llmtrace.config.known_keys import (
     NOT_BUILT_MESSAGE,
     NOT_BUILT_NESTED,
     NOT_BUILT_TOP_LEVEL,
+    PREDECESSOR_SECTIONS,
 )
 from llmtrace.config.paths import ENV_ALIASES, env_name, env_names, leaf_types, section_names
 from llmtrace.config.schema import ConfigError, ConfigIssue, LoadedConfig, Settings
@@ -131,6 +132,10 @@ def _read_section(section: str, value: object, layers: _Layers) -> None:
             layers.set(path, item, None)
         elif path in NOT_BUILT_NESTED:
             layers.warnings.append(ConfigIssue(path, NOT_BUILT_MESSAGE))
+            layers.not_built[path] = item
+        elif section in PREDECESSOR_SECTIONS:
+            message = _unknown_message(path, known, prefix) + "; ignored (a LLMTrace 0.2 key?)"
+            layers.warnings.append(ConfigIssue(path, message))
             layers.not_built[path] = item
         else:
             layers.errors.append(ConfigIssue(path, _unknown_message(path, known, prefix)))

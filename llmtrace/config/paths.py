@@ -18,7 +18,9 @@ ENV_PREFIX: Final = "LLMTRACE_"
 #: Settings fields that are not configuration keys.
 _INTERNAL_FIELDS: Final = frozenset({"not_built"})
 
-Leaf = type[str] | type[int] | type[float] | type[bool]
+Leaf = type[str] | type[int] | type[float] | type[bool] | type[tuple[str, ...]]
+#: The one container leaf: a list of strings, `tuple` in the settings.
+STR_LIST: Final = tuple[str, ...]
 
 
 @functools.cache
@@ -59,5 +61,7 @@ def _collect(cls: type, prefix: str, leaves: dict[str, Leaf]) -> None:
             _collect(hint, path + ".", leaves)
         elif hint in (str, int, float, bool):
             leaves[path] = hint
+        elif hint == STR_LIST:
+            leaves[path] = tuple
         else:  # a schema edit, not user input
             raise TypeError(f"unsupported settings type for {path}: {hint!r}")

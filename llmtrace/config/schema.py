@@ -1,6 +1,7 @@
 """The settings tree: frozen dataclasses whose field defaults are the documented defaults.
 
-Every leaf is a str, int, float or bool. The loader derives key paths (`grpc.listen_addr`),
+Every leaf is a str, int, float, bool or tuple of str (a YAML list, or a comma-separated
+environment value). The loader derives key paths (`grpc.listen_addr`),
 environment variable names and type conversion from these classes, so adding a field here is
 all it takes to make it configurable; its validation rule lives in `values.py` (`RULES`).
 """
@@ -13,6 +14,12 @@ from dataclasses import dataclass, field
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 CAPTURE_BODIES = ("full", "redacted", "metadata")
+ENFORCEMENT_MODES = ("log", "flag", "block")
+ENFORCEMENT_DEPTHS = ("fast", "full")
+#: Per-category overrides: `inherit` follows `enforcement.mode`.
+CATEGORY_ACTIONS = ("inherit", "log", "flag", "block")
+SEVERITIES = ("info", "low", "medium", "high", "critical")
+OPERATING_POINTS = ("high_recall", "balanced", "high_precision")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +114,65 @@ class ShipperSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SecurityAnalysisSettings:
+    """The core's analysis of every ingested span (after the ack) and of `Analyze` calls."""
+
+    enabled: bool = True
+    # Where on the evaluated precision/recall curve the fused verdict sits (docs/security.md).
+    operating_point: str = "balanced"
+    # Spans waiting for analysis; beyond this new spans are stored unanalysed and counted
+    # (llmtrace_analysis_shed_total), so ingest never waits for analysis.
+    queue_max_spans: int = 10_000
+    # Spans analysed together (one classifier batch).
+    batch_max_spans: int = 64
+    # Past this a batch's analysis is abandoned and counted; its spans stay stored.
+    timeout_ms: int = 5_000
+    # The ONNX classifier; empty means the model shipped in the package.
+    model_path: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EnforcementSettings:
+    """What the shim does with findings inline, before forwarding a request."""
+
+    # log: no inline scan (the core analyses every span after the fact); flag: forward and add
+    # X-LLMTrace-Flagged / X-LLMTrace-Findings headers; block: answer 403 without forwarding.
+    mode: str = "log"
+    # fast: regex tiers in the shim process; full: the core's Analyze RPC (fails open on timeout).
+    depth: str = "fast"
+    # Findings below either floor are recorded but never acted on.
+    min_severity: str = "high"
+    min_confidence: float = 0.5
+    full_timeout_ms: int = 200
+    # Per-category actions overriding `mode` (inherit, log, flag, block).
+    injection: str = "inherit"
+    jailbreak: str = "inherit"
+    pii: str = "inherit"
+    secrets: str = "inherit"
+    tool_use: str = "inherit"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamingAnalysisSettings:
+    """Checks on streamed answers as chunks arrive (PII and secrets)."""
+
+    enabled: bool = False
+    # Cut the stream when a critical finding appears; the chunk that carried it has already
+    # reached the client.
+    early_stop_on_critical: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BoundaryDefenseSettings:
+    """Wrap untrusted message content in randomised delimiters (rewrites request bodies)."""
+
+    enabled: bool = False
+    # Measure what would be wrapped without changing the request.
+    shadow_mode: bool = False
+    wrap_roles: tuple[str, ...] = ("tool",)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The resolved configuration of one process."""
 
@@ -130,6 +196,10 @@ class Settings:
     query: QuerySettings = field(default_factory=QuerySettings)
     capture: CaptureSettings = field(default_factory=CaptureSettings)
     shipper: ShipperSettings = field(default_factory=ShipperSettings)
+    security_analysis: SecurityAnalysisSettings = field(default_factory=SecurityAnalysisSettings)
+    enforcement: EnforcementSettings = field(default_factory=EnforcementSettings)
+    streaming_analysis: StreamingAnalysisSettings = field(default_factory=StreamingAnalysisSettings)
+    boundary_defense: BoundaryDefenseSettings = field(default_factory=BoundaryDefenseSettings)
     # Recognised keys of features not built yet, by dotted key path, kept verbatim so that
     # `llmtrace validate` can show them (redacted). Nothing reads them at run time.
     not_built: Mapping[str, object] = field(default_factory=dict, compare=False)

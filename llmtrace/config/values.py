@@ -10,7 +10,16 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from llmtrace.config.paths import Leaf
-from llmtrace.config.schema import CAPTURE_BODIES, LOG_FORMATS, LOG_LEVELS
+from llmtrace.config.schema import (
+    CAPTURE_BODIES,
+    CATEGORY_ACTIONS,
+    ENFORCEMENT_DEPTHS,
+    ENFORCEMENT_MODES,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    OPERATING_POINTS,
+    SEVERITIES,
+)
 from llmtrace.limits import MAX_BODY_CHARS, MAX_SPANS_PER_BATCH
 
 _TYPE_NAMES: Final[dict[type, str]] = {
@@ -18,6 +27,7 @@ _TYPE_NAMES: Final[dict[type, str]] = {
     int: "an integer",
     float: "a number",
     bool: "true or false",
+    tuple: "a list of strings",
 }
 _TRUE: Final = frozenset({"true", "1", "yes"})
 _FALSE: Final = frozenset({"false", "0", "no"})
@@ -47,7 +57,10 @@ def describe(value: object) -> str:
     return f"a {type(value).__name__}"
 
 
-def check_type(value: object, leaf: Leaf) -> str | int | float | bool:
+Value = str | int | float | bool | tuple[str, ...]
+
+
+def check_type(value: object, leaf: Leaf) -> Value:
     """Accept a value already typed (from YAML or a flag) if it fits `leaf`."""
     # bool is a subclass of int: `max_rows: true` must not become 1.
     if leaf is bool and isinstance(value, bool):
@@ -58,13 +71,17 @@ def check_type(value: object, leaf: Leaf) -> str | int | float | bool:
         return float(value)
     if leaf is str and isinstance(value, str):
         return value
+    if leaf is tuple and isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
+        return tuple(value)
     raise InvalidValueError(f"expected {_TYPE_NAMES[leaf]}, got {describe(value)}")
 
 
-def parse_text(text: str, leaf: Leaf) -> str | int | float | bool:
+def parse_text(text: str, leaf: Leaf) -> Value:
     """Convert an environment variable (or a string flag) to `leaf`'s type."""
     if leaf is str:
         return text
+    if leaf is tuple:  # `tool,function`
+        return tuple(item.strip() for item in text.split(",") if item.strip())
     stripped = text.strip()
     if leaf is bool:
         if stripped.lower() in _TRUE:
@@ -170,6 +187,23 @@ def _one_of(choices: tuple[str, ...]) -> Rule:
     return rule
 
 
+def _unit_interval(value: object) -> None:
+    assert isinstance(value, float)
+    if not 0.0 <= value <= 1.0:
+        raise InvalidValueError(f"must be from 0 to 1, got {describe(value)}")
+
+
+def _roles(value: object) -> None:
+    assert isinstance(value, tuple)
+    unknown = [role for role in value if role not in MESSAGE_ROLES]
+    if unknown:
+        raise InvalidValueError(f"unknown role {unknown[0]!r}; expected some of {', '.join(MESSAGE_ROLES)}")
+
+
+#: Roles a chat message can have (boundary_defense.wrap_roles picks among them).
+MESSAGE_ROLES: Final = ("system", "developer", "user", "assistant", "tool", "function")
+
+
 #: What each key must satisfy beyond its type. Keys not listed accept any value of their type.
 RULES: Final[dict[str, Rule]] = {
     "listen_addr": _host_port,
@@ -202,15 +236,48 @@ RULES: Final[dict[str, Rule]] = {
     "shipper.retry_initial_ms": _positive,
     "shipper.retry_max_ms": _positive,
     "shipper.rpc_timeout_ms": _positive,
+    "security_analysis.operating_point": _one_of(OPERATING_POINTS),
+    "security_analysis.queue_max_spans": _positive,
+    "security_analysis.batch_max_spans": _positive,
+    "security_analysis.timeout_ms": _positive,
+    "enforcement.mode": _one_of(ENFORCEMENT_MODES),
+    "enforcement.depth": _one_of(ENFORCEMENT_DEPTHS),
+    "enforcement.min_severity": _one_of(SEVERITIES),
+    "enforcement.min_confidence": _unit_interval,
+    "enforcement.full_timeout_ms": _positive,
+    "enforcement.injection": _one_of(CATEGORY_ACTIONS),
+    "enforcement.jailbreak": _one_of(CATEGORY_ACTIONS),
+    "enforcement.pii": _one_of(CATEGORY_ACTIONS),
+    "enforcement.secrets": _one_of(CATEGORY_ACTIONS),
+    "enforcement.tool_use": _one_of(CATEGORY_ACTIONS),
+    "boundary_defense.wrap_roles": _roles,
 }
 
 #: Spellings accepted for logging.level; LLMTrace 0.2 used Rust's `warn` and `trace`.
 _LEVEL_ALIASES: Final = {"warn": "warning", "trace": "debug"}
 
 
-def normalize(path: str, value: str | int | float | bool) -> tuple[str | int | float | bool, str | None]:
+#: Enum keys whose spelling is case-insensitive (the predecessor wrote `Critical`, `Block`).
+_CASE_INSENSITIVE: Final = frozenset(
+    {
+        "logging.level",
+        "logging.format",
+        "enforcement.mode",
+        "enforcement.depth",
+        "enforcement.min_severity",
+        "enforcement.injection",
+        "enforcement.jailbreak",
+        "enforcement.pii",
+        "enforcement.secrets",
+        "enforcement.tool_use",
+        "security_analysis.operating_point",
+    }
+)
+
+
+def normalize(path: str, value: Value) -> tuple[Value, str | None]:
     """Canonicalise case-insensitive enums; returns the value and a warning, if any."""
-    if path not in ("logging.level", "logging.format") or not isinstance(value, str):
+    if path not in _CASE_INSENSITIVE or not isinstance(value, str):
         return value, None
     lowered = value.strip().lower()
     if path == "logging.level" and lowered in _LEVEL_ALIASES:
