@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from llmtrace.config.schema import SecurityAnalysisSettings
 from llmtrace.security.encodings import find_encoded
 from llmtrace.security.exchange import Exchange, Side, Text
 from llmtrace.security.findings import Finding, score
@@ -65,6 +66,18 @@ def analyze_text(text: str, location: str, side: Side = "request") -> Verdict:
     )
 
 
+def regex_verdict(exchange: Exchange) -> Verdict:
+    """The regex and tool-call tiers only: microseconds, no model (the shim's `depth: fast`)."""
+    return Verdict.of(_regex(exchange))
+
+
+def _regex(exchange: Exchange) -> list[Finding]:
+    findings = [finding for item in exchange.texts for finding in regex_findings(item)]
+    for call in exchange.tool_calls:
+        findings.extend(find_tool_call_risks(call.name, call.arguments, call.location))
+    return findings
+
+
 class Analyzer:
     """The whole stack for exchanges: regex tiers and tool-call tier now, the classifier fused in.
 
@@ -77,6 +90,11 @@ class Analyzer:
             raise ValueError(f"unknown operating point {operating_point!r}")
         self.operating_point = operating_point
 
+    @classmethod
+    def from_settings(cls, settings: SecurityAnalysisSettings) -> Analyzer:
+        """The analyzer the core runs, as configured (`security_analysis.*`)."""
+        return cls(operating_point=settings.operating_point)
+
     def analyze(self, exchange: Exchange, operating_point: str | None = None) -> Verdict:
         """Analyse one exchange."""
         return self.analyze_batch([exchange], operating_point)[0]
@@ -88,11 +106,4 @@ class Analyzer:
         point = operating_point or self.operating_point
         if point not in OPERATING_POINTS:
             raise ValueError(f"unknown operating point {point!r}")
-        return [Verdict.of(self._regex(exchange)) for exchange in exchanges]
-
-    @staticmethod
-    def _regex(exchange: Exchange) -> list[Finding]:
-        findings = [finding for item in exchange.texts for finding in regex_findings(item)]
-        for call in exchange.tool_calls:
-            findings.extend(find_tool_call_risks(call.name, call.arguments, call.location))
-        return findings
+        return [Verdict.of(_regex(exchange)) for exchange in exchanges]
