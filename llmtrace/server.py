@@ -1,10 +1,11 @@
 """The core process: gRPC server lifecycle around the store.
 
 Start-up opens the database (the only writer), applies migrations, starts the writer thread,
-the gRPC server (Ingest, Query, health, reflection) and the metrics endpoint, then reports
-SERVING. Shutdown on SIGTERM/SIGINT: NOT_SERVING, stop accepting, let in-flight RPCs finish (an RPC
-still running after `shutdown.timeout_seconds` is cancelled), commit everything the writer holds,
-checkpoint, close.
+the post-ack analysis worker, the gRPC server (Ingest, Query, Analysis, health, reflection) and
+the metrics endpoint, then reports SERVING. Shutdown on SIGTERM/SIGINT: NOT_SERVING, stop
+accepting, let in-flight RPCs finish (an RPC still running after `shutdown.timeout_seconds` is
+cancelled), stop the analysis worker (queued spans are analysed after the next start), commit
+everything the writer holds, checkpoint, close.
 """
 
 from __future__ import annotations
@@ -28,16 +29,22 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from llmtrace.analysis_worker import AnalysisWorker
 from llmtrace.api.v1 import (
+    analysis_service_pb2,
+    analysis_service_pb2_grpc,
     ingest_service_pb2,
     query_service_pb2,
     query_service_pb2_grpc,
 )
 from llmtrace.config import Settings, parse_host_port
 from llmtrace.query import PageTokenCodec
+from llmtrace.rpc.analysis import AnalysisServicer
 from llmtrace.rpc.ingest import IngestServicer
 from llmtrace.rpc.interceptors import ObservabilityInterceptor
 from llmtrace.rpc.query import PageSizes, QueryServicer
+from llmtrace.security.analyze import Analyzer
+from llmtrace.security.classifier.model import ModelError
 from llmtrace.store.database import DatabaseOpenError, open_database
 from llmtrace.store.migrations import MigrationError, apply_migrations, current_version, latest_version
 from llmtrace.store.reader import StoreReader
@@ -48,6 +55,7 @@ _log = structlog.get_logger("llmtrace.core")
 SERVICE_NAMES = (
     ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
     query_service_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name,
+    analysis_service_pb2.DESCRIPTOR.services_by_name["AnalysisService"].full_name,
 )
 
 
@@ -94,6 +102,22 @@ def _page_token_key(conn: duckdb.DuckDBPyConnection) -> bytes:
     return bytes(rows[0][0])
 
 
+def _load_analyzer(settings: Settings) -> Analyzer:
+    """The configured analyzer, classifier loaded (seconds at most: a thread, not the loop).
+
+    A core that analyses ingested spans does not start without its classifier; with
+    `security_analysis.enabled` false, `Analyze` falls back to the regex and tool-call tiers.
+    """
+    analysis = settings.security_analysis
+    try:
+        return Analyzer.from_settings(analysis)
+    except ModelError as exc:
+        if analysis.enabled:
+            raise StartupError(f"cannot load the security classifier: {exc}") from exc
+        _log.warning("security classifier not loaded; Analyze runs without it", error=str(exc))
+        return Analyzer(operating_point=analysis.operating_point)
+
+
 class Core:
     """One core process's resources."""
 
@@ -106,6 +130,9 @@ class Core:
         # One thread: validation and Arrow building hold the GIL, so a second thread only adds
         # contention with the writer thread (measured: same throughput, slower commits).
         self._cpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-cpu")
+        # Analyze RPCs get threads of their own: a post-ingest batch never delays an inline verdict.
+        self._analyze_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="analyze-rpc")
+        self._analysis: AnalysisWorker | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._metrics_server: Any = None
@@ -121,6 +148,9 @@ class Core:
         # Ad-hoc SQL gets threads of its own, so slow operator queries never starve the List RPCs.
         self._sql_reader = StoreReader(self._conn, threads=2, timeout_s=settings.sql.timeout_seconds + 5)
         codec = PageTokenCodec(_page_token_key(self._conn))
+        analyzer = await asyncio.to_thread(_load_analyzer, settings)
+        self._analysis = AnalysisWorker(settings.security_analysis, self._writer, analyzer)
+        self._analysis.start(self._reader)
         max_bytes = settings.grpc.max_message_bytes
         server = grpc.aio.server(
             interceptors=[ObservabilityInterceptor()],
@@ -129,7 +159,12 @@ class Core:
                 ("grpc.max_send_message_length", max_bytes),
             ],
         )
-        server.add_generic_rpc_handlers((IngestServicer(self._writer, self._cpu).handlers(),))
+        server.add_generic_rpc_handlers(
+            (IngestServicer(self._writer, self._cpu, committed=self._analysis.offer).handlers(),)
+        )
+        analysis_service_pb2_grpc.add_AnalysisServiceServicer_to_server(
+            AnalysisServicer(analyzer, self._analyze_pool), server
+        )
         query_service_pb2_grpc.add_QueryServiceServicer_to_server(
             QueryServicer(
                 self._reader,
@@ -183,6 +218,9 @@ class Core:
         if self._server is not None:
             # Stops accepting at once; returns when in-flight RPCs are done or `grace` is up.
             await self._server.stop(grace)
+        if self._analysis is not None:
+            # After the server: no ingest adds spans any more. Quick: never waits for the analyzer.
+            await self._analysis.stop()
         if self._writer is not None:
             # No RPC is left to add batches, so the queue is bounded: wait for every commit.
             # (Closing the connection under a writer still committing would fail and lose them.)
@@ -191,6 +229,7 @@ class Core:
             if reader is not None:
                 await asyncio.to_thread(reader.close)
         await asyncio.to_thread(self._cpu.shutdown, True)
+        self._analyze_pool.shutdown(wait=False, cancel_futures=True)
         if self._conn is not None:
             conn = self._conn
             with contextlib.suppress(duckdb.Error):

@@ -77,6 +77,49 @@ SHIP_LATENCY = Histogram(
 )
 
 
+ENFORCEMENT_FLAGGED = Counter(
+    "llmtrace_shim_enforcement_flagged_total",
+    "Requests forwarded with X-LLMTrace-Flagged, by finding category (one count per category).",
+    ["category"],
+)
+ENFORCEMENT_BLOCKED = Counter(
+    "llmtrace_shim_enforcement_blocked_total",
+    "Requests answered 403 and not forwarded, by finding category (one count per category).",
+    ["category"],
+)
+ENFORCEMENT_FAILOPEN = Counter(
+    "llmtrace_shim_enforcement_failopen_total",
+    "Requests forwarded unchecked because the core's Analyze call failed (enforcement.depth: full), "
+    "by reason (deadline_exceeded, unavailable, ...).",
+    ["reason"],
+)
+ENFORCEMENT_SCAN_DURATION = Histogram(
+    "llmtrace_shim_enforcement_scan_seconds",
+    "Time the inline check of a request took, by depth (fast: regex tiers here; full: Analyze RPC).",
+    ["depth"],
+    buckets=_LATENCY_BUCKETS,
+)
+STREAM_FINDINGS = Counter(
+    "llmtrace_shim_stream_findings_total",
+    "Findings made in streamed answers as they arrived (streaming_analysis), by category.",
+    ["category"],
+)
+STREAM_EARLY_STOPS = Counter(
+    "llmtrace_shim_stream_early_stops_total",
+    "Streams cut because a critical finding appeared (streaming_analysis.early_stop_on_critical).",
+)
+BOUNDARY_REQUESTS = Counter(
+    "llmtrace_shim_boundary_requests_total",
+    "Chat requests with content to wrap (boundary_defense), by mode: wrapped, or shadow (counted only).",
+    ["mode"],
+)
+BOUNDARY_MESSAGES = Counter(
+    "llmtrace_shim_boundary_messages_total",
+    "Messages whose content was wrapped (or, in shadow mode, would have been), by mode.",
+    ["mode"],
+)
+
+
 def render_metrics() -> bytes:
     """The Prometheus text exposition, summed across workers in multiprocess mode."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -23,18 +23,24 @@ from urllib.parse import urlsplit
 from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]
 
 import aiohttp
+import orjson
 import structlog
 from prometheus_client import Counter, Histogram
 from sanic import Request
 from sanic.exceptions import ServerError
-from sanic.response import HTTPResponse
+from sanic.response import BaseHTTPResponse, HTTPResponse
 from yarl import URL
 
 from llmtrace.config.schema import Settings
 from shim import metrics
+from shim.boundary import BoundaryDefense
 from shim.capture import ParsedRequest, ResponseCapture, build_span, parse_request
 from shim.capture.exchange import ExchangeMeta
+from shim.capture.model import API_CHAT_COMPLETIONS, API_MESSAGES
+from shim.capture.routes import route_of
+from shim.enforcement import BLOCK, category_of
 from shim.errors import ShimError
+from shim.guard import Guard, block_message
 from shim.headers import (
     forwardable,
     key_fingerprint,
@@ -45,6 +51,7 @@ from shim.headers import (
 )
 from shim.identity import IdentityError, resolve_identity
 from shim.shipper import Shipper
+from shim.streaming_checks import StreamCheck
 
 _log = structlog.get_logger("llmtrace.shim.capture")
 _access = structlog.get_logger("llmtrace.shim.access")
@@ -54,6 +61,10 @@ AnyRequest = Request[Any, Any]
 #: Headers aiohttp would add on its own; the client's request is forwarded as it came.
 _NO_AUTO_HEADERS: Final = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 METHODS: Final = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+FLAGGED_HEADER: Final = "X-LLMTrace-Flagged"
+FINDINGS_HEADER: Final = "X-LLMTrace-Findings"
+ERROR_BLOCKED: Final = "request_blocked"
+ERROR_STREAM_STOPPED: Final = "stream_stopped"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +122,16 @@ class Proxy:
             sock_read=settings.timeout_ms / 1000,
         )
         self.in_flight = 0
+        # Security features; each is None (or False) when off, so that the default `log` mode
+        # costs one attribute test per request and nothing more.
+        self.guard = Guard.from_settings(settings, shipper.channel)
+        self.boundary = (
+            BoundaryDefense(settings.boundary_defense) if settings.boundary_defense.enabled else None
+        )
+        self.before_forward = self.guard is not None or self.boundary is not None
+        streaming = settings.streaming_analysis
+        self.stream_checks = streaming.enabled
+        self.early_stop = streaming.enabled and streaming.early_stop_on_critical
         # Bound once: a module-level structlog logger is a lazy proxy that rebinds per call.
         self.access_log = _access.bind() if settings.logging.access_log else None
 
@@ -141,13 +162,26 @@ class Proxy:
 class Exchange:
     """One request's way through the proxy, and what it leaves behind for the span."""
 
-    __slots__ = ("_capture", "_proxy", "_request", "body", "identity_error", "meta", "traceparent")
+    __slots__ = (
+        "_capture",
+        "_parsed",
+        "_proxy",
+        "_request",
+        "body",
+        "extra_headers",
+        "identity_error",
+        "meta",
+        "traceparent",
+    )
 
     def __init__(self, proxy: Proxy, request: AnyRequest, started_ns: int, *, read_body: bool = True) -> None:
         self._proxy = proxy
         self._request = request
         self._capture: ResponseCapture | None = None
+        self._parsed: ParsedRequest | None = None
         self.body: bytes = request.body if read_body else b""
+        #: Response headers the shim adds (X-LLMTrace-Flagged, X-LLMTrace-Findings).
+        self.extra_headers: dict[str, str] | None = None
         headers = request.headers
         self.identity_error: IdentityError | None = None
         try:
@@ -187,6 +221,10 @@ class Exchange:
         if self.identity_error is not None:
             return self._answer(ShimError(400, "invalid_llmtrace_header", str(self.identity_error)))
         proxy, request = self._proxy, self._request
+        if proxy.before_forward:
+            refusal = await self._before_forward()
+            if refusal is not None:
+                return refusal
         query = request.query_string
         url = URL(proxy.upstream.base + request.path + ("?" + query if query else ""), encoded=True)
         headers = forwardable(request.headers.items())
@@ -223,6 +261,42 @@ class Exchange:
             await self._relay(upstream)
         return None
 
+    async def _before_forward(self) -> HTTPResponse | None:
+        """Inline enforcement and boundary defence; a response when the request is refused."""
+        proxy, meta = self._proxy, self.meta
+        guard = proxy.guard
+        if guard is not None and self.body:
+            inspection = await guard.inspect(self.parsed_request, meta)
+            if inspection.failed_open:
+                meta.set_attribute("llmtrace.enforcement.failopen", inspection.failed_open)
+            else:
+                meta.add_findings(inspection.findings)
+                meta.security_score = inspection.score
+            decision = inspection.decision
+            if decision.flagged:
+                meta.set_attribute("llmtrace.enforcement.action", decision.action)
+                self.extra_headers = {
+                    FLAGGED_HEADER: "true",
+                    FINDINGS_HEADER: decision.findings_header(),
+                }
+            if decision.action == BLOCK:
+                error = ShimError(403, ERROR_BLOCKED, block_message(decision))
+                meta.http_status = error.status
+                self.fail(error.code, error.message)
+                return error.response(self.extra_headers)
+        boundary = proxy.boundary
+        if boundary is not None and self.body and route_of(self._request.path).api == API_CHAT_COMPLETIONS:
+            wrapped = boundary.apply(self.body)
+            if wrapped.messages:
+                mode = "shadow" if boundary.shadow else "wrapped"
+                metrics.BOUNDARY_REQUESTS.labels(mode).inc()
+                metrics.BOUNDARY_MESSAGES.labels(mode).inc(wrapped.messages)
+                meta.set_attribute(f"llmtrace.boundary_defense.{mode}_messages", wrapped.messages)
+                if wrapped.body is not None:
+                    self.parsed_request  # noqa: B018 - capture records the request as the client sent it
+                    self.body = wrapped.body
+        return None
+
     async def _relay(self, upstream: aiohttp.ClientResponse) -> None:
         meta = self.meta
         meta.http_status = upstream.status
@@ -232,6 +306,9 @@ class Exchange:
             upstream.headers.get("x-request-id") or upstream.headers.get("request-id") or ""
         )
         out_headers = returnable(raw)
+        if self.extra_headers is not None:
+            for name, value in self.extra_headers.items():
+                out_headers[name] = value
         content_type = upstream.headers.get("content-type", "")
         if content_type.startswith("text/event-stream"):
             out_headers["X-Accel-Buffering"] = "no"  # tell nginx & co. not to buffer the stream
@@ -242,8 +319,15 @@ class Exchange:
             content_encoding=upstream.headers.get("content-encoding", ""),
             max_body_bytes=self._proxy.settings.capture.max_body_bytes,
         )
+        check: StreamCheck | None = None
+        if self._proxy.stream_checks and capture.streaming:
+            check = StreamCheck()
+            capture.listen(check.on_text)
         response = await self._request.respond(status=upstream.status, headers=out_headers)
         if response is None:  # Sanic returns None only when a response was already sent
+            return
+        if check is not None:
+            await self._relay_checked(upstream, response, capture, check)
             return
         try:
             async for chunk in upstream.content.iter_any():
@@ -258,27 +342,95 @@ class Exchange:
                     meta.ttft_nano = time.time_ns() - meta.start_unix_nano
                 capture.feed(chunk)  # after the send: parsing never delays the client
         except (TimeoutError, aiohttp.ClientError) as exc:
-            # The upstream died or stalled mid-answer. Abort the client's connection so it sees an
-            # incomplete response, exactly as it would talking to the upstream directly.
-            kind = "upstream_timeout" if isinstance(exc, TimeoutError) else "upstream_stream_cut"
-            self.fail(kind, f"the upstream response ended early: {type(exc).__name__}: {exc}")
-            transport = self._request.transport
-            if isinstance(transport, asyncio.Transport):
-                transport.abort()
+            self._upstream_broke(exc)
             return
         await response.eof()
 
+    def _upstream_broke(self, exc: Exception) -> None:
+        # The upstream died or stalled mid-answer. Abort the client's connection so it sees an
+        # incomplete response, exactly as it would talking to the upstream directly.
+        kind = "upstream_timeout" if isinstance(exc, TimeoutError) else "upstream_stream_cut"
+        self.fail(kind, f"the upstream response ended early: {type(exc).__name__}: {exc}")
+        transport = self._request.transport
+        if isinstance(transport, asyncio.Transport):
+            transport.abort()
+
+    async def _relay_checked(
+        self,
+        upstream: aiohttp.ClientResponse,
+        response: BaseHTTPResponse,
+        capture: ResponseCapture,
+        check: StreamCheck,
+    ) -> None:
+        """`_relay`'s loop with the streaming checks: each chunk goes out, then its text is scanned."""
+        meta = self.meta
+        early_stop = self._proxy.early_stop
+        try:
+            async for chunk in upstream.content.iter_any():
+                try:
+                    await response.send(chunk)
+                except (ConnectionError, ServerError) as exc:
+                    self.fail(
+                        "client_disconnected", f"the client closed the connection: {type(exc).__name__}"
+                    )
+                    return
+                if meta.ttft_nano is None:
+                    meta.ttft_nano = time.time_ns() - meta.start_unix_nano
+                capture.feed(chunk)
+                found = check.scan()
+                if found:
+                    meta.add_findings(found)
+                    meta.security_score = max(
+                        meta.security_score or 0, *(f.severity.base_score for f in found)
+                    )
+                    for finding in found:
+                        metrics.STREAM_FINDINGS.labels(category_of(finding.type)).inc()
+                    if early_stop and check.critical is not None:
+                        await self._stop_stream(upstream, response, check)
+                        return
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            self._upstream_broke(exc)
+            return
+        found = check.scan()  # text still pending (none unless the last chunk was empty)
+        if found:
+            meta.add_findings(found)
+        await response.send("", True)  # eof
+
+    async def _stop_stream(
+        self, upstream: aiohttp.ClientResponse, response: BaseHTTPResponse, check: StreamCheck
+    ) -> None:
+        """End the stream after a critical finding: one error event, then the end; the upstream
+        request is cancelled by closing its connection."""
+        finding = check.critical
+        assert finding is not None
+        message = (
+            f"stream stopped by LLMTrace: the answer contained {finding.type} "
+            f"({finding.description or finding.detector}) in {finding.location}"
+        )
+        metrics.STREAM_EARLY_STOPS.inc()
+        self.fail(ERROR_STREAM_STOPPED, message)
+        self.meta.set_attribute("llmtrace.streaming_analysis.stopped", finding.type)
+        upstream.close()
+        # An event can be added only to a plain (uncompressed, unframed) stream.
+        if not upstream.headers.get("content-encoding") and "content-length" not in upstream.headers:
+            try:
+                await response.send(_stop_event(self.parsed_request.api, message))
+            except (ConnectionError, ServerError):
+                return
+        await response.send("", True)  # eof
+
     @property
     def parsed_request(self) -> ParsedRequest:
-        """The request body read for capture (parsed once, lazily, off the client's path)."""
-        if self._capture is not None:
-            return self._capture.request
-        return parse_request(
-            self._request.path,
-            self.body,
-            self._request.headers.get("content-type", ""),
-            max_body_bytes=self._proxy.settings.capture.max_body_bytes,
-        )
+        """The request body read for capture (parsed once, lazily, off the client's path unless
+        enforcement needs it before forwarding)."""
+        if self._parsed is None:
+            self._parsed = parse_request(
+                self._request.path,
+                self.body,
+                self._request.headers.get("content-type", ""),
+                max_body_bytes=self._proxy.settings.capture.max_body_bytes,
+            )
+        return self._parsed
 
     def _answer(self, error: ShimError) -> HTTPResponse:
         self.meta.http_status = error.status
@@ -320,3 +472,20 @@ class Exchange:
                 model=span.request_model,
                 error=meta.error_type or None,
             )
+
+
+def _stop_event(api: str, message: str) -> bytes:
+    """The last SSE event of a stopped stream: an error the client's SDK raises.
+
+    OpenAI SDKs raise `APIError` on a `data: {"error": {...}}` event; Anthropic's on `event: error`.
+    """
+    error = {
+        "message": message,
+        "type": "llmtrace_stream_stopped",
+        "param": None,
+        "code": ERROR_STREAM_STOPPED,
+    }
+    if api == API_MESSAGES:
+        payload = {"type": "error", "error": {"type": "llmtrace_stream_stopped", "message": message}}
+        return b"event: error\ndata: " + orjson.dumps(payload) + b"\n\n"
+    return b"data: " + orjson.dumps({"error": error}) + b"\n\n"

@@ -138,6 +138,11 @@ class Shipper:
             self._wake.set()
 
     @property
+    def channel(self) -> grpc.aio.Channel:
+        """The channel to the core, shared with other RPCs of the worker (`Analyze`)."""
+        return self._channel
+
+    @property
     def queued_spans(self) -> int:
         """Spans waiting in memory."""
         return len(self._queue)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import datetime as dt
 import decimal
 import io
@@ -28,6 +29,7 @@ import yaml
 import llmtrace.cli.main as cli
 from llmtrace.api.v1 import common_pb2, ingest_service_pb2, ingest_service_pb2_grpc, span_pb2
 from llmtrace.cli.sql_command import Column, Result, from_any_value, to_plain, write_result
+from llmtrace.config.schema import SecurityAnalysisSettings
 from llmtrace.rpc.query import sql_value
 from llmtrace.server import Core
 from llmtrace.store.database import DatabaseLockedError, open_database
@@ -94,7 +96,11 @@ def _spans() -> list[span_pb2.Span]:
 
 
 async def _ingest(database: Path) -> None:
-    core = Core(core_settings(database))
+    # The exports below are compared field by field: no post-ingest analysis scores.
+    settings = dataclasses.replace(
+        core_settings(database), security_analysis=SecurityAnalysisSettings(enabled=False)
+    )
+    core = Core(settings)
     bound = await core.start()
     try:
         async with grpc.aio.insecure_channel(bound.grpc) as channel:
@@ -181,6 +187,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         "127.0.0.1:0",
         sql={"timeout_seconds": 2.0},
         shutdown={"timeout_seconds": 5},
+        # The two paths must read the same rows: no analysis scores added by the served core.
+        security_analysis={"enabled": False},
     )
     ready = root / "ready.json"
     log = (root / "core.log").open("w")

@@ -655,7 +655,8 @@ security_analysis: {ml_enabled: true, operating_point: high_precision}
     assert loaded.settings.enforcement.mode == "block"
     assert loaded.settings.boundary_defense.wrap_roles == ("tool", "function")
     assert loaded.settings.security_analysis.operating_point == "high_precision"
-    assert {w.path for w in loaded.warnings} == {"enforcement.action_on_critical", "security_analysis.ml_enabled"}
+    warned = {w.path for w in loaded.warnings}
+    assert warned == {"enforcement.action_on_critical", "security_analysis.ml_enabled"}
 
 
 def test_unknown_role_and_wrong_list_are_errors(tmp_path: Path) -> None:

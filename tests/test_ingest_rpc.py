@@ -28,6 +28,7 @@ from llmtrace.api.v1 import (
     query_service_pb2,
     span_pb2,
 )
+from llmtrace.config.schema import SecurityAnalysisSettings
 from tests.conftest import RunningCore, core_settings, running_core
 from tests.factories import BASE_NS, MS, expect_failure, make_complete_span, make_finding, make_span
 
@@ -45,7 +46,11 @@ SEVERITY_SCORES = {
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningCore]:
     path = tmp_path_factory.mktemp("ingest") / "llmtrace.duckdb"
-    async with running_core(core_settings(path)) as running:
+    # Post-ack analysis would add scores and findings of its own; these tests check what was sent
+    # (tests/test_analysis_worker.py covers analysis).
+    settings = core_settings(path)
+    settings = dataclasses.replace(settings, security_analysis=SecurityAnalysisSettings(enabled=False))
+    async with running_core(settings) as running:
         yield running
 
 

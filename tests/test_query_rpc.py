@@ -6,6 +6,7 @@ spans that were sent, never read back from the store.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -19,6 +20,7 @@ import pytest_asyncio
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from llmtrace.api.v1 import finding_pb2, query_service_pb2, span_pb2
+from llmtrace.config.schema import SecurityAnalysisSettings
 from llmtrace.query import FieldKind, FieldSpec
 from llmtrace.store.catalogs import FINDING_FIELDS, SPAN_FIELDS, TRACE_FIELDS
 from tests.conftest import RunningCore, core_settings, running_core
@@ -282,7 +284,11 @@ def _model(spans: list[span_pb2.Span]) -> tuple[list[SpanModel], list[FindingMod
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningCore]:
     path = tmp_path_factory.mktemp("query") / "llmtrace.duckdb"
-    async with running_core(core_settings(path)) as running:
+    # Post-ack analysis would add scores and findings of its own; these tests check what was sent
+    # (tests/test_analysis_worker.py covers analysis).
+    settings = core_settings(path)
+    settings = dataclasses.replace(settings, security_analysis=SecurityAnalysisSettings(enabled=False))
+    async with running_core(settings) as running:
         yield running
 
 

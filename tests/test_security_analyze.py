@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmtrace.security.analyze import FLAG_THRESHOLD, analyze_text
+from llmtrace.security.tiers import FLAG_THRESHOLD, analyze_text
 
 
 def test_injection_in_a_request_is_flagged() -> None:

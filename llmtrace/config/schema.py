@@ -121,7 +121,7 @@ class SecurityAnalysisSettings:
     # Where on the evaluated precision/recall curve the fused verdict sits (docs/security.md).
     operating_point: str = "balanced"
     # Spans waiting for analysis; beyond this new spans are stored unanalysed and counted
-    # (llmtrace_analysis_shed_total), so ingest never waits for analysis.
+    # (llmtrace_analysis_spans_shed_total), so ingest never waits for analysis.
     queue_max_spans: int = 10_000
     # Spans analysed together (one classifier batch).
     batch_max_spans: int = 64

@@ -1,10 +1,14 @@
-"""IngestService: validate, convert to Arrow, commit, then acknowledge."""
+"""IngestService: validate, convert to Arrow, commit, then acknowledge.
+
+Committed spans are then offered to post-ack analysis (`committed` callback): it only queues
+them, so the acknowledgement never waits for analysis.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
 
 import grpc
@@ -28,13 +32,17 @@ Context = grpc.aio.ServicerContext[object, object]
 class _Prepared:
     """A request's spans split into rows to write and per-span rejections."""
 
-    __slots__ = ("accepted", "batch", "rejections")
+    __slots__ = ("accepted", "batch", "rejections", "spans")
 
     def __init__(
-        self, batch: WriteBatch | None, accepted: int, rejections: list[ingest_service_pb2.RejectedSpan]
+        self,
+        batch: WriteBatch | None,
+        spans: list[span_pb2.Span],
+        rejections: list[ingest_service_pb2.RejectedSpan],
     ) -> None:
         self.batch = batch
-        self.accepted = accepted
+        self.spans = spans
+        self.accepted = len(spans)
         self.rejections = rejections
 
 
@@ -59,7 +67,7 @@ def _prepare(spans: Sequence[span_pb2.Span]) -> _Prepared:
             )
         )
     batch = build_write_batch(valid, int(now * 1_000_000)) if valid else None
-    return _Prepared(batch, len(valid), rejections)
+    return _Prepared(batch, valid, rejections)
 
 
 def _parse_and_prepare(data: bytes) -> _Prepared:
@@ -98,9 +106,15 @@ def _partial_success(
 class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
     """Stores spans; acknowledges only what is committed."""
 
-    def __init__(self, writer: StoreWriter, cpu_executor: Executor) -> None:
+    def __init__(
+        self,
+        writer: StoreWriter,
+        cpu_executor: Executor,
+        committed: Callable[[Sequence[span_pb2.Span]], object] | None = None,
+    ) -> None:
         self._writer = writer
         self._cpu = cpu_executor
+        self._committed = committed
 
     async def _ingest(self, spans: Sequence[span_pb2.Span]) -> _Prepared:
         _check_batch_size(len(spans))
@@ -120,6 +134,11 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                 ) from exc
         metrics.SPANS_ACCEPTED.inc(prepared.accepted)
         metrics.SPANS_REJECTED.inc(len(prepared.rejections))
+        if self._committed is not None and prepared.spans:
+            try:
+                self._committed(prepared.spans)  # queues only; never fails the committed batch
+            except Exception:
+                _log.exception("committed spans not queued for analysis")
         return prepared
 
     async def IngestSpans(  # noqa: N802 - gRPC method name

@@ -1,81 +1,34 @@
 """One entry point over the detector tiers: normalise once, run the tiers that apply, score.
 
-The score follows ../shared/FINDINGS.md: the base score of the most severe finding (95, 80, 60,
-30, 10 for critical to info), 0 without findings; a text is flagged at 50 or more.
+The regex tiers, the score and the verdict live in `tiers` (the shim's inline check imports only
+that); this module adds the classifier for the core.
 
-Which tiers run depends on where the text sits (see `exchange.Text.untrusted`): untrusted request
-text (user and tool messages) gets every tier; the operator's own system prompt, assistant turns
-and answers get the leakage tiers (PII, secrets) only, since injection phrasing there is not an
-attack on the model. Tool calls get the tool-call tier.
+Fusion (core only): the classifier scores every untrusted text of a batch in one call. A score at or
+above the operating point's threshold adds an `ml_prompt_injection` finding (medium severity, so the
+text is flagged; high when it also clears the `high_precision` threshold). The verdict is the OR of
+the tiers: regex findings are precise (no false positives on the benign sets, docs/security.md)
+while the classifier adds recall on phrasings no rule names. The operating points differ only in
+the classifier threshold; their thresholds come from the leave-sources-out evaluation and are
+stored in the model file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Final
 
 from llmtrace.config.schema import SecurityAnalysisSettings
-from llmtrace.security.encodings import find_encoded
-from llmtrace.security.exchange import Exchange, Side, Text
-from llmtrace.security.findings import Finding, score
-from llmtrace.security.injection import find_injection
-from llmtrace.security.normalize import normalize
-from llmtrace.security.pii import find_pii
-from llmtrace.security.secrets import find_secrets
-from llmtrace.security.tool_calls import find_tool_call_risks
+from llmtrace.security.classifier.model import InjectionClassifier
+from llmtrace.security.exchange import Exchange
+from llmtrace.security.findings import Finding, Severity
+from llmtrace.security.masking import mask_sensitive
+from llmtrace.security.tiers import Verdict, regex_exchange_findings
 
-FLAG_THRESHOLD: Final = 50
 OPERATING_POINTS: Final = ("high_recall", "balanced", "high_precision")
-
-Tier = Callable[..., list[Finding]]
-#: The regex tiers: cheap enough for the shim's inline check (`enforcement.depth: fast`).
-UNTRUSTED_TIERS: Final[Sequence[Tier]] = (find_injection, find_encoded, find_pii, find_secrets)
-LEAKAGE_TIERS: Final[Sequence[Tier]] = (find_pii, find_secrets)
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """What the tiers found, the 0-100 score, and whether that flags it."""
-
-    findings: tuple[Finding, ...]
-    score: int
-    flagged: bool
-
-    @classmethod
-    def of(cls, findings: Sequence[Finding]) -> Verdict:
-        """Score findings, most severe first."""
-        ordered = tuple(sorted(findings, key=lambda f: (-f.severity.rank, -f.confidence)))
-        total = score(ordered)
-        return cls(ordered, total, total >= FLAG_THRESHOLD)
-
-
-def regex_findings(item: Text) -> list[Finding]:
-    """The regex tiers that apply to one text (normalised once)."""
-    if not item.text:
-        return []
-    normalized = normalize(item.text)
-    tiers = UNTRUSTED_TIERS if item.untrusted else LEAKAGE_TIERS
-    return [finding for tier in tiers for finding in tier(normalized, item.location, normalized=True)]
-
-
-def analyze_text(text: str, location: str, side: Side = "request") -> Verdict:
-    """Run the regex tiers for `side` over `text`: untrusted user text for requests, answers else."""
-    return Verdict.of(
-        regex_findings(Text(text, location, side, "user" if side == "request" else "assistant"))
-    )
-
-
-def regex_verdict(exchange: Exchange) -> Verdict:
-    """The regex and tool-call tiers only: microseconds, no model (the shim's `depth: fast`)."""
-    return Verdict.of(_regex(exchange))
-
-
-def _regex(exchange: Exchange) -> list[Finding]:
-    findings = [finding for item in exchange.texts for finding in regex_findings(item)]
-    for call in exchange.tool_calls:
-        findings.extend(find_tool_call_risks(call.name, call.arguments, call.location))
-    return findings
+ML_PROMPT_INJECTION: Final = "ml_prompt_injection"
+CLASSIFIER_DETECTOR: Final = "ml.injection_classifier"
+_EXCERPT_CHARS: Final = 160
 
 
 class Analyzer:
@@ -85,15 +38,23 @@ class Analyzer:
     batch. Pure CPU, no I/O: callers run it off their event loop.
     """
 
-    def __init__(self, operating_point: str = "balanced") -> None:
+    def __init__(
+        self, operating_point: str = "balanced", classifier: InjectionClassifier | None = None
+    ) -> None:
         if operating_point not in OPERATING_POINTS:
             raise ValueError(f"unknown operating point {operating_point!r}")
         self.operating_point = operating_point
+        self.classifier = classifier
 
     @classmethod
     def from_settings(cls, settings: SecurityAnalysisSettings) -> Analyzer:
-        """The analyzer the core runs, as configured (`security_analysis.*`)."""
-        return cls(operating_point=settings.operating_point)
+        """The analyzer the core runs, as configured (`security_analysis.*`), classifier loaded.
+
+        Raises `ModelError` when the model cannot be loaded: a core configured to analyse must not
+        start without its classifier and silently analyse less.
+        """
+        classifier = InjectionClassifier(Path(settings.model_path) if settings.model_path else None)
+        return cls(operating_point=settings.operating_point, classifier=classifier)
 
     def analyze(self, exchange: Exchange, operating_point: str | None = None) -> Verdict:
         """Analyse one exchange."""
@@ -106,4 +67,44 @@ class Analyzer:
         point = operating_point or self.operating_point
         if point not in OPERATING_POINTS:
             raise ValueError(f"unknown operating point {point!r}")
-        return [Verdict.of(_regex(exchange)) for exchange in exchanges]
+        findings = [regex_exchange_findings(exchange) for exchange in exchanges]
+        if self.classifier is not None:
+            for position, finding in self._classify(exchanges, point):
+                findings[position].append(finding)
+        return [Verdict.of(found) for found in findings]
+
+    def _classify(self, exchanges: Sequence[Exchange], point: str) -> list[tuple[int, Finding]]:
+        """Classifier findings for every untrusted text of the batch, scored in one call."""
+        assert self.classifier is not None
+        items = [
+            (position, item)
+            for position, ex in enumerate(exchanges)
+            for item in ex.texts
+            if item.untrusted and item.text.strip()
+        ]
+        if not items:
+            return []
+        scores = self.classifier.scores([item.text for _, item in items])
+        calibration = self.classifier.calibration
+        threshold = calibration.threshold(point)
+        strong = calibration.threshold("high_precision")
+        found: list[tuple[int, Finding]] = []
+        for (position, item), probability in zip(items, scores, strict=True):
+            if probability < threshold:
+                continue
+            severity = Severity.HIGH if probability >= strong else Severity.MEDIUM
+            excerpt = mask_sensitive(item.text[:_EXCERPT_CHARS].strip())
+            description = (
+                f"Classifier: prompt injection, probability {probability:.2f} (threshold {threshold:.2f})"
+            )
+            finding = Finding(
+                ML_PROMPT_INJECTION,
+                severity,
+                round(float(probability), 4),
+                CLASSIFIER_DETECTOR,
+                item.location,
+                excerpt,
+                description,
+            )
+            found.append((position, finding))
+        return found

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+import duckdb
+
 from llmtrace.query import compile_filter
 from llmtrace.store.catalogs import (
     FINDING_FIELDS,
@@ -300,3 +302,50 @@ async def stats(reader: StoreReader, q: StatsQuery) -> list[Row]:
     for name in _ADDITIVE:
         total[name] = sum(group[name] for group in groups)
     return [total, *groups]
+
+
+_UNANALYSED = (
+    "SELECT s.tenant, s.trace_id, s.span_id FROM span_rows AS s "
+    "WHERE s.ingest_time >= make_timestamptz(?::BIGINT) AND NOT EXISTS ("
+    "SELECT 1 FROM span_scores AS sc WHERE sc.tenant = s.tenant AND sc.trace_id = s.trace_id "
+    "AND sc.span_id = s.span_id AND sc.source = ?) "
+    "ORDER BY s.ingest_time LIMIT ?"
+)
+
+
+async def unanalysed_spans(
+    reader: StoreReader, *, since_us: int, source: str, limit: int
+) -> tuple[list[Row], list[Row]]:
+    """Spans ingested since `since_us` (oldest first, at most `limit`) without a `source` score,
+    in the full select (ingested score only), and the (type, detector, location) of their findings.
+    """
+    if limit <= 0:
+        return [], []
+    # Raw bodies are not analysed: left out, so a long re-queue does not hold them in memory.
+    columns = (
+        SPAN_FULL_SELECT.replace(f"{SPAN_SCORE_SQL} AS score", "s.security_score AS score")
+        .replace("s.request_body", "'' AS request_body")
+        .replace("s.response_body", "'' AS response_body")
+    )
+
+    def run(cursor: duckdb.DuckDBPyConnection) -> tuple[list[Row], list[Row]]:
+        params = [since_us, source, limit]
+        cursor.execute(
+            f"WITH todo AS ({_UNANALYSED}) SELECT {columns} FROM span_rows AS s "
+            "JOIN todo USING (tenant, trace_id, span_id) ORDER BY s.ingest_time",
+            params,
+        )
+        names = [d[0] for d in cursor.description or ()]
+        spans = [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
+        if not spans:
+            return [], []
+        cursor.execute(
+            f"WITH todo AS ({_UNANALYSED}) SELECT f.tenant, f.trace_id, f.span_id, f.type, f.detector, "
+            "f.location FROM finding_rows AS f JOIN todo USING (tenant, trace_id, span_id)",
+            params,
+        )
+        names = [d[0] for d in cursor.description or ()]
+        found = [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
+        return spans, found
+
+    return await reader.run(run)

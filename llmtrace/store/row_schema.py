@@ -92,3 +92,15 @@ FINDING_ROW_SCHEMA = pa.schema(
         ("create_time", _TS),
     ]
 )
+
+#: Scores computed after ingest (post-ack analysis): one row per span and source.
+SCORE_ROW_SCHEMA = pa.schema(
+    [
+        ("tenant", _STR),
+        ("trace_id", pa.binary()),
+        ("span_id", pa.binary()),
+        ("source", _STR),
+        ("score", pa.int32()),
+        ("create_time", _TS),
+    ]
+)

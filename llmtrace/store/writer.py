@@ -4,6 +4,9 @@ Ingest RPCs hand Arrow tables to `StoreWriter.write` and await the commit. The w
 takes every batch that is waiting, inserts them all in one transaction and then resolves each
 caller's future, so under load many RPCs share one commit (and one WAL sync) while the event
 loop never touches DuckDB.
+
+Post-ack analysis results (`AnalysisWrite`: findings and score rows) go through the same queue
+and thread, committed in a transaction of their own after the ingest batches of the same group.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import duckdb
 import pyarrow as pa
 import structlog
 
-from llmtrace.store.row_schema import FINDING_ROW_SCHEMA, SPAN_ROW_SCHEMA
+from llmtrace.store.row_schema import FINDING_ROW_SCHEMA, SCORE_ROW_SCHEMA, SPAN_ROW_SCHEMA
 
 _log = structlog.get_logger(__name__)
 
@@ -36,6 +39,9 @@ _SPAN_INSERT = _insert_sql("span_rows", SPAN_ROW_SCHEMA.names, or_ignore=False)
 _SPAN_UPSERT = _insert_sql("span_rows", SPAN_ROW_SCHEMA.names, or_ignore=True)
 _FINDING_INSERT = _insert_sql("finding_rows", FINDING_ROW_SCHEMA.names, or_ignore=False)
 _FINDING_UPSERT = _insert_sql("finding_rows", FINDING_ROW_SCHEMA.names, or_ignore=True)
+# Analysis rows: ids are deterministic and a span has one score per source, so a span analysed
+# twice (a replayed batch, a re-queue after restart) adds nothing.
+_SCORE_UPSERT = _insert_sql("span_scores", SCORE_ROW_SCHEMA.names, or_ignore=True)
 
 
 class WriterClosedError(RuntimeError):
@@ -50,9 +56,17 @@ class WriteBatch:
     findings: pa.Table | None = None
 
 
+@dataclass(frozen=True)
+class AnalysisWrite:
+    """What post-ack analysis found: finding rows and one score row per analysed span."""
+
+    scores: pa.Table
+    findings: pa.Table | None = None
+
+
 @dataclass
 class _Pending:
-    batch: WriteBatch
+    batch: WriteBatch | AnalysisWrite
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[None] = field(repr=False)
 
@@ -74,7 +88,7 @@ class StoreWriter:
         """Start the writer thread."""
         self._thread.start()
 
-    async def write(self, batch: WriteBatch) -> None:
+    async def write(self, batch: WriteBatch | AnalysisWrite) -> None:
         """Commit `batch` (spans already stored are skipped: ingest is idempotent)."""
         if self._closed:
             raise WriterClosedError("the store is shutting down")
@@ -113,6 +127,48 @@ class StoreWriter:
                 return
 
     def _commit_group(self, group: list[_Pending]) -> None:
+        ingest = [p for p in group if isinstance(p.batch, WriteBatch)]
+        analysis = [p for p in group if isinstance(p.batch, AnalysisWrite)]
+        if ingest:
+            self._commit_ingest(ingest)
+        if analysis:
+            self._commit_analysis(analysis)
+
+    def _commit_analysis(self, group: list[_Pending]) -> None:
+        try:
+            self._insert_analysis(group)
+        except Exception:
+            _log.exception("analysis write failed")
+            for pending in group:
+                _resolve_error(pending, RuntimeError("analysis write failed"))
+            return
+        for pending in group:
+            _resolve(pending)
+
+    def _insert_analysis(self, group: list[_Pending]) -> None:
+        batches = [p.batch for p in group if isinstance(p.batch, AnalysisWrite)]
+        scores = pa.concat_tables([b.scores for b in batches])
+        found = [b.findings for b in batches if b.findings is not None and b.findings.num_rows]
+        findings = pa.concat_tables(found) if found else None
+        conn = self._conn
+        conn.register("_analysis_scores", scores)
+        script = ["BEGIN TRANSACTION", _SCORE_UPSERT.replace("{src}", "_analysis_scores")]
+        if findings is not None:
+            conn.register("_analysis_findings", findings)
+            script.append(_FINDING_UPSERT.replace("{src}", "_analysis_findings"))
+        script.append("COMMIT")
+        try:
+            conn.execute(";\n".join(script))
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            conn.unregister("_analysis_scores")
+            if findings is not None:
+                conn.unregister("_analysis_findings")
+
+    def _commit_ingest(self, group: list[_Pending]) -> None:
         try:
             self._insert(group)
         except Exception:
@@ -121,14 +177,15 @@ class StoreWriter:
                 _resolve_error(group[0], RuntimeError("store write failed"))
                 return
             for pending in group:
-                self._commit_group([pending])
+                self._commit_ingest([pending])
             return
         for pending in group:
             _resolve(pending)
 
     def _insert(self, group: list[_Pending]) -> None:
-        spans = pa.concat_tables([p.batch.spans for p in group])  # zero-copy
-        found = [p.batch.findings for p in group if p.batch.findings is not None]
+        batches = [p.batch for p in group if isinstance(p.batch, WriteBatch)]
+        spans = pa.concat_tables([b.spans for b in batches])  # zero-copy
+        found = [b.findings for b in batches if b.findings is not None]
         findings = pa.concat_tables(found) if found else None
         try:
             self._insert_tables(spans, findings, or_ignore=False)

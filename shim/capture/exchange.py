@@ -6,7 +6,10 @@ with the parsed request and response, into the span shipped to the core.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from llmtrace.security.findings import Finding
 
 
 @dataclass(slots=True)
@@ -42,8 +45,28 @@ class ExchangeMeta:
     upstream_request_id: str = ""
     #: Our own failure, when the shim answered instead of the upstream or the exchange broke:
     #: `error_type` is a short code (`upstream_unreachable`, `upstream_timeout`,
-    #: `request_too_large`, `client_disconnected`, `upstream_stream_cut`), `error_message` says more.
+    #: `request_too_large`, `client_disconnected`, `upstream_stream_cut`, `request_blocked`,
+    #: `stream_stopped`), `error_message` says more.
     error_type: str = ""
     error_message: str = ""
     #: The request body exceeded what capture keeps (the full body was still forwarded).
     request_body_truncated: bool = False
+    #: Findings the shim made itself (inline enforcement, streaming checks), for `Span.findings`;
+    #: None (no allocation per request) while there are none.
+    findings: list[Finding] | None = None
+    #: 0-100 score of `findings` when the shim checked the exchange; None when it did not.
+    security_score: int | None = None
+    #: Extra `llmtrace.*` span attributes (enforcement decision, boundary defence, ...).
+    attributes: dict[str, str | int] | None = None
+
+    def add_findings(self, findings: Iterable[Finding]) -> None:
+        """Append findings made in the shim."""
+        if self.findings is None:
+            self.findings = []
+        self.findings.extend(findings)
+
+    def set_attribute(self, key: str, value: str | int) -> None:
+        """Set one extra span attribute."""
+        if self.attributes is None:
+            self.attributes = {}
+        self.attributes[key] = value

@@ -7,6 +7,8 @@ or append to a bounded buffer that `finish` parses once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from llmtrace import limits
 from shim.capture import model
 from shim.capture.accumulate import Budget
@@ -86,6 +88,19 @@ class ResponseCapture:
             self._stream = reader(self._limit)
         # Successful embeddings keep only the ends of the body (model and usage are at the end).
         self._edges = request.api == model.API_EMBEDDINGS and status < 400 and self._sse is None
+
+    @property
+    def streaming(self) -> bool:
+        """Whether the body is read as a stream of events (SSE of an understood API)."""
+        return self._stream is not None
+
+    def listen(self, on_text: Callable[[int, str], None]) -> bool:
+        """Have `on_text(choice index, piece)` called with answer text as events are fed; False
+        when the body is not an understood stream (nothing will be called)."""
+        if self._stream is None:
+            return False
+        self._stream.on_text = on_text
+        return True
 
     @property
     def request(self) -> model.ParsedRequest:

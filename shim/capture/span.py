@@ -9,7 +9,8 @@ from __future__ import annotations
 import time
 
 from llmtrace import limits
-from llmtrace.api.v1 import common_pb2, span_pb2
+from llmtrace.api.v1 import common_pb2, finding_pb2, span_pb2
+from llmtrace.security.findings import Finding, Severity
 from llmtrace.security.masking import mask_sensitive
 from shim.capture import model
 from shim.capture.content_filter import BODIES_FULL, BODIES_METADATA, ContentFilter, normalize_mode
@@ -28,6 +29,14 @@ _PART_TYPES = {
     model.PART_REFUSAL: span_pb2.CONTENT_PART_TYPE_REFUSAL,
     model.PART_REASONING: span_pb2.CONTENT_PART_TYPE_REASONING,
     model.PART_OTHER: span_pb2.CONTENT_PART_TYPE_OTHER,
+}
+
+_SEVERITIES = {
+    Severity.INFO: finding_pb2.SEVERITY_INFO,
+    Severity.LOW: finding_pb2.SEVERITY_LOW,
+    Severity.MEDIUM: finding_pb2.SEVERITY_MEDIUM,
+    Severity.HIGH: finding_pb2.SEVERITY_HIGH,
+    Severity.CRITICAL: finding_pb2.SEVERITY_CRITICAL,
 }
 
 
@@ -79,7 +88,33 @@ def build_span(
         if response.usage is not None:
             _set_usage(span.usage, response.usage)
     _set_attributes(span, meta, mode)
+    if meta.findings:
+        _set_findings(span, meta.findings, mode)
+    if meta.security_score is not None:
+        span.security_score = min(max(meta.security_score, 0), 100)
     return span
+
+
+def llm_request(meta: ExchangeMeta, request: model.ParsedRequest) -> span_pb2.LlmRequest:
+    """The request as `LlmRequest` for the core's `Analyze` RPC: content in full, up to the
+    core's own limit (not the capture limit: what is analysed is not stored)."""
+    out = span_pb2.LlmRequest()
+    _set_request(out, meta, request, BODIES_FULL, limits.MAX_BODY_CHARS)
+    return out
+
+
+def _set_findings(span: span_pb2.Span, findings: list[Finding], mode: str) -> None:
+    keep_excerpt = mode != BODIES_METADATA  # excerpts are masked, but metadata mode keeps no content
+    for finding in findings[: limits.MAX_ITEMS]:
+        span.findings.add(
+            type=_name(finding.type),
+            severity=_SEVERITIES[finding.severity],
+            confidence=min(max(finding.confidence, 0.0), 1.0),
+            detector=_name(finding.detector),
+            location=_name(finding.location),
+            description=_cut(finding.description, limits.MAX_TEXT_CHARS),
+            excerpt=_cut(finding.excerpt, limits.MAX_TEXT_CHARS) if keep_excerpt else "",
+        )
 
 
 def _span_name(meta: ExchangeMeta, operation: str, request_model: str) -> str:
@@ -249,3 +284,6 @@ def _set_attributes(span: span_pb2.Span, meta: ExchangeMeta, mode: str) -> None:
     for name, value in meta.response_headers.items():
         add(f"http.response.header.{name}", value)
     add("llmtrace.capture.bodies", mode)
+    if meta.attributes:
+        for name, extra in meta.attributes.items():
+            add(name, extra)

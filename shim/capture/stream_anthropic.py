@@ -79,6 +79,8 @@ class AnthropicStream(StreamReader):
             block.arguments.add(piece, self.budget)
         elif block is not None:
             block[1].add(piece, self.budget)
+            if self.on_text is not None and block[0] == model.PART_TEXT:
+                self.on_text(0, piece)
 
     def choices(self) -> list[model.Choice]:
         """One choice holding the blocks in index order, or none when no block started."""

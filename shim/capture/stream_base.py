@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from shim.capture import model
 from shim.capture.accumulate import Budget
 from shim.capture.jsonvalues import as_dict, as_str, loads
@@ -14,7 +16,18 @@ MAX_SLOTS = 10_000
 class StreamReader:
     """Base of the per-API readers: `on_event` for each SSE event, then `fill` once at the end."""
 
-    __slots__ = ("budget", "deltas", "done", "error_message", "error_type", "id", "model", "slots", "usage")
+    __slots__ = (
+        "budget",
+        "deltas",
+        "done",
+        "error_message",
+        "error_type",
+        "id",
+        "model",
+        "on_text",
+        "slots",
+        "usage",
+    )
 
     def __init__(self, budget_chars: int) -> None:
         self.budget = Budget(budget_chars)
@@ -28,6 +41,9 @@ class StreamReader:
         #: Content deltas seen, kept or not: a lower bound of the output tokens.
         self.deltas = 0
         self.slots = 0
+        #: Called with (choice index, piece) for every piece of answer text as it arrives, whatever
+        #: the budget keeps (streaming checks); None when nobody listens.
+        self.on_text: Callable[[int, str], None] | None = None
 
     def on_event(self, event: bytes, data: bytes) -> None:
         """Take one SSE event."""

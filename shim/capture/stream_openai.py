@@ -35,7 +35,8 @@ class ChatStream(StreamReader):
             self.usage = openai_usage(usage)
         for raw in as_list(chunk.get("choices")):
             item = as_dict(raw)
-            choice = self._choice(as_int(item.get("index")) or 0)
+            index = as_int(item.get("index")) or 0
+            choice = self._choice(index)
             if choice is None:
                 continue
             delta = item.get("delta")
@@ -44,8 +45,10 @@ class ChatStream(StreamReader):
                 if isinstance(text, str) and text:
                     self.deltas += 1
                     choice.content.add(text, self.budget)
+                    if self.on_text is not None:
+                        self.on_text(index, text)
             else:
-                self._delta(choice, as_dict(delta))
+                self._delta(index, choice, as_dict(delta))
             reason = item.get("finish_reason")
             if isinstance(reason, str) and reason:
                 choice.finish_reason = reason
@@ -58,7 +61,7 @@ class ChatStream(StreamReader):
             choice = self._choices[index] = ChoiceAccumulator()
         return choice
 
-    def _delta(self, choice: ChoiceAccumulator, delta: dict[str, object]) -> None:
+    def _delta(self, index: int, choice: ChoiceAccumulator, delta: dict[str, object]) -> None:
         role = delta.get("role")
         if isinstance(role, str) and role:
             choice.role = role
@@ -66,18 +69,22 @@ class ChatStream(StreamReader):
         if isinstance(content, str) and content:
             self.deltas += 1
             choice.content.add(content, self.budget)
+            if self.on_text is not None:
+                self.on_text(index, content)
         refusal = delta.get("refusal")
         if isinstance(refusal, str) and refusal:
             self.deltas += 1
             choice.refusal.add(refusal, self.budget)
+            if self.on_text is not None:
+                self.on_text(index, refusal)
         reasoning = delta.get("reasoning_content", delta.get("reasoning"))
         if isinstance(reasoning, str) and reasoning:  # DeepSeek, vLLM and others stream reasoning here
             self.deltas += 1
             choice.reasoning.add(reasoning, self.budget)
         for position, raw in enumerate(as_list(delta.get("tool_calls"))):
             item = as_dict(raw)
-            index = as_int(item.get("index"))
-            key = position if index is None else index
+            call_index = as_int(item.get("index"))
+            key = position if call_index is None else call_index
             if key not in choice.tool_calls and not self.claim_slot():
                 continue
             call = choice.tool_call(key)

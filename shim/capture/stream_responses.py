@@ -49,6 +49,8 @@ class ResponsesStream(StreamReader):
                 item = self._slot(payload.get("output_index"), part_type)
                 if isinstance(item, tuple):
                     item[1].add(delta, self.budget)
+                if self.on_text is not None and part_type != model.PART_REASONING:
+                    self.on_text(0, delta)
         elif kind == "response.function_call_arguments.delta":
             delta = payload.get("delta")
             if isinstance(delta, str) and delta:

@@ -20,6 +20,8 @@ class UpstreamState:
     config: FakeUpstreamConfig
     requests: list[RecordedRequest] = field(default_factory=list)
     counter: int = 0
+    #: Request ids of the streams sent to their end (a stream the client cut is never listed).
+    completed_streams: list[str] = field(default_factory=list)
 
     def next_number(self) -> int:
         """A fresh request number, starting at 1."""
@@ -86,4 +88,5 @@ async def stream_events(
     if done_marker:
         await response.write(b"data: [DONE]\n\n")
     await response.write_eof()
+    request.app[STATE].completed_streams.append(exchange.request_id)
     return response

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -22,6 +22,9 @@ class FakeUpstream:
     requests: list[RecordedRequest]
     """Every request received so far, oldest first (live: grows as requests arrive)."""
     config: FakeUpstreamConfig
+    completed_streams: list[str] = field(default_factory=list)
+    """Request ids of the streamed answers sent to their end, in order (live). A stream whose
+    client went away before its end is missing here."""
 
     @property
     def last_request(self) -> RecordedRequest:
@@ -45,7 +48,10 @@ async def run_fake_upstream(
         bound_host, bound_port = runner.addresses[0][:2]
         state = app[STATE]
         yield FakeUpstream(
-            base_url=f"http://{bound_host}:{bound_port}", requests=state.requests, config=state.config
+            base_url=f"http://{bound_host}:{bound_port}",
+            requests=state.requests,
+            config=state.config,
+            completed_streams=state.completed_streams,
         )
     finally:
         await runner.cleanup()

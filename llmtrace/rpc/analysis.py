@@ -1,0 +1,94 @@
+"""AnalysisService: the core's whole security stack on demand; nothing is stored."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor
+from typing import Final
+
+import grpc
+
+from llmtrace import limits
+from llmtrace.api.v1 import analysis_service_pb2, analysis_service_pb2_grpc
+from llmtrace.rpc.errors import RpcError, abort, invalid_argument
+from llmtrace.rpc.exchange_convert import content_chars, exchange_from_parts, findings_to_pb
+from llmtrace.security.analyze import Analyzer
+from llmtrace.security.exchange import Exchange
+from llmtrace.security.tiers import Verdict
+
+Context = grpc.aio.ServicerContext[object, object]
+
+_POINT_NAMES: Final = {
+    analysis_service_pb2.OPERATING_POINT_HIGH_RECALL: "high_recall",
+    analysis_service_pb2.OPERATING_POINT_BALANCED: "balanced",
+    analysis_service_pb2.OPERATING_POINT_HIGH_PRECISION: "high_precision",
+}
+_POINT_VALUES: Final = {name: value for value, name in _POINT_NAMES.items()}
+
+
+def _check(request: analysis_service_pb2.AnalyzeRequest) -> list[tuple[str, str]]:
+    """Field violations of an Analyze request (empty when it is valid)."""
+    out: list[tuple[str, str]] = []
+    problem = limits.tenant_problem(request.tenant)
+    if problem is not None:
+        out.append(("tenant", problem))
+    has_request, has_response = request.HasField("request"), request.HasField("response")
+    if not request.text and not has_request and not has_response:
+        out.append(("text", "one of text, request and response is required"))
+    if len(request.text) > limits.MAX_BODY_CHARS:
+        out.append(("text", f"at most {limits.MAX_BODY_CHARS} characters"))
+    if has_request:
+        messages = request.request.messages
+        if len(messages) > limits.MAX_ITEMS:
+            out.append(("request.messages", f"at most {limits.MAX_ITEMS} messages"))
+        elif content_chars(messages) > limits.MAX_BODY_CHARS:
+            out.append(("request.messages", f"content exceeds {limits.MAX_BODY_CHARS} characters"))
+    if has_response:
+        choices = request.response.choices
+        if len(choices) > limits.MAX_ITEMS:
+            out.append(("response.choices", f"at most {limits.MAX_ITEMS} choices"))
+        elif content_chars(c.message for c in choices) > limits.MAX_BODY_CHARS:
+            out.append(("response.choices", f"content exceeds {limits.MAX_BODY_CHARS} characters"))
+    if request.operating_point and request.operating_point not in _POINT_NAMES:
+        out.append(("operating_point", f"unknown operating point {int(request.operating_point)}"))
+    return out
+
+
+def _exchange(request: analysis_service_pb2.AnalyzeRequest) -> Exchange:
+    return exchange_from_parts(
+        text=request.text,
+        request=request.request if request.HasField("request") else None,
+        response=request.response if request.HasField("response") else None,
+    )
+
+
+class AnalysisServicer(analysis_service_pb2_grpc.AnalysisServiceServicer):
+    """Answers `Analyze` with the configured analyzer, in a thread pool of its own."""
+
+    def __init__(self, analyzer: Analyzer, executor: Executor) -> None:
+        self._analyzer = analyzer
+        self._executor = executor
+
+    def _analyze(self, request: analysis_service_pb2.AnalyzeRequest, point: str) -> Verdict:
+        return self._analyzer.analyze(_exchange(request), point)
+
+    async def Analyze(  # noqa: N802 - gRPC method name
+        self, request: analysis_service_pb2.AnalyzeRequest, context: Context
+    ) -> analysis_service_pb2.AnalyzeResponse:
+        """Findings (most severe first), score and flag of a text or an exchange."""
+        violations = _check(request)
+        if violations:
+            await abort(context, invalid_argument(violations))
+        point = _POINT_NAMES.get(request.operating_point, self._analyzer.operating_point)
+        loop = asyncio.get_running_loop()
+        try:
+            # The analyzer is pure CPU: normalisation and regex tiers must not stall the event loop.
+            verdict = await loop.run_in_executor(self._executor, self._analyze, request, point)
+        except RuntimeError as exc:  # the executor is shut down: the core is stopping
+            await abort(context, RpcError(grpc.StatusCode.UNAVAILABLE, str(exc), reason="SHUTTING_DOWN"))
+        return analysis_service_pb2.AnalyzeResponse(
+            findings=findings_to_pb(verdict.findings),
+            score=verdict.score,
+            flagged=verdict.flagged,
+            operating_point=_POINT_VALUES[point],
+        )

@@ -1,0 +1,104 @@
+"""Checking a streamed answer for PII and secrets as its chunks arrive (`streaming_analysis.*`).
+
+The response capture calls `on_text(choice, piece)` for every piece of answer text it parses; the
+proxy calls `scan()` once per network chunk, after the chunk went out to the client. Each scan
+reads only the new text plus the last `OVERLAP` characters already scanned, so a value split
+across chunks (a card number in four pieces) is found when its last piece arrives, and the cost per
+chunk does not grow with the answer.
+
+A finding is reported once: findings in the overlap alone were reported by an earlier scan, so of
+the findings in (overlap + new text), those beyond the ones the overlap alone holds (counted by
+type, detector and severity) are new. A severity upgrade (a private-key header, then its body) is
+a new finding.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Final
+
+from llmtrace.security.findings import Finding, Severity
+from llmtrace.security.normalize import normalize
+from llmtrace.security.pii import find_pii
+from llmtrace.security.secrets import find_secrets
+
+#: Characters of already-scanned text each scan reads again. Covers any card, IBAN, phone, token
+#: or JWT split across chunks; a PEM private key is caught from its header and first key line.
+OVERLAP: Final = 512
+
+_Key = tuple[str, str, Severity]
+
+
+def _key(finding: Finding) -> _Key:
+    return (finding.type, finding.detector, finding.severity)
+
+
+def _find(text: str, location: str) -> list[Finding]:
+    normalized = normalize(text)
+    return find_pii(normalized, location, normalized=True) + find_secrets(
+        normalized, location, normalized=True
+    )
+
+
+@dataclass(slots=True)
+class _Choice:
+    location: str
+    #: The last OVERLAP characters already scanned.
+    tail: str = ""
+    #: Text received since the last scan.
+    pending: list[str] = field(default_factory=list)
+
+
+class StreamCheck:
+    """The PII and secret check of one streamed answer."""
+
+    __slots__ = ("_choices", "critical", "findings")
+
+    def __init__(self) -> None:
+        self._choices: dict[int, _Choice] = {}
+        #: Every finding so far, in the order found; location `response.choices[i]`.
+        self.findings: list[Finding] = []
+        #: The first critical finding, once one appeared.
+        self.critical: Finding | None = None
+
+    def on_text(self, index: int, piece: str) -> None:
+        """Take a piece of the answer text of choice `index` (cheap: scanning waits for `scan`)."""
+        choice = self._choices.get(index)
+        if choice is None:
+            choice = self._choices[index] = _Choice(f"response.choices[{index}]")
+        choice.pending.append(piece)
+
+    def scan(self) -> list[Finding]:
+        """Check the text received since the last scan; returns the new findings."""
+        found: list[Finding] = []
+        for choice in self._choices.values():
+            if choice.pending:
+                found.extend(self._scan(choice))
+        if found:
+            self.findings.extend(found)
+            if self.critical is None:
+                self.critical = next((f for f in found if f.severity is Severity.CRITICAL), None)
+        return found
+
+    @staticmethod
+    def _scan(choice: _Choice) -> list[Finding]:
+        tail = choice.tail
+        window = tail + "".join(choice.pending)
+        choice.pending.clear()
+        choice.tail = window[-OVERLAP:]
+        in_window = _find(window, choice.location)
+        if not in_window or not tail:
+            return in_window
+        # What the overlap holds on its own was reported by an earlier scan.
+        seen = Counter(_key(f) for f in _find(tail, choice.location))
+        counts = Counter(_key(f) for f in in_window)
+        new: list[Finding] = []
+        # Findings come in text order per detector: the new ones of a key are its last ones.
+        for finding in reversed(in_window):
+            key = _key(finding)
+            if counts[key] > seen[key]:
+                counts[key] -= 1
+                new.append(finding)
+        new.reverse()
+        return new
