@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 BUF := tools/node_modules/.bin/buf
 CONFIG ?=
 
-.PHONY: help setup run test test-python test-go lint gen gen-check breaking bench bench-proxy wrk clean
+.PHONY: help setup run test test-python test-go lint gen gen-check breaking bench bench-proxy bench-security wrk clean model eval-security
 
 help:
 	@echo "make run     start llmtrace serve (core on 127.0.0.1:50051; CONFIG=file.yaml to use a config)"
@@ -16,6 +16,9 @@ help:
 	@echo "make gen     regenerate Python and Go stubs from proto/"
 	@echo "make bench   run the benchmarks in tools/bench/ (core and proxy)"
 	@echo "make bench-proxy  run only the proxy benchmark (tools/bench/proxy.py)"
+	@echo "make bench-security  time the regex tiers and the classifier per 1 KB prompt"
+	@echo "make model   retrain the shipped injection classifier (needs ../shared/datasets)"
+	@echo "make eval-security  leave-sources-out evaluation of the security tiers (docs/security.md)"
 
 # The venv is rebuilt when the dependency lists change.
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
@@ -73,6 +76,16 @@ bench: setup wrk
 
 bench-proxy: setup wrk
 	$(PY) tools/bench/proxy.py
+
+bench-security: setup
+	$(PY) tools/bench/security_tiers.py
+	$(PY) tools/bench/classifier.py
+
+model: setup
+	$(PY) -m tools.train.classifier
+
+eval-security: setup
+	$(PY) -m tools.train.evaluate
 
 clean:
 	rm -rf $(VENV) .tools tools/node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -138,7 +138,7 @@ def test_stubs_wheel_ships_only_the_api_portion(wheels: Wheels) -> None:
     code = [n for n in names if not n.startswith("llmtrace_api-0.1.0.dist-info/")]
     assert "llmtrace/__init__.py" not in names
     assert all(n.startswith("llmtrace/api/") for n in code), code
-    assert PROTOS == ["common", "finding", "ingest_service", "query_service", "span"]
+    assert PROTOS == ["analysis_service", "common", "finding", "ingest_service", "query_service", "span"]
     for proto in PROTOS:
         for suffix in ("_pb2.py", "_pb2.pyi"):
             assert f"llmtrace/api/v1/{proto}{suffix}" in names
@@ -154,6 +154,8 @@ def test_server_wheel_ships_everything_but_the_api_portion(wheels: Wheels) -> No
     assert not [n for n in names if n.startswith("llmtrace/api/")]
     for module in ("server.py", "cli/main.py", "cli/sql_command.py", "store/database.py", "rpc/query.py"):
         assert f"llmtrace/{module}" in names
+    # The classifier the core loads at start-up is package data.
+    assert "llmtrace/security/classifier/prompt_injection.onnx" in names
     assert not [n for n in names if n.startswith(("tests/", "clients/", "proto/"))]
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     requirements, entry_points = _metadata(wheels.server)

@@ -5,7 +5,7 @@ question with code, an injection inside a document, text with PII, text with sec
 pieces, none real), trigger-word prose that must stay clean, and non-ASCII prose (the slow normalisation
 path). Each tier runs on every prompt `--rounds` times (interleaved, after a warm-up round); each call is
 timed on its own with `perf_counter_ns` and the percentiles are taken over all calls of the tier. The
-tiers after `normalize` get text that is already normalised, as `analyze.regex_findings` gives them.
+tiers after `normalize` get text that is already normalised, as `tiers.regex_findings` gives them.
 
 Tiers: `normalize`; `injection`, `pii`, `secrets` (each on its own); `regex tiers` = normalize +
 injection + pii + secrets, what the shim runs inline; `decoders` (`find_encoded`) on its own; `tool
@@ -143,7 +143,7 @@ Call = Callable[[str, str], object]
 
 
 def _regex_tiers(text: str, normalized: str) -> object:
-    del normalized  # this tier normalises itself, as `analyze.regex_findings` does
+    del normalized  # this tier normalises itself, as `tiers.regex_findings` does
     clean = normalize(text)
     return (
         find_injection(clean, LOCATION, normalized=True)

@@ -37,7 +37,7 @@ from tools.train.datasets import (
     own_samples,
     public_sources,
 )
-from tools.train.linear import Hyper
+from tools.train.linear import Hyper, train
 
 Flags = npt.NDArray[np.bool_]
 
@@ -58,7 +58,7 @@ class Scores:
         tp = int((flags & (labels == 1)).sum())
         fp = int((flags & (labels == 0)).sum())
         positives, negatives = int((labels == 1).sum()), int((labels == 0).sum())
-        precision = tp / (tp + fp) if tp + fp and negatives else float("nan")
+        precision = tp / (tp + fp) if tp + fp and negatives and positives else float("nan")
         recall = tp / positives if positives else float("nan")
         f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else float("nan")
         return cls(positives, negatives, precision, recall, f1, fp / negatives if negatives else float("nan"))
@@ -165,6 +165,21 @@ def main(argv: list[str] | None = None) -> int:
         cells = [point, f"{threshold:.4f}", *map(_fmt, (s.precision, s.recall, s.f1, s.fpr, over_fpr))]
         print("| " + " | ".join(cells) + " |")
 
+    print("\nFor contrast, 5-fold cross-validation over the same samples (every source seen in training):\n")
+    print("| tier | precision | recall | F1 | FPR |")
+    print("|---|---|---|---|---|")
+    folds = _kfold_scores(corpus, Hyper.from_metadata(classifier.metadata.get("hyper")))
+    fold_labels = np.array([s.label for s in corpus.samples])
+    public = np.array(
+        [not s.source.startswith("own:") and s.source not in HARMFUL_SOURCES for s in corpus.samples]
+    )
+    fold_regex = np.zeros(len(corpus.samples), dtype=np.bool_)
+    for h in held:
+        fold_regex[[i for i, s in enumerate(corpus.samples) if s.source == h.source]] = regex[h.source]
+    for tier, flags in (("classifier", folds >= t), ("fused", (folds >= t) | fold_regex)):
+        s = Scores.of(flags[public], fold_labels[public])
+        print(f"| {tier} | " + " | ".join(map(_fmt, (s.precision, s.recall, s.f1, s.fpr))) + " |")
+
     print("\nHarmful-content requests (not injections; share flagged, classifier trained on all sources):\n")
     print("| source | n | regex | classifier | fused |")
     print("|---|---|---|---|---|")
@@ -173,6 +188,21 @@ def main(argv: list[str] | None = None) -> int:
         shares = (regex[h.source].mean(), clf.mean(), (clf | regex[h.source]).mean())
         print(f"| {h.source} | {len(h.samples)} | " + " | ".join(f"{share:.3f}" for share in shares) + " |")
     return 0
+
+
+def _kfold_scores(corpus: Corpus, hyper: Hyper, folds: int = 5) -> npt.NDArray[np.float64]:
+    """Each sample scored by a model trained on the other folds (random split, seeded)."""
+    order = np.random.default_rng(hyper.seed).permutation(len(corpus.samples))
+    trainable = np.array([s.source not in HARMFUL_SOURCES for s in corpus.samples])
+    scores = np.zeros(len(corpus.samples))
+    for fold in range(folds):
+        test = order[fold::folds]
+        train_rows = np.setdiff1d(np.flatnonzero(trainable), test)
+        samples, rows = corpus.rows_of(train_rows.tolist())
+        model = train(samples, hyper, rows)
+        _, test_rows = corpus.rows_of(test.tolist())
+        scores[test] = model.scores(test_rows)
+    return scores
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ WORD: Final = re.compile(r"[a-z0-9]+")
 _ASCII_NON_WORD: Final = bytes(
     byte if "0" <= chr(byte) <= "9" or "a" <= chr(byte) <= "z" else ord(" ") for byte in range(256)
 )
+_WORD_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
 _EXCERPT_MAX: Final = 80
 # Characters a mark may hold, rarest in prose and code first: a mark is looked for only when its rarest
 # character is in the text (one `memchr`), which rules most marks out for a fraction of a full search.
@@ -191,9 +192,10 @@ def rule(
     """A `Rule`.
 
     `gate` entries that are one alphanumeric word test the text's words, others (and `Substring`s)
-    substrings. `starts`: words every match starts with (a word is looked for only when it is a word of
-    the text; a `Substring` or a mark always), so that the pattern is tried only where one of them is
-    instead of at every position; only for a pattern that never matches the empty string.
+    substrings. `starts`: words every match starts with, so that the pattern is tried only where one of
+    them is instead of at every position; only for a pattern that never matches the empty string. A word
+    is looked for only as a whole word of the text (the pattern must bound it: `\\b` or `\\s` on both
+    sides), a `Substring` or a mark anywhere.
 
     `branch_gates` and `branch_starts`, when given, have one entry (or None) per top-level alternative of
     `pattern`: a condition without which that alternative cannot match, and that alternative's `starts`.
@@ -320,7 +322,13 @@ def _from_starts(
             continue
         position = lowered.find(entry)
         while position >= 0:
-            positions.add(position)
+            # A start word is a whole word of the text (as `words` has it): not inside a longer one.
+            after = position + len(entry)
+            if not is_word or (
+                (position == 0 or lowered[position - 1] not in _WORD_CHARS)
+                and (after == len(lowered) or lowered[after] not in _WORD_CHARS)
+            ):
+                positions.add(position)
             position = lowered.find(entry, position + 1)
     end = 0
     for position in sorted(positions):
