@@ -153,6 +153,24 @@ def main(argv: list[str] | None = None) -> int:
         "fused": float((fused_scores[positive] >= t1_fused).mean()),
     }
     print(_row("**pooled**", labels, pooled, pooled_tpr))
+    # SPML is 60% of the positives and its attacks are mostly off-topic requests that are attacks
+    # only against the system prompt they were written for: the pool without it, for contrast.
+    rest = [h for h in held if h.source != "spml_chatbot"]
+    rest_labels = np.concatenate([h.labels for h in rest])
+    rest_tiers = {tier: np.concatenate([tiers(h)[tier] for h in rest]) for tier in pooled}
+    rest_scores = np.concatenate([h.scores for h in rest])
+    rest_fused = np.concatenate([np.maximum(h.scores, regex[h.source]) for h in rest])
+    rest_positive = rest_labels == 1
+    rest_tpr = {
+        "classifier": float((rest_scores[rest_positive] >= t1).mean()),
+        "fused": float((rest_fused[rest_positive] >= t1_fused).mean()),
+    }
+    print(_row("pooled without spml_chatbot", rest_labels, rest_tiers, rest_tpr))
+    macro = {
+        tier: float(np.mean([tiers(h)[tier][h.labels == 1].mean() for h in held if (h.labels == 1).any()]))
+        for tier in pooled
+    }
+    print("\nMacro-average recall over sources: " + ", ".join(f"{k} {v:.3f}" for k, v in macro.items()) + ".")
 
     print("\nFused, pooled, at each operating point:\n")
     print("| operating point | threshold | precision | recall | F1 | FPR (all benign) | FPR (over-defence) |")
