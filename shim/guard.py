@@ -74,7 +74,9 @@ def security_exchange(request: ParsedRequest) -> tuple[Exchange, int]:
                 system.append(text)
         for j, call in enumerate(message.tool_calls):
             chars += len(call.arguments)
-            calls.append(ToolCall(call.name, call.arguments, f"request.messages[{i}].tool_calls[{j}].arguments"))
+            calls.append(
+                ToolCall(call.name, call.arguments, f"request.messages[{i}].tool_calls[{j}].arguments")
+            )
     return Exchange(texts=tuple(texts), tool_calls=tuple(calls), system_prompts=tuple(system)), chars
 
 
