@@ -3,9 +3,18 @@
 Ingest hands committed spans to `AnalysisWorker.offer`, which only appends them to a bounded
 in-memory queue (`security_analysis.queue_max_spans`) and never waits: when the queue is full
 the surplus is shed (stored, not analysed) and counted. One background task takes batches of up
-to `batch_max_spans`, converts them to exchanges and runs the analyzer in a thread of its own
-with a time limit (`timeout_ms`); the findings and the span's score go to the store through the
-single writer, as rows (`finding_rows`, `span_scores` with source `analysis`), never UPDATEs.
+to `batch_max_spans`, serialises them and has the analysis process analyse them with a time limit
+(`timeout_ms`); the findings and the span's score go to the store through the single writer, as
+rows (`finding_rows`, `span_scores` with source `analysis`), never UPDATEs.
+
+The analysis process (llmtrace/analysis_child.py) is one child process ("spawn", through a
+`ProcessPoolExecutor` of one worker) with its own interpreter: the analyzer is Python-heavy
+(regexes, featurisation), and in a thread of the core it would take the interpreter lock from
+the event loop and the ingest thread. It runs at a lower CPU priority (nice +10), loads the
+classifier once when the core starts (the core does not start if it cannot), and dies with the
+core (PR_SET_PDEATHSIG). A batch that outlives `timeout_ms` is abandoned by killing the process;
+a process that dies (killed, out of memory) fails its batch. Either way the spans stay stored
+without findings, the failure is counted, and a fresh process takes the next batch.
 
 Findings a span already carried (the shim's inline check) are kept and not repeated: a new
 finding with the same (type, detector, location) as one the span has is dropped. Ids are
@@ -13,42 +22,53 @@ deterministic, so analysing a span twice (a replayed batch, a re-queue) adds not
 
 On start, spans ingested in the last day that have no analysis score (acked but not analysed
 before a restart, or shed) are queued again. On stop the queue is dropped (those spans are
-re-queued at the next start) and a running analysis is abandoned: stopping never waits for it.
+re-queued at the next start) and the analysis process is killed: stopping never waits for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
+import multiprocessing
+import os
 import time
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Final
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Final
 
 import pyarrow as pa
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
+from llmtrace import analysis_child
+from llmtrace.analysis_child import SCORE_SOURCE, analysis_finding_id, build_analysis_rows
 from llmtrace.api.v1 import span_pb2
 from llmtrace.config.schema import SecurityAnalysisSettings
-from llmtrace.rpc.exchange_convert import exchange_from_span
 from llmtrace.rpc.row_convert import span_from_row
-from llmtrace.security.analyze import Analyzer
-from llmtrace.security.tiers import Verdict
 from llmtrace.store import queries
 from llmtrace.store.reader import StoreReader
-from llmtrace.store.row_schema import FINDING_ROW_SCHEMA, SCORE_ROW_SCHEMA
 from llmtrace.store.writer import AnalysisWrite, StoreWriter, WriterClosedError
+
+__all__ = [
+    "SCORE_SOURCE",
+    "AnalysisStartError",
+    "AnalysisWorker",
+    "analysis_finding_id",
+    "build_analysis_rows",
+]
 
 _log = structlog.get_logger("llmtrace.analysis")
 
-#: `span_scores.source` of the scores this worker writes.
-SCORE_SOURCE: Final = "analysis"
 #: How far back the start-up re-queue looks for unanalysed spans.
 REQUEUE_MAX_AGE_S: Final = 86_400
+#: How long the analysis process may take to start and load the classifier.
+START_TIMEOUT_S: Final = 120.0
+#: Least time between two starts of the analysis process (a process that keeps dying or timing
+#: out is not restarted in a busy loop).
+RESTART_MIN_INTERVAL_S: Final = 1.0
+_mp = multiprocessing.get_context("spawn")
 
 SPANS_ANALYSED = Counter(
     "llmtrace_analysis_spans", "Spans analysed after ingest (findings and score stored)."
@@ -60,7 +80,7 @@ SPANS_SHED = Counter(
 FAILURES = Counter(
     "llmtrace_analysis_failures",
     "Spans whose post-ingest analysis failed (stored without new findings), by reason: "
-    "timeout, error, store.",
+    "timeout, crash (the analysis process died), error, store.",
     ["reason"],
 )
 FINDINGS = Counter(
@@ -72,84 +92,37 @@ BATCH_DURATION = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 QUEUE_SPANS = Gauge("llmtrace_analysis_queue_spans", "Spans waiting for post-ingest analysis.")
-
-_FINDING_KEY = tuple[str, str, str]  # type, detector, location
-
-
-def analysis_finding_id(tenant: str, trace_id: bytes, span_id: bytes, key: _FINDING_KEY) -> str:
-    """Deterministic id of an analysis finding: one per (span, type, detector, location)."""
-    parts = [b"analysis", tenant.encode(), trace_id, span_id, *(k.encode() for k in key)]
-    return hashlib.sha256(b"\x00".join(parts)).hexdigest()[:32]
+PROCESS_STARTS = Counter(
+    "llmtrace_analysis_process_starts",
+    "Starts of the analysis process: one at core start, one after each crash or timeout.",
+)
 
 
-def build_analysis_rows(
-    spans: Sequence[span_pb2.Span], verdicts: Sequence[Verdict], now_us: int
-) -> tuple[AnalysisWrite, dict[str, int]]:
-    """Score rows for every span and finding rows for what is new; also new findings by type."""
-    scols: dict[str, list[Any]] = {name: [] for name in SCORE_ROW_SCHEMA.names}
-    fcols: dict[str, list[Any]] = {name: [] for name in FINDING_ROW_SCHEMA.names}
-    by_type: dict[str, int] = {}
-    for span, verdict in zip(spans, verdicts, strict=True):
-        scols["tenant"].append(span.tenant)
-        scols["trace_id"].append(span.trace_id)
-        scols["span_id"].append(span.span_id)
-        scols["source"].append(SCORE_SOURCE)
-        scols["score"].append(verdict.score)
-        scols["create_time"].append(now_us)
-        seen: set[_FINDING_KEY] = {(f.type, f.detector, f.location) for f in span.findings}
-        for finding in verdict.findings:  # most severe first: the kept one of a repeat is the worst
-            key = (finding.type, finding.detector, finding.location)
-            if key in seen:
-                continue
-            seen.add(key)
-            by_type[finding.type] = by_type.get(finding.type, 0) + 1
-            fcols["tenant"].append(span.tenant)
-            fcols["id"].append(analysis_finding_id(span.tenant, span.trace_id, span.span_id, key))
-            fcols["trace_id"].append(span.trace_id)
-            fcols["span_id"].append(span.span_id)
-            fcols["type"].append(finding.type)
-            fcols["severity"].append(finding.severity.rank)
-            fcols["confidence"].append(finding.confidence)
-            fcols["detector"].append(finding.detector)
-            fcols["location"].append(finding.location)
-            fcols["description"].append(finding.description)
-            fcols["excerpt"].append(finding.excerpt)
-            fcols["metadata"].append(json.dumps({"source": SCORE_SOURCE}))
-            fcols["create_time"].append(now_us)
-    scores = pa.Table.from_arrays(
-        [pa.array(scols[f.name], type=f.type) for f in SCORE_ROW_SCHEMA], schema=SCORE_ROW_SCHEMA
-    )
-    findings = None
-    if fcols["id"]:
-        findings = pa.Table.from_arrays(
-            [pa.array(fcols[f.name], type=f.type) for f in FINDING_ROW_SCHEMA], schema=FINDING_ROW_SCHEMA
-        )
-    return AnalysisWrite(scores=scores, findings=findings), by_type
+def _alive(pool: ProcessPoolExecutor) -> bool:
+    """Whether the pool's process still runs (a dead one may not have broken the pool yet)."""
+    processes = getattr(pool, "_processes", None) or {}
+    return all(process.is_alive() for process in list(processes.values()))
 
 
-def analyse_spans(analyzer: Analyzer, spans: Sequence[span_pb2.Span]) -> tuple[AnalysisWrite, dict[str, int]]:
-    """The whole CPU part of one batch: exchanges, verdicts, rows (run in the analysis thread)."""
-    verdicts = analyzer.analyze_batch([exchange_from_span(span) for span in spans])
-    return build_analysis_rows(spans, verdicts, time.time_ns() // 1000)
+class AnalysisStartError(RuntimeError):
+    """The analysis process could not start or load the analyzer."""
 
 
 class AnalysisWorker:
-    """The bounded queue of committed spans and the task that analyses them."""
+    """The bounded queue of committed spans, the task that drains it and the analysis process."""
 
-    def __init__(
-        self, settings: SecurityAnalysisSettings, writer: StoreWriter, analyzer: Analyzer | None = None
-    ) -> None:
+    def __init__(self, settings: SecurityAnalysisSettings, writer: StoreWriter) -> None:
         self._settings = settings
         self._writer = writer
-        self._analyzer = analyzer or Analyzer.from_settings(settings)
         self._capacity = max(0, settings.queue_max_spans)
         self._batch = max(1, settings.batch_max_spans)
         self._timeout_s = max(0.001, settings.timeout_ms / 1000)
         self._queue: deque[span_pb2.Span] = deque()
         self._ready = asyncio.Event()
-        # One thread: the analyzer is pure Python and holds the GIL; more threads would only take
-        # it from the event loop and the ingest threads.
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="analysis")
+        # One process: analysis gets one core at most, at a lower priority than ingest.
+        self._pool: ProcessPoolExecutor | None = None
+        self._pid: int | None = None
+        self._started_at = -RESTART_MIN_INTERVAL_S
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
 
@@ -158,10 +131,20 @@ class AnalysisWorker:
         """`security_analysis.enabled`: when false nothing is queued or analysed."""
         return self._settings.enabled
 
-    def start(self, reader: StoreReader | None = None) -> None:
-        """Start the analysis task (and, given a reader, the re-queue of unanalysed spans)."""
-        if not self.enabled or self._tasks:
+    @property
+    def pid(self) -> int | None:
+        """The analysis process's pid; None when none runs (disabled, stopped, restarting)."""
+        return self._pid
+
+    async def start(self, reader: StoreReader | None = None) -> None:
+        """Start the analysis process (classifier loaded) and the task that feeds it; given a
+        reader, also queue again the recent spans that were never analysed.
+
+        Raises `AnalysisStartError` when the process cannot start or load the analyzer.
+        """
+        if not self.enabled or self._tasks or self._closed:
             return
+        await self._start_process()
         self._tasks.append(asyncio.create_task(self._run(), name="analysis-worker"))
         if reader is not None:
             self._tasks.append(asyncio.create_task(self._requeue(reader), name="analysis-requeue"))
@@ -189,8 +172,8 @@ class AnalysisWorker:
         return shed
 
     async def stop(self) -> None:
-        """Stop at once: queued spans are dropped (re-queued at the next start), a running analysis
-        abandoned. Never waits for the analyzer."""
+        """Stop at once: queued spans are dropped (re-queued at the next start), the analysis
+        process killed. Never waits for the analyzer."""
         if self._closed:
             return
         self._closed = True
@@ -202,9 +185,63 @@ class AnalysisWorker:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        await self._kill_process()
         if dropped:
             _log.info("analysis queue dropped at shutdown", spans=dropped)
+
+    async def _start_process(self) -> ProcessPoolExecutor:
+        """A fresh analysis process, analyzer loaded; raises `AnalysisStartError`."""
+        await self._kill_process()
+        wait_s = self._started_at + RESTART_MIN_INTERVAL_S - time.monotonic()
+        if wait_s > 0:
+            await asyncio.sleep(wait_s)
+        self._started_at = time.monotonic()
+        PROCESS_STARTS.inc()
+        pool = ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=_mp,
+            initializer=analysis_child.init,
+            initargs=(self._settings, os.getpid()),
+        )
+        self._pool = pool
+        loop = asyncio.get_running_loop()
+        try:
+            # Submitted from the event loop's thread, so the process is started by it: the thread
+            # its PR_SET_PDEATHSIG watches lives as long as the core.
+            ready = loop.run_in_executor(pool, analysis_child.ready)
+            pid, error = await asyncio.wait_for(ready, START_TIMEOUT_S)
+        except asyncio.CancelledError:
+            await self._kill_process()
+            raise
+        except Exception as exc:
+            await self._kill_process()
+            reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+            raise AnalysisStartError(f"the analysis process did not start: {reason}") from exc
+        if error is not None:
+            await self._kill_process()
+            raise AnalysisStartError(f"the analysis process cannot load the security classifier: {error}")
+        self._pid = pid
+        _log.debug("analysis process started", pid=pid)
+        return pool
+
+    async def _kill_process(self) -> None:
+        """Kill the analysis process, if any, and reap it (a few seconds at most)."""
+        pool, self._pool, self._pid = self._pool, None, None
+        if pool is None:
+            return
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        for process in processes:
+            with contextlib.suppress(OSError, ValueError):
+                process.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+        def reap() -> None:
+            for process in processes:
+                with contextlib.suppress(OSError, ValueError, AssertionError):
+                    process.join(5.0)
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.to_thread(reap), 6.0)
 
     async def _run(self) -> None:
         while True:
@@ -223,27 +260,67 @@ class AnalysisWorker:
                 _log.exception("analysis batch failed")
                 FAILURES.labels("error").inc(len(batch))
 
-    async def _process(self, batch: list[span_pb2.Span]) -> None:
+    async def _submit(
+        self, batch: list[span_pb2.Span]
+    ) -> asyncio.Future[tuple[pa.Table, pa.Table | None, dict[str, int]]]:
+        """Hand a batch to the analysis process, starting one first when none runs.
+
+        A process that died while idle is found broken here, before the batch is handed over:
+        the batch goes to a fresh process instead and is not a failure.
+        """
+        payloads = [span.SerializeToString() for span in batch]
+        now_us = time.time_ns() // 1000
         loop = asyncio.get_running_loop()
-        started = time.perf_counter()
-        future = loop.run_in_executor(self._pool, analyse_spans, self._analyzer, batch)
+        if self._pool is not None and not _alive(self._pool):
+            _log.warning("the analysis process died while idle; starting another")
+            await self._kill_process()
+        for attempt in range(2):
+            pool = self._pool or await self._start_process()
+            try:
+                return loop.run_in_executor(pool, analysis_child.analyse_serialized, payloads, now_us)
+            except BrokenProcessPool:
+                if attempt:
+                    raise
+                _log.warning("the analysis process died; starting another")
+                await self._kill_process()
+        raise AssertionError("unreachable")
+
+    async def _process(self, batch: list[span_pb2.Span]) -> None:
         try:
-            rows, by_type = await asyncio.wait_for(asyncio.shield(future), self._timeout_s)
+            future = await self._submit(batch)
+        except (AnalysisStartError, BrokenProcessPool) as exc:
+            FAILURES.labels("crash").inc(len(batch))
+            _log.error("no analysis process; spans stay stored unanalysed", spans=len(batch), error=str(exc))
+            return
+        started = time.perf_counter()
+        try:
+            scores, findings, by_type = await asyncio.wait_for(future, self._timeout_s)
         except TimeoutError:
             FAILURES.labels("timeout").inc(len(batch))
-            _log.warning("analysis timed out; spans stay stored unanalysed", spans=len(batch))
-            # The thread cannot be interrupted: let it finish before the next batch so that
-            # analysis never uses more than its one thread.
-            with contextlib.suppress(Exception):
-                await future
+            _log.warning(
+                "analysis timed out; spans stay stored unanalysed, the analysis process is restarted",
+                spans=len(batch),
+            )
+            # A running analysis cannot be interrupted but its process can: kill it rather than
+            # let it finish work whose result is thrown away. The next batch starts another.
+            await self._kill_process()
+            return
+        except BrokenProcessPool:
+            await self._kill_process()
+            if await self._split(batch):
+                return
+            FAILURES.labels("crash").inc(len(batch))
+            _log.warning("the analysis process died; spans stay stored unanalysed", spans=len(batch))
             return
         except Exception:
+            if await self._split(batch):
+                return
             FAILURES.labels("error").inc(len(batch))
             _log.exception("analysis failed; spans stay stored unanalysed", spans=len(batch))
             return
         BATCH_DURATION.observe(time.perf_counter() - started)
         try:
-            await self._writer.write(rows)
+            await self._writer.write(AnalysisWrite(scores=scores, findings=findings))
         except (WriterClosedError, RuntimeError):
             FAILURES.labels("store").inc(len(batch))
             _log.warning("analysis results not stored", spans=len(batch))
@@ -251,6 +328,16 @@ class AnalysisWorker:
         SPANS_ANALYSED.inc(len(batch))
         for kind, count in by_type.items():
             FINDINGS.labels(kind).inc(count)
+
+    async def _split(self, batch: list[span_pb2.Span]) -> bool:
+        """Retry a failed batch in halves, so that one span that breaks analysis (a crash, an
+        error) costs only itself: the others get analysed. False for a single span: it failed."""
+        if len(batch) < 2:
+            return False
+        middle = len(batch) // 2
+        await self._process(batch[:middle])
+        await self._process(batch[middle:])
+        return True
 
     async def _requeue(self, reader: StoreReader) -> None:
         """Queue recent spans that have no analysis score (acked, then the core stopped)."""

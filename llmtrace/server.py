@@ -1,11 +1,11 @@
 """The core process: gRPC server lifecycle around the store.
 
 Start-up opens the database (the only writer), applies migrations, starts the writer thread,
-the post-ack analysis worker, the gRPC server (Ingest, Query, Analysis, health, reflection) and
-the metrics endpoint, then reports SERVING. Shutdown on SIGTERM/SIGINT: NOT_SERVING, stop
-accepting, let in-flight RPCs finish (an RPC still running after `shutdown.timeout_seconds` is
-cancelled), stop the analysis worker (queued spans are analysed after the next start), commit
-everything the writer holds, checkpoint, close.
+the post-ack analysis worker and its analysis process, the gRPC server (Ingest, Query, Analysis,
+health, reflection) and the metrics endpoint, then reports SERVING. Shutdown on SIGTERM/SIGINT:
+NOT_SERVING, stop accepting, let in-flight RPCs finish (an RPC still running after
+`shutdown.timeout_seconds` is cancelled), stop the analysis worker (its process is killed; queued
+spans are analysed after the next start), commit everything the writer holds, checkpoint, close.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from llmtrace.analysis_worker import AnalysisWorker
+from llmtrace.analysis_worker import AnalysisStartError, AnalysisWorker
 from llmtrace.api.v1 import (
     analysis_service_pb2,
     analysis_service_pb2_grpc,
@@ -148,9 +148,20 @@ class Core:
         # Ad-hoc SQL gets threads of its own, so slow operator queries never starve the List RPCs.
         self._sql_reader = StoreReader(self._conn, threads=2, timeout_s=settings.sql.timeout_seconds + 5)
         codec = PageTokenCodec(_page_token_key(self._conn))
-        analyzer = await asyncio.to_thread(_load_analyzer, settings)
-        self._analysis = AnalysisWorker(settings.security_analysis, self._writer, analyzer)
-        self._analysis.start(self._reader)
+        # The analysis process (post-ack analysis) loads its classifier while this process loads
+        # the one the Analyze RPC uses.
+        self._analysis = AnalysisWorker(settings.security_analysis, self._writer)
+        analysis_started = asyncio.ensure_future(self._analysis.start(self._reader))
+        try:
+            analyzer = await asyncio.to_thread(_load_analyzer, settings)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await analysis_started  # its process, if any, is killed by `stop`
+            raise
+        try:
+            await analysis_started
+        except AnalysisStartError as exc:
+            raise StartupError(str(exc)) from exc
         max_bytes = settings.grpc.max_message_bytes
         server = grpc.aio.server(
             interceptors=[ObservabilityInterceptor()],

@@ -8,6 +8,8 @@ import re
 import shlex
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +21,8 @@ from llmtrace import limits
 from llmtrace.api.v1 import analysis_service_pb2 as apb
 from llmtrace.api.v1 import analysis_service_pb2_grpc, finding_pb2, query_service_pb2, span_pb2
 from llmtrace.config.schema import SecurityAnalysisSettings
+from llmtrace.rpc.analysis import AnalysisServicer
+from llmtrace.security.analyze import Analyzer
 from llmtrace.server import Core, StartupError
 from tests.conftest import RunningCore, core_settings, running_core
 from tests.factories import expect_failure
@@ -257,3 +261,31 @@ async def test_a_missing_classifier_stops_an_analysing_core_only(tmp_path: Path)
         got = await _stub(running).Analyze(apb.AnalyzeRequest(tenant=TENANT, text=INJECTION))
         assert "prompt_injection" in {f.type for f in got.findings}
         assert "ml_prompt_injection" not in {f.type for f in got.findings}
+
+
+async def test_analyze_refuses_quickly_when_too_many_calls_wait() -> None:
+    # A servicer admitting one call, whose only thread is held busy: the second call is refused at
+    # once with RESOURCE_EXHAUSTED (the shim fails open on it) instead of queueing without bound.
+    release = threading.Event()
+    executor = ThreadPoolExecutor(max_workers=1)
+    executor.submit(release.wait)
+    server = grpc.aio.server()
+    analysis_service_pb2_grpc.add_AnalysisServiceServicer_to_server(
+        AnalysisServicer(Analyzer("balanced"), executor, max_pending=1), server
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = analysis_service_pb2_grpc.AnalysisServiceStub(channel)
+            first = asyncio.ensure_future(stub.Analyze(apb.AnalyzeRequest(tenant="t", text="hello")))
+            await asyncio.sleep(0.2)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Analyze(apb.AnalyzeRequest(tenant="t", text="hello"), timeout=5)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            release.set()
+            assert (await first).score == 0
+    finally:
+        release.set()
+        await server.stop(None)
+        executor.shutdown()

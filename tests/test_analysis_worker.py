@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-import threading
+import os
+import signal
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from llmtrace.analysis_worker import AnalysisWorker
 from llmtrace.api.v1 import finding_pb2, ingest_service_pb2, query_service_pb2, span_pb2
 from llmtrace.config import Settings
 from llmtrace.config.schema import SecurityAnalysisSettings
-from llmtrace.security.analyze import Analyzer
-from llmtrace.security.exchange import Exchange
-from llmtrace.security.tiers import Verdict
 from tests.conftest import RunningCore, core_settings, running_core
 from tests.factories import BASE_NS, make_finding, make_span
 
@@ -279,39 +278,154 @@ async def test_list_findings_filters(tmp_path: Path) -> None:
         assert combined and all(f.location == "request.messages[1].content" for f in combined)
 
 
-async def test_stuck_analysis_never_delays_acks_or_shutdown(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    release = threading.Event()
-    entered = threading.Event()
-    real = Analyzer.analyze_batch
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
-    def stuck(
-        self: Analyzer, exchanges: Sequence[Exchange], operating_point: str | None = None
-    ) -> list[Verdict]:
-        entered.set()
-        release.wait(30)
-        return real(self, exchanges, operating_point)
 
-    monkeypatch.setattr(Analyzer, "analyze_batch", stuck)
+async def _dead(pid: int) -> bool:
+    return not _alive(pid)
+
+
+def _children() -> set[int]:
+    """This process's live child processes, the multiprocessing resource tracker left out."""
+    pids: set[int] = set()
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        with contextlib.suppress(OSError):
+            pids.update(int(pid) for pid in (task / "children").read_text().split())
+    found = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes() and _alive(pid):
+                found.add(pid)
+    return found
+
+
+def _worker(core: RunningCore) -> AnalysisWorker:
+    worker = core.core._analysis
+    assert worker is not None
+    return worker
+
+
+async def _in_flight(core: RunningCore) -> bool:
+    """The worker took everything queued (the last batch is with the analysis process)."""
+    return not _worker(core)._queue
+
+
+async def test_analysis_runs_in_a_nice_child_process_gone_after_stop(tmp_path: Path) -> None:
+    children_before = _children()
+    async with running_core(_settings(tmp_path / "db.duckdb")) as core:
+        pid = _worker(core).pid
+        assert pid is not None and pid != os.getpid() and _alive(pid)
+        assert pid in _children()
+        assert os.getpriority(os.PRIO_PROCESS, pid) >= os.getpriority(os.PRIO_PROCESS, 0) + 1
+        span = _injection_span()
+        await _ingest(core, [span])
+        await _eventually(lambda: _findings(core), "findings from the analysis process")
+    assert not _alive(pid)
+    assert _children() <= children_before
+
+
+async def test_killed_analysis_process_counts_the_batch_and_is_replaced(tmp_path: Path) -> None:
+    settings = _settings(tmp_path / "db.duckdb", batch_max_spans=1)
+    children_before = _children()
+    async with running_core(settings) as core:
+        worker = _worker(core)
+        first = worker.pid
+        assert first is not None
+        crashed_before = await _metric(core, "llmtrace_analysis_failures_total", reason="crash")
+        starts_before = await _metric(core, "llmtrace_analysis_process_starts_total")
+        # Hold the next batch in the process, then kill the process under it.
+        os.kill(first, signal.SIGSTOP)
+        lost = _injection_span()
+        await _ingest(core, [lost])
+        await _eventually(lambda: _in_flight(core), "the batch handed to the analysis process")
+        os.kill(first, signal.SIGKILL)
+
+        async def crashed() -> float:
+            return await _metric(core, "llmtrace_analysis_failures_total", reason="crash") - crashed_before
+
+        assert await _eventually(crashed, "the counted crash") == 1
+        # A fresh process analyses what comes next; the lost span stays stored unanalysed.
+        later = _injection_span()
+        await _ingest(core, [later])
+        found = await _eventually(
+            lambda: _findings(core, f'span_id = "{later.span_id.hex()}"'), "findings after the restart"
+        )
+        assert "prompt_injection" in {f.type for f in found}
+        second = worker.pid
+        assert second is not None and second != first and _alive(second)
+        assert not _alive(first)
+        assert await _metric(core, "llmtrace_analysis_process_starts_total") == starts_before + 1
+        assert _score(await _span(core, lost)) is None
+        assert await _findings(core, f'span_id = "{lost.span_id.hex()}"') == []
+
+        # A process that dies while idle is replaced before the next batch is handed over.
+        os.kill(second, signal.SIGKILL)
+        await _eventually(lambda: _dead(second), "the idle process's end")
+        idle = _injection_span()
+        await _ingest(core, [idle])
+        await _eventually(lambda: _findings(core, f'span_id = "{idle.span_id.hex()}"'), "findings")
+        assert worker.pid not in (None, first, second)
+        assert await crashed() == 1  # nothing was lost with it
+    assert _children() <= children_before
+
+
+async def test_a_batch_whose_process_dies_is_retried_in_halves(tmp_path: Path) -> None:
+    # One span that kills analysis must not cost its batch-mates their findings: the batch is split
+    # and retried, so here (the kill hits the whole batch once) every span ends up analysed.
+    settings = _settings(tmp_path / "db.duckdb", batch_max_spans=4)
+    async with running_core(settings) as core:
+        worker = _worker(core)
+        first = worker.pid
+        assert first is not None
+        crashed_before = await _metric(core, "llmtrace_analysis_failures_total", reason="crash")
+        os.kill(first, signal.SIGSTOP)
+        spans = [_injection_span() for _ in range(4)]
+        await _ingest(core, spans)
+        await _eventually(lambda: _in_flight(core), "the batch handed to the analysis process")
+        os.kill(first, signal.SIGKILL)
+        for span in spans:
+            found = await _eventually(
+                lambda span=span: _findings(core, f'span_id = "{span.span_id.hex()}"'),
+                "findings after the retry",
+            )
+            assert "prompt_injection" in {f.type for f in found}
+        crashed = await _metric(core, "llmtrace_analysis_failures_total", reason="crash") - crashed_before
+        assert crashed == 0
+
+
+async def test_stuck_analysis_never_delays_acks_or_shutdown(tmp_path: Path) -> None:
     settings = _settings(tmp_path / "db.duckdb", timeout_ms=60_000, batch_max_spans=1)
     loop = asyncio.get_running_loop()
+    pid = None
+    children_before = _children()
     try:
         async with running_core(settings) as core:
+            pid = _worker(core).pid
+            assert pid is not None
+            os.kill(pid, signal.SIGSTOP)  # stuck: it takes the batch and never answers
             await _ingest(core, [_injection_span()])
-            await asyncio.to_thread(entered.wait, 10)
-            assert entered.is_set()
-            # The analyzer is stuck on the first span: further batches are still acked at once.
+            await _eventually(lambda: _in_flight(core), "the batch handed to the analysis process")
+            # The analysis is stuck on the first span: further batches are still acked at once.
             for _ in range(5):
                 started = loop.time()
                 await _ingest(core, [_injection_span() for _ in range(20)])
                 assert loop.time() - started < 2.0
             assert await _findings(core) == []
             stopping = loop.time()
-        # Leaving the block stopped the core: it did not wait for the stuck analysis.
+        # Leaving the block stopped the core: it did not wait for the stuck analysis, and killed it.
         assert loop.time() - stopping < 5.0
+        assert not _alive(pid)
+        assert _children() <= children_before
     finally:
-        release.set()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 async def test_streamed_spans_are_analysed_too(tmp_path: Path) -> None:

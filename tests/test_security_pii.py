@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from llmtrace.security.findings import Finding, Severity
+from llmtrace.security.findings import MAX_FINDINGS_PER_TEXT, Finding, Severity
 from llmtrace.security.pii import find_pii
 from llmtrace.security.secrets import find_secrets
 from llmtrace.security.validators import iban_valid, luhn_valid, nino_prefix_valid, ssn_valid
@@ -337,6 +337,7 @@ def test_many_findings_cost_linear_time() -> None:
     start = time.perf_counter()
     findings = find_pii(text, LOCATION)
     elapsed = time.perf_counter() - start
-    assert len(findings) == 5000
+    # A flood of matches makes a bounded number of findings, each excerpt still fully masked.
+    assert len(findings) == MAX_FINDINGS_PER_TEXT
     assert all("user" not in f.excerpt for f in findings)
     assert elapsed < 1.0

@@ -62,12 +62,18 @@ def _exchange(request: analysis_service_pb2.AnalyzeRequest) -> Exchange:
     )
 
 
+#: Analyze calls admitted at once (running or waiting for one of the pool's threads).
+MAX_PENDING: Final = 64
+
+
 class AnalysisServicer(analysis_service_pb2_grpc.AnalysisServiceServicer):
     """Answers `Analyze` with the configured analyzer, in a thread pool of its own."""
 
-    def __init__(self, analyzer: Analyzer, executor: Executor) -> None:
+    def __init__(self, analyzer: Analyzer, executor: Executor, max_pending: int = MAX_PENDING) -> None:
         self._analyzer = analyzer
         self._executor = executor
+        self._max_pending = max_pending
+        self._pending = 0
 
     def _analyze(self, request: analysis_service_pb2.AnalyzeRequest, point: str) -> Verdict:
         return self._analyzer.analyze(_exchange(request), point)
@@ -80,12 +86,24 @@ class AnalysisServicer(analysis_service_pb2_grpc.AnalysisServiceServicer):
         if violations:
             await abort(context, invalid_argument(violations))
         point = _POINT_NAMES.get(request.operating_point, self._analyzer.operating_point)
+        if self._pending >= self._max_pending:
+            # Callers (the shim at depth `full`) fail open on a quick refusal; a queue that grows
+            # without bound would only turn overload into timeouts and memory.
+            message = f"{self._pending} Analyze calls are already waiting; retry later"
+            await abort(
+                context, RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, reason="ANALYSIS_BUSY")
+            )
         loop = asyncio.get_running_loop()
         try:
             # The analyzer is pure CPU: normalisation and regex tiers must not stall the event loop.
-            verdict = await loop.run_in_executor(self._executor, self._analyze, request, point)
-        except RuntimeError as exc:  # the executor is shut down: the core is stopping
+            future = loop.run_in_executor(self._executor, self._analyze, request, point)
+        except RuntimeError as exc:  # submit refused: the executor is shut down, the core is stopping
             await abort(context, RpcError(grpc.StatusCode.UNAVAILABLE, str(exc), reason="SHUTTING_DOWN"))
+        self._pending += 1
+        try:
+            verdict = await future
+        finally:
+            self._pending -= 1
         return analysis_service_pb2.AnalyzeResponse(
             findings=findings_to_pb(verdict.findings),
             score=verdict.score,

@@ -31,6 +31,19 @@ CLASSIFIER_DETECTOR: Final = "ml.injection_classifier"
 _EXCERPT_CHARS: Final = 160
 
 
+def _head_excerpt(text: str) -> str:
+    """The start of a text, masked, then cut at a space.
+
+    Masking runs on more than is kept, so a secret straddling the cut is masked whole, and the
+    cut goes back to a space, so no fragment of an unmasked token survives at the end.
+    """
+    flat = " ".join(mask_sensitive(text[: _EXCERPT_CHARS * 16]).split())
+    if len(flat) <= _EXCERPT_CHARS:
+        return flat
+    cut = flat.rfind(" ", 0, _EXCERPT_CHARS)
+    return flat[: cut if cut > 0 else 0] + "…"
+
+
 class Analyzer:
     """The whole stack for exchanges: regex tiers and tool-call tier now, the classifier fused in.
 
@@ -93,7 +106,7 @@ class Analyzer:
             if probability < threshold:
                 continue
             severity = Severity.HIGH if probability >= strong else Severity.MEDIUM
-            excerpt = mask_sensitive(item.text[:_EXCERPT_CHARS].strip())
+            excerpt = _head_excerpt(item.text)
             description = (
                 f"Classifier: prompt injection, probability {probability:.2f} (threshold {threshold:.2f})"
             )

@@ -13,9 +13,11 @@ from typing import Final, Literal
 
 Side = Literal["request", "response"]
 
-#: Roles whose text comes from outside the application (users, tools, retrieved documents): every
-#: tier runs on them. Other roles (system, developer, assistant) get the leakage tiers only.
-UNTRUSTED_ROLES: Final = frozenset({"user", "tool", "function", ""})
+#: Roles whose text the application itself wrote: the operator's instructions and the model's own
+#: earlier turns. They get the leakage tiers only. Every other role, including ones this list does
+#: not know (`human`, `ipython`, `observation`, a misspelling), is treated as outside input and gets
+#: every tier: an unknown role must not be a way around the injection checks.
+TRUSTED_ROLES: Final = frozenset({"system", "developer", "assistant", "model"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +32,7 @@ class Text:
     @property
     def untrusted(self) -> bool:
         """Whether injection tiers apply: request text sent under an untrusted role."""
-        return self.side == "request" and self.role in UNTRUSTED_ROLES
+        return self.side == "request" and self.role.strip().lower() not in TRUSTED_ROLES
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from llmtrace.security.masking import mask_sensitive
+from llmtrace.security.masking import sensitive_spans
 
 
 class Severity(enum.Enum):
@@ -90,59 +90,107 @@ class Match:
 
 
 _CONTEXT: Final = 32
+#: How far an excerpt's edge may move outwards to reach whitespace; past it the edge moves inwards
+#: instead, so text without spaces cannot make an excerpt the whole text.
+_WIDEN: Final = 24
+#: Longest excerpt kept (characters), whatever the window held.
+MAX_EXCERPT_CHARS: Final = 240
+#: Findings kept per text and detector call: the most severe first. A text made of thousands of
+#: matches (a flood of chat-template tokens, a dump of emails) must not make thousands of findings.
+MAX_FINDINGS_PER_TEXT: Final = 50
+
+#: Something an excerpt replaces: a detector's match or anything masking knows.
+_Maskable = tuple[int, int, str]
 
 
-def _mask_gap(text: str) -> str:
-    # Context around a match may hold further secrets the detector did not report (another detector's
-    # kind): the masking pass catches those.
-    return mask_sensitive(text) if text.strip() else text
+def _maskables(text: str, matches: Sequence[Match]) -> list[_Maskable]:
+    """The detector's matches and every masking span that overlaps none, sorted by start.
 
-
-def build_excerpt(text: str, match: Match, matches: Sequence[Match]) -> str:
-    """A one-line window around `match` with every match in it, and anything masking knows, masked.
-
-    `matches` must be sorted by start and must not overlap (as `drop_overlapping` leaves them). The window
-    is widened to whole whitespace-separated words, so that a secret is never cut in half at its edge (a
-    half secret would escape both the detectors and the masking pass).
+    Masking spans are found on the whole text, not on the window, so that a secret or a
+    spaced-out number straddling the window's edge is known, and kept out whole.
     """
-    return _excerpt(text, match, matches, [m.start for m in matches])
+    own = [(m.start, m.end, m.placeholder) for m in matches]
+    spans = sensitive_spans(text)
+    if not spans:
+        return own
+    starts = [m[0] for m in own]
+    merged = list(own)
+    for start, end, placeholder in spans:
+        index = bisect.bisect_right(starts, start)
+        if index > 0 and own[index - 1][1] > start:
+            continue
+        if index < len(own) and own[index][0] < end:
+            continue
+        merged.append((start, end, placeholder))
+    merged.sort()
+    return merged
 
 
-def _excerpt(text: str, match: Match, matches: Sequence[Match], starts: Sequence[int]) -> str:
-    start = max(0, match.start - _CONTEXT)
-    end = min(len(text), match.end + _CONTEXT)
-    if start > 0:
-        start = max(text.rfind(" ", 0, start), text.rfind("\n", 0, start)) + 1
-    if end < len(text):
-        cuts = [i for i in (text.find(" ", end), text.find("\n", end)) if i >= 0]
-        end = min(cuts) if cuts else len(text)
-    # Only the matches near the window matter; bisect keeps many findings from costing n squared.
+def _left_edge(text: str, start: int, limit: int) -> int:
+    """Where a window wanting to start at `start` starts: after whitespace, at most `_WIDEN` further
+    out; failing that the first whitespace inwards (up to `limit`); failing that `limit`."""
+    if start <= 0:
+        return 0
+    outward = max(text.rfind(" ", start - _WIDEN, start), text.rfind("\n", start - _WIDEN, start))
+    if outward >= 0:
+        return outward + 1
+    inward = [i for i in (text.find(" ", start, limit), text.find("\n", start, limit)) if i >= 0]
+    return min(inward) + 1 if inward else limit
+
+
+def _right_edge(text: str, end: int, limit: int) -> int:
+    if end >= len(text):
+        return len(text)
+    outward = [i for i in (text.find(" ", end, end + _WIDEN), text.find("\n", end, end + _WIDEN)) if i >= 0]
+    if outward:
+        return min(outward)
+    inward = max(text.rfind(" ", limit, end), text.rfind("\n", limit, end))
+    return inward if inward >= 0 else limit
+
+
+def _excerpt(text: str, match: Match, maskables: Sequence[_Maskable], starts: Sequence[int]) -> str:
+    start = _left_edge(text, max(0, match.start - _CONTEXT), match.start)
+    end = _right_edge(text, min(len(text), match.end + _CONTEXT), match.end)
+    # Only what is near the window matters; bisect keeps many findings from costing n squared.
     first = max(0, bisect.bisect_right(starts, start) - 1)
     last = bisect.bisect_left(starts, end)
-    nearby = matches[first:last]
-    # A match with spaces in it (a phone number, a key block) may straddle an edge: take it whole.
-    for other in nearby:
-        if other.start < start < other.end:
-            start = other.start
-        if other.start < end < other.end:
-            end = other.end
+    nearby = maskables[first:last]
+    # Anything masked that straddles an edge is taken whole (it becomes a placeholder).
+    for other_start, other_end, _ in nearby:
+        if other_start < start < other_end:
+            start = other_start
+        if other_start < end < other_end:
+            end = other_end
     parts: list[str] = []
     position = start
-    for other in nearby:
-        if other.end <= start or other.start >= end or other.start < position:
+    for other_start, other_end, placeholder in nearby:
+        if other_end <= start or other_start >= end or other_start < position:
             continue
-        parts.append(_mask_gap(text[position : other.start]))
-        parts.append(other.placeholder)
-        position = other.end
-    parts.append(_mask_gap(text[position:end]))
+        parts.append(text[position:other_start])
+        parts.append(placeholder)
+        position = other_end
+    parts.append(text[position:end])
     excerpt = " ".join("".join(parts).split())
-    return ("…" if start > 0 else "") + excerpt + ("…" if end < len(text) else "")
+    cut_short = end < len(text)
+    if len(excerpt) > MAX_EXCERPT_CHARS:
+        # Cut at a space, so that a placeholder is never cut in half.
+        cut = excerpt.rfind(" ", 0, MAX_EXCERPT_CHARS)
+        excerpt, cut_short = excerpt[: cut if cut > 0 else MAX_EXCERPT_CHARS], True
+    return ("…" if start > 0 else "") + excerpt + ("…" if cut_short else "")
 
 
 def to_findings(text: str, matches: Sequence[Match], location: str) -> list[Finding]:
-    """`Finding`s for non-overlapping `matches` in text order, each with its masked excerpt."""
+    """`Finding`s for non-overlapping `matches` in text order, each with its masked excerpt.
+
+    At most `MAX_FINDINGS_PER_TEXT`, the most severe (then the earliest) kept.
+    """
     ordered = sorted(matches, key=lambda m: m.start)
-    starts = [m.start for m in ordered]
+    kept = ordered
+    if len(ordered) > MAX_FINDINGS_PER_TEXT:
+        chosen = sorted(ordered, key=lambda m: (-m.severity.rank, m.start))[:MAX_FINDINGS_PER_TEXT]
+        kept = sorted(chosen, key=lambda m: m.start)
+    maskables = _maskables(text, ordered)
+    starts = [m[0] for m in maskables]
     return [
         Finding(
             type=m.type,
@@ -150,10 +198,10 @@ def to_findings(text: str, matches: Sequence[Match], location: str) -> list[Find
             confidence=m.confidence,
             detector=m.detector,
             location=location,
-            excerpt=_excerpt(text, m, ordered, starts),
+            excerpt=_excerpt(text, m, maskables, starts),
             description=m.description,
         )
-        for m in ordered
+        for m in kept
     ]
 
 

@@ -12,6 +12,7 @@ Placeholders: `[PRIVATE_KEY]`, `[JWT]`, `[AWS_ACCESS_KEY]`, `[GITHUB_TOKEN]`, `[
 
 from __future__ import annotations
 
+import bisect
 import re
 from typing import Final
 
@@ -155,3 +156,79 @@ def mask_sensitive(text: str) -> str:
         text = _SSN.sub("[SSN]", text)
         text = _PHONE.sub(_phone, text)
     return text
+
+
+Span = tuple[int, int, str]
+
+
+def _iban_length(text: str) -> int:
+    """How much of an IBAN-shaped run is a valid IBAN (0 when none is)."""
+    cut = len(text)
+    while cut >= 15:
+        if _iban_valid(text[:cut]):
+            return cut
+        space = text.rfind(" ", 0, cut)
+        cut = space if space > 0 else cut - 4
+    return 0
+
+
+def sensitive_spans(text: str) -> list[Span]:
+    """Where `mask_sensitive` would put a placeholder: `(start, end, placeholder)`, sorted, disjoint.
+
+    The same patterns in the same order as `mask_sensitive`, found on the original text, so that an
+    excerpt can keep a whole secret out even when it straddles the excerpt's edge.
+    """
+    if not text:
+        return []
+    found: list[Span] = []  # sorted by start, disjoint
+    starts: list[int] = []
+
+    def add(start: int, end: int, placeholder: str) -> None:
+        index = bisect.bisect_right(starts, start)
+        if end <= start or (index > 0 and found[index - 1][1] > start):
+            return
+        if index < len(found) and found[index][0] < end:
+            return
+        found.insert(index, (start, end, placeholder))
+        starts.insert(index, start)
+
+    def scan(pattern: re.Pattern[str], placeholder: str, haystack: str = text) -> None:
+        for m in pattern.finditer(haystack):
+            add(m.start(), m.end(), placeholder)
+
+    if "PRIVATE KEY-----" in text:
+        scan(_PRIVATE_KEY, "[PRIVATE_KEY]")
+    if "eyJ" in text:
+        scan(_JWT, "[JWT]")
+    if _any_in(text, _AWS_PREFIXES):
+        scan(_AWS, "[AWS_ACCESS_KEY]")
+    if "gh" in text:
+        scan(_GITHUB, "[GITHUB_TOKEN]")
+    if "xox" in text:
+        scan(_SLACK, "[SLACK_TOKEN]")
+    if "sk-" in text:
+        scan(_ANTHROPIC, "[ANTHROPIC_KEY]")
+        scan(_OPENAI, "[OPENAI_KEY]")
+    lowered = text.lower()
+    if "bearer" in lowered:
+        for m in _BEARER.finditer(text):
+            add(m.end(1), m.end(), "[API_KEY]")
+    if _any_in(lowered, _ASSIGNMENT_WORDS):
+        aligned = len(lowered) == len(text)
+        for m in (_ASSIGNMENT if aligned else _ASSIGNMENT_ANY_CASE).finditer(lowered if aligned else text):
+            add(*m.span("value"), _placeholder_for(m.group("name")))
+    if "@" in text:
+        scan(_EMAIL, "[EMAIL]")
+    if _DIGIT_RUN.search(text) is not None:
+        for m in _IBAN.finditer(text):
+            length = _iban_length(m.group())
+            if length:
+                add(m.start(), m.start() + length, "[IBAN]")
+        for m in _CARD.finditer(text):
+            if _card(m) != m.group():
+                add(m.start(), m.end(), "[CREDIT_CARD]")
+        scan(_SSN, "[SSN]")
+        for m in _PHONE.finditer(text):
+            if _phone(m) != m.group():
+                add(m.start(), m.end(), "[PHONE]")
+    return found
