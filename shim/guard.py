@@ -23,7 +23,7 @@ from llmtrace.config.schema import Settings
 from llmtrace.security.exchange import Exchange, Text, ToolCall
 from llmtrace.security.findings import Finding, Severity, score
 from shim import metrics
-from shim.capture import ParsedRequest, model
+from shim.capture import ParsedRequest
 from shim.capture.exchange import ExchangeMeta
 from shim.capture.span import llm_request
 from shim.enforcement import BLOCK, FLAG, NO_ACTION, Decision, Policy
@@ -35,12 +35,15 @@ _log = structlog.get_logger("llmtrace.shim.enforcement")
 
 DEPTH_FAST: Final = "fast"
 DEPTH_FULL: Final = "full"
-#: Text above this many characters is scanned in a thread, so one huge prompt cannot stall the
-#: worker's event loop for every other request (the regex tiers run at tens of µs per KB).
-_THREAD_CHARS: Final = 256 * 1024
+#: Text above this many characters is scanned in a thread. The regex tiers cost about 0.2 ms per KB
+#: of prompt and the decoders about 0.15 ms per KB more (up to 0.7 ms per KB on PII-dense text;
+#: tools/bench/security_tiers.py), so 16 KiB is already a few milliseconds of event loop. `re` holds
+#: the interpreter lock, so the thread does not scan in parallel with the loop: it only lets the
+#: loop interleave its other requests with the scan instead of stalling them all for its length.
+_THREAD_CHARS: Final = 16 * 1024
 #: A core that is down fails every call: its warning is logged at most this often per worker.
 _FAILOPEN_LOG_INTERVAL_S: Final = 10.0
-_TEXT_PARTS: Final = frozenset({model.PART_TEXT, model.PART_REFUSAL})
+#: Request roles whose text is the operator's own instructions (as the core's exchange builder).
 _SYSTEM_ROLES: Final = frozenset({"system", "developer"})
 _SEVERITY_OF_ENUM: Final = {
     finding_pb2.SEVERITY_INFO: Severity.INFO,
@@ -54,29 +57,35 @@ _SEVERITY_OF_ENUM: Final = {
 def security_exchange(request: ParsedRequest) -> tuple[Exchange, int]:
     """The analyzer's view of a parsed request, and its number of text characters.
 
-    One text per message (its text parts joined), located `request.messages[i].content` and
-    carrying the message's role (which decides the tiers that apply); tool calls replayed in the
-    history as `request.messages[i].tool_calls[j].arguments`; system and developer messages as the
-    operator's system prompts.
+    Built exactly as the core builds it from the span (`llmtrace.rpc.exchange_convert`), so that a
+    finding made here and the same finding made by the core's post-ingest analysis share their
+    (type, detector, location) and the core does not record it twice: every part that carries
+    text is scanned on its own, located `request.messages[i].content` when it is the message's
+    only text part, else `request.messages[i].content[j]` (`j` the part's index among all parts);
+    the role is stripped and lower-cased (it decides the tiers that apply); tool calls with
+    arguments are `request.messages[i].tool_calls[j].arguments`; the texts of system and
+    developer messages are the operator's system prompts.
     """
     texts: list[Text] = []
     calls: list[ToolCall] = []
     system: list[str] = []
     chars = 0
     for i, message in enumerate(request.messages):
-        pieces = [part.text for part in message.parts if part.type in _TEXT_PARTS and part.text]
-        role = message.role.lower()
-        if pieces:
-            text = "\n".join(pieces)
+        base = f"request.messages[{i}]"
+        role = message.role.strip().lower()
+        parts = [(j, part.text) for j, part in enumerate(message.parts) if part.text]
+        if len(parts) == 1:
+            texts.append(Text(parts[0][1], f"{base}.content", "request", role))
+        else:
+            texts.extend(Text(text, f"{base}.content[{j}]", "request", role) for j, text in parts)
+        for _, text in parts:
             chars += len(text)
-            texts.append(Text(text, f"request.messages[{i}].content", "request", role))
             if role in _SYSTEM_ROLES:
                 system.append(text)
         for j, call in enumerate(message.tool_calls):
-            chars += len(call.arguments)
-            calls.append(
-                ToolCall(call.name, call.arguments, f"request.messages[{i}].tool_calls[{j}].arguments")
-            )
+            if call.arguments:
+                chars += len(call.arguments)
+                calls.append(ToolCall(call.name, call.arguments, f"{base}.tool_calls[{j}].arguments"))
     return Exchange(texts=tuple(texts), tool_calls=tuple(calls), system_prompts=tuple(system)), chars
 
 
@@ -87,9 +96,16 @@ class Inspection:
     findings: tuple[Finding, ...] = ()
     score: int = 0
     decision: Decision = NO_ACTION
-    #: Set when the check could not be made (depth full: the core did not answer in time): the
-    #: request is forwarded unchecked. The gRPC status name in lower case.
+    #: Set when the check could not be made (depth full: the core did not answer in time; any
+    #: error): the request is forwarded unchecked. The gRPC status name in lower case, or `error`.
     failed_open: str = ""
+    #: Whether anything was scanned: False when the request had no text to read (a body capture
+    #: could not parse, an empty request) or the check failed; `score` then means nothing.
+    scanned: bool = False
+
+
+def _key(finding: Finding) -> tuple[str, str, str]:
+    return (finding.type, finding.detector, finding.location)
 
 
 class Guard:
@@ -110,10 +126,16 @@ class Guard:
         self._failopen_logged_at = -_FAILOPEN_LOG_INTERVAL_S
         self._regex_verdict: Callable[[Exchange], Verdict] | None = None
         if self._analysis is None:
-            # Imported only when a worker scans inline: `log` mode never loads the analysis stack.
+            self._regex()
+
+    def _regex(self) -> Callable[[Exchange], Verdict]:
+        if self._regex_verdict is None:
+            # Imported only when a worker scans here: `log` mode never loads the analysis stack,
+            # depth `full` only for a request too big for the core's Analyze.
             from llmtrace.security.tiers import regex_verdict  # noqa: PLC0415
 
             self._regex_verdict = regex_verdict
+        return self._regex_verdict
 
     @classmethod
     def from_settings(cls, settings: Settings, channel: grpc.aio.Channel | None) -> Guard | None:
@@ -122,12 +144,16 @@ class Guard:
         return cls(settings, channel) if policy.active else None
 
     async def inspect(self, request: ParsedRequest, meta: ExchangeMeta) -> Inspection:
-        """Scan one request and decide; never raises for a scan that cannot be made."""
+        """Scan one request and decide; never raises for a scan that cannot be made (fails open)."""
         started = time.perf_counter()
-        if self._analysis is not None:
-            inspection = await self._full(request, meta)
-        else:
-            inspection = await self._fast(request)
+        try:
+            if self._analysis is not None:
+                inspection = await self._full(request, meta)
+            else:
+                inspection = await self._fast(request)
+        except Exception as exc:  # a closed channel (UsageError), a bug: never a 500 for the client
+            self._fail_open("error", meta, type(exc).__name__)
+            inspection = Inspection(failed_open="error")
         metrics.ENFORCEMENT_SCAN_DURATION.labels(self.depth).observe(time.perf_counter() - started)
         counter = {BLOCK: metrics.ENFORCEMENT_BLOCKED, FLAG: metrics.ENFORCEMENT_FLAGGED}.get(
             inspection.decision.action
@@ -137,35 +163,71 @@ class Guard:
                 counter.labels(category).inc()
         return inspection
 
+    def _fail_open(self, reason: str, meta: ExchangeMeta, error: str = "") -> None:
+        metrics.ENFORCEMENT_FAILOPEN.labels(reason).inc()
+        now = time.monotonic()
+        if now - self._failopen_logged_at >= _FAILOPEN_LOG_INTERVAL_S:  # not once per request
+            self._failopen_logged_at = now
+            # The exception's type only: its message may quote the request's content.
+            _log.warning(
+                "inline check failed, forwarding unchecked",
+                reason=reason,
+                error=error or None,
+                depth=self.depth,
+                tenant=meta.tenant,
+            )
+
+    async def _scan(self, exchange: Exchange, chars: int) -> Verdict:
+        regex_verdict = self._regex()
+        if chars > _THREAD_CHARS:
+            return await asyncio.to_thread(regex_verdict, exchange)
+        return regex_verdict(exchange)
+
     async def _fast(self, request: ParsedRequest) -> Inspection:
-        regex_verdict = self._regex_verdict
-        assert regex_verdict is not None
         exchange, chars = security_exchange(request)
         if not exchange.texts and not exchange.tool_calls:
             return Inspection()
-        if chars > _THREAD_CHARS:
-            verdict = await asyncio.to_thread(regex_verdict, exchange)
-        else:
-            verdict = regex_verdict(exchange)
-        return Inspection(verdict.findings, verdict.score, self.policy.decide(verdict.findings))
+        verdict = await self._scan(exchange, chars)
+        return Inspection(verdict.findings, verdict.score, self.policy.decide(verdict.findings), scanned=True)
 
     async def _full(self, request: ParsedRequest, meta: ExchangeMeta) -> Inspection:
         assert self._analysis is not None
         if not request.messages:
             return Inspection()
-        call = analysis_service_pb2.AnalyzeRequest(tenant=meta.tenant, request=llm_request(meta, request))
+        sent, cut = llm_request(meta, request)
+        local: asyncio.Task[Verdict] | None = None
+        if cut:
+            # The core reads at most its own limit of content: the rest is scanned here, with the
+            # regex tiers, while the core answers.
+            exchange, chars = security_exchange(request)
+            local = asyncio.create_task(self._scan(exchange, chars))
         try:
-            reply = await self._analysis.Analyze(call, timeout=self.timeout_s)
+            reply = await self._analysis.Analyze(
+                analysis_service_pb2.AnalyzeRequest(tenant=meta.tenant, request=sent), timeout=self.timeout_s
+            )
         except grpc.aio.AioRpcError as exc:
             reason = exc.code().name.lower()
-            metrics.ENFORCEMENT_FAILOPEN.labels(reason).inc()
-            now = time.monotonic()
-            if now - self._failopen_logged_at >= _FAILOPEN_LOG_INTERVAL_S:  # not once per request
-                self._failopen_logged_at = now
-                _log.warning("Analyze failed, forwarding unchecked", reason=reason, tenant=meta.tenant)
-            return Inspection(failed_open=reason)
+            self._fail_open(reason, meta)
+            if local is None:
+                return Inspection(failed_open=reason)
+            verdict = await local  # what the local scan found still counts
+            findings = verdict.findings
+            return Inspection(
+                findings, verdict.score, self.policy.decide(findings), failed_open=reason, scanned=True
+            )
+        except BaseException:
+            if local is not None:
+                local.cancel()
+            raise
         findings = tuple(_from_proto(f) for f in reply.findings)
-        return Inspection(findings, max(reply.score, score(findings)), self.policy.decide(findings))
+        total = max(reply.score, score(findings))
+        if local is not None:
+            verdict = await local
+            seen = {_key(f) for f in findings}
+            extra = tuple(f for f in verdict.findings if _key(f) not in seen)
+            findings = tuple(sorted(findings + extra, key=lambda f: (-f.severity.rank, -f.confidence)))
+            total = max(total, verdict.score)
+        return Inspection(findings, total, self.policy.decide(findings), scanned=True)
 
 
 def _from_proto(finding: finding_pb2.Finding) -> Finding:

@@ -118,6 +118,12 @@ BOUNDARY_MESSAGES = Counter(
     "Messages whose content was wrapped (or, in shadow mode, would have been), by mode.",
     ["mode"],
 )
+BOUNDARY_SKIPPED = Counter(
+    "llmtrace_shim_boundary_skipped_total",
+    "Chat requests with content to wrap forwarded unchanged because rewriting could alter other "
+    "values (boundary_defense), by reason: large_number, unsupported_json.",
+    ["reason"],
+)
 
 
 def render_metrics() -> bytes:

@@ -32,6 +32,7 @@ from sanic.response import BaseHTTPResponse, HTTPResponse
 from yarl import URL
 
 from llmtrace.config.schema import Settings
+from llmtrace.security.findings import Finding
 from shim import metrics
 from shim.boundary import BoundaryDefense
 from shim.capture import ParsedRequest, ResponseCapture, build_span, parse_request
@@ -164,6 +165,7 @@ class Exchange:
 
     __slots__ = (
         "_capture",
+        "_check",
         "_parsed",
         "_proxy",
         "_request",
@@ -178,6 +180,8 @@ class Exchange:
         self._proxy = proxy
         self._request = request
         self._capture: ResponseCapture | None = None
+        #: The streaming checks of a streamed answer (streaming_analysis), once the answer started.
+        self._check: StreamCheck | None = None
         self._parsed: ParsedRequest | None = None
         self.body: bytes = request.body if read_body else b""
         #: Response headers the shim adds (X-LLMTrace-Flagged, X-LLMTrace-Findings).
@@ -269,7 +273,7 @@ class Exchange:
             inspection = await guard.inspect(self.parsed_request, meta)
             if inspection.failed_open:
                 meta.set_attribute("llmtrace.enforcement.failopen", inspection.failed_open)
-            else:
+            if inspection.scanned:  # else the score stays unset: not analysed, rather than 0
                 meta.add_findings(inspection.findings)
                 meta.security_score = inspection.score
             decision = inspection.decision
@@ -287,6 +291,9 @@ class Exchange:
         boundary = proxy.boundary
         if boundary is not None and self.body and route_of(self._request.path).api == API_CHAT_COMPLETIONS:
             wrapped = boundary.apply(self.body)
+            if wrapped.skipped:
+                metrics.BOUNDARY_SKIPPED.labels(wrapped.skipped).inc()
+                meta.set_attribute("llmtrace.boundary_defense.skipped", wrapped.skipped)
             if wrapped.messages:
                 mode = "shadow" if boundary.shadow else "wrapped"
                 metrics.BOUNDARY_REQUESTS.labels(mode).inc()
@@ -321,7 +328,7 @@ class Exchange:
         )
         check: StreamCheck | None = None
         if self._proxy.stream_checks and capture.streaming:
-            check = StreamCheck()
+            check = self._check = StreamCheck()
             capture.listen(check.on_text)
         response = await self._request.respond(status=upstream.status, headers=out_headers)
         if response is None:  # Sanic returns None only when a response was already sent
@@ -377,24 +384,34 @@ class Exchange:
                 if meta.ttft_nano is None:
                     meta.ttft_nano = time.time_ns() - meta.start_unix_nano
                 capture.feed(chunk)
-                found = check.scan()
-                if found:
-                    meta.add_findings(found)
-                    meta.security_score = max(
-                        meta.security_score or 0, *(f.severity.base_score for f in found)
-                    )
-                    for finding in found:
-                        metrics.STREAM_FINDINGS.labels(category_of(finding.type)).inc()
-                    if early_stop and check.critical is not None:
-                        await self._stop_stream(upstream, response, check)
-                        return
+                if self._record_stream_findings(check.scan()) and early_stop and check.critical is not None:
+                    await self._stop_stream(upstream, response, check)
+                    return
         except (TimeoutError, aiohttp.ClientError) as exc:
             self._upstream_broke(exc)
             return
-        found = check.scan()  # text still pending (none unless the last chunk was empty)
-        if found:
-            meta.add_findings(found)
-        await response.send("", True)  # eof
+        # Text still pending (none unless the last chunk was empty); a last event without its
+        # blank line is parsed, and scanned, only when the capture finishes (`finish`).
+        self._record_stream_findings(check.scan())
+        await self._end(response)
+
+    def _record_stream_findings(self, found: list[Finding]) -> bool:
+        """Put findings of the streamed answer on the span, its score and the counter."""
+        if not found:
+            return False
+        meta = self.meta
+        meta.add_findings(found)
+        meta.security_score = max(meta.security_score or 0, *(f.severity.base_score for f in found))
+        for finding in found:
+            metrics.STREAM_FINDINGS.labels(category_of(finding.type)).inc()
+        return True
+
+    async def _end(self, response: BaseHTTPResponse) -> None:
+        """End the client's response; a client already gone is recorded, never raised."""
+        try:
+            await response.send("", True)  # eof
+        except (ConnectionError, ServerError) as exc:
+            self.fail("client_disconnected", f"the client closed the connection: {type(exc).__name__}")
 
     async def _stop_stream(
         self, upstream: aiohttp.ClientResponse, response: BaseHTTPResponse, check: StreamCheck
@@ -417,7 +434,7 @@ class Exchange:
                 await response.send(_stop_event(self.parsed_request.api, message))
             except (ConnectionError, ServerError):
                 return
-        await response.send("", True)  # eof
+        await self._end(response)
 
     @property
     def parsed_request(self) -> ParsedRequest:
@@ -435,7 +452,8 @@ class Exchange:
     def _answer(self, error: ShimError) -> HTTPResponse:
         self.meta.http_status = error.status
         self.fail(error.code, error.message)
-        return error.response()
+        # A flagged request the upstream never answered: the 502/504 carries the flag headers too.
+        return error.response(self.extra_headers)
 
     def finish(self, seconds: float) -> None:
         """Build the span and hand it to the shipper; never raises into the request."""
@@ -443,10 +461,14 @@ class Exchange:
         meta.end_unix_nano = time.time_ns()
         capture_settings = self._proxy.settings.capture
         try:
+            response = self._capture.finish() if self._capture is not None else None
+            if self._check is not None:
+                # A last event without its blank line reached the checks only now.
+                self._record_stream_findings(self._check.scan())
             span = build_span(
                 meta,
                 self.parsed_request,
-                self._capture.finish() if self._capture is not None else None,
+                response,
                 bodies=capture_settings.bodies,
                 max_body_bytes=capture_settings.max_body_bytes,
             )

@@ -22,6 +22,7 @@ from llmtrace.security.findings import Finding, Severity
 from llmtrace.security.normalize import normalize
 from llmtrace.security.pii import find_pii
 from llmtrace.security.secrets import find_secrets
+from shim.capture.exchange import MAX_FINDINGS
 
 #: Characters of already-scanned text each scan reads again. Covers any card, IBAN, phone, token
 #: or JWT split across chunks; a PEM private key is caught from its header and first key line.
@@ -57,7 +58,8 @@ class StreamCheck:
 
     def __init__(self) -> None:
         self._choices: dict[int, _Choice] = {}
-        #: Every finding so far, in the order found; location `response.choices[i]`.
+        #: The findings so far (the first `MAX_FINDINGS`), in the order found; location
+        #: `response.choices[i]`.
         self.findings: list[Finding] = []
         #: The first critical finding, once one appeared.
         self.critical: Finding | None = None
@@ -76,7 +78,9 @@ class StreamCheck:
             if choice.pending:
                 found.extend(self._scan(choice))
         if found:
-            self.findings.extend(found)
+            room = MAX_FINDINGS - len(self.findings)
+            if room > 0:
+                self.findings.extend(found[:room])
             if self.critical is None:
                 self.critical = next((f for f in found if f.severity is Severity.CRITICAL), None)
         return found

@@ -8,8 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import islice
+from typing import Final
 
 from llmtrace.security.findings import Finding
+
+#: Findings the shim keeps per exchange (inline check and streaming checks together); the rest
+#: are dropped (the core's own analysis of the span still finds them). Well under the span's
+#: `limits.MAX_ITEMS`, and bounds the memory one streamed answer full of card numbers can take.
+MAX_FINDINGS: Final = 1000
 
 
 @dataclass(slots=True)
@@ -60,10 +67,12 @@ class ExchangeMeta:
     attributes: dict[str, str | int] | None = None
 
     def add_findings(self, findings: Iterable[Finding]) -> None:
-        """Append findings made in the shim."""
+        """Append findings made in the shim, up to `MAX_FINDINGS` in all."""
         if self.findings is None:
             self.findings = []
-        self.findings.extend(findings)
+        room = MAX_FINDINGS - len(self.findings)
+        if room > 0:
+            self.findings.extend(islice(findings, room))
 
     def set_attribute(self, key: str, value: str | int) -> None:
         """Set one extra span attribute."""

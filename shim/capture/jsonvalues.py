@@ -6,13 +6,16 @@ lose that one value, never raise.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from typing import Any
 
 import orjson
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 JsonObject = dict[str, Any]
 
@@ -77,9 +80,49 @@ def to_json_text(value: object) -> str:
 
 
 def loads(data: bytes | str) -> object | None:
-    """Decoded JSON, or None when `data` is not valid JSON (None is also what `null` decodes to)."""
+    """Decoded JSON, or None when `data` is not valid JSON (None is also what `null` decodes to).
+
+    orjson refuses some JSON other parsers (and so the upstream) accept: escaped lone surrogates
+    (`"\\ud800"`), numbers that overflow a double. A body the fast parser refuses is read again by
+    the standard library's, and lone surrogates in its strings become U+FFFD: a client must not
+    slip a request past the inline check with one odd escape, and the texts must stay encodable
+    (protobuf, UTF-8).
+    """
     try:
         value: object = orjson.loads(data)
         return value
     except orjson.JSONDecodeError:
+        pass
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return None
+    return _without_surrogates(value)
+
+
+def _clean(text: str) -> str:
+    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
+
+
+def _without_surrogates(value: object) -> object:
+    """`value` with lone surrogates in every string (keys too) replaced by U+FFFD, in place where
+    possible; iterative, so depth is never a problem."""
+    if isinstance(value, str):
+        return _clean(value)
+    stack: list[object] = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            items = list(node.items())
+            node.clear()
+            for key, item in items:
+                node[_clean(key)] = _clean(item) if isinstance(item, str) else item
+                if isinstance(item, dict | list):
+                    stack.append(item)
+        elif isinstance(node, list):
+            for i, item in enumerate(node):
+                if isinstance(item, str):
+                    node[i] = _clean(item)
+                elif isinstance(item, dict | list):
+                    stack.append(item)
+    return value

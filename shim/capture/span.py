@@ -95,12 +95,13 @@ def build_span(
     return span
 
 
-def llm_request(meta: ExchangeMeta, request: model.ParsedRequest) -> span_pb2.LlmRequest:
+def llm_request(meta: ExchangeMeta, request: model.ParsedRequest) -> tuple[span_pb2.LlmRequest, bool]:
     """The request as `LlmRequest` for the core's `Analyze` RPC: content in full, up to the
-    core's own limit (not the capture limit: what is analysed is not stored)."""
+    core's own limit (not the capture limit: what is analysed is not stored); and whether message
+    content was cut to that limit (the core then does not see all of it)."""
     out = span_pb2.LlmRequest()
-    _set_request(out, meta, request, BODIES_FULL, limits.MAX_BODY_CHARS)
-    return out
+    cut = _set_request(out, meta, request, BODIES_FULL, limits.MAX_BODY_CHARS)
+    return out, cut
 
 
 def _set_findings(span: span_pb2.Span, findings: list[Finding], mode: str) -> None:
@@ -167,10 +168,12 @@ def _set_status(
 
 def _set_request(
     out: span_pb2.LlmRequest, meta: ExchangeMeta, request: model.ParsedRequest, mode: str, budget: int
-) -> None:
+) -> bool:
+    """Fill `out`; returns whether message content (texts, tool calls) was cut or dropped."""
     content = ContentFilter(mode, budget)
     truncated = request.truncated or meta.request_body_truncated
-    if len(request.messages) > limits.MAX_ITEMS:
+    messages_cut = len(request.messages) > limits.MAX_ITEMS
+    if messages_cut:
         truncated = True
     for message in request.messages[: limits.MAX_ITEMS]:
         _set_message(out.messages.add(), message, content)
@@ -188,6 +191,7 @@ def _set_request(
     body = ContentFilter(mode, budget)
     out.body = body.text(request.raw_body)
     out.truncated = truncated or content.truncated or tools.truncated or body.truncated
+    return messages_cut or content.truncated
 
 
 def _set_parameters(out: span_pb2.RequestParameters, params: model.Parameters, mode: str) -> None:
