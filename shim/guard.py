@@ -2,9 +2,10 @@
 
 `Guard.inspect` turns the request capture already parsed into the analyzer's `Exchange`, scans it
 (`depth: fast`: the regex and tool-call tiers in this process; `depth: full`: the core's
-`AnalysisService.Analyze` over the shipper's channel, failing open), and asks the policy
-(`shim.enforcement`) what to do. Built only when the policy can act: in `log` mode the proxy
-holds no guard and does no work per request.
+`AnalysisService.Analyze` over the shipper's channel, failing open, plus the regex tiers here
+over a request with more content than the core's 1 MiB limit), and asks the policy
+(`shim.enforcement`) what to do. Any error in the check fails open too. Built only when the
+policy can act: in `log` mode the proxy holds no guard and does no work per request.
 """
 
 from __future__ import annotations

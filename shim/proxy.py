@@ -52,7 +52,7 @@ from shim.headers import (
 )
 from shim.identity import IdentityError, resolve_identity
 from shim.shipper import Shipper
-from shim.streaming_checks import StreamCheck
+from shim.streaming_checks import StreamCheck, core_locations
 
 _log = structlog.get_logger("llmtrace.shim.capture")
 _access = structlog.get_logger("llmtrace.shim.access")
@@ -465,6 +465,8 @@ class Exchange:
             if self._check is not None:
                 # A last event without its blank line reached the checks only now.
                 self._record_stream_findings(self._check.scan())
+                if self._check.findings and meta.findings and response is not None:
+                    meta.findings = core_locations(meta.findings, response)
             span = build_span(
                 meta,
                 self.parsed_request,

@@ -14,14 +14,16 @@ a new finding.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 from llmtrace.security.findings import Finding, Severity
 from llmtrace.security.normalize import normalize
 from llmtrace.security.pii import find_pii
 from llmtrace.security.secrets import find_secrets
+from shim.capture import model
 from shim.capture.exchange import MAX_FINDINGS
 
 #: Characters of already-scanned text each scan reads again. Covers any card, IBAN, phone, token
@@ -29,6 +31,9 @@ from shim.capture.exchange import MAX_FINDINGS
 OVERLAP: Final = 512
 
 _Key = tuple[str, str, Severity]
+_CHOICE_LOCATION: Final = re.compile(r"response\.choices\[(\d+)\]")
+#: Part types whose text the stream readers hand to the checks (not reasoning).
+_CHECKED_PARTS: Final = frozenset({model.PART_TEXT, model.PART_REFUSAL})
 
 
 def _key(finding: Finding) -> _Key:
@@ -106,3 +111,44 @@ class StreamCheck:
                 new.append(finding)
         new.reverse()
         return new
+
+
+def core_locations(findings: list[Finding], response: model.ParsedResponse) -> list[Finding]:
+    """`findings` with those of the streaming checks (`response.choices[i]`, `i` the stream's
+    choice index) located as the core's analysis of the stored span locates the same text
+    (`llmtrace.rpc.exchange_convert`): `response.choices[k]` when the finished choice has one text
+    part, `response.choices[k].content[j]` when it has several (reasoning and answer, answer and
+    refusal, several Anthropic text blocks), `k` the choice's position. Keeps the core from
+    recording a finding the proxy already made under another name."""
+    positions: dict[int, int] = {}
+    for k, choice in enumerate(response.choices):
+        positions.setdefault(choice.index, k)
+    found_in: dict[tuple[int, int], set[tuple[str, str]]] = {}
+    out: list[Finding] = []
+    for finding in findings:
+        matched = _CHOICE_LOCATION.fullmatch(finding.location)
+        position = positions.get(int(matched.group(1))) if matched is not None else None
+        if position is None:
+            out.append(finding)
+            continue
+        location = _core_location(finding, position, response.choices[position].message, found_in)
+        out.append(finding if location == finding.location else replace(finding, location=location))
+    return out
+
+
+def _core_location(
+    finding: Finding, k: int, message: model.Message, found_in: dict[tuple[int, int], set[tuple[str, str]]]
+) -> str:
+    base = f"response.choices[{k}]"
+    texts = [(j, part) for j, part in enumerate(message.parts) if part.text]
+    if len(texts) <= 1:
+        return base
+    checked = [(j, part) for j, part in texts if part.type in _CHECKED_PARTS] or texts
+    if len(checked) > 1:  # which part: the one whose own scan makes the same finding
+        for j, part in checked:
+            kinds = found_in.get((k, j))
+            if kinds is None:
+                kinds = found_in[(k, j)] = {(f.type, f.detector) for f in _find(part.text, base)}
+            if (finding.type, finding.detector) in kinds:
+                return f"{base}.content[{j}]"
+    return f"{base}.content[{checked[0][0]}]"

@@ -15,7 +15,7 @@ import aiohttp
 from prometheus_client import REGISTRY
 
 from llmtrace.config.schema import BoundaryDefenseSettings
-from shim.boundary import BoundaryDefense
+from shim.boundary import REMINDER, BoundaryDefense
 from tests.conftest import OpenAIFactory, running_stack
 
 KEY = "sk-test-0123456789abcdefghijklmnop"
@@ -51,13 +51,66 @@ def test_tool_content_is_wrapped_and_a_reminder_added() -> None:
     assert wrapped.messages == 1
     assert wrapped.body is not None
     messages = json.loads(wrapped.body)["messages"]
-    assert [m["role"] for m in messages] == ["system", "system", "user", "assistant", "tool"]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool"]
     nonce = wrapped.nonce
-    assert messages[4]["content"] == f"<<data-{nonce}>>\n{TOOL_OUTPUT}\n<</data-{nonce}>>"
-    assert f"<<data-{nonce}>>" in messages[1]["content"]
-    assert "not" in messages[1]["content"].lower() or "never" in messages[1]["content"].lower()
-    assert messages[0] == conversation()[0]  # the operator's system prompt stays first
-    assert messages[2:4] == conversation()[1:3]  # other messages untouched
+    assert messages[3]["content"] == f"<<data-{nonce}>>\n{TOOL_OUTPUT}\n<</data-{nonce}>>"
+    # The reminder is a paragraph appended to the operator's system prompt, which stays first.
+    system = messages[0]["content"]
+    assert system.startswith("You are a weather bot.\n\n")
+    assert system.removeprefix("You are a weather bot.\n\n") == REMINDER.format(
+        open=f"<<data-{nonce}>>", close=f"<</data-{nonce}>>"
+    )
+    assert messages[1:3] == conversation()[1:3]  # other messages untouched
+
+
+def test_the_reminder_joins_a_leading_developer_message() -> None:
+    defense = BoundaryDefense(BoundaryDefenseSettings(enabled=True))
+    conv = conversation()
+    conv[0] = {"role": "developer", "content": [{"type": "text", "text": "Be brief."}]}
+    wrapped = defense.apply(body_of(conv))
+    assert wrapped.body is not None
+    messages = json.loads(wrapped.body)["messages"]
+    assert [m["role"] for m in messages] == ["developer", "user", "assistant", "tool"]
+    parts = messages[0]["content"]
+    assert parts[0] == {"type": "text", "text": "Be brief."}
+    assert parts[1]["type"] == "text"
+    assert f"<<data-{wrapped.nonce}>>" in parts[1]["text"]
+
+
+def test_without_a_leading_system_message_one_is_added_at_the_front() -> None:
+    defense = BoundaryDefense(BoundaryDefenseSettings(enabled=True))
+    wrapped = defense.apply(body_of(conversation()[1:]))
+    assert wrapped.body is not None
+    messages = json.loads(wrapped.body)["messages"]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool"]
+    assert messages[0]["content"].startswith(f"Text between <<data-{wrapped.nonce}>>")
+
+
+def test_integers_beyond_64_bits_leave_the_body_alone() -> None:
+    defense = BoundaryDefense(BoundaryDefenseSettings(enabled=True))
+    for number in ("18446744073709551616", "-9223372036854775809", "123456789012345678901234567890"):
+        body = body_of(conversation())[:-1] + f', "seed": {number}}}'.encode()
+        wrapped = defense.apply(body)
+        assert wrapped.body is None, number
+        assert wrapped.skipped == "large_number"
+    # Within 64 bits orjson keeps integers exact: the body is rewritten, the number unchanged.
+    body = body_of(conversation())[:-1] + b', "seed": 18446744073709551615, "user": "12345678901234567890"}'
+    wrapped = defense.apply(body)
+    assert wrapped.body is not None
+    assert b'"seed":18446744073709551615' in wrapped.body
+    assert not wrapped.skipped
+
+
+def test_json_orjson_cannot_read_is_left_alone() -> None:
+    defense = BoundaryDefense(BoundaryDefenseSettings(enabled=True))
+    conv = conversation()
+    body = body_of(conv).replace(b"Weather: sunny.", b"Weather: \\ud800 sunny.")
+    assert json.loads(body)  # valid JSON (a lone surrogate escape), which orjson refuses
+    wrapped = defense.apply(body)
+    assert wrapped.body is None
+    assert wrapped.skipped == "unsupported_json"
+    # Nothing to wrap in it: nothing skipped either.
+    assert defense.apply(body_of(conv[:2]).replace(b"Paris", b"\\ud800")).skipped == ""
 
 
 def test_a_fresh_nonce_per_request() -> None:
@@ -117,8 +170,8 @@ async def test_upstream_receives_wrapped_tool_content(tmp_path: Path, make_clien
         assert found is not None
         nonce = found.group(1)
         assert tool["content"] == f"<<data-{nonce}>>\n{TOOL_OUTPUT}\n<</data-{nonce}>>"
-        assert sent["messages"][1]["role"] == "system"
-        assert f"<<data-{nonce}>>" in sent["messages"][1]["content"]
+        assert [m["role"] for m in sent["messages"]] == ["system", "user", "assistant", "tool"]
+        assert f"<<data-{nonce}>>" in sent["messages"][0]["content"]
         assert int(first.headers["content-length"]) == len(first.body)
         second_nonce = OPEN.search(second.body.decode())
         assert second_nonce is not None
@@ -167,3 +220,20 @@ async def test_other_routes_and_non_json_pass_through(tmp_path: Path) -> None:
         ):
             pass
         assert stack.upstream.last_request.body == b"{not json"
+
+
+async def test_a_body_with_a_huge_integer_is_forwarded_unchanged_and_counted(tmp_path: Path) -> None:
+    before = metric("llmtrace_shim_boundary_skipped_total", reason="large_number")
+    async with (
+        running_stack(tmp_path, boundary_defense=BoundaryDefenseSettings(enabled=True)) as stack,
+        aiohttp.ClientSession() as http,
+    ):
+        body = body_of(conversation())[:-1] + b', "seed": 18446744073709551616}'
+        headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+        async with http.post(stack.shim.base_url + "/v1/chat/completions", data=body, headers=headers):
+            pass
+        assert stack.upstream.last_request.body == body  # byte for byte
+        [span] = await stack.spans()
+        attributes = {kv.key: kv.value.string_value for kv in span.attributes}
+        assert attributes["llmtrace.boundary_defense.skipped"] == "large_number"
+    assert metric("llmtrace_shim_boundary_skipped_total", reason="large_number") == before + 1

@@ -328,3 +328,23 @@ def test_huge_body_is_parsed_and_raw_body_is_bounded() -> None:
     assert request.messages[0].parts[0].text == text  # the span builder cuts it, not the parser
     unknown = parse("/v1/unknown", text.encode(), limit=1000)
     assert len(unknown.raw_body) == 1000 and unknown.truncated
+
+
+def test_json_orjson_refuses_is_read_by_the_standard_parser() -> None:
+    from shim.capture.jsonvalues import loads  # noqa: PLC0415
+
+    # Lone surrogate escapes (keys, nested strings) become U+FFFD; a proper pair stays one character.
+    value = loads(b'{"k\\udc00": ["a\\ud800b", {"c": "\\ud83d\\ude00 \\udfff"}], "n": 1e400}')
+    assert value == {"k\ufffd": ["a\ufffdb", {"c": "\U0001f600 \ufffd"}], "n": float("inf")}
+    assert loads(b"{not json") is None
+    assert loads(b"\xff\xfe{}") is None
+    assert loads(b"[" * 100_000) is None
+    request = parse_request(
+        "/v1/chat/completions",
+        b'{"model": "m", "messages": [{"role": "user", "content": "hi \\ud800"}]}',
+        "application/json",
+        max_body_bytes=1 << 20,
+    )
+    assert request.messages[0].parts[0].text == "hi \ufffd"
+    assert not request.raw_body
+    request.messages[0].parts[0].text.encode()  # encodable: protobuf and the wire need UTF-8

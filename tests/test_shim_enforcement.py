@@ -8,16 +8,24 @@ and fails open when it cannot.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import io
+import json
+import logging
 import re
 import socket
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import openai
 import pytest
+import structlog
 from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
 
 from llmtrace.api.v1 import (
     analysis_service_pb2,
@@ -27,8 +35,17 @@ from llmtrace.api.v1 import (
     span_pb2,
 )
 from llmtrace.config import load_config
-from llmtrace.config.schema import EnforcementSettings
-from tests.conftest import OpenAIFactory, Stack, running_shim, running_stack, shim_settings
+from llmtrace.config.schema import EnforcementSettings, SecurityAnalysisSettings
+from tests.conftest import (
+    OpenAIFactory,
+    Stack,
+    core_settings,
+    running_core,
+    running_shim,
+    running_stack,
+    shim_settings,
+    wait_for_spans,
+)
 from tools.fake_upstream import run_fake_upstream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -306,6 +323,162 @@ async def test_depth_full_fails_open_on_the_deadline(tmp_path: Path, make_client
     finally:
         await server.stop(0)
     assert metric("llmtrace_shim_enforcement_failopen_total", reason="deadline_exceeded") == before + 1
+
+
+# --- odd bodies, big bodies, locations, secrets ---------------------------------------------
+
+
+HEADERS = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+
+
+async def test_a_lone_surrogate_escape_is_still_checked_and_blocked(tmp_path: Path) -> None:
+    # orjson refuses `\ud800`; the body must not pass as unparseable (and so unchecked).
+    body = (
+        b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "\\ud800 '
+        + INJECTION.encode()
+        + b'"}]}'
+    )
+    async with (
+        running_stack(tmp_path, enforcement=EnforcementSettings(mode="block")) as stack,
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.post(
+            stack.shim.base_url + "/v1/chat/completions", data=body, headers=HEADERS
+        ) as reply:
+            assert reply.status == 403
+            assert (await reply.json())["error"]["code"] == "request_blocked"
+        assert stack.upstream.requests == []
+        [span] = await stack.spans()
+        assert span.request.messages[0].parts[0].text == "\ufffd " + INJECTION  # recorded, encodable
+        assert "prompt_injection" in {f.type for f in span.findings}
+
+
+async def test_an_unparseable_body_gets_no_score_rather_than_zero(tmp_path: Path) -> None:
+    # The core's own analysis off, so the score read back is the shim's alone.
+    settings = dataclasses.replace(
+        core_settings(tmp_path / "db.duckdb"), security_analysis=SecurityAnalysisSettings(enabled=False)
+    )
+    enforcement = EnforcementSettings(mode="block")
+    async with (
+        run_fake_upstream() as upstream,
+        running_core(settings) as core,
+        running_shim(
+            shim_settings(tmp_path, upstream.base_url, enforcement=enforcement), core.bound.grpc
+        ) as shim,
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.post(shim.base_url + "/v1/chat/completions", data=b"{not json", headers=HEADERS):
+            pass
+        [span] = await wait_for_spans(core)
+        assert not span.HasField("security_score")
+
+
+async def test_depth_full_scans_content_beyond_the_cores_limit(tmp_path: Path) -> None:
+    # 1.2 MB of content: the core's Analyze reads 1 MiB of it; the injection is in the last message.
+    filler = "The quarterly report covers revenue, costs, hiring plans and the office move. " * 1300
+    messages = [{"role": "user", "content": filler} for _ in range(12)]
+    messages.append({"role": "user", "content": INJECTION})
+    body = json.dumps({"model": "gpt-4o", "messages": messages}).encode()
+    assert len(body) > 1_200_000
+    settings = EnforcementSettings(mode="block", depth="full", full_timeout_ms=20_000)
+    async with (
+        running_stack(tmp_path, enforcement=settings) as stack,
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.post(
+            stack.shim.base_url + "/v1/chat/completions", data=io.BytesIO(body), headers=HEADERS
+        ) as reply:
+            assert reply.status == 403
+            message = (await reply.json())["error"]["message"]
+        assert "prompt_injection" in message
+        assert "request.messages[12].content" in message
+        assert stack.upstream.requests == []
+
+
+async def _core_metric(stack: Stack, name: str) -> float:
+    url = f"http://{stack.core.bound.metrics}/metrics"
+    text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read().decode())
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    )
+
+
+async def test_shim_and_core_findings_share_locations(tmp_path: Path, make_client: OpenAIFactory) -> None:
+    # A multi-part message: each text part is its own location, in the shim as in the core, so
+    # the core's analysis after ingest adds nothing the shim already found.
+    async with running_stack(tmp_path, enforcement=EnforcementSettings(mode="flag")) as stack:
+        client = client_for(make_client, stack)
+        content: Any = [{"type": "text", "text": "Here is my question."}, {"type": "text", "text": INJECTION}]
+        raw = await client.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=[{"role": "user", "content": content}]
+        )
+        assert raw.headers["X-LLMTrace-Flagged"] == "true"
+        [span] = await stack.spans()
+        shim_found = {(f.type, f.detector, f.location) for f in span.findings}
+        assert ("prompt_injection", "request.messages[0].content[1]") in {
+            (t, loc) for t, _, loc in shim_found
+        }
+        assert all(loc == "request.messages[0].content[1]" for _, _, loc in shim_found)
+        # Wait for the core's post-ack analysis of the span.
+        deadline = time.monotonic() + 60
+        while await _core_metric(stack, "llmtrace_analysis_spans_total") < 1:
+            assert time.monotonic() < deadline, "the core never analysed the span"
+            await asyncio.sleep(0.1)
+        listed = await findings_of(stack, span)
+        keys = [(f.type, f.detector, f.location) for f in listed]
+        assert len(keys) == len(set(keys)), keys
+        assert shim_found <= set(keys)
+        injection = [f for f in listed if f.type == "prompt_injection"]
+        assert {f.location for f in injection} == {"request.messages[0].content[1]"}
+
+
+OPENAI_KEY = "sk-proj-" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb7dEf0hIj3kLm6n"
+
+
+async def test_a_blocked_secret_never_appears_in_the_answer_the_span_or_the_logs(
+    tmp_path: Path, make_client: OpenAIFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with structlog.testing.capture_logs() as logs:
+        async with running_stack(tmp_path, enforcement=EnforcementSettings(mode="block")) as stack:
+            client = client_for(make_client, stack)
+            with pytest.raises(openai.PermissionDeniedError) as caught:
+                await client.chat.completions.create(**chat(f"{INJECTION}. My key is {OPENAI_KEY}"))
+            response = caught.value.response
+            assert OPENAI_KEY not in response.text
+            assert all(OPENAI_KEY not in f"{k}: {v}" for k, v in response.headers.items())
+            assert stack.upstream.requests == []
+            [span] = await stack.spans()
+            types = {f.type for f in span.findings}
+            assert {"prompt_injection", "secret_leakage"} <= types
+            for finding in span.findings:
+                assert OPENAI_KEY not in finding.excerpt
+                assert OPENAI_KEY[8:28] not in finding.excerpt  # not even in part
+                assert OPENAI_KEY not in finding.description
+            for finding in await findings_of(stack, span):
+                assert OPENAI_KEY not in finding.excerpt
+    assert OPENAI_KEY not in repr(logs)
+    assert OPENAI_KEY not in caplog.text
+
+
+async def test_flag_headers_on_the_shims_own_502(tmp_path: Path, make_client: OpenAIFactory) -> None:
+    enforcement = EnforcementSettings(mode="flag")
+    async with (
+        running_core(core_settings(tmp_path / "db.duckdb")) as core,
+        running_shim(
+            shim_settings(tmp_path, f"http://127.0.0.1:{free_port()}", enforcement=enforcement),
+            core.bound.grpc,
+        ) as shim,
+    ):
+        client = make_client(api_key=KEY, base_url=shim.base_url + "/v1")
+        with pytest.raises(openai.InternalServerError) as caught:
+            await client.chat.completions.create(**chat(INJECTION))
+        assert caught.value.status_code == 502
+        assert caught.value.response.headers["X-LLMTrace-Flagged"] == "true"
+        assert "prompt_injection" in caught.value.response.headers["X-LLMTrace-Findings"]
 
 
 # --- docs ----------------------------------------------------------------------------------------

@@ -13,16 +13,27 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
+from aiohttp import web
 from prometheus_client import REGISTRY
 
 from llmtrace.api.v1 import finding_pb2, span_pb2
 from llmtrace.config.schema import StreamingAnalysisSettings
 from llmtrace.security.findings import Severity
 from shim import streaming_checks
+from shim.capture.exchange import MAX_FINDINGS
 from shim.streaming_checks import OVERLAP, StreamCheck
-from tests.conftest import OpenAIFactory, running_stack
+from tests.conftest import (
+    OpenAIFactory,
+    core_settings,
+    running_core,
+    running_shim,
+    running_stack,
+    shim_settings,
+    wait_for_spans,
+)
 from tools.fake_upstream import FakeUpstreamConfig
 
 KEY = "sk-test-0123456789abcdefghijklmnop"
@@ -101,6 +112,13 @@ def test_a_private_key_header_then_its_body_upgrades_to_critical() -> None:
     feed(check, ["MIIEowIBAAKCAQEA7YdZ0kQ2vJ3x9Lm4Np8Qr5Ts1Uv6Wx2Yz3Ab4Cd5Ef6Gh7Ij8Kl\n"])
     assert check.critical is not None
     assert check.critical.detector.endswith("private_key")
+
+
+def test_findings_kept_per_answer_are_capped() -> None:
+    check = StreamCheck()
+    found = feed(check, [f"card {CARD} and more words. " for _ in range(MAX_FINDINGS + 20)])
+    assert len(found) == MAX_FINDINGS + 20  # each scan still reports what it found
+    assert len(check.findings) == MAX_FINDINGS
 
 
 # --- end to end ----------------------------------------------------------------------------------
@@ -201,3 +219,145 @@ def test_stop_events_in_each_api_shape() -> None:
         "type": "error",
         "error": {"type": "llmtrace_stream_stopped", "message": "stopped"},
     }
+
+
+def _chunk(text: str) -> bytes:
+    payload = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "model": "gpt-4o",
+        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+    }
+    return b"data: " + json.dumps(payload).encode()
+
+
+async def test_a_last_event_without_its_blank_line_is_scanned(tmp_path: Path) -> None:
+    # The last event has no trailing newline: the capture parses it only when it finishes, and
+    # its findings must still reach the span, its score and the counter.
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(_chunk("Your order is on its way. ") + b"\n\n")
+        await asyncio.sleep(0.01)
+        await response.write(_chunk(f"The card on file is {CARD}."))  # no blank line, no [DONE]
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", stream)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    before = REGISTRY.get_sample_value("llmtrace_shim_stream_findings_total", {"category": "pii"}) or 0.0
+    try:
+        settings = shim_settings(
+            tmp_path, f"http://127.0.0.1:{port}", streaming_analysis=StreamingAnalysisSettings(enabled=True)
+        )
+        async with (
+            running_core(core_settings(tmp_path / "db.duckdb")) as core,
+            running_shim(settings, core.bound.grpc) as shim,
+            aiohttp.ClientSession() as http,
+        ):
+            body = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "status?"}]}
+            headers = {"Authorization": f"Bearer {KEY}"}
+            async with http.post(shim.base_url + "/v1/chat/completions", json=body, headers=headers) as reply:
+                assert CARD in (await reply.read()).decode()
+            [span] = await wait_for_spans(core)
+            ours = [f for f in span.findings if f.location == "response.choices[0]"]
+            assert [f.type for f in ours] == ["pii_detected"]
+            assert span.security_score >= 80
+    finally:
+        await runner.cleanup()
+    after = REGISTRY.get_sample_value("llmtrace_shim_stream_findings_total", {"category": "pii"}) or 0.0
+    assert after == before + 1
+
+
+class _GoneClient:
+    """A Sanic response whose client has gone away."""
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    async def send(self, data: Any = None, end_stream: bool | None = None) -> None:
+        self.sent.append((data, end_stream))
+        raise ConnectionError("client gone")
+
+
+class _Upstream:
+    def __init__(self) -> None:
+        self.headers = {"content-encoding": "gzip"}
+
+    def close(self) -> None:
+        pass
+
+
+async def test_stopping_a_stream_to_a_client_already_gone_does_not_raise() -> None:
+    from shim.capture.exchange import ExchangeMeta  # noqa: PLC0415
+    from shim.capture.model import API_CHAT_COMPLETIONS, ParsedRequest  # noqa: PLC0415
+    from shim.proxy import Exchange  # noqa: PLC0415
+
+    exchange = Exchange.__new__(Exchange)
+    exchange.meta = ExchangeMeta(
+        trace_id=b"",
+        span_id=b"",
+        parent_span_id=b"",
+        tenant="default",
+        agent="",
+        session_id="",
+        method="POST",
+        path="/v1/chat/completions",
+        query="",
+        client_address="",
+        user_agent="",
+        server_address="",
+        api_key_fingerprint="",
+    )
+    exchange._parsed = ParsedRequest(api=API_CHAT_COMPLETIONS)
+    check = StreamCheck()
+    feed(check, [f"token {TOKEN} here"])
+    assert check.critical is not None
+    # A compressed stream: no error event, straight to the end of the response.
+    upstream = _Upstream()
+    client = _GoneClient()
+    await exchange._stop_stream(upstream, client, check)  # type: ignore[arg-type]
+    assert client.sent == [("", True)]
+    assert exchange.meta.error_type == "stream_stopped"
+
+
+def _core_response_locations(response: Any) -> set[tuple[str, str, str]]:
+    """(type, detector, location) of what the core's analysis finds in the answer's PII/secrets."""
+    from llmtrace.rpc.exchange_convert import exchange_from_parts  # noqa: PLC0415
+    from llmtrace.security.tiers import regex_findings  # noqa: PLC0415
+    from shim.capture.span import _set_response  # noqa: PLC0415
+
+    out = span_pb2.LlmResponse()
+    _set_response(out, response, "full", 1 << 20)
+    exchange = exchange_from_parts(response=out)
+    return {(f.type, f.detector, f.location) for item in exchange.texts for f in regex_findings(item)}
+
+
+@pytest.mark.parametrize(
+    ("parts", "where"),
+    [
+        ([("text", f"card {CARD}")], "response.choices[0]"),
+        ([("reasoning", "let me think"), ("text", f"card {CARD}")], "response.choices[0].content[1]"),
+        ([("text", "fine"), ("refusal", f"no, {TOKEN}")], "response.choices[0].content[1]"),
+        ([("text", f"card {CARD}"), ("refusal", "no")], "response.choices[0].content[0]"),
+    ],
+)
+def test_stream_findings_take_the_cores_locations(parts: list[tuple[str, str]], where: str) -> None:
+    from shim.capture import model  # noqa: PLC0415
+    from shim.streaming_checks import core_locations  # noqa: PLC0415
+
+    check = StreamCheck()
+    for kind, text in parts:
+        if kind != "reasoning":  # the stream readers hand answer and refusal text to the checks
+            feed(check, [text])
+    message = model.Message("assistant", [model.Part(kind, text=text) for kind, text in parts])
+    response = model.ParsedResponse(choices=[model.Choice(0, message)])
+    located = core_locations(check.findings, response)
+    assert {f.location for f in located} == {where}
+    core = _core_response_locations(response)
+    assert {(f.type, f.detector, f.location) for f in located} <= core
