@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import os
 import signal
 import urllib.request
@@ -391,7 +392,7 @@ async def test_a_batch_whose_process_dies_is_retried_in_halves(tmp_path: Path) -
         os.kill(first, signal.SIGKILL)
         for span in spans:
             found = await _eventually(
-                lambda span=span: _findings(core, f'span_id = "{span.span_id.hex()}"'),
+                functools.partial(_findings, core, f'span_id = "{span.span_id.hex()}"'),
                 "findings after the retry",
             )
             assert "prompt_injection" in {f.type for f in found}
