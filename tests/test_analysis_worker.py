@@ -324,6 +324,7 @@ async def test_analysis_runs_in_a_nice_child_process_gone_after_stop(tmp_path: P
         assert pid is not None and pid != os.getpid() and _alive(pid)
         assert pid in _children()
         assert os.getpriority(os.PRIO_PROCESS, pid) >= os.getpriority(os.PRIO_PROCESS, 0) + 1
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE
         span = _injection_span()
         await _ingest(core, [span])
         await _eventually(lambda: _findings(core), "findings from the analysis process")

@@ -124,7 +124,7 @@ class SecurityAnalysisSettings:
     # (llmtrace_analysis_spans_shed_total), so ingest never waits for analysis.
     queue_max_spans: int = 10_000
     # Spans analysed together (one classifier batch).
-    batch_max_spans: int = 64
+    batch_max_spans: int = 256
     # Past this a batch's analysis is abandoned and counted; its spans stay stored.
     timeout_ms: int = 5_000
     # The ONNX classifier; empty means the model shipped in the package.
