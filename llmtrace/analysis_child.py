@@ -125,7 +125,7 @@ def init(settings: SecurityAnalysisSettings, parent_pid: int) -> None:
     with contextlib.suppress(OSError, AttributeError):
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     try:
-        _analyzer = Analyzer.from_settings(settings)
+        _analyzer = Analyzer.load(settings.operating_point, settings.model_path)
     except Exception as exc:  # reported by `ready`, the core refuses to start
         _init_error = f"{type(exc).__name__}: {exc}"
 

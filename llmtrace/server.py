@@ -110,7 +110,7 @@ def _load_analyzer(settings: Settings) -> Analyzer:
     """
     analysis = settings.security_analysis
     try:
-        return Analyzer.from_settings(analysis)
+        return Analyzer.load(analysis.operating_point, analysis.model_path)
     except ModelError as exc:
         if analysis.enabled:
             raise StartupError(f"cannot load the security classifier: {exc}") from exc

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from llmtrace.config.schema import SecurityAnalysisSettings
 from llmtrace.security.classifier.model import InjectionClassifier
 from llmtrace.security.exchange import Exchange
 from llmtrace.security.findings import Finding, Severity
@@ -60,14 +59,14 @@ class Analyzer:
         self.classifier = classifier
 
     @classmethod
-    def from_settings(cls, settings: SecurityAnalysisSettings) -> Analyzer:
-        """The analyzer the core runs, as configured (`security_analysis.*`), classifier loaded.
+    def load(cls, operating_point: str, model_path: str = "") -> Analyzer:
+        """The analyzer the core runs, classifier loaded (`model_path`; empty: the shipped model).
 
         Raises `ModelError` when the model cannot be loaded: a core configured to analyse must not
         start without its classifier and silently analyse less.
         """
-        classifier = InjectionClassifier(Path(settings.model_path) if settings.model_path else None)
-        return cls(operating_point=settings.operating_point, classifier=classifier)
+        classifier = InjectionClassifier(Path(model_path) if model_path else None)
+        return cls(operating_point=operating_point, classifier=classifier)
 
     def analyze(self, exchange: Exchange, operating_point: str | None = None) -> Verdict:
         """Analyse one exchange."""
