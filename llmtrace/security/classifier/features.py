@@ -3,8 +3,14 @@
 Features are character 3-, 4- and 5-grams and word 1- and 2-grams of the normalised, lower-cased
 text, hashed into `DIMENSIONS` buckets. Character n-grams carry style (imperatives, delimiters,
 markup, obfuscation) and survive misspellings; word n-grams carry phrases. Each family's counts are
-log-scaled, and the whole vector has unit length, so a long document weighs no more than a short
+log-scaled, and the n-gram vector has unit length, so a long document weighs no more than a short
 one.
+
+On top of them, cue features: fourteen families of words that injections use whatever their
+source (addressing the model, overriding, naming instructions, asking to reveal, claiming no
+restrictions, ...), each present or not, and every pair of families that occur together. They are
+what carries over to attack styles the model never saw: n-grams alone learn each source's style
+(held-out F1 0.44 fused at `balanced`; with the cues 0.64, docs/security.md).
 
 The hash is our own (a polynomial over code points, then a 64-bit mixer) rather than Python's
 `hash`, which is salted per process: training and serving must agree on every bucket. Changing
@@ -25,7 +31,7 @@ import numpy.typing as npt
 
 from llmtrace.security.normalize import normalize
 
-FEATURE_VERSION: Final = "hash-char345-word12-v1"
+FEATURE_VERSION: Final = "hash-char345-word12-cues14-v2"
 DIMENSIONS: Final = 1 << 18
 PAD_INDEX: Final = DIMENSIONS
 CHAR_NGRAMS: Final = (3, 4, 5)
@@ -100,6 +106,54 @@ def _word_code(word: str) -> int:
 
 _EMPTY: Final = np.zeros(0, dtype=np.uint64)
 
+#: Cue families, matched on the prepared (normalised, lower-cased) text.
+CUES: Final = {
+    "you": r"\b(?:you|your|yourself)\b",
+    "ai": r"\b(?:ai|assistant|chatbot|bot|model|llm|gpt|chatgpt|language model)\b",
+    "override": r"\b(?:ignore|disregard|forget|override|bypass|skip|abandon|drop)\b",
+    "instructions": r"\b(?:instructions?|prompt|rules?|guidelines?|directives?|polic(?:y|ies)|restrictions?"
+    r"|constraints?|system)\b",
+    "previous": r"\b(?:previous|above|prior|earlier|preceding|original|initial|all)\b",
+    "switch": r"\b(?:now|from now on|instead|new task|new instructions?|henceforth)\b",
+    "persona": r"\b(?:pretend|act as|roleplay|role-play|you are now|become|imagine you)\b|\bas an? ",
+    "secret": r"\b(?:password|secret|key|token|credential|confidential|hidden)\b",
+    "reveal": r"\b(?:reveal|print|output|repeat|show|tell me|leak|disclose|send|forward|email)\b",
+    "insist": r"\b(?:must|always|never|do not|don't|only|immediately|important)\b",
+    "unrestricted": r"\b(?:unrestricted|unfiltered|no limits|without (?:any )?restrictions|jailbreak|dan"
+    r"|developer mode|uncensored)\b",
+    "email_address": r"[\w.+-]+@[\w-]+\.\w+",
+    "url": r"https?://",
+    "delimiter": r"(?:###|---|===|\[/?(?:inst|system)\]|<\|?/?(?:system|im_start|im_end)\|?>)",
+}
+_CUE_PATTERNS: Final = {name: re.compile(pattern) for name, pattern in CUES.items()}
+#: Weight of a cue (times log1p of its count, capped) and of a pair of cues present together:
+#: large against the unit-length n-grams, which is what the leave-sources-out evaluation preferred.
+_CUE_SCALE: Final = 6.0
+_CUE_CAP: Final = 12.0
+_PAIR_VALUE: Final = 6.0
+
+
+def _bucket(name: str) -> int:
+    return int(_mix(np.array([_word_code(name)], dtype=np.uint64))[0] % np.uint64(DIMENSIONS))
+
+
+_CUE_BUCKETS: Final = {name: _bucket(f"cue:{name}") for name in CUES}
+_PAIR_BUCKETS: Final = {
+    (a, b): _bucket(f"pair:{a}&{b}") for i, a in enumerate(CUES) for b in list(CUES)[i + 1 :]
+}
+
+
+def _cue_features(prepared: str) -> tuple[Indices, npt.NDArray[np.float64]]:
+    counts = {name: len(pattern.findall(prepared)) for name, pattern in _CUE_PATTERNS.items()}
+    present = [name for name in CUES if counts[name]]
+    indices = [_CUE_BUCKETS[name] for name in present]
+    values = [min(_CUE_CAP, _CUE_SCALE * float(np.log1p(counts[name]))) for name in present]
+    for i, a in enumerate(present):
+        for b in present[i + 1 :]:
+            indices.append(_PAIR_BUCKETS[(a, b)])
+            values.append(_PAIR_VALUE)
+    return np.array(indices, dtype=np.int64), np.array(values, dtype=np.float64)
+
 
 def _family(hashes: npt.NDArray[np.uint64]) -> tuple[Indices, npt.NDArray[np.float64]]:
     if len(hashes) == 0:
@@ -110,7 +164,7 @@ def _family(hashes: npt.NDArray[np.uint64]) -> tuple[Indices, npt.NDArray[np.flo
 
 
 def featurize_one(text: str) -> tuple[Indices, Values]:
-    """Bucket ids (sorted, may repeat across families) and unit-length values for one text."""
+    """Bucket ids (may repeat across families) and values for one text: unit-length n-grams, then cues."""
     prepared = prepare(text)
     unigrams, bigrams = _word_hashes(prepared)
     parts = [_family(_char_hashes(prepared)), _family(unigrams), _family(bigrams)]
@@ -119,7 +173,8 @@ def featurize_one(text: str) -> tuple[Indices, Values]:
     norm = float(np.sqrt(np.dot(values, values)))
     if norm > 0:
         values = values / norm
-    return indices, values.astype(np.float32)
+    cue_indices, cue_values = _cue_features(prepared)
+    return np.concatenate([indices, cue_indices]), np.concatenate([values, cue_values]).astype(np.float32)
 
 
 def featurize(texts: Sequence[str]) -> tuple[Indices, Values]:
