@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Final
 import grpc
 import structlog
 
-from llmtrace.api.v1 import analysis_service_pb2, analysis_service_pb2_grpc, finding_pb2
+from llmtrace.api.v1 import analysis_service_pb2, analysis_service_pb2_grpc
 from llmtrace.config.schema import Settings
+from llmtrace.rpc.exchange_convert import finding_from_pb
 from llmtrace.security.exchange import Exchange, Text, ToolCall
-from llmtrace.security.findings import Finding, Severity, score
+from llmtrace.security.findings import Finding, score
 from shim import metrics
 from shim.capture import ParsedRequest
 from shim.capture.exchange import ExchangeMeta
@@ -46,13 +47,6 @@ _THREAD_CHARS: Final = 16 * 1024
 _FAILOPEN_LOG_INTERVAL_S: Final = 10.0
 #: Request roles whose text is the operator's own instructions (as the core's exchange builder).
 _SYSTEM_ROLES: Final = frozenset({"system", "developer"})
-_SEVERITY_OF_ENUM: Final = {
-    finding_pb2.SEVERITY_INFO: Severity.INFO,
-    finding_pb2.SEVERITY_LOW: Severity.LOW,
-    finding_pb2.SEVERITY_MEDIUM: Severity.MEDIUM,
-    finding_pb2.SEVERITY_HIGH: Severity.HIGH,
-    finding_pb2.SEVERITY_CRITICAL: Severity.CRITICAL,
-}
 
 
 def security_exchange(request: ParsedRequest) -> tuple[Exchange, int]:
@@ -220,7 +214,7 @@ class Guard:
             if local is not None:
                 local.cancel()
             raise
-        findings = tuple(_from_proto(f) for f in reply.findings)
+        findings = tuple(finding_from_pb(f) for f in reply.findings)
         total = max(reply.score, score(findings))
         if local is not None:
             verdict = await local
@@ -229,18 +223,6 @@ class Guard:
             findings = tuple(sorted(findings + extra, key=lambda f: (-f.severity.rank, -f.confidence)))
             total = max(total, verdict.score)
         return Inspection(findings, total, self.policy.decide(findings), scanned=True)
-
-
-def _from_proto(finding: finding_pb2.Finding) -> Finding:
-    return Finding(
-        type=finding.type,
-        severity=_SEVERITY_OF_ENUM.get(finding.severity, Severity.INFO),
-        confidence=min(max(finding.confidence, 0.0), 1.0),
-        detector=finding.detector,
-        location=finding.location,
-        excerpt=finding.excerpt,
-        description=finding.description,
-    )
 
 
 def block_message(decision: Decision) -> str:

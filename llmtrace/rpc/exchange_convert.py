@@ -20,7 +20,7 @@ from typing import Final
 
 from llmtrace.api.v1 import finding_pb2, span_pb2
 from llmtrace.security.exchange import Exchange, Side, Text, ToolCall
-from llmtrace.security.findings import Finding
+from llmtrace.security.findings import Finding, Severity
 
 #: Request roles whose text is the operator's own instructions (kept as `system_prompts`).
 SYSTEM_ROLES: Final = frozenset({"system", "developer"})
@@ -90,11 +90,35 @@ def content_chars(messages: Iterable[span_pb2.Message]) -> int:
     )
 
 
+#: The one mapping between domain severities and the wire enum (core and shim both use it).
+SEVERITY_TO_PB: Final[dict[Severity, finding_pb2.Severity.ValueType]] = {
+    Severity.INFO: finding_pb2.SEVERITY_INFO,
+    Severity.LOW: finding_pb2.SEVERITY_LOW,
+    Severity.MEDIUM: finding_pb2.SEVERITY_MEDIUM,
+    Severity.HIGH: finding_pb2.SEVERITY_HIGH,
+    Severity.CRITICAL: finding_pb2.SEVERITY_CRITICAL,
+}
+_SEVERITY_FROM_PB: Final = {wire: domain for domain, wire in SEVERITY_TO_PB.items()}
+
+
+def finding_from_pb(finding: finding_pb2.Finding) -> Finding:
+    """The domain form of a wire finding; an unset severity reads as info, confidence is clamped."""
+    return Finding(
+        type=finding.type,
+        severity=_SEVERITY_FROM_PB.get(finding.severity, Severity.INFO),
+        confidence=min(max(finding.confidence, 0.0), 1.0),
+        detector=finding.detector,
+        location=finding.location,
+        excerpt=finding.excerpt,
+        description=finding.description,
+    )
+
+
 def finding_to_pb(finding: Finding) -> finding_pb2.Finding:
     """The wire form of a domain finding (no id, span ids, tenant or time: not stored)."""
     return finding_pb2.Finding(
         type=finding.type,
-        severity=finding.severity.rank,  # type: ignore[arg-type]
+        severity=SEVERITY_TO_PB[finding.severity],
         confidence=finding.confidence,
         detector=finding.detector,
         location=finding.location,

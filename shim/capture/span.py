@@ -9,8 +9,9 @@ from __future__ import annotations
 import time
 
 from llmtrace import limits
-from llmtrace.api.v1 import common_pb2, finding_pb2, span_pb2
-from llmtrace.security.findings import Finding, Severity
+from llmtrace.api.v1 import common_pb2, span_pb2
+from llmtrace.rpc.exchange_convert import SEVERITY_TO_PB
+from llmtrace.security.findings import Finding
 from llmtrace.security.masking import mask_sensitive
 from shim.capture import model
 from shim.capture.content_filter import BODIES_FULL, BODIES_METADATA, ContentFilter, normalize_mode
@@ -29,14 +30,6 @@ _PART_TYPES = {
     model.PART_REFUSAL: span_pb2.CONTENT_PART_TYPE_REFUSAL,
     model.PART_REASONING: span_pb2.CONTENT_PART_TYPE_REASONING,
     model.PART_OTHER: span_pb2.CONTENT_PART_TYPE_OTHER,
-}
-
-_SEVERITIES = {
-    Severity.INFO: finding_pb2.SEVERITY_INFO,
-    Severity.LOW: finding_pb2.SEVERITY_LOW,
-    Severity.MEDIUM: finding_pb2.SEVERITY_MEDIUM,
-    Severity.HIGH: finding_pb2.SEVERITY_HIGH,
-    Severity.CRITICAL: finding_pb2.SEVERITY_CRITICAL,
 }
 
 
@@ -109,7 +102,7 @@ def _set_findings(span: span_pb2.Span, findings: list[Finding], mode: str) -> No
     for finding in findings[: limits.MAX_ITEMS]:
         span.findings.add(
             type=_name(finding.type),
-            severity=_SEVERITIES[finding.severity],
+            severity=SEVERITY_TO_PB[finding.severity],
             confidence=min(max(finding.confidence, 0.0), 1.0),
             detector=_name(finding.detector),
             location=_name(finding.location),
