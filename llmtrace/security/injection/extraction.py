@@ -61,6 +61,7 @@ _REVEAL_WORDS: Final = (
 )
 _REVEAL_TARGET_WORDS: Final = (
     "prompt",
+    "message",
     "instructions",
     "preprompt",
     "pre",
