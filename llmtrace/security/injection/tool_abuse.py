@@ -88,7 +88,9 @@ SHELL_SQL_RULES: Final[tuple[Rule, ...]] = (
         r"|`\s*(?:curl|wget|nc|ncat|whoami|cat\s+/etc/(?:passwd|shadow))\b[^`\n]*`"
         r"|[;&|]\s*(?:cat\s+/etc/(?:passwd|shadow)|nc\s+(?:-[a-z]+\s+){0,4}\S+\s+\d+\s+-e|bash\s+-i|whoami\b)"
         r"|/dev/tcp/|\bmkfs(?:\.\w+)?\s+/dev/|:\(\)\s*\{\s*:\s*\|\s*:\s*&\s*\}\s*;",
-        gate=(("rm -", "rm\t-", "$(", "`", "/etc/", "nc ", "ncat", "bash -i", "whoami", "/dev/", "mkfs", ":()"),),
+        gate=(
+            ("rm -", "rm\t-", "$(", "`", "/etc/", "nc ", "ncat", "bash -i", "whoami", "/dev/", "mkfs", ":()"),
+        ),
         branch_gates=(
             (("rm",),),
             (("$(",),),
