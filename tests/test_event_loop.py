@@ -3,19 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from llmtrace.api.v1 import ingest_service_pb2, query_service_pb2
-from tests.conftest import RunningCore
+from llmtrace.config.schema import SecurityAnalysisSettings
+from tests.conftest import RunningCore, core_settings, running_core
 from tests.factories import make_span
 
 # A step of the loop longer than this means something ran on it that should not have. Generous,
 # because this machine is shared: real blocking (a DuckDB insert or a 500-span Arrow build on the
 # loop) takes well over 100 ms for a 2,500-span batch here.
 SLOW_CALLBACK_SECONDS = 0.1
+
+
+@pytest.fixture
+async def core(tmp_path: Path) -> AsyncIterator[RunningCore]:
+    # Ingest and queries only: post-ack analysis runs beside them in the same process (its results
+    # are unpickled and written by threads of the core) and, on a loaded CI machine, the interpreter
+    # lock those threads hold can stretch a loop step past the limit without anything blocking.
+    settings = dataclasses.replace(
+        core_settings(tmp_path / "db.duckdb"), security_analysis=SecurityAnalysisSettings(enabled=False)
+    )
+    async with running_core(settings) as running:
+        yield running
 
 
 async def test_ingest_and_queries_do_not_block_the_loop(
