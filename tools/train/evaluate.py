@@ -141,34 +141,28 @@ def main(argv: list[str] | None = None) -> int:
     print("|" + "---|" * len(header))
     for h in held:
         print(_row(h.source, h.labels, tiers(h), tpr1(h)))
-    labels = np.concatenate([h.labels for h in held])
-    pooled = {
-        tier: np.concatenate([tiers(h)[tier] for h in held]) for tier in ("regex", "classifier", "fused")
-    }
-    scores = np.concatenate([h.scores for h in held])
-    fused_scores = np.concatenate([np.maximum(h.scores, regex[h.source]) for h in held])
-    positive = labels == 1
-    pooled_tpr = {
-        "classifier": float((scores[positive] >= t1).mean()),
-        "fused": float((fused_scores[positive] >= t1_fused).mean()),
-    }
-    print(_row("**pooled**", labels, pooled, pooled_tpr))
+    tier_names = ("regex", "classifier", "fused")
+
+    def pooled_row(name: str, group: Sequence[HeldOut]) -> str:
+        group_labels = np.concatenate([h.labels for h in group])
+        flags = {tier: np.concatenate([tiers(h)[tier] for h in group]) for tier in tier_names}
+        scores = np.concatenate([h.scores for h in group])
+        fused_scores = np.concatenate([np.maximum(h.scores, regex[h.source]) for h in group])
+        positive = group_labels == 1
+        tpr = {
+            "classifier": float((scores[positive] >= t1).mean()),
+            "fused": float((fused_scores[positive] >= t1_fused).mean()),
+        }
+        return _row(name, group_labels, flags, tpr)
+
+    print(pooled_row("**pooled**", held))
     # SPML is 60% of the positives and its attacks are mostly off-topic requests that are attacks
     # only against the system prompt they were written for: the pool without it, for contrast.
-    rest = [h for h in held if h.source != "spml_chatbot"]
-    rest_labels = np.concatenate([h.labels for h in rest])
-    rest_tiers = {tier: np.concatenate([tiers(h)[tier] for h in rest]) for tier in pooled}
-    rest_scores = np.concatenate([h.scores for h in rest])
-    rest_fused = np.concatenate([np.maximum(h.scores, regex[h.source]) for h in rest])
-    rest_positive = rest_labels == 1
-    rest_tpr = {
-        "classifier": float((rest_scores[rest_positive] >= t1).mean()),
-        "fused": float((rest_fused[rest_positive] >= t1_fused).mean()),
-    }
-    print(_row("pooled without spml_chatbot", rest_labels, rest_tiers, rest_tpr))
+    print(pooled_row("pooled without spml_chatbot", [h for h in held if h.source != "spml_chatbot"]))
+    labels = np.concatenate([h.labels for h in held])
     macro = {
         tier: float(np.mean([tiers(h)[tier][h.labels == 1].mean() for h in held if (h.labels == 1).any()]))
-        for tier in pooled
+        for tier in tier_names
     }
     print("\nMacro-average recall over sources: " + ", ".join(f"{k} {v:.3f}" for k, v in macro.items()) + ".")
 
