@@ -15,7 +15,8 @@ _PROMPT_NOUN: Final = (
 )
 
 # Gate vocabularies (whole words, see `rules.gate_open`).
-_REVEAL_WORDS: Final = (
+# Whole words of the first `reveal_prompt` alternative: its verbs and the last word of `_PROMPT_NOUN`.
+_REVEAL_VERBS: Final = (
     "reveal",
     "print",
     "repeat",
@@ -39,6 +40,9 @@ _REVEAL_WORDS: Final = (
     "return",
     "state",
     "read",
+)
+_REVEAL_WORDS: Final = (
+    *_REVEAL_VERBS,
     "encode",
     "translate",
     "summarize",
@@ -78,32 +82,6 @@ _REVEAL_TARGET_WORDS: Final = (
     "characters",
     "tokens",
     "set",
-)
-# Whole words of the first `reveal_prompt` alternative: its verbs and the last word of `_PROMPT_NOUN`.
-_REVEAL_VERBS: Final = (
-    "reveal",
-    "print",
-    "repeat",
-    "show",
-    "display",
-    "output",
-    "tell",
-    "give",
-    "share",
-    "disclose",
-    "leak",
-    "dump",
-    "recite",
-    "spell",
-    "write",
-    "echo",
-    "paste",
-    "copy",
-    "provide",
-    "expose",
-    "return",
-    "state",
-    "read",
 )
 _PROMPT_NOUN_WORDS: Final = (
     "prompt",
