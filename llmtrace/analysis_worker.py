@@ -182,6 +182,10 @@ class AnalysisWorker:
         QUEUE_SPANS.set(0)
         for task in self._tasks:
             task.cancel()
+        # The loop also ends on `_closed`: a cancellation that lands as an awaited result arrives
+        # can be swallowed by the awaiting call (Python 3.11's `wait_for` does), and the task must
+        # still end rather than wait for spans that will never come.
+        self._ready.set()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -244,7 +248,7 @@ class AnalysisWorker:
             await asyncio.wait_for(asyncio.to_thread(reap), 6.0)
 
     async def _run(self) -> None:
-        while True:
+        while not self._closed:
             await self._ready.wait()
             if not self._queue:
                 self._ready.clear()
@@ -286,6 +290,8 @@ class AnalysisWorker:
         raise AssertionError("unreachable")
 
     async def _process(self, batch: list[span_pb2.Span]) -> None:
+        if self._closed:
+            return  # stopping: the spans are queued again at the next start
         try:
             future = await self._submit(batch)
         except (AnalysisStartError, BrokenProcessPool) as exc:
@@ -294,7 +300,12 @@ class AnalysisWorker:
             return
         started = time.perf_counter()
         try:
-            scores, findings, by_type = await asyncio.wait_for(future, self._timeout_s)
+            # `asyncio.wait`, not `wait_for`: a stop's cancellation always propagates from it.
+            done, _ = await asyncio.wait({future}, timeout=self._timeout_s)
+            if not done:
+                future.cancel()
+                raise TimeoutError
+            scores, findings, by_type = future.result()
         except TimeoutError:
             FAILURES.labels("timeout").inc(len(batch))
             _log.warning(

@@ -183,6 +183,9 @@ class Shipper:
         self._wake.set()
         batches, replay = self._tasks
         replay.cancel()
+        # Woken too, since the loop also ends on `_closing`: a cancellation that lands as an
+        # awaited result arrives can be swallowed, and close must not wait on an idle replay.
+        self._spooled.set()
         done, _ = await asyncio.wait({batches}, timeout=grace)
         if not done:
             batches.cancel()
@@ -266,7 +269,7 @@ class Shipper:
 
     async def _replay_loop(self) -> None:
         delay = self._settings.retry_initial_ms / 1000
-        while True:
+        while not self._closing:
             await self._spooled.wait()
             async with self._spill_lock:
                 entry = await asyncio.to_thread(self._spool.peek)
