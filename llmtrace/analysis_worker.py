@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Final
+from typing import Final, TypeVar
 
 import pyarrow as pa
 import structlog
@@ -69,6 +69,7 @@ START_TIMEOUT_S: Final = 120.0
 #: out is not restarted in a busy loop).
 RESTART_MIN_INTERVAL_S: Final = 1.0
 _mp = multiprocessing.get_context("spawn")
+_T = TypeVar("_T")
 
 SPANS_ANALYSED = Counter(
     "llmtrace_analysis_spans", "Spans analysed after ingest (findings and score stored)."
@@ -102,6 +103,24 @@ def _alive(pool: ProcessPoolExecutor) -> bool:
     """Whether the pool's process still runs (a dead one may not have broken the pool yet)."""
     processes = getattr(pool, "_processes", None) or {}
     return all(process.is_alive() for process in list(processes.values()))
+
+
+async def _result_within(future: asyncio.Future[_T], timeout_s: float) -> _T:
+    """The future's result, or TimeoutError after `timeout_s`; a future not awaited to the end
+    (timed out, or the wait cancelled by a stop) is cancelled, so a later error of its killed
+    process is nobody's to report.
+
+    `asyncio.wait`, not `wait_for`: in Python 3.11 `wait_for` returns the result instead of
+    raising when a cancellation lands as the result arrives, and a stop would then wait forever.
+    """
+    try:
+        done, _ = await asyncio.wait({future}, timeout=timeout_s)
+    finally:
+        if not future.done():
+            future.cancel()
+    if not done:
+        raise TimeoutError
+    return future.result()
 
 
 class AnalysisStartError(RuntimeError):
@@ -300,12 +319,7 @@ class AnalysisWorker:
             return
         started = time.perf_counter()
         try:
-            # `asyncio.wait`, not `wait_for`: a stop's cancellation always propagates from it.
-            done, _ = await asyncio.wait({future}, timeout=self._timeout_s)
-            if not done:
-                future.cancel()
-                raise TimeoutError
-            scores, findings, by_type = future.result()
+            scores, findings, by_type = await _result_within(future, self._timeout_s)
         except TimeoutError:
             FAILURES.labels("timeout").inc(len(batch))
             _log.warning(
