@@ -21,7 +21,7 @@ _QUALIFIER: Final = (
 _TARGET: Final = (
     r"(?:instructions?|prompts?|directions?|rules|guidelines|commands?|orders|context|constraints"
     r"|directives?|programming|guidance|restrictions|messages?|text|conversation|policies|policy"
-    r"|configuration|settings|training|inputs?|content|tasks?)"
+    r"|configuration|settings|training|inputs?|content|tasks?|requests?|sentences?|statements?)"
 )
 
 # Gate vocabularies (whole words, see `rules.gate_open`).
@@ -76,7 +76,50 @@ _TARGET_WORDS: Final = (
     "content",
     "task",
     "tasks",
+    "request",
+    "requests",
+    "sentence",
+    "sentences",
+    "statement",
+    "statements",
 )
+
+# What a model's standing orders are called, with the misspellings attacks type in a hurry.
+_ORDERS: Final = (
+    r"(?:instructions?|instuctions?|intructions?|instrucions?|instructons?|instrutions?|insructions?"
+    r"|directives?|prompts?|promts?|rules|guidelines|guidlines|orders?|commands?|programming)"
+)
+_ORDER_WORDS: Final = (
+    "instruction",
+    "instructions",
+    "instuction",
+    "instuctions",
+    "intruction",
+    "intructions",
+    "instrucion",
+    "instrucions",
+    "instructon",
+    "instructons",
+    "instrution",
+    "instrutions",
+    "insruction",
+    "insructions",
+    "directive",
+    "directives",
+    "prompt",
+    "prompts",
+    "promt",
+    "promts",
+    "rules",
+    "guidelines",
+    "guidlines",
+    "order",
+    "orders",
+    "command",
+    "commands",
+    "programming",
+)
+_OWN_VERBS: Final = ("ignore", "disregard", "forget", "override")
 
 RULES: Final[tuple[Rule, ...]] = (
     rule(
@@ -213,5 +256,40 @@ RULES: Final[tuple[Rule, ...]] = (
             ("your",),
             ("from",),
         ),
+    ),
+    rule(
+        "override_addressed",
+        PROMPT_INJECTION,
+        Severity.HIGH,
+        0.8,
+        "Instruction to drop the model's standing orders",
+        # "ignore your directive", "forget all prompts", "disregard any instructions you have",
+        # "forget those rules", "forget your last 2 instructions": the orders named with a
+        # quantifier, a possessive or a pointer, never a bare "the" ("ignore the instructions on
+        # the box" is advice, not an attack).
+        pattern=r"\b(?:ignore|disregard|forget|override)\s+(?:literally\s+)?"
+        r"(?:(?:all|any|every|each)\s+(?:of\s+)?(?:the\s+|your\s+|those\s+|these\s+)?|your\s+|(?:those|these|that)\s+)"
+        r"(?:(?:previous|prior|above|earlier|last|older|old|original|initial|current|first|second|third"
+        r"|\d+(?:st|nd|rd|th)?|few|other|further|following|given|system)\s+"
+        r"(?:(?:and|&)\s+\w+\s+)?){0,2}" + _ORDERS + r"\b",
+        gate=(_OWN_VERBS, _ORDER_WORDS),
+        starts=_OWN_VERBS,
+    ),
+    rule(
+        "override_told",
+        PROMPT_INJECTION,
+        Severity.HIGH,
+        0.8,
+        "Instruction to forget everything the model was told",
+        # "ignore everything you've been told", "forget what ever I have told you",
+        # "ignore anything you was told to do", "ignore everything you've been programed to do".
+        pattern=r"\b(?:ignore|disregard|forget)\s+(?:every\s?thing|any\s?thing|what\s?ever|all)\s+"
+        r"(?:that\s+)?(?:you|u|i)\s*(?:'ve|'re|have|had|were|was|where|whrere)?\s*(?:been\s+)?"
+        r"(?:told|given|taught|instructed|programm?ed)\b",
+        gate=(
+            ("ignore", "disregard", "forget"),
+            ("told", "given", "taught", "instructed", "programmed", "programed"),
+        ),
+        starts=("ignore", "disregard", "forget"),
     ),
 )
