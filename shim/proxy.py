@@ -438,8 +438,9 @@ class Exchange:
 
     @property
     def parsed_request(self) -> ParsedRequest:
-        """The request body read for capture (parsed once, lazily, off the client's path unless
-        enforcement needs it before forwarding)."""
+        """The request body read for capture, parsed once, lazily: before forwarding when
+        enforcement needs it, else when the upstream's headers arrive (the response capture needs
+        the request's API and stream flag), while the request is already on its way upstream."""
         if self._parsed is None:
             self._parsed = parse_request(
                 self._request.path,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from llmtrace import limits
-from llmtrace.api.v1 import common_pb2, span_pb2
+from llmtrace.api.v1 import span_pb2
 from llmtrace.rpc.exchange_convert import SEVERITY_TO_PB
 from llmtrace.security.findings import Finding
 from llmtrace.security.masking import mask_sensitive
@@ -263,12 +263,14 @@ def _set_attributes(span: span_pb2.Span, meta: ExchangeMeta, mode: str) -> None:
     def add(key: str, value: str | int) -> None:
         if len(attributes) >= limits.MAX_ITEMS:
             return
+        # Set in place: a temporary AnyValue per attribute, copied in, costs twice the time.
+        item = attributes.add()
         if isinstance(value, int):
-            attributes.add(key=key, value=common_pb2.AnyValue(int_value=value))
+            item.key = key
+            item.value.int_value = value
         else:
-            attributes.add(
-                key=_name(key), value=common_pb2.AnyValue(string_value=_cut(value, limits.MAX_TEXT_CHARS))
-            )
+            item.key = _name(key)
+            item.value.string_value = _cut(value, limits.MAX_TEXT_CHARS)
 
     add("http.request.method", meta.method)
     add("url.path", meta.path)
