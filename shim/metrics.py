@@ -64,7 +64,9 @@ BATCHES = Counter(
 )
 SPANS_SHIPPED = Counter("llmtrace_shim_spans_shipped_total", "Spans acknowledged by the core.")
 SPANS_DROPPED = Counter(
-    "llmtrace_shim_spans_dropped_total", "Spans lost because the spool's disk budget was full."
+    "llmtrace_shim_spans_dropped_total",
+    "Spans lost: the spool's disk budget was full, or the spool or the dead-letter file could not "
+    "be written.",
 )
 SPANS_DEAD_LETTERED = Counter(
     "llmtrace_shim_spans_dead_lettered_total",

@@ -54,6 +54,10 @@ _TRANSIENT: Final = frozenset(
         grpc.StatusCode.PERMISSION_DENIED,
     }
 )
+#: Codes that mean the core broke while handling the batch, rather than being away.
+_CORE_FAILED: Final = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
+#: Replays of one spooled batch answered with one of those before it is dead-lettered.
+MAX_CORE_FAILURES: Final = 5
 _HEALTH_CACHE_SECONDS: Final = 1.0
 
 
@@ -120,6 +124,11 @@ class Shipper:
         self._health_checked_at = 0.0
         self._health_ok = False
         self._spill_lock = asyncio.Lock()
+        # The batch the batcher has taken off the queue and not yet delivered or spooled: a close
+        # that cancels the batcher mid-send spools it, so it is not lost with the task.
+        self._in_flight: _Batch | None = None
+        # Failed replays of the spool's oldest batch with a code that says the core broke on it.
+        self._head_failures: tuple[int, int] = (-1, 0)
 
     # -- the proxy's side -------------------------------------------------------------------
 
@@ -189,15 +198,25 @@ class Shipper:
         done, _ = await asyncio.wait({batches}, timeout=grace)
         if not done:
             batches.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await replay
-        with contextlib.suppress(asyncio.CancelledError):
-            await batches
-        # Whatever is still in memory (the deadline passed) goes to disk.
+        for task in (replay, batches):
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # the loops catch their own errors; this is a last resort
+                _log.exception("shipper task failed", task=task.get_name())
+        # The batch a cancelled send was carrying, then whatever is still in memory, go to disk,
+        # in that order.
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            await self._to_spool(in_flight)
         while self._queue:
             await self._to_spool(self._cut_batch())
         await self._channel.close()
-        await asyncio.to_thread(self._spool.close)
+        try:
+            await asyncio.to_thread(self._spool.close)
+        except OSError as exc:
+            _log.error("cannot close the spool", error=str(exc))
 
     # -- batching -----------------------------------------------------------------------------
 
@@ -239,22 +258,44 @@ class Shipper:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
                 continue
-            batch = self._cut_batch()
-            if len(self._spool) or (self._closing and self._core_ok is False):
-                await self._to_spool(batch)  # keep order behind what is already spooled
-            elif not await self._send(batch.payload, batch.captured_at):
-                await self._to_spool(batch)
-            while len(self._queue) > self._settings.queue_max_spans:
-                await self._to_spool(self._cut_batch())  # the core is slow: spill, bound memory
+            batch = self._in_flight = self._cut_batch()
+            try:
+                if len(self._spool) or (self._closing and self._core_ok is False):
+                    await self._to_spool(batch)  # keep order behind what is already spooled
+                elif await self._send(batch.payload, batch.captured_at) is not None:
+                    await self._to_spool(batch)
+                self._in_flight = None
+                while len(self._queue) > self._settings.queue_max_spans:
+                    await self._to_spool(self._cut_batch())  # the core is slow: spill, bound memory
+            except asyncio.CancelledError:
+                raise  # `close` spools the batch in flight
+            except Exception:
+                # Never let one batch end shipping: what is queued behind it must still move.
+                _log.exception("shipping a batch failed; it goes to the spool", spans=batch.spans)
+                if self._in_flight is not None:
+                    self._in_flight = None
+                    try:
+                        await self._to_spool(batch)
+                    except Exception:
+                        metrics.SPANS_DROPPED.inc(batch.spans)
+                        _log.exception("cannot spool the batch: spans dropped", spans=batch.spans)
+                await asyncio.sleep(self._settings.retry_initial_ms / 1000)
 
     async def _to_spool(self, batch: _Batch) -> None:
         if not batch.spans:
             return
+        error: OSError | None = None
         async with self._spill_lock:
-            stored = await asyncio.to_thread(self._spool.append, batch.payload)
+            try:
+                stored = await asyncio.to_thread(self._spool.append, batch.payload)
+            except OSError as exc:  # disk full, I/O error, the directory removed
+                stored, error = False, exc
         if stored:
             metrics.BATCHES.labels("spooled").inc()
             self._spooled.set()
+        elif error is not None:
+            metrics.SPANS_DROPPED.inc(batch.spans)
+            _log.error("cannot write the spool: spans dropped", spans=batch.spans, error=str(error))
         else:
             metrics.SPANS_DROPPED.inc(batch.spans)
             _log.error(
@@ -271,35 +312,60 @@ class Shipper:
         delay = self._settings.retry_initial_ms / 1000
         while not self._closing:
             await self._spooled.wait()
-            async with self._spill_lock:
-                entry = await asyncio.to_thread(self._spool.peek)
-            if entry is None:
-                self._spooled.clear()
-                continue
-            if await self._send(entry.payload, None):
-                async with self._spill_lock:
-                    await asyncio.to_thread(self._spool.remove, entry)
-                metrics.SPOOL_BYTES.set(self._spool.bytes_used)
+            try:
+                delivered = await self._replay_oldest()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a spool read failing must not end replay for good
+                _log.exception("replaying the spool failed; retrying")
+                delivered = False
+            if delivered:
                 delay = self._settings.retry_initial_ms / 1000
                 continue
             # Full jitter keeps many shims from hammering a recovering core in step.
             await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - not cryptographic
             delay = min(delay * 2, self._settings.retry_max_ms / 1000)
 
+    async def _replay_oldest(self) -> bool:
+        """Send the oldest spooled batch; True when the spool moved on (or is empty)."""
+        async with self._spill_lock:
+            entry = await asyncio.to_thread(self._spool.peek)
+        if entry is None:
+            self._spooled.clear()
+            return True
+        failure = await self._send(entry.payload, None)
+        if failure is not None:
+            if failure not in _CORE_FAILED:
+                return False
+            # The core failed on this batch itself (a bug answers INTERNAL): after a few tries it
+            # goes to the dead-letter file rather than block everything spooled behind it.
+            seq, failures = self._head_failures
+            failures = failures + 1 if seq == entry.seq else 1
+            self._head_failures = (entry.seq, failures)
+            if failures < MAX_CORE_FAILURES:
+                return False
+            reason = f"the core failed on this batch {failures} times"
+            await self._dead_letter_all(entry.payload, failure.name, reason)
+        async with self._spill_lock:
+            await asyncio.to_thread(self._spool.remove, entry)
+        metrics.SPOOL_BYTES.set(self._spool.bytes_used)
+        return True
+
     # -- one RPC ------------------------------------------------------------------------------
 
-    async def _send(self, payload: bytes, captured_at: list[float] | None) -> bool:
-        """True once the core has a verdict on every span (accepted or dead-lettered)."""
+    async def _send(self, payload: bytes, captured_at: list[float] | None) -> grpc.StatusCode | None:
+        """None once the core has a verdict on every span (accepted or dead-lettered); else the
+        code of the failure, after which the same batch can be sent again."""
         try:
             reply = await self._ingest(payload, timeout=self._settings.rpc_timeout_ms / 1000)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in _TRANSIENT:
                 self._note_failure(exc)
-                return False
+                return exc.code()
             # INVALID_ARGUMENT or RESOURCE_EXHAUSTED for the request as a whole: resending the
             # same bytes cannot succeed, so keep them for repair instead of retrying forever.
             await self._dead_letter_all(payload, exc.code().name, exc.details() or "")
-            return True
+            return None
         self._core_ok = True
         metrics.BATCHES.labels("sent").inc()
         metrics.SPANS_SHIPPED.inc(reply.accepted_spans)
@@ -309,7 +375,7 @@ class Shipper:
                 metrics.SHIP_LATENCY.observe(now - at)
         if reply.partial_success.rejected_spans:
             await self._dead_letter_rejected(payload, reply.partial_success)
-        return True
+        return None
 
     def _note_failure(self, exc: grpc.aio.AioRpcError) -> None:
         metrics.BATCHES.labels("failed").inc()
@@ -357,8 +423,19 @@ class Shipper:
         if not records:
             return
         metrics.BATCHES.labels("rejected").inc()
+        try:
+            await asyncio.to_thread(self._dead_letters.append, records)
+        except OSError as exc:
+            metrics.SPANS_DROPPED.inc(len(records))
+            _log.error(
+                "cannot write the dead-letter file: rejected spans dropped",
+                spans=len(records),
+                reason=reason[:500],
+                path=str(self._dead_letters.path),
+                error=str(exc),
+            )
+            return
         metrics.SPANS_DEAD_LETTERED.inc(len(records))
-        await asyncio.to_thread(self._dead_letters.append, records)
         _log.warning(
             "core rejected spans; kept in the dead-letter file",
             spans=len(records),

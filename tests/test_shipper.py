@@ -8,12 +8,15 @@ import json
 import socket
 from pathlib import Path
 
+import grpc
+import grpc.aio
 import pytest
 from prometheus_client import REGISTRY
 
+from llmtrace.api.v1 import ingest_service_pb2
 from llmtrace.config.schema import ShipperSettings
 from shim.dead_letter import DeadLetterFile
-from shim.shipper import Shipper
+from shim.shipper import MAX_CORE_FAILURES, Shipper
 from shim.spool import Spool
 from tests.conftest import core_settings, running_core, wait_for_spans
 from tests.factories import make_span
@@ -133,3 +136,119 @@ async def test_full_spool_drops_and_counts(tmp_path: Path, capsys: pytest.Captur
     await shipper.close(1)
     captured = capsys.readouterr()
     assert "spool full: spans dropped" in captured.out + captured.err
+
+
+class _FakeCore:
+    """A gRPC server standing in for a broken core: IngestSpans hangs or fails with `code`."""
+
+    def __init__(self, code: grpc.StatusCode | None) -> None:
+        self.code = code
+        self.calls = 0
+        self.server = grpc.aio.server()
+        self.addr = ""
+
+    async def _ingest(self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        self.calls += 1
+        if self.code is None:
+            await asyncio.Event().wait()  # never answers
+        await context.abort(self.code or grpc.StatusCode.UNKNOWN, "the core broke on this batch")
+        return b""
+
+    async def __aenter__(self) -> _FakeCore:
+        handler = grpc.method_handlers_generic_handler(
+            "llmtrace.api.v1.IngestService",
+            {"IngestSpans": grpc.unary_unary_rpc_method_handler(self._ingest)},
+        )
+        self.server.add_generic_rpc_handlers((handler,))
+        port = self.server.add_insecure_port("127.0.0.1:0")
+        await self.server.start()
+        self.addr = f"127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.server.stop(0)
+
+
+def _spooled_spans(settings: ShipperSettings) -> list[bytes]:
+    """Span ids of every batch left in the spool directory, oldest first."""
+    spool = Spool.open(Path(settings.spool_dir), settings.spool_max_bytes)
+    ids: list[bytes] = []
+    try:
+        while (entry := spool.peek()) is not None:
+            ids += [s.span_id for s in ingest_service_pb2.IngestSpansRequest.FromString(entry.payload).spans]
+            spool.remove(entry)
+    finally:
+        spool.close()
+    return ids
+
+
+async def test_close_spools_the_batch_a_hung_core_holds(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, rpc_timeout_ms=30_000)
+    async with _FakeCore(None) as core:
+        shipper = _shipper(settings, core.addr)
+        await shipper.start()
+        spans = [make_span(tenant="acme") for _ in range(5)]
+        for span in spans:
+            shipper.submit(span)
+        await _until(lambda: core.calls == 1)  # the batch is on the wire, unanswered
+        await asyncio.wait_for(shipper.close(0.2), 10)
+    assert _spooled_spans(settings) == [s.span_id for s in spans]
+
+
+async def test_a_batch_the_core_keeps_failing_on_is_dead_lettered(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, retry_max_ms=20)
+    async with _FakeCore(grpc.StatusCode.INTERNAL) as core:
+        shipper = _shipper(settings, core.addr)
+        await shipper.start()
+        span = make_span(tenant="acme")
+        shipper.submit(span)
+        dead = Path(settings.dead_letter_path)
+        await _until(lambda: dead.exists() and dead.stat().st_size > 0)
+        # One direct send, then MAX_CORE_FAILURES replays of the spooled batch.
+        assert core.calls == 1 + MAX_CORE_FAILURES
+        await shipper.close(1)
+    (line,) = (await asyncio.to_thread(dead.read_text)).splitlines()
+    record = json.loads(line)
+    assert record["span_id"] == span.span_id.hex()
+    assert "INTERNAL" in record["violations"][0]["description"]
+    assert _spooled_spans(settings) == []
+
+
+async def test_an_unwritable_dead_letter_file_drops_and_counts_but_shipping_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    settings = _settings(tmp_path, dead_letter_path=str(blocker / "dead.jsonl"))
+    before = _sample("llmtrace_shim_spans_dropped_total")
+    async with running_core(core_settings(tmp_path / "db.duckdb")) as core:
+        shipper = _shipper(settings, core.bound.grpc)
+        await shipper.start()
+        bad = make_span(tenant="acme")
+        bad.trace_id = b"\x01\x02\x03"  # rejected by the core; its dead letter cannot be written
+        shipper.submit(bad)
+        await _until(lambda: _sample("llmtrace_shim_spans_dropped_total") >= before + 1)
+        good = make_span(tenant="acme")
+        shipper.submit(good)
+        spans = await wait_for_spans(core, "acme", 1)
+        await shipper.close(5)
+    assert [s.span_id for s in spans] == [good.span_id]
+    captured = capsys.readouterr()
+    assert "cannot write the dead-letter file" in captured.out + captured.err
+
+
+async def test_a_spool_that_cannot_be_written_drops_and_counts_but_shipping_goes_on(
+    tmp_path: Path,
+) -> None:
+    settings = _settings(tmp_path)
+    before = _sample("llmtrace_shim_spans_dropped_total")
+    shipper = _shipper(settings, _free_addr())  # no core: every batch goes to the spool
+    await shipper.start()
+    # The spool's directory disappears behind its back: every write fails from now on.
+    for path in sorted((tmp_path / "spool").rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    for _ in range(2):
+        shipper.submit(make_span(tenant="acme"))
+        await asyncio.sleep(0.1)  # two flushes: the batcher survives the first failure
+    await _until(lambda: _sample("llmtrace_shim_spans_dropped_total") >= before + 2)
+    await asyncio.wait_for(shipper.close(1), 10)
