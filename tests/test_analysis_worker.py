@@ -417,11 +417,11 @@ async def test_stuck_analysis_never_delays_acks_or_shutdown(tmp_path: Path) -> N
             for _ in range(5):
                 started = loop.time()
                 await _ingest(core, [_injection_span() for _ in range(20)])
-                assert loop.time() - started < 2.0
+                assert loop.time() - started < 5.0  # not the analysis timeout (60 s)
             assert await _findings(core) == []
             stopping = loop.time()
         # Leaving the block stopped the core: it did not wait for the stuck analysis, and killed it.
-        assert loop.time() - stopping < 5.0
+        assert loop.time() - stopping < 10.0
         assert not _alive(pid)
         assert _children() <= children_before
     finally:

@@ -71,8 +71,11 @@ def test_a_kilobyte_without_matches_is_fast() -> None:
     text = ("The quick brown fox jumps over the lazy dog in 2024; summarise the key points. " * 14)[:1024]
     mask_sensitive(text)
     runs = 2000
-    started = time.perf_counter()
-    for _ in range(runs):
-        mask_sensitive(text)
-    per_call = (time.perf_counter() - started) / runs
-    assert per_call < 100e-6, per_call
+    rounds = []
+    for _ in range(3):  # the best of three: a busy machine slows a round, never speeds one up
+        started = time.perf_counter()
+        for _ in range(runs):
+            mask_sensitive(text)
+        rounds.append((time.perf_counter() - started) / runs)
+    # About 20 us here; a regex gone quadratic takes milliseconds.
+    assert min(rounds) < 500e-6, rounds

@@ -70,7 +70,7 @@ async def test_no_headers_in_time_is_504(tmp_path: Path) -> None:
         status, body, _ = await _post(
             stack.shim.base_url + "/v1/chat/completions", CHAT, **{"X-Fake-Behavior": "delay:3"}
         )
-        assert status == 504 and time.monotonic() - started < 2.5
+        assert status == 504 and time.monotonic() - started < 2.9  # not the upstream's 3 s
         _assert_openai_error(body, "upstream_timeout")
         (span,) = await stack.spans()
         assert span.status.error_type == "upstream_timeout"

@@ -206,7 +206,11 @@ def test_idle_core_stops_promptly(tmp_path: Path, cores: Launcher, sig: signal.S
     core.wait_ready()
     code, seconds = core.stop(sig)
     assert code == 0, core.log()
-    assert seconds < 3.0, f"idle shutdown took {seconds:.2f} s (grace is {SHUTDOWN_TIMEOUT_S} s)"
+    # Well under the grace period (what a stop that waits it out would take), with room for a
+    # loaded machine: the process exit alone can take a second or two there.
+    assert seconds < SHUTDOWN_TIMEOUT_S / 2, (
+        f"idle shutdown took {seconds:.2f} s (grace is {SHUTDOWN_TIMEOUT_S} s)"
+    )
     assert "core stopped" in core.log()
     assert "Traceback" not in core.log()
     # Checkpointed and closed: no write-ahead log left, and the file opens without recovery.
