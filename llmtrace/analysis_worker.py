@@ -48,7 +48,7 @@ from llmtrace.api.v1 import span_pb2
 from llmtrace.config.schema import SecurityAnalysisSettings
 from llmtrace.rpc.row_convert import span_from_row
 from llmtrace.store import queries
-from llmtrace.store.reader import StoreReader
+from llmtrace.store.reader import Row, StoreReader
 from llmtrace.store.writer import AnalysisWrite, StoreWriter, WriterClosedError
 
 __all__ = [
@@ -68,6 +68,9 @@ START_TIMEOUT_S: Final = 120.0
 #: Least time between two starts of the analysis process (a process that keeps dying or timing
 #: out is not restarted in a busy loop).
 RESTART_MIN_INTERVAL_S: Final = 1.0
+#: Crashes of the analysis process one queued batch may cause while it is split in halves to
+#: find the span that crashes it: enough to isolate one or two such spans in a batch of 256.
+MAX_CRASHES_PER_BATCH: Final = 16
 _mp = multiprocessing.get_context("spawn")
 _T = TypeVar("_T")
 
@@ -144,6 +147,7 @@ class AnalysisWorker:
         self._started_at = -RESTART_MIN_INTERVAL_S
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._crashes_left = MAX_CRASHES_PER_BATCH
 
     @property
     def enabled(self) -> bool:
@@ -206,8 +210,12 @@ class AnalysisWorker:
         # still end rather than wait for spans that will never come.
         self._ready.set()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # the process must be killed whatever a task died of
+                _log.exception("analysis task failed", task=task.get_name())
         await self._kill_process()
         if dropped:
             _log.info("analysis queue dropped at shutdown", spans=dropped)
@@ -275,6 +283,7 @@ class AnalysisWorker:
             count = min(self._batch, len(self._queue))
             batch = [self._queue.popleft() for _ in range(count)]
             QUEUE_SPANS.set(len(self._queue))
+            self._crashes_left = MAX_CRASHES_PER_BATCH
             try:
                 await self._process(batch)
             except asyncio.CancelledError:
@@ -332,7 +341,10 @@ class AnalysisWorker:
             return
         except BrokenProcessPool:
             await self._kill_process()
-            if await self._split(batch):
+            # Each crash costs a process start (a second or more): a batch on which every try
+            # crashes (memory runs out whatever it holds) is given up after a bounded number.
+            self._crashes_left -= 1
+            if self._crashes_left > 0 and await self._split(batch):
                 return
             FAILURES.labels("crash").inc(len(batch))
             _log.warning("the analysis process died; spans stay stored unanalysed", spans=len(batch))
@@ -371,23 +383,24 @@ class AnalysisWorker:
             rows, found = await queries.unanalysed_spans(
                 reader, since_us=since_us, source=SCORE_SOURCE, limit=self._capacity
             )
+            spans = await asyncio.to_thread(_spans_to_requeue, rows, found) if rows else []
         except asyncio.CancelledError:
             raise
         except Exception:
             _log.exception("cannot list unanalysed spans; they stay unanalysed")
             return
-        if not rows:
+        if not spans:
             return
-
-        def convert() -> list[span_pb2.Span]:
-            spans = [span_from_row(row) for row in rows]
-            index = {(s.tenant, s.trace_id, s.span_id): s for s in spans}
-            for f in found:
-                span = index.get((f["tenant"], f["trace_id"], f["span_id"]))
-                if span is not None:
-                    span.findings.add(type=f["type"], detector=f["detector"], location=f["location"])
-            return spans
-
-        spans = await asyncio.to_thread(convert)
         shed = self.offer(spans)
         _log.info("unanalysed spans queued again", spans=len(spans) - shed, shed=shed)
+
+
+def _spans_to_requeue(rows: list[Row], found: list[Row]) -> list[span_pb2.Span]:
+    """Stored span rows as spans to analyse, with the findings they already have (not repeated)."""
+    spans = [span_from_row(row) for row in rows]
+    index = {(s.tenant, s.trace_id, s.span_id): s for s in spans}
+    for f in found:
+        span = index.get((f["tenant"], f["trace_id"], f["span_id"]))
+        if span is not None:
+            span.findings.add(type=f["type"], detector=f["detector"], location=f["location"])
+    return spans

@@ -17,6 +17,7 @@ import json
 import multiprocessing
 import multiprocessing.connection
 import os
+import queue
 import signal
 import socket
 import sys
@@ -51,9 +52,15 @@ def _die_with_parent() -> None:
         os.setpgrp()
 
 
-def _core_child(settings: Settings, ready_file: str) -> None:
+def _orphaned(parent_pid: int) -> bool:
+    # The supervisor died before prctl took effect: we were re-parented (to init or a
+    # subreaper). Compared with the pid it had, not with 1: it may itself be pid 1 in a container.
+    return os.getppid() != parent_pid
+
+
+def _core_child(settings: Settings, ready_file: str, parent_pid: int) -> None:
     _die_with_parent()
-    if os.getppid() == 1:  # the supervisor died before prctl took effect
+    if _orphaned(parent_pid):
         sys.exit(1)
     configure_logging(settings.logging.level, settings.logging.format)
     from llmtrace.server import run_core  # noqa: PLC0415 - heavy import, child only
@@ -61,9 +68,9 @@ def _core_child(settings: Settings, ready_file: str) -> None:
     sys.exit(run_core(settings, ready_file=ready_file))
 
 
-def _shim_child(settings: Settings, sock: socket.socket, core_addr: str, ready: Any) -> None:
+def _shim_child(settings: Settings, sock: socket.socket, core_addr: str, ready: Any, parent_pid: int) -> None:
     _die_with_parent()
-    if os.getppid() == 1:
+    if _orphaned(parent_pid):
         sys.exit(1)
     configure_logging(settings.logging.level, settings.logging.format)
     sys.exit(run_worker(settings, sock, core_addr=core_addr, on_ready=lambda _addr: ready.put(os.getpid())))
@@ -112,6 +119,7 @@ class Supervisor:
         self._sock: socket.socket | None = None
         self._ready: Any = _mp.Queue()
         self._stopping = False
+        self._signal = ""
 
     # -- core --------------------------------------------------------------------------------
 
@@ -121,7 +129,9 @@ class Supervisor:
         settings = self._settings
         if self._core_bound:  # a restart keeps the addresses the workers already use
             settings = replace(settings, grpc=replace(settings.grpc, listen_addr=self._core_bound["grpc"]))
-        process = _mp.Process(target=_core_child, args=(settings, str(ready)), name="llmtrace-core")
+        process = _mp.Process(
+            target=_core_child, args=(settings, str(ready), os.getpid()), name="llmtrace-core"
+        )
         process.start()
         if self._core is None:
             self._core = _Child("core", process)
@@ -129,6 +139,8 @@ class Supervisor:
             self._core.process = process
         deadline = time.monotonic() + _CORE_START_TIMEOUT_S
         while not ready.exists():
+            if self._stopping:
+                raise _StopRequested
             if not process.is_alive():
                 raise SupervisorError(f"the core exited during start-up (exit code {process.exitcode})")
             if time.monotonic() > deadline:
@@ -144,7 +156,7 @@ class Supervisor:
         assert self._sock is not None
         process = _mp.Process(
             target=_shim_child,
-            args=(self._settings, self._sock, self._core_addr, self._ready),
+            args=(self._settings, self._sock, self._core_addr, self._ready, os.getpid()),
             name=f"llmtrace-shim-{index}",
         )
         process.start()
@@ -154,11 +166,17 @@ class Supervisor:
             self._workers.append(_Child(f"shim-{index}", process))
 
     def _wait_workers_ready(self, count: int) -> None:
-        for _ in range(count):
-            try:
-                self._ready.get(timeout=_CORE_START_TIMEOUT_S)
-            except Exception as exc:
-                raise SupervisorError("a shim worker did not start in time") from exc
+        deadline = time.monotonic() + _CORE_START_TIMEOUT_S
+        ready = 0
+        while ready < count:
+            if self._stopping:
+                raise _StopRequested
+            if time.monotonic() > deadline:
+                raise SupervisorError("a shim worker did not start in time")
+            # Short waits, so that a SIGTERM during start-up is acted on at once.
+            with contextlib.suppress(queue.Empty):
+                self._ready.get(timeout=0.2)
+                ready += 1
 
     # -- run ---------------------------------------------------------------------------------
 
@@ -201,16 +219,21 @@ class Supervisor:
                     },
                 )
             self._supervise(wake_r)
+        except _StopRequested:
+            pass
         except SupervisorError as exc:
             _log.error("cannot start", error=str(exc))
             self._stop_all()
             return 1
+        _log.info("shutting down", signal=self._signal)
         self._stop_all()
         return 0
 
     def _on_signal(self, signum: int, _frame: object) -> None:
+        # Nothing but flags here: a handler that logs could wait forever for the lock of the log
+        # line the main thread was writing when the signal came.
         if not self._stopping:
-            _log.info("shutting down", signal=signal.Signals(signum).name)
+            self._signal = signal.Signals(signum).name
         self._stopping = True
 
     def _supervise(self, wake: socket.socket) -> None:
@@ -232,11 +255,15 @@ class Supervisor:
                 child.restarts += 1
                 if self._stopping:
                     return
-                if child is self._core:
-                    self._start_core()
-                else:
-                    self._start_worker(self._workers.index(child))
-                    self._wait_workers_ready(1)
+                try:
+                    if child is self._core:
+                        self._start_core()
+                    else:
+                        self._start_worker(self._workers.index(child))
+                        self._wait_workers_ready(1)
+                except SupervisorError as exc:
+                    # Keep supervising: the next round finds it down again and retries, later.
+                    _log.error("restart failed; retrying", child=child.name, error=str(exc))
 
     def _stop_all(self) -> None:
         grace = self._settings.shutdown.timeout_seconds + 10
@@ -258,6 +285,10 @@ class Supervisor:
 
 class SupervisorError(RuntimeError):
     """A child could not be started."""
+
+
+class _StopRequested(Exception):  # noqa: N818 - a signal, not an error
+    """SIGTERM or SIGINT came while children were starting."""
 
 
 def _terminate(process: BaseProcess) -> None:

@@ -13,8 +13,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from llmtrace import analysis_worker
 from llmtrace.analysis_worker import AnalysisWorker
 from llmtrace.api.v1 import finding_pb2, ingest_service_pb2, query_service_pb2, span_pb2
 from llmtrace.config import Settings
@@ -223,6 +225,27 @@ async def test_disabled_analysis_skips_and_restart_requeues(tmp_path: Path) -> N
         assert {f.span_id for f in found} == {span.span_id}
         assert "prompt_injection" in {f.type for f in found}
         assert _score(await _span(core, span)) == 80
+
+
+async def test_a_requeue_that_fails_leaves_the_core_working_and_stopping_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "db.duckdb"
+    async with running_core(_settings(path, enabled=False)) as core:
+        await _ingest(core, [_injection_span()])  # acked, never analysed: re-queued at the next start
+
+    def unreadable(*_: object) -> list[span_pb2.Span]:
+        raise ValueError("a stored span that cannot be read back")
+
+    monkeypatch.setattr(analysis_worker, "_spans_to_requeue", unreadable)
+    async with running_core(_settings(path)) as core:
+        pid = _worker(core).pid
+        fresh = _injection_span()
+        await _ingest(core, [fresh])  # new spans are still analysed
+        found = await _eventually(lambda: _findings(core), "findings of a new span")
+        assert {f.span_id for f in found} == {fresh.span_id}
+    # Leaving the block stopped the core without raising, and its analysis process is gone.
+    assert pid is not None and not _alive(pid)
 
 
 async def test_list_findings_filters(tmp_path: Path) -> None:

@@ -1,0 +1,33 @@
+"""The supervisor's start-up waits give way to SIGTERM, and a child's orphan check."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from llmtrace.config.schema import Settings
+from llmtrace.supervisor import Supervisor, _orphaned, _StopRequested
+
+
+def test_a_child_is_orphaned_only_when_its_parent_is_not_the_one_it_was_started_by() -> None:
+    # Compared with the pid the supervisor had, not with 1: in a container the supervisor itself
+    # may be pid 1, and its children must still start.
+    assert not _orphaned(os.getppid())
+    assert _orphaned(os.getppid() + 1)
+
+
+def test_a_stop_during_start_up_ends_the_wait_for_workers_at_once() -> None:
+    supervisor = Supervisor(Settings(), with_core=False, core_addr="127.0.0.1:1", ready_file=None)
+    try:
+        # No worker ever reports ready; SIGTERM (its handler sets the flag) comes after 0.3 s.
+        timer = threading.Timer(0.3, lambda: setattr(supervisor, "_stopping", True))
+        timer.start()
+        started = time.monotonic()
+        with pytest.raises(_StopRequested):
+            supervisor._wait_workers_ready(1)
+        assert time.monotonic() - started < 5.0  # not the 120 s start-up limit
+    finally:
+        supervisor._stop_all()
