@@ -58,6 +58,9 @@ _TRANSIENT: Final = frozenset(
 _CORE_FAILED: Final = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
 #: Replays of one spooled batch answered with one of those before it is dead-lettered.
 MAX_CORE_FAILURES: Final = 5
+#: How long a send may wait for the core's answer (at least; a longer flush interval raises it)
+#: before a copy of its batch is spooled: what a SIGKILL can lose while the core is slow.
+SLOW_SEND_S: Final = 1.0
 _HEALTH_CACHE_SECONDS: Final = 1.0
 
 
@@ -80,6 +83,9 @@ class _Batch:
     payload: bytes
     spans: int
     captured_at: list[float] = field(default_factory=list)
+    #: A copy is in the spool (its send was slow): the copy's replay, not this send, dead-letters
+    #: what the core rejects, so nothing is dead-lettered twice.
+    copied: bool = False
 
 
 class Shipper:
@@ -95,6 +101,7 @@ class Shipper:
         max_message_bytes: int,
     ) -> None:
         self._settings = settings
+        self._slow_send_s = max(SLOW_SEND_S, settings.flush_interval_ms / 1000)
         self._core_addr = core_addr
         self._spool = spool
         self._dead_letters = dead_letters
@@ -127,6 +134,8 @@ class Shipper:
         # The batch the batcher has taken off the queue and not yet delivered or spooled: a close
         # that cancels the batcher mid-send spools it, so it is not lost with the task.
         self._in_flight: _Batch | None = None
+        # Sends still waiting for a slow core after their batch was copied to the spool.
+        self._slow_sends: set[asyncio.Task[grpc.StatusCode | None]] = set()
         # Failed replays of the spool's oldest batch with a code that says the core broke on it.
         self._head_failures: tuple[int, int] = (-1, 0)
 
@@ -205,6 +214,10 @@ class Shipper:
                 pass
             except Exception:  # the loops catch their own errors; this is a last resort
                 _log.exception("shipper task failed", task=task.get_name())
+        # Sends still waiting for a slow core: their batches are in the spool already.
+        for send in list(self._slow_sends):
+            send.cancel()
+        await asyncio.gather(*self._slow_sends, return_exceptions=True)
         # The batch a cancelled send was carrying, then whatever is still in memory, go to disk,
         # in that order.
         in_flight, self._in_flight = self._in_flight, None
@@ -262,8 +275,8 @@ class Shipper:
             try:
                 if len(self._spool) or (self._closing and self._core_ok is False):
                     await self._to_spool(batch)  # keep order behind what is already spooled
-                elif await self._send(batch.payload, batch.captured_at) is not None:
-                    await self._to_spool(batch)
+                else:
+                    await self._deliver(batch)
                 self._in_flight = None
                 while len(self._queue) > self._settings.queue_max_spans:
                     await self._to_spool(self._cut_batch())  # the core is slow: spill, bound memory
@@ -280,6 +293,31 @@ class Shipper:
                         metrics.SPANS_DROPPED.inc(batch.spans)
                         _log.exception("cannot spool the batch: spans dropped", spans=batch.spans)
                 await asyncio.sleep(self._settings.retry_initial_ms / 1000)
+
+    async def _deliver(self, batch: _Batch) -> None:
+        """Send a batch; spool it if the send fails. A core slow to answer gets a copy of the
+        batch spooled meanwhile, and the batches behind it follow it there, in order, so that a
+        SIGKILL loses no more than what is in memory: the send goes on, and if it succeeds the
+        copy's replay is stored once (ingest is idempotent)."""
+        send = asyncio.ensure_future(self._send(batch.payload, batch.captured_at, batch))
+        try:
+            done, _ = await asyncio.wait({send}, timeout=self._slow_send_s)
+        except asyncio.CancelledError:
+            send.cancel()
+            raise
+        if done:
+            if send.result() is not None:
+                await self._to_spool(batch)
+            return
+        batch.copied = True
+        await self._to_spool(batch)
+        self._slow_sends.add(send)
+        send.add_done_callback(self._slow_send_done)
+
+    def _slow_send_done(self, send: asyncio.Task[grpc.StatusCode | None]) -> None:
+        self._slow_sends.discard(send)
+        if not send.cancelled() and send.exception() is not None:
+            _log.error("a slow send failed; its batch is in the spool", error=repr(send.exception()))
 
     async def _to_spool(self, batch: _Batch) -> None:
         if not batch.spans:
@@ -353,9 +391,12 @@ class Shipper:
 
     # -- one RPC ------------------------------------------------------------------------------
 
-    async def _send(self, payload: bytes, captured_at: list[float] | None) -> grpc.StatusCode | None:
+    async def _send(
+        self, payload: bytes, captured_at: list[float] | None, batch: _Batch | None = None
+    ) -> grpc.StatusCode | None:
         """None once the core has a verdict on every span (accepted or dead-lettered); else the
-        code of the failure, after which the same batch can be sent again."""
+        code of the failure, after which the same batch can be sent again. `batch`: the batch
+        sent, whose spooled copy, if it has one, dead-letters rejections instead."""
         try:
             reply = await self._ingest(payload, timeout=self._settings.rpc_timeout_ms / 1000)
         except grpc.aio.AioRpcError as exc:
@@ -364,7 +405,8 @@ class Shipper:
                 return exc.code()
             # INVALID_ARGUMENT or RESOURCE_EXHAUSTED for the request as a whole: resending the
             # same bytes cannot succeed, so keep them for repair instead of retrying forever.
-            await self._dead_letter_all(payload, exc.code().name, exc.details() or "")
+            if batch is None or not batch.copied:
+                await self._dead_letter_all(payload, exc.code().name, exc.details() or "")
             return None
         self._core_ok = True
         metrics.BATCHES.labels("sent").inc()
@@ -373,7 +415,7 @@ class Shipper:
             now = time.monotonic()
             for at in captured_at:
                 metrics.SHIP_LATENCY.observe(now - at)
-        if reply.partial_success.rejected_spans:
+        if reply.partial_success.rejected_spans and (batch is None or not batch.copied):
             await self._dead_letter_rejected(payload, reply.partial_success)
         return None
 

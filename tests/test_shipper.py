@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 from llmtrace.api.v1 import ingest_service_pb2
 from llmtrace.config.schema import ShipperSettings
 from shim.dead_letter import DeadLetterFile
-from shim.shipper import MAX_CORE_FAILURES, Shipper
+from shim.shipper import MAX_CORE_FAILURES, SLOW_SEND_S, Shipper
 from shim.spool import Spool
 from tests.conftest import core_settings, running_core, wait_for_spans
 from tests.factories import make_span
@@ -252,3 +252,26 @@ async def test_a_spool_that_cannot_be_written_drops_and_counts_but_shipping_goes
         await asyncio.sleep(0.1)  # two flushes: the batcher survives the first failure
     await _until(lambda: _sample("llmtrace_shim_spans_dropped_total") >= before + 2)
     await asyncio.wait_for(shipper.close(1), 10)
+
+
+async def test_a_slow_core_gets_the_batch_copied_to_the_spool_while_it_answers(tmp_path: Path) -> None:
+    # What a SIGKILL would leave: while the core sits on a batch, the batch and the ones after it
+    # are on disk already, in order, not only in memory.
+    settings = _settings(tmp_path, rpc_timeout_ms=60_000)
+    async with _FakeCore(None) as core:
+        shipper = _shipper(settings, core.addr)
+        await shipper.start()
+        first = [make_span(tenant="acme") for _ in range(5)]
+        for span in first:
+            shipper.submit(span)
+        await _until(lambda: shipper.spool_bytes > 0, wait_s=SLOW_SEND_S + 10)
+        second = [make_span(tenant="acme") for _ in range(5)]
+        for span in second:
+            shipper.submit(span)
+        await _until(lambda: shipper.queued_spans == 0 and _spool_files(settings) == 2)
+        await asyncio.wait_for(shipper.close(0.2), 10)
+    assert _spooled_spans(settings) == [s.span_id for s in first + second]
+
+
+def _spool_files(settings: ShipperSettings) -> int:
+    return len(list(Path(settings.spool_dir).rglob("*.batch")))
