@@ -19,7 +19,7 @@ import aiohttp
 import orjson
 from sanic import Request, Sanic
 from sanic.config import Config
-from sanic.exceptions import SanicException
+from sanic.exceptions import BadURL, SanicException
 from sanic.response import HTTPResponse
 
 from llmtrace.config.schema import Settings
@@ -59,6 +59,7 @@ def create_app(settings: Settings, *, core_addr: str | None = None) -> Sanic[Con
         f"llmtrace_shim_{number}",
         ctx=ShimContext(settings=settings, core_addr=target),
         configure_logging=False,
+        request_class=_ShimRequest,  # type: ignore[arg-type]  # Sanic types it for its default ctx
     )
     app.config.update(
         {
@@ -123,6 +124,20 @@ ShimApp = Sanic[Config, ShimContext]
 ShimRequest = Request[ShimApp, SimpleNamespace]
 
 
+class _ShimRequest(Request[ShimApp, SimpleNamespace]):
+    """Sanic's request, except for the stand-in Sanic builds to answer a request line it could
+    not read: given the same unreadable target ("v1/x?key=...", "x:443"), that one failed too,
+    so the client got no answer and the log a traceback quoting the target, query included."""
+
+    def __init__(self, url_bytes: bytes, *args: object, **kwargs: object) -> None:
+        try:
+            super().__init__(url_bytes, *args, **kwargs)  # type: ignore[arg-type]
+        except BadURL:
+            if kwargs.get("method") != "NONE":  # Sanic's stand-in for an unreadable request
+                raise
+            super().__init__(b"/", *args, **kwargs)  # type: ignore[arg-type]
+
+
 async def _proxied(request: ShimRequest, path: str = "") -> HTTPResponse | None:
     proxy = request.app.ctx.proxy
     assert proxy is not None
@@ -164,7 +179,9 @@ def _sanic_error(request: ShimRequest, exception: Exception) -> HTTPResponse:
         503: "response_timeout",
     }.get(status, "shim_error")
     message = str(exception) or code
-    if status == 413:
+    if status == 413 and "header" in message.lower():
+        message = "request headers exceed the size limit"
+    elif status == 413:
         message = (
             f"request body exceeds max_request_size_bytes ({request.app.ctx.settings.max_request_size_bytes})"
         )

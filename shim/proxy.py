@@ -28,6 +28,7 @@ import structlog
 from prometheus_client import Counter, Histogram
 from sanic import Request
 from sanic.exceptions import ServerError
+from sanic.http import Http, Stage
 from sanic.response import BaseHTTPResponse, HTTPResponse
 from yarl import URL
 
@@ -160,6 +161,25 @@ class Proxy:
         exchange.finish(0.0)
 
 
+def _after_head(request: AnyRequest) -> None:
+    """Sanic (25.x) leaves HEAD's body-ignoring send in place once the headers are out, and the
+    send it makes itself after the handler then fails (awaiting a plain function), logging a
+    traceback for every HEAD: the response is complete, so clear it."""
+    stream = request.stream
+    if isinstance(stream, Http) and stream.head_only and stream.stage is Stage.IDLE:
+        stream.response_func = None  # type: ignore[assignment]  # Sanic's own "no response" value
+
+
+def _end_aborted_response(request: AnyRequest) -> None:
+    """Mark the response to `request`, whose connection was aborted, as finished for Sanic
+    (25.x): there is nothing left to write, and the connection is not reused."""
+    stream = request.stream
+    if isinstance(stream, Http):
+        stream.response_func = None  # type: ignore[assignment]  # Sanic's own "no response" value
+        stream.stage = Stage.IDLE
+        stream.keep_alive = False
+
+
 class Exchange:
     """One request's way through the proxy, and what it leaves behind for the span."""
 
@@ -225,6 +245,9 @@ class Exchange:
         if self.identity_error is not None:
             return self._answer(ShimError(400, "invalid_llmtrace_header", str(self.identity_error)))
         proxy, request = self._proxy, self._request
+        if not request.path.startswith("/"):  # "OPTIONS *": no upstream URL can be made of it
+            message = "the request target must be a path starting with '/'"
+            return self._answer(ShimError(400, "invalid_request_target", message))
         if proxy.before_forward:
             refusal = await self._before_forward()
             if refusal is not None:
@@ -333,6 +356,10 @@ class Exchange:
         response = await self._request.respond(status=upstream.status, headers=out_headers)
         if response is None:  # Sanic returns None only when a response was already sent
             return
+        if self._request.method == "HEAD":
+            await self._end(response)  # headers only: there is no body to relay
+            _after_head(self._request)
+            return
         if check is not None:
             await self._relay_checked(upstream, response, capture, check)
             return
@@ -361,6 +388,9 @@ class Exchange:
         transport = self._request.transport
         if isinstance(transport, asyncio.Transport):
             transport.abort()
+        # The response is over: without this Sanic would try to end it and, short of its
+        # Content-Length, log an error and a traceback for a cut that is already recorded.
+        _end_aborted_response(self._request)
 
     async def _relay_checked(
         self,
