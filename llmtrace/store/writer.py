@@ -86,6 +86,9 @@ class StoreWriter:
         self._queue: queue.Queue[_Pending | object] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="duckdb-writer", daemon=True)
         self._closed = False
+        # Held across "closed?" and the put, in `write` and `close`: a batch is never queued
+        # behind the stop marker, where nothing would ever commit it or answer its future.
+        self._closing = threading.Lock()
 
     def start(self) -> None:
         """Start the writer thread."""
@@ -93,19 +96,21 @@ class StoreWriter:
 
     async def write(self, batch: WriteBatch | AnalysisWrite) -> None:
         """Commit `batch` (spans already stored are skipped: ingest is idempotent)."""
-        if self._closed:
-            raise WriterClosedError("the store is shutting down")
         loop = asyncio.get_running_loop()
         pending = _Pending(batch, loop, loop.create_future())
-        self._queue.put(pending)
+        with self._closing:
+            if self._closed:
+                raise WriterClosedError("the store is shutting down")
+            self._queue.put(pending)
         return await pending.future
 
     def close(self, timeout: float | None = None) -> None:
         """Commit everything already queued, then stop the thread."""
-        if self._closed:
-            return
-        self._closed = True
-        self._queue.put(_STOP)
+        with self._closing:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
         if self._thread.is_alive():
             self._thread.join(timeout)
 
