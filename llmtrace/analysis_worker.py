@@ -240,7 +240,7 @@ class AnalysisWorker:
             # Submitted from the event loop's thread, so the process is started by it: the thread
             # its PR_SET_PDEATHSIG watches lives as long as the core.
             ready = loop.run_in_executor(pool, analysis_child.ready)
-            pid, error = await asyncio.wait_for(ready, START_TIMEOUT_S)
+            pid, error = await _result_within(ready, START_TIMEOUT_S)
         except asyncio.CancelledError:
             await self._kill_process()
             raise
