@@ -15,9 +15,18 @@ import pytest
 import pytest_asyncio
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from llmtrace.api.v1 import query_service_pb2
+from llmtrace.api.v1 import ingest_service_pb2, query_service_pb2
 from tests.conftest import RunningCore, core_settings, running_core
-from tests.factories import BASE_NS, MS, RpcFailure, expect_failure, ingest_all, make_finding, make_span
+from tests.factories import (
+    BASE_NS,
+    MS,
+    RpcFailure,
+    expect_failure,
+    ingest_all,
+    make_finding,
+    make_span,
+    rpc_failure,
+)
 
 if TYPE_CHECKING:
     from llmtrace.api.v1.query_service_pb2_grpc import QueryServiceAsyncStub
@@ -538,3 +547,59 @@ async def test_a_span_ingested_with_a_fresh_trace_is_found(shared: RunningCore) 
     )
 
     assert got.span.span_id == span.span_id
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "/llmtrace.api.v1.QueryService/ListSpans",
+        "/llmtrace.api.v1.QueryService/GetStats",
+        "/llmtrace.api.v1.QueryService/ExecuteSql",
+        "/llmtrace.api.v1.AnalysisService/Analyze",
+    ],
+)
+async def test_a_request_that_cannot_be_decoded_is_invalid_argument(shared: RunningCore, method: str) -> None:
+    # Bytes no client library would send (a truncated varint; a lone surrogate as a string):
+    # grpc itself would answer UNKNOWN and log nothing.
+    call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = shared.channel.unary_unary(
+        method, request_serializer=None, response_deserializer=None
+    )
+    for raw in (b"\xff\xff\xff", b"\x0a\x03\xed\xa0\x80"):
+        failure = await expect_failure(call(raw))
+        assert failure.code == grpc.StatusCode.INVALID_ARGUMENT, failure
+        assert failure.reason == "MALFORMED_REQUEST"
+        assert failure.request_id
+
+
+async def test_a_stream_message_that_cannot_be_decoded_ends_the_stream_as_invalid_argument(
+    shared: RunningCore,
+) -> None:
+
+    call: grpc.aio.StreamStreamMultiCallable[bytes, ingest_service_pb2.StreamSpansResponse]
+    call = shared.channel.stream_stream(
+        "/llmtrace.api.v1.IngestService/StreamSpans",
+        request_serializer=None,
+        response_deserializer=ingest_service_pb2.StreamSpansResponse.FromString,
+    )
+    good = ingest_service_pb2.StreamSpansRequest(spans=[make_span(tenant="stream-acme")])
+    stream = call(iter([good.SerializeToString(), b"\xff\xff\xff"]))
+    replies = []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for reply in stream:
+            replies.append(reply)
+    failure = rpc_failure(caught.value)
+    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT and failure.reason == "MALFORMED_REQUEST"
+    assert sum(r.accepted_spans for r in replies) == 1  # what came before is acknowledged
+
+
+@pytest.mark.parametrize("text", ["é" * 4000, "9" * 6000, "漢" * 3000])
+async def test_an_error_quoting_a_huge_input_still_arrives(shared: RunningCore, text: str) -> None:
+    # The message and violations quote the client's filter: cut, so that the status fits the
+    # metadata a client accepts (else it arrives as RESOURCE_EXHAUSTED, not the error).
+    for _ in range(3):
+        failure = await expect_failure(
+            shared.query.ListSpans(Q.ListSpansRequest(tenant=TENANT, filter=f'input_tokens = "{text}"'))
+        )
+        assert failure.code == grpc.StatusCode.INVALID_ARGUMENT, failure
+        assert failure.fields == ["filter"]
+        assert len(failure.message.encode()) <= 1000

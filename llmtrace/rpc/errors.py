@@ -17,6 +17,38 @@ from grpc_status import rpc_status
 
 ERROR_DOMAIN = "llmtrace.dev"
 
+# A status travels in trailing metadata: the message percent-encoded in grpc-message (3 bytes
+# for each byte beyond ASCII), and all of it again, base64, in grpc-status-details-bin. A client
+# refuses metadata past 8 KB (at random up to 16 KB), so a message quoting a client's
+# 5,000-character filter would arrive as RESOURCE_EXHAUSTED instead of the error. Text is cut to
+# these UTF-8 sizes: at most about 6.5 KB of metadata in all.
+MAX_MESSAGE_BYTES = 1000
+MAX_VIOLATION_BYTES = 700
+MAX_VIOLATIONS_BYTES = 1500
+
+
+def _cut(text: str, max_bytes: int) -> str:
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= max_bytes:
+        return text
+    return data[: max_bytes - 3].decode("utf-8", "ignore") + "…"
+
+
+def _bounded(violations: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The violations that fit the budget, each cut; the rest counted in a last one."""
+    kept: list[tuple[str, str]] = []
+    used = 0
+    for index, (raw_field, raw_description) in enumerate(violations):
+        field = _cut(raw_field, MAX_VIOLATION_BYTES // 4)
+        description = _cut(raw_description, MAX_VIOLATION_BYTES)
+        size = len(field.encode("utf-8", "surrogatepass")) + len(description.encode("utf-8", "surrogatepass"))
+        if kept and used + size > MAX_VIOLATIONS_BYTES:
+            kept.append(("", f"and {len(violations) - index} more violation(s)"))
+            break
+        kept.append((field, description))
+        used += size
+    return kept
+
 
 class RpcError(Exception):
     """A failure to report to the client as a canonical status with details."""
@@ -30,12 +62,13 @@ class RpcError(Exception):
         violations: Sequence[tuple[str, str]] = (),
         metadata: dict[str, str] | None = None,
     ) -> None:
+        message = _cut(message, MAX_MESSAGE_BYTES)
         super().__init__(message)
         self.code = code
         self.message = message
         self.reason = reason
-        self.violations = list(violations)
-        self.metadata = metadata or {}
+        self.violations = _bounded(violations)
+        self.metadata = {k: _cut(v, MAX_VIOLATION_BYTES // 4) for k, v in (metadata or {}).items()}
 
     def to_status(self) -> grpc.Status:
         """The grpc.Status carrying a google.rpc.Status with ErrorInfo and BadRequest details."""

@@ -3,7 +3,9 @@
 A client may send `x-request-id`; otherwise one is made. It is bound into structlog's context
 variables for everything logged while the RPC runs, and returned as trailing metadata.
 Unexpected exceptions are logged with their traceback and reported to the client as INTERNAL
-with the request id only, never the exception text.
+with the request id only, never the exception text. Requests are decoded here, not by grpc: a
+request grpc cannot decode would be answered UNKNOWN (or INTERNAL mid-stream) before any handler
+or log saw it; here it is INVALID_ARGUMENT with reason MALFORMED_REQUEST.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from typing import Any
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 
 from llmtrace.rpc import metrics
+from llmtrace.rpc.errors import abort, invalid_argument
 
 _log = structlog.get_logger("llmtrace.rpc")
 _QUIET_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
@@ -94,16 +98,21 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method: str = handler_call_details.method
         request_id = _request_id(handler_call_details)
+        decode = handler.request_deserializer
         if handler.unary_unary is not None:
+            behavior = handler.unary_unary if decode is None else _decoding_unary(handler.unary_unary, decode)
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method, request_id),
-                request_deserializer=handler.request_deserializer,
+                _wrap_unary(behavior, method, request_id),
+                request_deserializer=None,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
+            behavior = (
+                handler.stream_stream if decode is None else _decoding_stream(handler.stream_stream, decode)
+            )
             return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(handler.stream_stream, method, request_id),
-                request_deserializer=handler.request_deserializer,
+                _wrap_stream(behavior, method, request_id),
+                request_deserializer=None,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
@@ -139,6 +148,37 @@ async def _observed(
     finally:
         if not call.ended:
             call.end(context, error)
+
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+async def _decoded(raw: bytes, decode: Callable[[bytes], Any], context: Context) -> Any:
+    try:
+        return decode(raw)
+    except DecodeError as exc:
+        await abort(
+            context,
+            invalid_argument([("", f"the request cannot be decoded: {exc}")], reason="MALFORMED_REQUEST"),
+        )
+
+
+def _decoding_unary(behavior: Any, decode: Callable[[bytes], Any]) -> Any:
+    async def decoding(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        return await behavior(await _decoded(raw, decode, context), context)
+
+    return decoding
+
+
+def _decoding_stream(behavior: Any, decode: Callable[[bytes], Any]) -> Any:
+    def decoding(raws: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async def requests() -> AsyncIterator[Any]:
+            async for raw in raws:
+                yield await _decoded(raw, decode, context)
+
+        return behavior(requests(), context)
+
+    return decoding
 
 
 def _wrap_unary(behavior: Any, method: str, request_id: str) -> Any:
