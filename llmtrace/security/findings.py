@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -95,6 +96,9 @@ _CONTEXT: Final = 32
 _WIDEN: Final = 24
 #: Longest excerpt kept (characters), whatever the window held.
 MAX_EXCERPT_CHARS: Final = 240
+_TYPED_PLACEHOLDER: Final = re.compile(r"\[[A-Z_]+\]")
+#: Evidence re-masked against the whole text is cut no shorter than this.
+_EVIDENCE_MIN: Final = 60
 #: Findings kept per text and detector call: the most severe first. A text made of thousands of
 #: matches (a flood of chat-template tokens, a dump of emails) must not make thousands of findings.
 MAX_FINDINGS_PER_TEXT: Final = 50
@@ -104,7 +108,9 @@ _Maskable = tuple[int, int, str]
 
 
 def _maskables(text: str, matches: Sequence[Match]) -> list[_Maskable]:
-    """The detector's matches and every masking span that overlaps none, sorted by start.
+    """The detector's matches and the masking spans, sorted by start and disjoint: a masking
+    span that overlaps a match keeps its parts outside the match (an address that a match ends
+    inside is not shown past the match in clear).
 
     Masking spans are found on the whole text, not on the window, so that a secret or a
     spaced-out number straddling the window's edge is known, and kept out whole.
@@ -113,17 +119,47 @@ def _maskables(text: str, matches: Sequence[Match]) -> list[_Maskable]:
     spans = sensitive_spans(text)
     if not spans:
         return own
+    own = sorted(_masked_evidence(text, item, spans) for item in own)
     starts = [m[0] for m in own]
     merged = list(own)
-    for start, end, placeholder in spans:
+    pending = list(spans)
+    while pending:
+        start, end, placeholder = pending.pop()
         index = bisect.bisect_right(starts, start)
-        if index > 0 and own[index - 1][1] > start:
+        if index > 0 and own[index - 1][1] > start:  # begins inside a match: mask what follows it
+            # (with nothing shown when the match's evidence already ends with the placeholder)
+            shown = "" if own[index - 1][2].endswith(placeholder) else placeholder
+            pending.append((own[index - 1][1], end, shown))
             continue
-        if index < len(own) and own[index][0] < end:
+        if index < len(own) and own[index][0] < end:  # runs into a match: mask what precedes it,
+            merged.append((start, own[index][0], placeholder))  # and what follows it
+            pending.append((own[index][1], end, placeholder))
             continue
-        merged.append((start, end, placeholder))
+        if end > start:
+            merged.append((start, end, placeholder))
     merged.sort()
     return merged
+
+
+def _masked_evidence(text: str, item: _Maskable, spans: Sequence[_Maskable]) -> _Maskable:
+    """A match shown as evidence (not a typed placeholder such as `[EMAIL]`), masked with the
+    spans found on the whole text: a secret recognised only with context from outside the match
+    (an AWS secret key far from the word "aws"), or straddling the match's edge, is not shown."""
+    start, end, placeholder = item
+    if _TYPED_PLACEHOLDER.fullmatch(placeholder):
+        return item
+    inside = [(max(s, start), min(e, end), p) for s, e, p in spans if s < end and e > start]
+    if not inside:
+        return item
+    parts: list[str] = []
+    position = start
+    for s, e, p in inside:
+        parts += [text[position:s], p]
+        position = e
+    parts.append(text[position:end])
+    shown = " ".join("".join(parts).split())
+    cut = max(len(placeholder.rstrip("…")), _EVIDENCE_MIN)
+    return start, end, shown[:cut] + ("…" if len(shown) > cut else "")
 
 
 def _left_edge(text: str, start: int, limit: int) -> int:

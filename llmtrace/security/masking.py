@@ -18,11 +18,20 @@ from typing import Final
 
 from llmtrace.security.validators import luhn_valid
 
+# The same secrets as secrets.py finds (tests/test_masking.py checks every kind it reports).
 _PRIVATE_KEY = re.compile(
-    r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----.*?(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----|\Z)", re.S
+    r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----.*?"
+    r"(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|\Z)",
+    re.S,
 )
-_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 _AWS = re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b")
+# An AWS secret access key is 40 characters of base64 with both cases; only in text that speaks of
+# AWS or secret access keys (a 40-character token is otherwise too common to mask).
+_AWS_SECRET = re.compile(
+    r"(?<![A-Za-z0-9/+])(?=[A-Za-z0-9/+]*[a-z])(?=[A-Za-z0-9/+]*[A-Z])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"
+)
+_AWS_SECRET_CONTEXT = re.compile(r"aws|secret[_ ]?access[_ ]?key|secretaccesskey")
 _GITHUB = re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b")
 _SLACK = re.compile(r"\bxox[abposre]-[A-Za-z0-9-]{10,}")
 _ANTHROPIC = re.compile(r"\bsk-ant-[A-Za-z0-9_-]{20,}")
@@ -31,7 +40,7 @@ _OPENAI = re.compile(r"\bsk-(?:proj-|svcacct-|admin-|None-)?[A-Za-z0-9_-]{20,}")
 # is already a placeholder (`[OPENAI_KEY]`) is left alone.
 _ASSIGNMENT_PATTERN = r"""(?x)
     (?P<name>(?:api[_-]?key|apikey|access[_-]?token|auth[_-]?token|secret[_-]?key|client[_-]?secret
-        |private[_-]?key|password|passwd|secret|token)\b["']?\s*[:=]\s*["']?)
+        |private[_-]?key|password|passwd|secret|token)\b["']?\s*(?::=|=>|[:=])\s*["']?)
     (?P<value>(?!\[)[^\s"',;&)\]}<>]{4,})
 """
 # Run on the lower-cased text: case-insensitive matching is about ten times slower in `re`.
@@ -39,7 +48,11 @@ _ASSIGNMENT = re.compile(_ASSIGNMENT_PATTERN)
 # For the rare text whose lower-casing changes its length (positions would not line up).
 _ASSIGNMENT_ANY_CASE = re.compile(_ASSIGNMENT_PATTERN, re.IGNORECASE)
 _BEARER = re.compile(r"(?i)\b(bearer\s+)(?!\[)[A-Za-z0-9._~+/=-]{12,}")
-_EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+# Anchored where a run of address characters starts (not at every word boundary inside it): on
+# "a.a.a.a..." a `\b` start tried every position to the end of the run, quadratic.
+_EMAIL = re.compile(
+    r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"
+)
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
 _CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
 _SSN = re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])")
@@ -114,6 +127,14 @@ def _mask_assignments(text: str) -> str:
     return "".join(out)
 
 
+def _may_hold_aws_secret(text: str) -> bool:
+    # Literal pre-checks first ("aws", "AWS", "secret", "SECRET", ... all contain one of these):
+    # this runs on every excerpt, most of them short and about something else.
+    if len(text) < 40 or not _any_in(text, ("ws", "WS", "ecret", "ECRET")):
+        return False
+    return _AWS_SECRET_CONTEXT.search(text.lower()) is not None
+
+
 def _any_in(text: str, needles: tuple[str, ...]) -> bool:
     return any(needle in text for needle in needles)
 
@@ -130,12 +151,14 @@ def mask_sensitive(text: str) -> str:
     """
     if not text:
         return text
-    if "PRIVATE KEY-----" in text:
+    if "PRIVATE KEY" in text:
         text = _PRIVATE_KEY.sub("[PRIVATE_KEY]", text)
     if "eyJ" in text:
         text = _JWT.sub("[JWT]", text)
     if _any_in(text, _AWS_PREFIXES):
         text = _AWS.sub("[AWS_ACCESS_KEY]", text)
+    if _may_hold_aws_secret(text):
+        text = _AWS_SECRET.sub("[AWS_SECRET_KEY]", text)
     if "gh" in text:
         text = _GITHUB.sub("[GITHUB_TOKEN]", text)
     if "xox" in text:
@@ -196,12 +219,14 @@ def sensitive_spans(text: str) -> list[Span]:
         for m in pattern.finditer(haystack):
             add(m.start(), m.end(), placeholder)
 
-    if "PRIVATE KEY-----" in text:
+    if "PRIVATE KEY" in text:
         scan(_PRIVATE_KEY, "[PRIVATE_KEY]")
     if "eyJ" in text:
         scan(_JWT, "[JWT]")
     if _any_in(text, _AWS_PREFIXES):
         scan(_AWS, "[AWS_ACCESS_KEY]")
+    if _may_hold_aws_secret(text):
+        scan(_AWS_SECRET, "[AWS_SECRET_KEY]")
     if "gh" in text:
         scan(_GITHUB, "[GITHUB_TOKEN]")
     if "xox" in text:

@@ -135,7 +135,9 @@ _RULES: Final[tuple[_Rule, ...]] = (
         SUSPICIOUS_URL,
         Severity.HIGH,
         0.8,
-        r"\b(?:[\w-]+\.)*(?:pastebin\.com|hastebin\.com|ghostbin\.\w+|paste\.ee|0x0\.st|termbin\.com"
+        # Labels before the host only from where a run of host characters starts: from every word
+        # boundary inside "1.1.1.1..." the pattern re-scanned the rest of the run, quadratic.
+        r"(?<![\w.-])(?:[\w-]+\.)*?(?:pastebin\.com|hastebin\.com|ghostbin\.\w+|paste\.ee|0x0\.st|termbin\.com"
         r"|transfer\.sh|ngrok\.io|ngrok-free\.app|ngrok\.app|ngrok\.dev|loca\.lt|localtunnel\.me|serveo\.net"
         r"|trycloudflare\.com|webhook\.site|requestbin\.\w+|pipedream\.net|burpcollaborator\.net|oastify\.com"
         r"|interact\.sh|oast\.\w+|canarytokens\.com|duckdns\.org|no-ip\.\w+)\b",
@@ -168,8 +170,9 @@ def _strings(value: object, path: str, depth: int = 0) -> Iterator[tuple[str, st
 
 
 def _placeholder(text: str) -> str:
-    shown = " ".join(text[:_EXCERPT_MAX].split()) + ("…" if len(text) > _EXCERPT_MAX else "")
-    return mask_sensitive(shown)
+    # Masked whole, then cut: a secret cut first is no longer recognisable, and its head would show.
+    shown = mask_sensitive(" ".join(text.split()))
+    return shown[:_EXCERPT_MAX] + ("…" if len(shown) > _EXCERPT_MAX else "")
 
 
 def _check(text: str, location: str, tool: str) -> list[Finding]:
@@ -206,8 +209,8 @@ def find_tool_call_risks(name: str, arguments_json: str, location: str) -> list[
         return []
     try:
         parsed: object = json.loads(arguments_json)
-    except ValueError:  # not JSON (a truncated stream, a plain command string): check it as text
-        parsed = arguments_json
+    except (ValueError, RecursionError):  # not JSON (a truncated stream, a plain command string,
+        parsed = arguments_json  # nesting deeper than the parser goes): check it as text
     findings: list[Finding] = []
     for count, (path, value) in enumerate(_strings(parsed, location)):
         if count >= MAX_STRINGS:

@@ -236,11 +236,10 @@ def words_of(lowered: str) -> list[str]:
 
 
 def _placeholder(text: str) -> str:
-    # The match itself is the evidence, so it is shown, masked like any context and cut to a line's length.
-    shown = " ".join(text[:_EXCERPT_MAX].split())
-    if len(text) > _EXCERPT_MAX:
-        shown += "…"
-    return mask_sensitive(shown)
+    # The match itself is the evidence, so it is shown, masked like any context and cut to a line's
+    # length, in that order: a secret cut first is no longer recognisable, and its head would show.
+    shown = mask_sensitive(" ".join(text.split()))
+    return shown[:_EXCERPT_MAX] + ("…" if len(shown) > _EXCERPT_MAX else "")
 
 
 def make_match(
