@@ -168,6 +168,9 @@ class Core:
             options=[
                 ("grpc.max_receive_message_length", max_bytes),
                 ("grpc.max_send_message_length", max_bytes),
+                # gRPC binds with SO_REUSEPORT by default: a second core on the same address
+                # would start, share the port and answer from another database.
+                ("grpc.so_reuseport", 0),
             ],
         )
         server.add_generic_rpc_handlers(

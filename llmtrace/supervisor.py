@@ -31,6 +31,7 @@ from typing import Any, Final
 
 import structlog
 
+from llmtrace.config.redact import redact_text
 from llmtrace.config.schema import Settings
 from llmtrace.logs import configure_logging
 
@@ -207,7 +208,7 @@ class Supervisor:
             http = sock_address(self._sock)
             _log.info("llmtrace serving", http=http, core=self._core_addr, workers=workers)
             if self._ready_file:
-                _write_json(
+                _write_ready(
                     self._ready_file,
                     {
                         "http": http,
@@ -319,6 +320,14 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
     tmp.replace(target)
 
 
+def _write_ready(path: str, data: dict[str, Any]) -> None:
+    """The ready file, or a SupervisorError: whoever waits for it would wait forever."""
+    try:
+        _write_json(path, data)
+    except OSError as exc:
+        raise SupervisorError(f"cannot write the ready file {path}: {exc.strerror or exc}") from exc
+
+
 def run_serve(
     settings: Settings, *, with_core: bool, core_addr: str | None = None, ready_file: str | None = None
 ) -> int:
@@ -327,7 +336,7 @@ def run_serve(
         _log.warning(
             "upstream_url ends in /v1; request paths already start with /v1, so calls would go to "
             "/v1/v1/...: set upstream_url to the API root, e.g. https://api.openai.com",
-            upstream_url=settings.upstream_url,
+            upstream_url=redact_text(settings.upstream_url),
         )
     if not with_core and settings.workers == 1:
         from shim.server import bind_socket  # noqa: PLC0415
@@ -340,8 +349,12 @@ def run_serve(
 
         def ready(address: str) -> None:
             if ready_file:
-                _write_json(ready_file, {"http": address, "grpc": target, "pid": os.getpid()})
+                _write_ready(ready_file, {"http": address, "grpc": target, "pid": os.getpid()})
 
         target = core_addr or settings.core_addr or settings.grpc.listen_addr
-        return run_worker(settings, sock, core_addr=target, on_ready=ready)
+        try:
+            return run_worker(settings, sock, core_addr=target, on_ready=ready)
+        except SupervisorError as exc:
+            _log.error("cannot start", error=str(exc))
+            return 1
     return Supervisor(settings, with_core=with_core, core_addr=core_addr, ready_file=ready_file).run()

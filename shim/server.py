@@ -20,6 +20,7 @@ from sanic import Sanic
 from sanic.config import Config
 from sanic.server.async_server import AsyncioServer
 
+from llmtrace.config.redact import redact_text
 from llmtrace.config.schema import Settings
 from shim.app import ShimContext, create_app
 
@@ -72,7 +73,7 @@ class ShimWorker:
         _log.info(
             "shim serving",
             http=address,
-            upstream=settings.upstream_url,
+            upstream=redact_text(settings.upstream_url),
             core=app.ctx.core_addr,
             capture=settings.capture.bodies,
         )

@@ -208,3 +208,20 @@ def test_sql_arguments(capsys: pytest.CaptureFixture[str]) -> None:
 def test_missing_subcommand_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main([]) == 2
     assert "required: COMMAND" in capsys.readouterr().err
+
+
+def test_a_database_path_under_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    result = run("migrate", "--database-path", str(tmp_path / "afile" / "x.duckdb"), cwd=tmp_path)
+    assert result.returncode != 0
+    assert "cannot create the directory" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_secrets_in_a_bad_upstream_url_are_not_echoed(tmp_path: Path) -> None:
+    result = run(
+        "validate", cwd=tmp_path, env={"LLMTRACE_UPSTREAM_URL": "ftp://user:SK-PASS@h/?api_key=SK-Q"}
+    )
+    assert result.returncode == 2
+    assert "upstream_url" in result.stderr + result.stdout
+    assert "SK-PASS" not in result.stderr + result.stdout and "SK-Q" not in result.stderr + result.stdout

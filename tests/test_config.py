@@ -21,6 +21,8 @@ from llmtrace.config import (
 )
 from llmtrace.config.known_keys import NOT_BUILT_TOP_LEVEL
 from llmtrace.config.paths import leaf_types
+from llmtrace.config.redact import looks_secret, redact_text
+from llmtrace.config.values import InvalidValueError, check_type, describe, parse_text
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
@@ -665,3 +667,39 @@ def test_unknown_role_and_wrong_list_are_errors(tmp_path: Path) -> None:
     issues = issues_of(exc)
     assert "unknown role 'robot'" in issues["boundary_defense.wrap_roles"]
     assert issues["enforcement.min_confidence"] == "must be from 0 to 1, got 2"
+
+
+@pytest.mark.parametrize("addr", ["127.0.0.1:²", "127.0.0.1:٨٠"])
+def test_ports_are_ascii_digits(addr: str) -> None:
+    with pytest.raises(ValueError, match="port must be a number"):
+        parse_host_port(addr)
+
+
+@pytest.mark.parametrize(
+    ("text", "leaf"), [("99999999999999999999", int), ("1e300", float), ("²", int), ("nan", float)]
+)
+def test_numbers_beyond_what_any_setting_needs_are_refused(text: str, leaf: type) -> None:
+    with pytest.raises(InvalidValueError):
+        parse_text(text, leaf)
+    if text[0] in "0123456789":
+        with pytest.raises(InvalidValueError):
+            check_type(leaf(float(text)) if leaf is float else int(text), leaf)
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["tenant_tokens", "Authorization", "bearer", "smtp_pass", "private_key_pem", "access_token_value"],
+)
+def test_more_secret_looking_keys(key: str) -> None:
+    assert looks_secret(key)
+
+
+@pytest.mark.parametrize("key", ["max_tokens", "token_value_cap", "passes", "default_value"])
+def test_limits_are_not_secrets(key: str) -> None:
+    assert not looks_secret(key)
+
+
+def test_text_shown_in_messages_hides_passwords_keys_and_bearer_tokens() -> None:
+    shown = redact_text("http://user:SK-PASS@h:1/v1?api_key=SK-Q and Bearer SK-BEARER-123")
+    assert "SK-PASS" not in shown and "SK-Q" not in shown and "SK-BEARER" not in shown
+    assert "SK-PASS" not in describe("ftp://user:SK-PASS@h/?api_key=SK-Q")

@@ -172,3 +172,29 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def test_an_unwritable_ready_file_stops_everything_with_an_error(tmp_path: Path) -> None:
+    # Whoever waits for the ready file would wait forever: serve says so, exits 1 and leaves no
+    # child holding the port or the database lock.
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    config = _config(tmp_path, "http://127.0.0.1:9")
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [*CLI, "serve", "--config", str(config), "--ready-file", str(blocker / "ready.json")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=cli_env(),
+        cwd=tmp_path,
+        timeout=90,
+        check=False,
+    )
+    log = result.stdout.decode(errors="replace")
+    assert result.returncode == 1, log
+    assert "cannot write the ready file" in log and "Traceback" not in log
+    again = LlmtraceProcess.start(tmp_path, "core", "core", "--config", str(config))
+    try:
+        await asyncio.to_thread(again.wait_ready)  # the database lock is free
+    finally:
+        again.stop()

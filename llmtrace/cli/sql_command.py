@@ -208,7 +208,11 @@ def from_any_value(value: common_pb2.AnyValue) -> Plain:
 def _query_file(settings: Settings, *, query: str, tenant: str, max_rows: int) -> Result:
     import duckdb  # noqa: PLC0415 - heavy, only on this path
 
-    from llmtrace.store.database import DatabaseLockedError, open_database  # noqa: PLC0415
+    from llmtrace.store.database import (  # noqa: PLC0415
+        DatabaseLockedError,
+        DatabaseOpenError,
+        open_database,
+    )
     from llmtrace.store.migrations import current_version  # noqa: PLC0415
     from llmtrace.store.sql_sandbox import SqlRefused, SqlTimeout, execute_sandboxed  # noqa: PLC0415
 
@@ -228,6 +232,8 @@ def _query_file(settings: Settings, *, query: str, tenant: str, max_rows: int) -
             f"{path} is locked by another process, and no core answered on "
             f"{settings.grpc.listen_addr}; point grpc.listen_addr at the running core",
         ) from None
+    except DatabaseOpenError as exc:
+        raise SqlCommandError(EXIT_UNAVAILABLE, str(exc)) from None
     except duckdb.Error as exc:
         raise SqlCommandError(EXIT_UNAVAILABLE, f"cannot open {path}: {_first_line(exc)}") from None
     try:

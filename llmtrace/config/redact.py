@@ -19,8 +19,28 @@ REDACTED: Final = "***redacted***"
 _SECRET_ANYWHERE: Final = frozenset(
     {"secret", "secrets", "password", "passwords", "passwd", "passphrase", "credential", "credentials"}
     | {"webhook"}  # a Slack or PagerDuty webhook URL is itself the credential
+    | {"authorization", "bearer"}
 )
-_SECRET_LAST: Final = frozenset({"key", "keys", "apikey", "token", "dsn"})
+_SECRET_LAST: Final = frozenset({"key", "keys", "apikey", "token", "tokens", "dsn", "pass", "pem"})
+# A last word that only says "the value of": `access_token_value` is judged by `token`.
+_VALUE_WORDS: Final = frozenset({"value", "values", "val"})
+# Words that make "tokens" a count of model tokens rather than credentials.
+_COUNT_WORDS: Final = frozenset(
+    {
+        "max",
+        "min",
+        "num",
+        "total",
+        "input",
+        "output",
+        "prompt",
+        "completion",
+        "reasoning",
+        "cached",
+        "context",
+    }
+)
+_BEARER: Final = re.compile(r"(?i)\b(?P<head>bearer\s+)\S+")
 _CAMEL_BOUNDARY: Final = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _URL_PASSWORD: Final = re.compile(
     r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@\s]*):(?P<password>[^@/?#\s]+)@"
@@ -51,14 +71,19 @@ def redacted_dict(settings: Settings) -> dict[str, object]:
 def looks_secret(key: str) -> bool:
     """Whether a key's name suggests its value is a secret."""
     words = [w for w in re.split(r"[_\-.\s]+", _CAMEL_BOUNDARY.sub("_", key).lower()) if w]
+    while len(words) > 1 and words[-1] in _VALUE_WORDS:
+        words.pop()
     if not words:
         return False
+    if words[-1] == "tokens" and any(w in _COUNT_WORDS for w in words):
+        return False  # `max_tokens`: a count of model tokens
     return words[-1] in _SECRET_LAST or any(w in _SECRET_ANYWHERE for w in words)
 
 
 def redact_text(text: str) -> str:
-    """Hide URL passwords and secret-looking query parameters inside a string."""
+    """Hide URL passwords, secret-looking query parameters and bearer tokens inside a string."""
     text = _URL_PASSWORD.sub(lambda m: f"{m['head']}:{REDACTED}@", text)
+    text = _BEARER.sub(lambda m: m["head"] + REDACTED, text)
     return _QUERY_PARAM.sub(
         lambda m: m["head"] + REDACTED if looks_secret(m["name"]) and m["value"] else m[0],
         text,

@@ -52,7 +52,12 @@ def describe(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, float) and value.is_integer():
         return f"{value:g}"  # `-1`, as written, even after conversion to float
-    if isinstance(value, str | int | float):
+    if isinstance(value, str):
+        # Error messages are printed and logged: a URL's password or key= parameter is not.
+        from llmtrace.config.redact import redact_text  # noqa: PLC0415 - redact imports schema
+
+        return repr(redact_text(value))
+    if isinstance(value, int | float):
         return repr(value)
     return f"a {type(value).__name__}"
 
@@ -66,9 +71,9 @@ def check_type(value: object, leaf: Leaf) -> Value:
     if leaf is bool and isinstance(value, bool):
         return value
     if leaf is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
+        return _in_range(value)
     if leaf is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        return _in_range(float(value))
     if leaf is str and isinstance(value, str):
         return value
     if leaf is tuple and isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
@@ -88,11 +93,27 @@ def parse_text(text: str, leaf: Leaf) -> Value:
             return True
         if stripped.lower() in _FALSE:
             return False
-        raise InvalidValueError(f"expected one of true/false/1/0/yes/no, got {text!r}")
+        raise InvalidValueError(f"expected one of true/false/1/0/yes/no, got {describe(text)}")
+    if not stripped.isascii():  # int() takes "²" and "٨٠" as digits
+        raise InvalidValueError(f"expected {_TYPE_NAMES[leaf]}, got {describe(text)}")
     try:
-        return int(stripped) if leaf is int else float(stripped)
+        number = int(stripped) if leaf is int else float(stripped)
     except ValueError:
-        raise InvalidValueError(f"expected {_TYPE_NAMES[leaf]}, got {text!r}") from None
+        raise InvalidValueError(f"expected {_TYPE_NAMES[leaf]}, got {describe(text)}") from None
+    return _in_range(number)
+
+
+#: Beyond these, numbers overflow what they are handed to (a C long, a gRPC deadline) and fail
+#: with a traceback far from the setting; no setting needs more (1e9 s is 31 years).
+MAX_INT = 2**62
+MAX_FLOAT = 1e9
+
+
+def _in_range(number: int | float) -> int | float:
+    limit = MAX_INT if isinstance(number, int) else MAX_FLOAT
+    if not -limit <= number <= limit:  # NaN fails both comparisons
+        raise InvalidValueError(f"expected a number from {-limit:g} to {limit:g}, got {describe(number)}")
+    return number
 
 
 def parse_host_port(value: str) -> tuple[str, int]:
@@ -100,7 +121,7 @@ def parse_host_port(value: str) -> tuple[str, int]:
 
     Raises ValueError with a message fit for a user when the address is malformed.
     """
-    expected = f"expected host:port, got {value!r}"
+    expected = f"expected host:port, got {describe(value)}"
     if value.startswith("["):
         host, sep, port_text = value[1:].partition("]:")
         if not sep:
@@ -117,7 +138,7 @@ def parse_host_port(value: str) -> tuple[str, int]:
             raise ValueError(f"{expected}: put IPv6 addresses in brackets, e.g. [::1]:{port_text}")
         if not _HOSTNAME.match(host):
             raise ValueError(f"{expected}: {host!r} is not a host name or IP address")
-    if not port_text.isdigit() or int(port_text) > _MAX_PORT:
+    if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > _MAX_PORT:
         raise ValueError(f"{expected}: port must be a number from 0 to {_MAX_PORT}")
     return host, int(port_text)
 
@@ -132,7 +153,7 @@ def _host_port(value: object) -> None:
 
 def _http_url(value: object) -> None:
     assert isinstance(value, str)
-    expected = f"expected an http:// or https:// URL, got {value!r}"
+    expected = f"expected an http:// or https:// URL, got {describe(value)}"
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError on a malformed port

@@ -33,7 +33,12 @@ def open_database(path: str | Path, *, read_only: bool = False) -> duckdb.DuckDB
     """Open (creating if needed, unless read-only) the database file, owner-only permissions."""
     target = Path(path)
     if not read_only:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseOpenError(
+                f"cannot create the directory of {target}: {exc.strerror or exc}"
+            ) from exc
     # DuckDB creates the file and its WAL with the process umask; spans hold prompts, so the
     # files are owner-only whatever the caller's umask is.
     old_umask = os.umask(0o077)
