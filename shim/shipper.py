@@ -465,22 +465,12 @@ class Shipper:
         if not records:
             return
         metrics.BATCHES.labels("rejected").inc()
+        log = _log.bind(spans=len(records), reason=reason[:500], path=str(self._dead_letters.path))
         try:
             await asyncio.to_thread(self._dead_letters.append, records)
         except OSError as exc:
             metrics.SPANS_DROPPED.inc(len(records))
-            _log.error(
-                "cannot write the dead-letter file: rejected spans dropped",
-                spans=len(records),
-                reason=reason[:500],
-                path=str(self._dead_letters.path),
-                error=str(exc),
-            )
+            log.error("cannot write the dead-letter file: rejected spans dropped", error=str(exc))
             return
         metrics.SPANS_DEAD_LETTERED.inc(len(records))
-        _log.warning(
-            "core rejected spans; kept in the dead-letter file",
-            spans=len(records),
-            reason=reason[:500],
-            path=str(self._dead_letters.path),
-        )
+        log.warning("core rejected spans; kept in the dead-letter file")
