@@ -54,6 +54,10 @@ _HOMOGLYPH_SOURCE: Final = (
 _HOMOGLYPH_TARGET: Final = "ABEEKMHOPCTXYSIIJQWHabeekmhopctyxsiijhdqwyoABEZHIKMNOPTYXaikvptuxcjgi"
 _HOMOGLYPH_TABLE: Final = str.maketrans(_HOMOGLYPH_SOURCE, _HOMOGLYPH_TARGET)
 _HOMOGLYPH: Final = re.compile(f"[{_HOMOGLYPH_SOURCE}]")
+_HOMOGLYPH_MAP: Final = {chr(k): chr(v) for k, v in _HOMOGLYPH_TABLE.items()}
+#: Look-alikes in the first characters past which a text counts as dense with them.
+_DENSITY_SAMPLE: Final = 256
+_DENSE: Final = 12
 
 
 def _needs_space_work(text: str) -> bool:
@@ -81,6 +85,15 @@ def _remove_invisible(text: str) -> str:
     return text
 
 
+def _replace_homoglyphs(text: str) -> str:
+    # `str.translate` looks every character up (about 45 us per KB of non-ASCII text). Prose with a
+    # few look-alikes (typographic quotes, an accented name) is four times faster replaced match by
+    # match; Cyrillic or Greek prose, dense with them, is not, and keeps `translate`.
+    if len(_HOMOGLYPH.findall(text, 0, _DENSITY_SAMPLE)) > _DENSE:
+        return text.translate(_HOMOGLYPH_TABLE)
+    return _HOMOGLYPH.sub(lambda m: _HOMOGLYPH_MAP[m.group()], text)
+
+
 def normalize(text: str) -> str:
     """`text` in the canonical form detectors match against (see the module docstring).
 
@@ -93,7 +106,7 @@ def normalize(text: str) -> str:
         return _collapse_spaces(_remove_invisible(text))
     text = _remove_invisible(unicodedata.normalize("NFKC", text))
     if _HOMOGLYPH.search(text) is not None:
-        text = text.translate(_HOMOGLYPH_TABLE)
+        text = _replace_homoglyphs(text)
     if not text.isascii():
         decomposed = unicodedata.normalize("NFD", text)
         if _COMBINING.search(decomposed) is not None:
