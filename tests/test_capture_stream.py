@@ -599,3 +599,55 @@ def test_wrong_types_in_events_never_raise(event: dict[str, Any]) -> None:
         assert isinstance(got, model.ParsedResponse)
         if got.usage is not None:
             assert got.usage.input_tokens >= 0
+
+
+def _chat_text(response: model.ParsedResponse) -> str:
+    return "".join(part.text for part in response.choices[0].message.parts if part.text)
+
+
+def test_tool_call_deltas_without_an_index_are_told_apart_by_their_id() -> None:
+    calls = [("call_1", "get_weather", '{"c":1}'), ("call_2", "get_time", '{"c":2}')]
+    body = sse(
+        [
+            (None, chat_chunk({"tool_calls": [{"id": i, "function": {"name": n, "arguments": a}}]}))
+            for i, n, a in calls
+        ],
+        done=True,
+    )
+    response = capture(request_for("/v1/chat/completions", CHAT_REQUEST), [body])
+    got = [(c.id, c.name, c.arguments) for c in response.choices[0].message.tool_calls]
+    assert got == calls
+
+
+@pytest.mark.parametrize("split", [1, 2, 3, 10])
+def test_a_byte_order_mark_does_not_hide_the_first_event(split: int) -> None:
+    body = b"\xef\xbb\xbf" + sse(
+        [(None, chat_chunk({"content": "FIRST"})), (None, chat_chunk({"content": "X"}))], done=True
+    )
+    response = capture(request_for("/v1/chat/completions", CHAT_REQUEST), [body[:split], body[split:]])
+    assert _chat_text(response) == "FIRSTX"
+
+
+def test_a_multi_member_gzip_stream_is_read_whole_even_byte_by_byte() -> None:
+    body = chat_stream(include_usage=True)
+    packed = gzip.compress(body[:300]) + gzip.compress(body[300:])
+    whole = capture(request_for("/v1/chat/completions", CHAT_REQUEST), [body])
+    for chunks in ([packed], [packed[i : i + 1] for i in range(len(packed))]):
+        response = capture(request_for("/v1/chat/completions", CHAT_REQUEST), chunks, encoding="gzip")
+        assert _chat_text(response) == _chat_text(whole) and not response.stream_cut
+
+
+def test_raw_deflate_split_after_its_first_byte_is_decoded() -> None:
+    body = chat_stream(include_usage=True)
+    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    packed = packer.compress(body) + packer.flush()
+    response = capture(
+        request_for("/v1/chat/completions", CHAT_REQUEST), [packed[:1], packed[1:]], encoding="deflate"
+    )
+    assert _chat_text(response) == "".join(ANSWER)
+
+
+def test_a_delta_with_bytes_that_are_not_utf8_keeps_the_rest_of_its_text() -> None:
+    body = b'data: {"choices":[{"index":0,"delta":{"content":"a\xff\xfeb"}}]}\n\ndata: [DONE]\n\n'
+    response = capture(request_for("/v1/chat/completions", CHAT_REQUEST), [body])
+    assert _chat_text(response) == "a\ufffd\ufffdb"

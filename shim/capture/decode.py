@@ -9,6 +9,9 @@ from typing import Any
 
 #: Most decompressed bytes one step yields: a compression bomb never expands all at once.
 STEP_BYTES = 256 * 1024
+#: Input kept to retry a `deflate` body as raw deflate, when zlib refuses it before any output.
+_RETRY_BYTES = 64 * 1024
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 def _load_brotli() -> Any:
@@ -28,12 +31,16 @@ class Decoder:
     `brotli` module is installed. Any other encoding sets `failed` at once.
     """
 
-    __slots__ = ("_brotli", "_started", "_zlib", "encoding", "failed")
+    __slots__ = ("_after_end", "_brotli", "_fed", "_started", "_zlib", "encoding", "failed")
 
     def __init__(self, content_encoding: str) -> None:
         self.encoding = content_encoding.strip().lower()
         self.failed = False
         self._started = False
+        # Input fed before any output, so that raw deflate can be retried from the first byte
+        # (None once output came, or past `_RETRY_BYTES`).
+        self._fed: bytearray | None = bytearray()
+        self._after_end = b""  # a first byte of what may be the next gzip member
         self._zlib: Any = None
         self._brotli: Any = None
         if self.encoding in ("", "identity"):
@@ -58,22 +65,36 @@ class Decoder:
             yield from self._unbrotli(chunk)
 
     def _inflate(self, chunk: bytes) -> Iterator[bytes]:
+        if self._fed is not None:
+            self._fed += chunk
+            if len(self._fed) > _RETRY_BYTES:
+                self._fed = None
         data = chunk
-        while data and not self._zlib.eof:
+        while data:
+            if self._zlib.eof:
+                data, self._after_end = self._after_end + data, b""
+                if len(data) < len(_GZIP_MAGIC) and _GZIP_MAGIC.startswith(data):
+                    self._after_end = data
+                    return
+                if data[:2] != _GZIP_MAGIC:
+                    return  # bytes after the end of the stream: ignored, as clients do
+                self._zlib = zlib.decompressobj(32 + zlib.MAX_WBITS)  # the next gzip member
             try:
                 out: bytes = self._zlib.decompress(data, STEP_BYTES)
             except zlib.error:
-                if self.encoding == "deflate" and not self._started:
-                    # Some servers send raw deflate under `deflate`: retry this first chunk as such.
+                if self.encoding == "deflate" and not self._started and self._fed is not None:
+                    # Some servers send raw deflate under `deflate`: start again, as such.
                     self._started = True
                     self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
+                    data, self._fed = bytes(self._fed), None
                     continue
                 self.failed = True
                 return
-            self._started = True
             if out:
+                self._started = True
+                self._fed = None
                 yield out
-            data = self._zlib.unconsumed_tail
+            data = self._zlib.unconsumed_tail or (self._zlib.unused_data if self._zlib.eof else b"")
 
     def _unbrotli(self, chunk: bytes) -> Iterator[bytes]:
         try:

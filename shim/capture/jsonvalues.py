@@ -83,19 +83,23 @@ def loads(data: bytes | str) -> object | None:
     """Decoded JSON, or None when `data` is not valid JSON (None is also what `null` decodes to).
 
     orjson refuses some JSON other parsers (and so the upstream) accept: escaped lone surrogates
-    (`"\\ud800"`), numbers that overflow a double. A body the fast parser refuses is read again by
-    the standard library's, and lone surrogates in its strings become U+FFFD: a client must not
-    slip a request past the inline check with one odd escape, and the texts must stay encodable
-    (protobuf, UTF-8).
+    (`"\\ud800"`), numbers that overflow a double, bytes that are not UTF-8. A body the fast
+    parser refuses is read again by the standard library's, with U+FFFD for bytes that are not
+    UTF-8 and for lone surrogates in its strings: a client must not slip a request past the inline
+    check with one odd escape or byte, and the texts must stay encodable (protobuf, UTF-8).
     """
     try:
         value: object = orjson.loads(data)
         return value
     except orjson.JSONDecodeError:
         pass
+    if isinstance(data, bytes):
+        # Bytes that are not UTF-8 (a stray byte in one delta) are read with U+FFFD in their place,
+        # rather than losing the whole value.
+        data = data.decode("utf-8", "replace")
     try:
         value = json.loads(data)
-    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
         return None
     return _without_surrogates(value)
 

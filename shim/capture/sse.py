@@ -7,6 +7,8 @@ event longer than `max_event_bytes` is dropped (and `dropped` set) instead of bu
 
 from __future__ import annotations
 
+_BOM = b"\xef\xbb\xbf"
+
 SseEvent = tuple[bytes, bytes]
 """(event name, data): the name is empty when the event had no `event:` field."""
 
@@ -14,7 +16,17 @@ SseEvent = tuple[bytes, bytes]
 class SseParser:
     """Feeds on raw chunks and returns the events they complete."""
 
-    __slots__ = ("_cr_pending", "_data", "_data_bytes", "_event", "_line", "_skip_line", "dropped", "limit")
+    __slots__ = (
+        "_cr_pending",
+        "_data",
+        "_data_bytes",
+        "_event",
+        "_head",
+        "_line",
+        "_skip_line",
+        "dropped",
+        "limit",
+    )
 
     def __init__(self, max_event_bytes: int) -> None:
         self.limit = max_event_bytes
@@ -26,9 +38,19 @@ class SseParser:
         self._event = b""
         self._data: list[bytes] = []
         self._data_bytes = 0
+        # The stream's first bytes until they are known not to be a byte order mark (which the SSE
+        # standard says to drop, and which would otherwise hide the first field's name).
+        self._head: bytes | None = b""
 
     def feed(self, chunk: bytes) -> list[SseEvent]:
         """The events completed by `chunk`, in order."""
+        if self._head is not None:
+            head = self._head + chunk
+            if len(head) < len(_BOM) and _BOM.startswith(head):
+                self._head = head
+                return []
+            self._head = None
+            chunk = head.removeprefix(_BOM)
         if self._cr_pending or b"\r" in chunk:
             chunk = self._normalize(chunk)
         events: list[SseEvent] = []

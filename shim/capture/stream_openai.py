@@ -85,6 +85,13 @@ class ChatStream(StreamReader):
             item = as_dict(raw)
             call_index = as_int(item.get("index"))
             key = position if call_index is None else call_index
+            if call_index is None and choice.tool_calls:
+                # No index (some OpenAI-compatible servers): a delta with a new id starts the next
+                # call; one without continues the latest.
+                latest = max(choice.tool_calls)
+                item_id = as_str(item.get("id"))
+                opened = item_id and choice.tool_calls[latest].id not in ("", item_id)
+                key = latest + 1 if opened else latest
             if key not in choice.tool_calls and not self.claim_slot():
                 continue
             call = choice.tool_call(key)
