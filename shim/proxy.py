@@ -161,6 +161,40 @@ class Proxy:
         exchange.finish(0.0)
 
 
+class _WholeEvents:
+    """Cuts a plain SSE stream's chunks after their last blank line, holding the rest back.
+
+    A stream whose lines end in a bare CR has no LF to cut at and goes out as it comes; so does
+    a partial event that grows past `MAX_HELD` (a client cannot use it before it ends anyway).
+    """
+
+    MAX_HELD: Final = 1 << 20
+
+    __slots__ = ("_held",)
+
+    def __init__(self) -> None:
+        self._held = b""
+
+    def take(self, chunk: bytes) -> bytes:
+        """What of the stream so far can go out now: everything up to the last event's end."""
+        data = self._held + chunk
+        ends = [at + len(blank) for blank in (b"\n\n", b"\r\n\r\n") if (at := data.rfind(blank)) >= 0]
+        if not ends:
+            if b"\n" not in data or len(data) > self.MAX_HELD:
+                self._held = b""
+                return data
+            self._held = data
+            return b""
+        cut = max(ends)
+        self._held = data[cut:]
+        return data[:cut]
+
+    def rest(self) -> bytes:
+        """The bytes held back when the stream ends (a last event without its blank line)."""
+        rest, self._held = self._held, b""
+        return rest
+
+
 def _after_head(request: AnyRequest) -> None:
     """Sanic (25.x) leaves HEAD's body-ignoring send in place once the headers are out, and the
     send it makes itself after the handler then fails (awaiting a plain function), logging a
@@ -365,12 +399,7 @@ class Exchange:
             return
         try:
             async for chunk in upstream.content.iter_any():
-                try:
-                    await response.send(chunk)
-                except (ConnectionError, ServerError) as exc:
-                    self.fail(
-                        "client_disconnected", f"the client closed the connection: {type(exc).__name__}"
-                    )
+                if not await self._send_or_fail(response, chunk):
                     return
                 if meta.ttft_nano is None:
                     meta.ttft_nano = time.time_ns() - meta.start_unix_nano
@@ -402,17 +431,17 @@ class Exchange:
         """`_relay`'s loop with the streaming checks: each chunk goes out, then its text is scanned."""
         meta = self.meta
         early_stop = self._proxy.early_stop
+        # A stop event can only follow a whole event: a plain stream that may be stopped goes out
+        # up to its last blank line, the partial event after it with the next chunk.
+        events = _WholeEvents() if early_stop and not upstream.headers.get("content-encoding") else None
         try:
             async for chunk in upstream.content.iter_any():
-                try:
-                    await response.send(chunk)
-                except (ConnectionError, ServerError) as exc:
-                    self.fail(
-                        "client_disconnected", f"the client closed the connection: {type(exc).__name__}"
-                    )
-                    return
-                if meta.ttft_nano is None:
-                    meta.ttft_nano = time.time_ns() - meta.start_unix_nano
+                out = chunk if events is None else events.take(chunk)
+                if out:
+                    if not await self._send_or_fail(response, out):
+                        return
+                    if meta.ttft_nano is None:
+                        meta.ttft_nano = time.time_ns() - meta.start_unix_nano
                 capture.feed(chunk)
                 if self._record_stream_findings(check.scan()) and early_stop and check.critical is not None:
                     await self._stop_stream(upstream, response, check)
@@ -420,10 +449,21 @@ class Exchange:
         except (TimeoutError, aiohttp.ClientError) as exc:
             self._upstream_broke(exc)
             return
+        if events is not None and (rest := events.rest()) and not await self._send_or_fail(response, rest):
+            return
         # Text still pending (none unless the last chunk was empty); a last event without its
         # blank line is parsed, and scanned, only when the capture finishes (`finish`).
         self._record_stream_findings(check.scan())
         await self._end(response)
+
+    async def _send_or_fail(self, response: BaseHTTPResponse, data: bytes) -> bool:
+        """Send `data` to the client; False (recorded) when the client has gone."""
+        try:
+            await response.send(data)
+        except (ConnectionError, ServerError) as exc:
+            self.fail("client_disconnected", f"the client closed the connection: {type(exc).__name__}")
+            return False
+        return True
 
     def _record_stream_findings(self, found: list[Finding]) -> bool:
         """Put findings of the streamed answer on the span, its score and the counter."""

@@ -361,3 +361,45 @@ def test_stream_findings_take_the_cores_locations(parts: list[tuple[str, str]], 
     assert {f.location for f in located} == {where}
     core = _core_response_locations(response)
     assert {(f.type, f.detector, f.location) for f in located} <= core
+
+
+async def test_an_early_stop_never_lands_inside_a_half_sent_event(tmp_path: Path) -> None:
+    # The upstream sends the event with the secret together with the start of the next one: the
+    # client must see whole events, then the stop event, all of them valid JSON.
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(_chunk("Here you go: ") + b"\n\n")
+        await asyncio.sleep(0.01)
+        following = _chunk(TAIL) + b"\n\n"
+        await response.write(_chunk(f"the token is {TOKEN}") + b"\n\n" + following[:20])
+        await asyncio.sleep(0.05)
+        await response.write(following[20:] + b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", stream)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        streaming = StreamingAnalysisSettings(enabled=True, early_stop_on_critical=True)
+        settings = shim_settings(tmp_path, f"http://127.0.0.1:{port}", streaming_analysis=streaming)
+        async with (
+            running_core(core_settings(tmp_path / "db.duckdb")) as core,
+            running_shim(settings, core.bound.grpc) as shim,
+            aiohttp.ClientSession() as http,
+        ):
+            body = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "token?"}]}
+            headers = {"Authorization": f"Bearer {KEY}"}
+            async with http.post(shim.base_url + "/v1/chat/completions", json=body, headers=headers) as reply:
+                received = (await reply.read()).decode()
+    finally:
+        await runner.cleanup()
+    events = [e for e in received.split("\n\n") if e.strip()]
+    payloads = [json.loads(e.removeprefix("data: ")) for e in events]  # every event is whole JSON
+    assert "error" in payloads[-1]
+    assert TAIL not in received
