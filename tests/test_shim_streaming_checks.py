@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -231,15 +232,27 @@ def _chunk(text: str) -> bytes:
     return b"data: " + json.dumps(payload).encode()
 
 
-async def test_a_last_event_without_its_blank_line_is_scanned(tmp_path: Path) -> None:
-    # The last event has no trailing newline: the capture parses it only when it finishes, and
-    # its findings must still reach the span, its score and the counter.
+@dataclass
+class _Streamed:
+    """What one streamed chat through the shim left: the bytes the client got, and the span."""
+
+    received: str
+    span: span_pb2.Span
+
+
+async def _stream_through_shim(
+    tmp_path: Path, writes: list[bytes], streaming: StreamingAnalysisSettings
+) -> _Streamed:
+    """Stream `writes` (one write each, 10 ms apart) from a scripted SSE upstream, through a
+    shim with `streaming`, to a client; the client's bytes and the span the core stored."""
+
     async def stream(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        await response.write(_chunk("Your order is on its way. ") + b"\n\n")
-        await asyncio.sleep(0.01)
-        await response.write(_chunk(f"The card on file is {CARD}."))  # no blank line, no [DONE]
+        for index, data in enumerate(writes):
+            if index:
+                await asyncio.sleep(0.01)
+            await response.write(data)
         await response.write_eof()
         return response
 
@@ -250,26 +263,39 @@ async def test_a_last_event_without_its_blank_line_is_scanned(tmp_path: Path) ->
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
-    before = REGISTRY.get_sample_value("llmtrace_shim_stream_findings_total", {"category": "pii"}) or 0.0
     try:
-        settings = shim_settings(
-            tmp_path, f"http://127.0.0.1:{port}", streaming_analysis=StreamingAnalysisSettings(enabled=True)
-        )
+        settings = shim_settings(tmp_path, f"http://127.0.0.1:{port}", streaming_analysis=streaming)
         async with (
             running_core(core_settings(tmp_path / "db.duckdb")) as core,
             running_shim(settings, core.bound.grpc) as shim,
             aiohttp.ClientSession() as http,
         ):
-            body = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "status?"}]}
+            body = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
             headers = {"Authorization": f"Bearer {KEY}"}
             async with http.post(shim.base_url + "/v1/chat/completions", json=body, headers=headers) as reply:
-                assert CARD in (await reply.read()).decode()
+                received = (await reply.read()).decode()
             [span] = await wait_for_spans(core)
-            ours = [f for f in span.findings if f.location == "response.choices[0]"]
-            assert [f.type for f in ours] == ["pii_detected"]
-            assert span.security_score >= 80
     finally:
         await runner.cleanup()
+    return _Streamed(received, span)
+
+
+async def test_a_last_event_without_its_blank_line_is_scanned(tmp_path: Path) -> None:
+    # The last event has no trailing newline: the capture parses it only when it finishes, and
+    # its findings must still reach the span, its score and the counter.
+    before = REGISTRY.get_sample_value("llmtrace_shim_stream_findings_total", {"category": "pii"}) or 0.0
+    streamed = await _stream_through_shim(
+        tmp_path,
+        [
+            _chunk("Your order is on its way. ") + b"\n\n",
+            _chunk(f"The card on file is {CARD}."),  # no blank line, no [DONE]
+        ],
+        StreamingAnalysisSettings(enabled=True),
+    )
+    assert CARD in streamed.received
+    ours = [f for f in streamed.span.findings if f.location == "response.choices[0]"]
+    assert [f.type for f in ours] == ["pii_detected"]
+    assert streamed.span.security_score >= 80
     after = REGISTRY.get_sample_value("llmtrace_shim_stream_findings_total", {"category": "pii"}) or 0.0
     assert after == before + 1
 
@@ -366,40 +392,17 @@ def test_stream_findings_take_the_cores_locations(parts: list[tuple[str, str]], 
 async def test_an_early_stop_never_lands_inside_a_half_sent_event(tmp_path: Path) -> None:
     # The upstream sends the event with the secret together with the start of the next one: the
     # client must see whole events, then the stop event, all of them valid JSON.
-    async def stream(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        await response.write(_chunk("Here you go: ") + b"\n\n")
-        await asyncio.sleep(0.01)
-        following = _chunk(TAIL) + b"\n\n"
-        await response.write(_chunk(f"the token is {TOKEN}") + b"\n\n" + following[:20])
-        await asyncio.sleep(0.05)
-        await response.write(following[20:] + b"data: [DONE]\n\n")
-        await response.write_eof()
-        return response
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", stream)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        streaming = StreamingAnalysisSettings(enabled=True, early_stop_on_critical=True)
-        settings = shim_settings(tmp_path, f"http://127.0.0.1:{port}", streaming_analysis=streaming)
-        async with (
-            running_core(core_settings(tmp_path / "db.duckdb")) as core,
-            running_shim(settings, core.bound.grpc) as shim,
-            aiohttp.ClientSession() as http,
-        ):
-            body = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "token?"}]}
-            headers = {"Authorization": f"Bearer {KEY}"}
-            async with http.post(shim.base_url + "/v1/chat/completions", json=body, headers=headers) as reply:
-                received = (await reply.read()).decode()
-    finally:
-        await runner.cleanup()
-    events = [e for e in received.split("\n\n") if e.strip()]
+    following = _chunk(TAIL) + b"\n\n"
+    streamed = await _stream_through_shim(
+        tmp_path,
+        [
+            _chunk("Here you go: ") + b"\n\n",
+            _chunk(f"the token is {TOKEN}") + b"\n\n" + following[:20],
+            following[20:] + b"data: [DONE]\n\n",
+        ],
+        StreamingAnalysisSettings(enabled=True, early_stop_on_critical=True),
+    )
+    events = [e for e in streamed.received.split("\n\n") if e.strip()]
     payloads = [json.loads(e.removeprefix("data: ")) for e in events]  # every event is whole JSON
     assert "error" in payloads[-1]
-    assert TAIL not in received
+    assert TAIL not in streamed.received
