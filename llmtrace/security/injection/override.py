@@ -84,6 +84,20 @@ _TARGET_WORDS: Final = (
     "statements",
 )
 
+# The verbs of `override_own`, which the gate and the start positions share.
+_OVERRIDE_OWN_VERBS: Final = (
+    "ignore",
+    "ignoring",
+    "disregard",
+    "disregarding",
+    "forget",
+    "forgetting",
+    "bypass",
+    "bypassing",
+    "override",
+    "overriding",
+)
+
 # What a model's standing orders are called, with the misspellings attacks type in a hurry.
 _ORDERS: Final = (
     r"(?:instructions?|instuctions?|intructions?|instrucions?|instructons?|instrutions?|insructions?"
@@ -160,33 +174,8 @@ RULES: Final[tuple[Rule, ...]] = (
         r"(?:all\s+(?:of\s+)?(?:the\s+|your\s+)?|your\s+|the\s+)(?:(?:system|safety|core|programmed|current"
         r"|original|initial)\s+)?(?:instructions|guidelines|directives|programming|system\s+prompt|rules"
         r"|instructions\s+which|restrictions|constraints)\b(?!\s+(?:for|of|on|in|to)\b)",
-        gate=(
-            (
-                "ignore",
-                "ignoring",
-                "disregard",
-                "disregarding",
-                "forget",
-                "forgetting",
-                "bypass",
-                "bypassing",
-                "override",
-                "overriding",
-            ),
-            _TARGET_WORDS,
-        ),
-        starts=(
-            "ignore",
-            "ignoring",
-            "disregard",
-            "disregarding",
-            "forget",
-            "forgetting",
-            "bypass",
-            "bypassing",
-            "override",
-            "overriding",
-        ),
+        gate=(_OVERRIDE_OWN_VERBS, _TARGET_WORDS),
+        starts=_OVERRIDE_OWN_VERBS,
     ),
     rule(
         "override_everything",
