@@ -40,6 +40,10 @@ _PR_SET_PDEATHSIG: Final = 1
 _CORE_START_TIMEOUT_S: Final = 120.0
 _RESTART_BACKOFF_S: Final = (0.5, 1.0, 2.0, 5.0)
 _mp = multiprocessing.get_context("spawn")
+#: Added to the core's nice value under `serve`, where it shares the machine with the proxy: the
+#: proxy is on every client's path, the core's work is not (batches wait in the shim's queue and
+#: spool, never the client). Measured in docs/benchmarks.md ("Proxy").
+CORE_NICENESS: Final = 10
 
 
 def _die_with_parent() -> None:
@@ -63,6 +67,8 @@ def _core_child(settings: Settings, ready_file: str, parent_pid: int) -> None:
     _die_with_parent()
     if _orphaned(parent_pid):
         sys.exit(1)
+    with contextlib.suppress(OSError):
+        os.nice(CORE_NICENESS)
     configure_logging(settings.logging.level, settings.logging.format)
     from llmtrace.server import run_core  # noqa: PLC0415 - heavy import, child only
 

@@ -9,6 +9,7 @@ captured span before the process exits.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import socket
 import time
@@ -23,6 +24,11 @@ from sanic.server.async_server import AsyncioServer
 from llmtrace.config.redact import redact_text
 from llmtrace.config.schema import Settings
 from shim.app import ShimContext, create_app
+
+#: Allocations between young-generation collections (CPython's default is 700). Each proxied
+#: request allocates a few thousand objects (Sanic, aiohttp, the span), almost all freed by
+#: reference counting; collecting every 700 of them cost about 3% of a saturated worker's CPU.
+GC_YOUNG_THRESHOLD = 20_000
 
 _log = structlog.get_logger("llmtrace.shim")
 _POLL_S = 0.05
@@ -118,9 +124,20 @@ async def serve_worker(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     worker = await ShimWorker.start(settings, sock, core_addr=core_addr)
+    _tune_garbage_collector()
     if on_ready is not None:
         on_ready(worker.address)
     await stop.wait()
     _log.info("shutting down", grace_seconds=settings.shutdown.timeout_seconds)
     await worker.stop(settings.shutdown.timeout_seconds)
     return 0
+
+
+def _tune_garbage_collector() -> None:
+    """Collect cycles less often, and never re-scan what start-up built (modules, the app,
+    the protobuf descriptors): those objects live as long as the worker, and a full collection
+    that scans them (about 55,000) stalls the event loop for about 6 ms."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from llmtrace.supervisor import CORE_NICENESS
 from tests.processes import CLI, LlmtraceProcess, cli_env, write_yaml
 from tools.fake_upstream import run_fake_upstream
 
@@ -80,6 +81,10 @@ async def test_serve_restarts_a_crashed_core_and_stops_in_order(tmp_path: Path) 
         serve = LlmtraceProcess.start(tmp_path, "serve", "serve", "--config", str(config))
         try:
             ready = await asyncio.to_thread(serve.wait_ready)
+            # The core yields the CPU to the proxy, which is on every client's path.
+            worker_nice = os.getpriority(os.PRIO_PROCESS, ready["worker_pids"][0])
+            core_nice = os.getpriority(os.PRIO_PROCESS, ready["core_pid"])
+            assert core_nice == min(worker_nice + CORE_NICENESS, 19)
             async with aiohttp.ClientSession() as http:
                 await _chat(http, ready["http"], "before the crash")
                 os.kill(ready["core_pid"], signal.SIGKILL)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
 from shim.headers import forwardable, key_fingerprint, masked_query, returnable, stored_request_headers
 from shim.identity import DEFAULT_TENANT, IdentityError, resolve_identity
 from shim.proxy import Upstream
+from shim.server import GC_YOUNG_THRESHOLD, _tune_garbage_collector
 
 
 class Headers(dict[str, str]):
@@ -115,3 +118,14 @@ def test_session_gives_a_stable_trace_per_tenant() -> None:
     c = resolve_identity(Headers({"x-llmtrace-session": "s1", "x-llmtrace-tenant": "t2"}))
     assert a.trace_id == b.trace_id != c.trace_id
     assert a.span_id != b.span_id
+
+
+def test_worker_garbage_collection_skips_start_up_objects_and_runs_less_often() -> None:
+    before = gc.get_threshold()
+    try:
+        _tune_garbage_collector()
+        assert gc.get_freeze_count() > 1000  # modules, classes, descriptors: never scanned again
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, before[1], before[2])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

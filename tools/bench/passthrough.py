@@ -4,7 +4,9 @@ Minimal Sanic + aiohttp forwarder in one worker process, with no capture, no spa
 metrics and no access log: one pooled `aiohttp.ClientSession` (opened in a
 `before_server_start` listener, `auto_decompress=False`) forwards the method, path, query,
 headers (less hop-by-hop ones and `Host`) and body, and streams the answer back chunk by chunk
-with `request.respond` / `send` / `eof`, as the shim does.
+with `request.respond` / `send` / `eof`, as the shim does. Sanic's other settings are its
+defaults, touchup included (it strips unused signal dispatch from the request handler, as in
+the shim's workers): without it this yardstick was about 40% slower per request.
 
     .venv/bin/python tools/bench/passthrough.py --upstream http://127.0.0.1:8089 --listen 127.0.0.1:8090
     .venv/bin/python tools/bench/passthrough.py --upstream URL --listen 127.0.0.1:0 --ready-file r.json
@@ -44,7 +46,7 @@ App = Sanic[Config, SimpleNamespace]
 def create_app(upstream: str, ready_file: Path | None, sock: socket.socket) -> App:
     """The passthrough app forwarding to `upstream` (an API root such as http://host:port)."""
     app: App = Sanic("bench_passthrough", configure_logging=False)
-    app.config.update({"MOTD": False, "ACCESS_LOG": False, "TOUCHUP": False, "NOISY_EXCEPTIONS": False})
+    app.config.update({"MOTD": False, "ACCESS_LOG": False, "NOISY_EXCEPTIONS": False})
     base = upstream.rstrip("/")
 
     async def open_session(app: App) -> None:
