@@ -198,6 +198,7 @@ ENV_CASES = {
     "LLMTRACE_QUERY_DEFAULT_PAGE_SIZE": ("query.default_page_size", "20", 20),
     "LLMTRACE_CORE_ADDR": ("core_addr", "core.internal:50051", "core.internal:50051"),
     "LLMTRACE_WORKERS": ("workers", "4", 4),
+    "LLMTRACE_CORE_PRIORITY": ("core_priority", "normal", "normal"),
     "LLMTRACE_TIMEOUT_MS": ("timeout_ms", "120000", 120000),
     "LLMTRACE_CONNECTION_TIMEOUT_MS": ("connection_timeout_ms", "500", 500),
     "LLMTRACE_MAX_REQUEST_SIZE_BYTES": ("max_request_size_bytes", "1024", 1024),

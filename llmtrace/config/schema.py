@@ -20,6 +20,8 @@ ENFORCEMENT_DEPTHS = ("fast", "full")
 CATEGORY_ACTIONS = ("inherit", "log", "flag", "block")
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 OPERATING_POINTS = ("high_recall", "balanced", "high_precision")
+#: The core's CPU priority under `llmtrace serve`, beside the proxy workers.
+CORE_PRIORITIES = ("background", "normal")
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +184,9 @@ class Settings:
     core_addr: str = ""
     # Shim worker processes sharing listen_addr.
     workers: int = 1
+    # Under `serve`: `background` runs the core on CPU the proxy leaves (Linux's idle scheduling
+    # class), so that its bursts of ingest never delay a client; `normal` shares the CPU evenly.
+    core_priority: str = "background"
     # Bounds the wait for upstream response headers and every idle gap between chunks, never a
     # whole stream (a ten-minute stream works). The OpenAI SDK's own default is 600 s.
     timeout_ms: int = 600_000

@@ -13,6 +13,7 @@ from llmtrace.config.paths import Leaf
 from llmtrace.config.schema import (
     CAPTURE_BODIES,
     CATEGORY_ACTIONS,
+    CORE_PRIORITIES,
     ENFORCEMENT_DEPTHS,
     ENFORCEMENT_MODES,
     LOG_FORMATS,
@@ -242,6 +243,7 @@ RULES: Final[dict[str, Rule]] = {
     "query.default_page_size": _positive,
     "core_addr": _optional_host_port,
     "workers": _positive,
+    "core_priority": _one_of(CORE_PRIORITIES),
     "timeout_ms": _positive,
     "connection_timeout_ms": _positive,
     "max_request_size_bytes": _positive,
