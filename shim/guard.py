@@ -20,14 +20,14 @@ import grpc
 import structlog
 
 from llmtrace.api.v1 import analysis_service_pb2, analysis_service_pb2_grpc
+from llmtrace.capture import ParsedRequest
+from llmtrace.capture.exchange import ExchangeMeta
+from llmtrace.capture.span import llm_request
 from llmtrace.config.schema import Settings
 from llmtrace.rpc.exchange_convert import finding_from_pb
 from llmtrace.security.exchange import Exchange, Text, ToolCall
 from llmtrace.security.findings import Finding, score
 from shim import metrics
-from shim.capture import ParsedRequest
-from shim.capture.exchange import ExchangeMeta
-from shim.capture.span import llm_request
 from shim.enforcement import BLOCK, FLAG, NO_ACTION, Decision, Policy
 
 if TYPE_CHECKING:

@@ -32,14 +32,14 @@ from sanic.http import Http, Stage
 from sanic.response import BaseHTTPResponse, HTTPResponse
 from yarl import URL
 
+from llmtrace.capture import ParsedRequest, ResponseCapture, build_span, parse_request
+from llmtrace.capture.exchange import ExchangeMeta
+from llmtrace.capture.model import API_CHAT_COMPLETIONS, API_MESSAGES
+from llmtrace.capture.routes import route_of
 from llmtrace.config.schema import Settings
 from llmtrace.security.findings import Finding
 from shim import metrics
 from shim.boundary import BoundaryDefense
-from shim.capture import ParsedRequest, ResponseCapture, build_span, parse_request
-from shim.capture.exchange import ExchangeMeta
-from shim.capture.model import API_CHAT_COMPLETIONS, API_MESSAGES
-from shim.capture.routes import route_of
 from shim.enforcement import BLOCK, category_of
 from shim.errors import ShimError
 from shim.guard import Guard, block_message
@@ -55,7 +55,7 @@ from shim.identity import IdentityError, resolve_identity
 from shim.shipper import Shipper
 from shim.streaming_checks import StreamCheck, core_locations
 
-_log = structlog.get_logger("llmtrace.shim.capture")
+_log = structlog.get_logger("llmtrace.llmtrace.capture")
 _access = structlog.get_logger("llmtrace.shim.access")
 
 #: Any app's request: the proxy reads only the request itself, never `request.app`.

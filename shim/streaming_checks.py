@@ -19,12 +19,12 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Final
 
+from llmtrace.capture import model
+from llmtrace.capture.exchange import MAX_FINDINGS
 from llmtrace.security.findings import Finding, Severity
 from llmtrace.security.normalize import normalize
 from llmtrace.security.pii import find_pii
 from llmtrace.security.secrets import find_secrets
-from shim.capture import model
-from shim.capture.exchange import MAX_FINDINGS
 
 #: Characters of already-scanned text each scan reads again. Covers any card, IBAN, phone, token
 #: or JWT split across chunks; a PEM private key is caught from its header and first key line.

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from shim.capture import model
-from shim.capture.request_parse import parse_request
+from llmtrace.capture import model
+from llmtrace.capture.request_parse import parse_request
 
 LIMIT = 1024 * 1024
 
@@ -331,7 +331,7 @@ def test_huge_body_is_parsed_and_raw_body_is_bounded() -> None:
 
 
 def test_json_orjson_refuses_is_read_by_the_standard_parser() -> None:
-    from shim.capture.jsonvalues import loads  # noqa: PLC0415
+    from llmtrace.capture.jsonvalues import loads  # noqa: PLC0415
 
     # Lone surrogate escapes (keys, nested strings) become U+FFFD; a proper pair stays one character.
     value = loads(b'{"k\\udc00": ["a\\ud800b", {"c": "\\ud83d\\ude00 \\udfff"}], "n": 1e400}')

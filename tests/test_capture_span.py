@@ -12,12 +12,12 @@ import pytest
 
 from llmtrace import limits
 from llmtrace.api.v1 import span_pb2
+from llmtrace.capture import model
+from llmtrace.capture.exchange import ExchangeMeta
+from llmtrace.capture.request_parse import parse_request
+from llmtrace.capture.response_parse import ResponseCapture
+from llmtrace.capture.span import build_span
 from llmtrace.ingest.validation import validate_span
-from shim.capture import model
-from shim.capture.exchange import ExchangeMeta
-from shim.capture.request_parse import parse_request
-from shim.capture.response_parse import ResponseCapture
-from shim.capture.span import build_span
 
 LIMIT = 1024 * 1024
 SECRET_PROMPT = "My card is 4111 1111 1111 1111, mail jane@example.com, key sk-abcdefghijklmnopqrstuvwx"

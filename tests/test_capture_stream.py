@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from shim.capture import model
-from shim.capture.request_parse import parse_request
-from shim.capture.response_parse import ResponseCapture
+from llmtrace.capture import model
+from llmtrace.capture.request_parse import parse_request
+from llmtrace.capture.response_parse import ResponseCapture
 
 LIMIT = 1024 * 1024
 SSE = "text/event-stream; charset=utf-8"

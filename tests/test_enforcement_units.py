@@ -13,12 +13,12 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
+from llmtrace.capture import parse_request
+from llmtrace.capture.exchange import MAX_FINDINGS, ExchangeMeta
+from llmtrace.capture.span import llm_request
 from llmtrace.config.schema import EnforcementSettings, Settings
 from llmtrace.rpc.exchange_convert import exchange_from_parts
 from llmtrace.security.findings import Finding, Severity
-from shim.capture import parse_request
-from shim.capture.exchange import MAX_FINDINGS, ExchangeMeta
-from shim.capture.span import llm_request
 from shim.enforcement import (
     BLOCK,
     FLAG,

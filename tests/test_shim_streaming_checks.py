@@ -21,10 +21,10 @@ from aiohttp import web
 from prometheus_client import REGISTRY
 
 from llmtrace.api.v1 import finding_pb2, span_pb2
+from llmtrace.capture.exchange import MAX_FINDINGS
 from llmtrace.config.schema import StreamingAnalysisSettings
 from llmtrace.security.findings import Severity
 from shim import streaming_checks
-from shim.capture.exchange import MAX_FINDINGS
 from shim.streaming_checks import OVERLAP, StreamCheck
 from tests.conftest import (
     OpenAIFactory,
@@ -201,7 +201,7 @@ async def test_early_stop_ignores_non_critical_findings(tmp_path: Path, make_cli
 
 
 def test_stop_events_in_each_api_shape() -> None:
-    from shim.capture.model import API_CHAT_COMPLETIONS, API_MESSAGES  # noqa: PLC0415
+    from llmtrace.capture.model import API_CHAT_COMPLETIONS, API_MESSAGES  # noqa: PLC0415
     from shim.proxy import _stop_event  # noqa: PLC0415
 
     openai_event = _stop_event(API_CHAT_COMPLETIONS, "stopped")
@@ -320,8 +320,8 @@ class _Upstream:
 
 
 async def test_stopping_a_stream_to_a_client_already_gone_does_not_raise() -> None:
-    from shim.capture.exchange import ExchangeMeta  # noqa: PLC0415
-    from shim.capture.model import API_CHAT_COMPLETIONS, ParsedRequest  # noqa: PLC0415
+    from llmtrace.capture.exchange import ExchangeMeta  # noqa: PLC0415
+    from llmtrace.capture.model import API_CHAT_COMPLETIONS, ParsedRequest  # noqa: PLC0415
     from shim.proxy import Exchange  # noqa: PLC0415
 
     exchange = Exchange.__new__(Exchange)
@@ -354,9 +354,9 @@ async def test_stopping_a_stream_to_a_client_already_gone_does_not_raise() -> No
 
 def _core_response_locations(response: Any) -> set[tuple[str, str, str]]:
     """(type, detector, location) of what the core's analysis finds in the answer's PII/secrets."""
+    from llmtrace.capture.span import _set_response  # noqa: PLC0415
     from llmtrace.rpc.exchange_convert import exchange_from_parts  # noqa: PLC0415
     from llmtrace.security.tiers import regex_findings  # noqa: PLC0415
-    from shim.capture.span import _set_response  # noqa: PLC0415
 
     out = span_pb2.LlmResponse()
     _set_response(out, response, "full", 1 << 20)
@@ -374,7 +374,7 @@ def _core_response_locations(response: Any) -> set[tuple[str, str, str]]:
     ],
 )
 def test_stream_findings_take_the_cores_locations(parts: list[tuple[str, str]], where: str) -> None:
-    from shim.capture import model  # noqa: PLC0415
+    from llmtrace.capture import model  # noqa: PLC0415
     from shim.streaming_checks import core_locations  # noqa: PLC0415
 
     check = StreamCheck()

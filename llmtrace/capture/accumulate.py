@@ -7,7 +7,7 @@ counted, not kept.
 
 from __future__ import annotations
 
-from shim.capture import model
+from llmtrace.capture import model
 
 
 class Budget:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from shim.capture import model
-from shim.capture.jsonvalues import (
+from llmtrace.capture import model
+from llmtrace.capture.jsonvalues import (
     JsonObject,
     as_bool,
     as_dict,
@@ -18,7 +18,7 @@ from shim.capture.jsonvalues import (
     as_str,
     to_json_text,
 )
-from shim.capture.parts import content_part, legacy_function_call, openai_tool_calls, text_parts
+from llmtrace.capture.parts import content_part, legacy_function_call, openai_tool_calls, text_parts
 
 
 def read_chat(body: JsonObject, request: model.ParsedRequest) -> None:

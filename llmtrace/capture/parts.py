@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from shim.capture import model
-from shim.capture.jsonvalues import as_dict, as_list, as_str, to_json_text
+from llmtrace.capture import model
+from llmtrace.capture.jsonvalues import as_dict, as_list, as_str, to_json_text
 
 # Part types that carry text, by their name in any of the three APIs.
 _TEXT_TYPES = frozenset({"text", "input_text", "output_text", "summary_text"})

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from llmtrace import limits
-from shim.capture import model
-from shim.capture.jsonvalues import JsonObject, loads
-from shim.capture.request_anthropic import read_messages
-from shim.capture.request_openai import read_chat, read_completions, read_embeddings, read_responses
-from shim.capture.routes import route_of
+from llmtrace.capture import model
+from llmtrace.capture.jsonvalues import JsonObject, loads
+from llmtrace.capture.request_anthropic import read_messages
+from llmtrace.capture.request_openai import read_chat, read_completions, read_embeddings, read_responses
+from llmtrace.capture.routes import route_of
 
 _READERS: dict[str, Callable[[JsonObject, model.ParsedRequest], None]] = {
     model.API_CHAT_COMPLETIONS: read_chat,

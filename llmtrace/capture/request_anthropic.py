@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from shim.capture import model
-from shim.capture.jsonvalues import (
+from llmtrace.capture import model
+from llmtrace.capture.jsonvalues import (
     JsonObject,
     as_bool,
     as_dict,
@@ -13,7 +13,7 @@ from shim.capture.jsonvalues import (
     as_str,
     to_json_text,
 )
-from shim.capture.parts import content_part, text_parts
+from llmtrace.capture.parts import content_part, text_parts
 
 
 def read_messages(body: JsonObject, request: model.ParsedRequest) -> None:

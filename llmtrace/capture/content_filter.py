@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from llmtrace.capture.accumulate import Budget
 from llmtrace.security.masking import mask_sensitive
-from shim.capture.accumulate import Budget
 
 BODIES_FULL: Final = "full"
 BODIES_REDACTED: Final = "redacted"

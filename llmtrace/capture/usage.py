@@ -7,8 +7,8 @@ included. OpenAI's `prompt_tokens` / `input_tokens` already include cached token
 
 from __future__ import annotations
 
-from shim.capture import model
-from shim.capture.jsonvalues import as_count, as_dict
+from llmtrace.capture import model
+from llmtrace.capture.jsonvalues import as_count, as_dict
 
 
 def openai_usage(value: object) -> model.Usage | None:

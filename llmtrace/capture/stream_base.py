@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from shim.capture import model
-from shim.capture.accumulate import Budget
-from shim.capture.jsonvalues import as_dict, as_str, loads
+from llmtrace.capture import model
+from llmtrace.capture.accumulate import Budget
+from llmtrace.capture.jsonvalues import as_dict, as_str, loads
 
 #: Choices, content blocks and tool calls one stream may open; an upstream sending more indexes
 #: than this is broken or hostile, and the rest is ignored (memory stays bounded).

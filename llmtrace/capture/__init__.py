@@ -6,9 +6,9 @@ with the proxy's own observations (`exchange.ExchangeMeta`), into the protobuf s
 core. Parsers produce the plain dataclasses of `model`; only `span` knows the protobuf types.
 """
 
-from shim.capture.model import ParsedRequest, ParsedResponse
-from shim.capture.request_parse import parse_request
-from shim.capture.response_parse import ResponseCapture
-from shim.capture.span import build_span
+from llmtrace.capture.model import ParsedRequest, ParsedResponse
+from llmtrace.capture.request_parse import parse_request
+from llmtrace.capture.response_parse import ResponseCapture
+from llmtrace.capture.span import build_span
 
 __all__ = ["ParsedRequest", "ParsedResponse", "ResponseCapture", "build_span", "parse_request"]

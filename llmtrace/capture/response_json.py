@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from shim.capture import model
-from shim.capture.accumulate import Budget
-from shim.capture.jsonvalues import JsonObject, as_dict, as_int, as_list, as_str, loads, to_json_text
-from shim.capture.parts import legacy_function_call, openai_tool_calls, text_parts
-from shim.capture.request_openai import response_item
-from shim.capture.usage import anthropic_usage, openai_usage
+from llmtrace.capture import model
+from llmtrace.capture.accumulate import Budget
+from llmtrace.capture.jsonvalues import JsonObject, as_dict, as_int, as_list, as_str, loads, to_json_text
+from llmtrace.capture.parts import legacy_function_call, openai_tool_calls, text_parts
+from llmtrace.capture.request_openai import response_item
+from llmtrace.capture.usage import anthropic_usage, openai_usage
 
 _INCOMPLETE_REASONS = {"max_output_tokens": "length", "content_filter": "content_filter"}
 

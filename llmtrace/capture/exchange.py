@@ -1,6 +1,6 @@
 """What the proxy itself observed about one exchange, apart from the bodies.
 
-The proxy fills an `ExchangeMeta` while it forwards; `shim.capture.span.build_span` turns it,
+The proxy fills an `ExchangeMeta` while it forwards; `llmtrace.capture.span.build_span` turns it,
 with the parsed request and response, into the span shipped to the core.
 """
 

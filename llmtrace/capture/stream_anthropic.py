@@ -3,11 +3,11 @@ ending with `message_stop`."""
 
 from __future__ import annotations
 
-from shim.capture import model
-from shim.capture.accumulate import TextAccumulator, ToolCallAccumulator
-from shim.capture.jsonvalues import as_dict, as_int, as_str, to_json_text
-from shim.capture.stream_base import MAX_SLOTS, StreamReader, event_object
-from shim.capture.usage import anthropic_usage
+from llmtrace.capture import model
+from llmtrace.capture.accumulate import TextAccumulator, ToolCallAccumulator
+from llmtrace.capture.jsonvalues import as_dict, as_int, as_str, to_json_text
+from llmtrace.capture.stream_base import MAX_SLOTS, StreamReader, event_object
+from llmtrace.capture.usage import anthropic_usage
 
 _BLOCK_PARTS = {"text": model.PART_TEXT, "thinking": model.PART_REASONING}
 _DELTA_FIELDS = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json"}

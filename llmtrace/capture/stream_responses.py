@@ -6,12 +6,12 @@ tool call per function call item.
 
 from __future__ import annotations
 
-from shim.capture import model
-from shim.capture.accumulate import TextAccumulator, ToolCallAccumulator
-from shim.capture.jsonvalues import as_dict, as_int, as_str
-from shim.capture.response_json import responses_finish_reason, responses_output
-from shim.capture.stream_base import MAX_SLOTS, StreamReader, event_object
-from shim.capture.usage import openai_usage
+from llmtrace.capture import model
+from llmtrace.capture.accumulate import TextAccumulator, ToolCallAccumulator
+from llmtrace.capture.jsonvalues import as_dict, as_int, as_str
+from llmtrace.capture.response_json import responses_finish_reason, responses_output
+from llmtrace.capture.stream_base import MAX_SLOTS, StreamReader, event_object
+from llmtrace.capture.usage import openai_usage
 
 _TERMINAL = frozenset({"response.completed", "response.failed", "response.incomplete"})
 _TEXT_DELTAS = {

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from shim.capture import model
-from shim.capture.accumulate import ChoiceAccumulator, ToolCallAccumulator
-from shim.capture.jsonvalues import as_dict, as_int, as_list, as_str
-from shim.capture.stream_base import MAX_SLOTS, StreamReader, event_object
-from shim.capture.usage import openai_usage
+from llmtrace.capture import model
+from llmtrace.capture.accumulate import ChoiceAccumulator, ToolCallAccumulator
+from llmtrace.capture.jsonvalues import as_dict, as_int, as_list, as_str
+from llmtrace.capture.stream_base import MAX_SLOTS, StreamReader, event_object
+from llmtrace.capture.usage import openai_usage
 
 
 class ChatStream(StreamReader):

@@ -10,18 +10,18 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from llmtrace import limits
-from shim.capture import model
-from shim.capture.accumulate import Budget
-from shim.capture.decode import Decoder
-from shim.capture.estimate import estimate_usage
-from shim.capture.jsonvalues import loads
-from shim.capture.request_parse import raw_text
-from shim.capture.response_json import READERS, read_embeddings_edges, read_error
-from shim.capture.sse import SseParser
-from shim.capture.stream_anthropic import AnthropicStream
-from shim.capture.stream_base import StreamReader
-from shim.capture.stream_openai import ChatStream
-from shim.capture.stream_responses import ResponsesStream
+from llmtrace.capture import model
+from llmtrace.capture.accumulate import Budget
+from llmtrace.capture.decode import Decoder
+from llmtrace.capture.estimate import estimate_usage
+from llmtrace.capture.jsonvalues import loads
+from llmtrace.capture.request_parse import raw_text
+from llmtrace.capture.response_json import READERS, read_embeddings_edges, read_error
+from llmtrace.capture.sse import SseParser
+from llmtrace.capture.stream_anthropic import AnthropicStream
+from llmtrace.capture.stream_base import StreamReader
+from llmtrace.capture.stream_openai import ChatStream
+from llmtrace.capture.stream_responses import ResponsesStream
 
 #: JSON bodies are buffered (decompressed) up to this or the capture limit, whichever is larger,
 #: so that a large answer can still be parsed and then cut to the limit.

@@ -10,12 +10,12 @@ import time
 
 from llmtrace import limits
 from llmtrace.api.v1 import span_pb2
+from llmtrace.capture import model
+from llmtrace.capture.content_filter import BODIES_FULL, BODIES_METADATA, ContentFilter, normalize_mode
+from llmtrace.capture.exchange import ExchangeMeta
 from llmtrace.rpc.exchange_convert import SEVERITY_TO_PB
 from llmtrace.security.findings import Finding
 from llmtrace.security.masking import mask_sensitive
-from shim.capture import model
-from shim.capture.content_filter import BODIES_FULL, BODIES_METADATA, ContentFilter, normalize_mode
-from shim.capture.exchange import ExchangeMeta
 
 ERROR_STREAM_CUT = "upstream_stream_cut"
 _STREAM_CUT_MESSAGE = "the upstream stream ended before its final event"

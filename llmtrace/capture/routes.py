@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from shim.capture import model
+from llmtrace.capture import model
 
 
 class Route(NamedTuple):
