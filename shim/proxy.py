@@ -15,7 +15,7 @@ import functools
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -32,10 +32,14 @@ from sanic.http import Http, Stage
 from sanic.response import BaseHTTPResponse, HTTPResponse
 from yarl import URL
 
+from llmtrace.api.v1 import span_pb2
 from llmtrace.capture import ParsedRequest, ResponseCapture, build_span, parse_request
+from llmtrace.capture.content_filter import BODIES_FULL, normalize_mode
 from llmtrace.capture.exchange import ExchangeMeta
 from llmtrace.capture.model import API_CHAT_COMPLETIONS, API_MESSAGES
+from llmtrace.capture.raw import MAX_RAW_BODY_BYTES
 from llmtrace.capture.routes import route_of
+from llmtrace.capture.span import exchange_span
 from llmtrace.config.schema import Settings
 from llmtrace.security.findings import Finding
 from shim import metrics
@@ -63,6 +67,8 @@ AnyRequest = Request[Any, Any]
 #: Headers aiohttp would add on its own; the client's request is forwarded as it came.
 _NO_AUTO_HEADERS: Final = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 METHODS: Final = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+#: Request bodies of these types are never sent to the core unread (parse_request summarises them).
+_NOT_RAW_TYPES: Final = ("multipart/", "application/octet-stream", "audio/", "image/", "video/")
 FLAGGED_HEADER: Final = "X-LLMTrace-Flagged"
 FINDINGS_HEADER: Final = "X-LLMTrace-Findings"
 ERROR_BLOCKED: Final = "request_blocked"
@@ -134,6 +140,15 @@ class Proxy:
         streaming = settings.streaming_analysis
         self.stream_checks = streaming.enabled
         self.early_stop = streaming.enabled and streaming.early_stop_on_critical
+        # Bodies up to this size go to the core unread (llmtrace.capture.raw): at `full` the core
+        # may see them, and nothing here needs them read. -1: every exchange is read here.
+        self.raw_limit = (
+            max(0, min(settings.capture.max_body_bytes, MAX_RAW_BODY_BYTES))
+            if normalize_mode(settings.capture.bodies) == BODIES_FULL
+            and not self.before_forward
+            and not self.stream_checks
+            else -1
+        )
         # Bound once: a module-level structlog logger is a lazy proxy that rebinds per call.
         self.access_log = _access.bind() if settings.logging.access_log else None
 
@@ -222,6 +237,8 @@ class Exchange:
         "_check",
         "_parsed",
         "_proxy",
+        "_raw",
+        "_reads_raw",
         "_request",
         "body",
         "extra_headers",
@@ -238,6 +255,12 @@ class Exchange:
         self._check: StreamCheck | None = None
         self._parsed: ParsedRequest | None = None
         self.body: bytes = request.body if read_body else b""
+        #: The answer kept unread for the core (None: read here, or no answer yet).
+        self._raw: _RawAnswer | None = None
+        #: Whether this exchange's bodies go to the core unread (see `Proxy.raw_limit`).
+        self._reads_raw = len(self.body) <= proxy.raw_limit and not request.headers.get(
+            "content-type", ""
+        ).lower().startswith(_NOT_RAW_TYPES)
         #: Response headers the shim adds (X-LLMTrace-Flagged, X-LLMTrace-Findings).
         self.extra_headers: dict[str, str] | None = None
         headers = request.headers
@@ -376,17 +399,15 @@ class Exchange:
         content_type = upstream.headers.get("content-type", "")
         if content_type.startswith("text/event-stream"):
             out_headers["X-Accel-Buffering"] = "no"  # tell nginx & co. not to buffer the stream
-        capture = self._capture = ResponseCapture(
-            self.parsed_request,
-            status=upstream.status,
-            content_type=content_type,
-            content_encoding=upstream.headers.get("content-encoding", ""),
-            max_body_bytes=self._proxy.settings.capture.max_body_bytes,
-        )
+        content_encoding = upstream.headers.get("content-encoding", "")
         check: StreamCheck | None = None
-        if self._proxy.stream_checks and capture.streaming:
-            check = self._check = StreamCheck()
-            capture.listen(check.on_text)
+        if self._reads_raw:
+            self._raw = _RawAnswer(upstream.status, content_type, content_encoding)
+        else:
+            capture = self._capture = self._response_capture(upstream.status, content_type, content_encoding)
+            if self._proxy.stream_checks and capture.streaming:
+                check = self._check = StreamCheck()
+                capture.listen(check.on_text)
         response = await self._request.respond(status=upstream.status, headers=out_headers)
         if response is None:  # Sanic returns None only when a response was already sent
             return
@@ -395,7 +416,8 @@ class Exchange:
             _after_head(self._request)
             return
         if check is not None:
-            await self._relay_checked(upstream, response, capture, check)
+            assert self._capture is not None
+            await self._relay_checked(upstream, response, self._capture, check)
             return
         try:
             async for chunk in upstream.content.iter_any():
@@ -403,11 +425,38 @@ class Exchange:
                     return
                 if meta.ttft_nano is None:
                     meta.ttft_nano = time.time_ns() - meta.start_unix_nano
-                capture.feed(chunk)  # after the send: parsing never delays the client
+                self._take(chunk)  # after the send: capture never delays the client
         except (TimeoutError, aiohttp.ClientError) as exc:
             self._upstream_broke(exc)
             return
         await response.eof()
+
+    def _response_capture(self, status: int, content_type: str, content_encoding: str) -> ResponseCapture:
+        return ResponseCapture(
+            self.parsed_request,
+            status=status,
+            content_type=content_type,
+            content_encoding=content_encoding,
+            max_body_bytes=self._proxy.settings.capture.max_body_bytes,
+        )
+
+    def _take(self, chunk: bytes) -> None:
+        """Keep a chunk of the answer: unread for the core while it fits, else read here."""
+        raw = self._raw
+        if raw is not None:
+            if raw.size + len(chunk) <= self._proxy.raw_limit:
+                raw.chunks.append(chunk)
+                raw.size += len(chunk)
+                return
+            # Too large for the core to take whole: read it here from now on, from the start.
+            self._raw = None
+            capture = self._capture = self._response_capture(
+                raw.status, raw.content_type, raw.content_encoding
+            )
+            for kept in raw.chunks:
+                capture.feed(kept)
+        if self._capture is not None:
+            self._capture.feed(chunk)
 
     def _upstream_broke(self, exc: Exception) -> None:
         # The upstream died or stalled mid-answer. Abort the client's connection so it sees an
@@ -530,27 +579,14 @@ class Exchange:
         """Build the span and hand it to the shipper; never raises into the request."""
         meta = self.meta
         meta.end_unix_nano = time.time_ns()
-        capture_settings = self._proxy.settings.capture
         try:
-            response = self._capture.finish() if self._capture is not None else None
-            if self._check is not None:
-                # A last event without its blank line reached the checks only now.
-                self._record_stream_findings(self._check.scan())
-                if self._check.findings and meta.findings and response is not None:
-                    meta.findings = core_locations(meta.findings, response)
-            span = build_span(
-                meta,
-                self.parsed_request,
-                response,
-                bodies=capture_settings.bodies,
-                max_body_bytes=capture_settings.max_body_bytes,
-            )
+            span = self._raw_span() if self._capture is None and self._reads_raw else self._read_span()
         except Exception:
             metrics.CAPTURE_FAILURES.inc()
             _log.exception("cannot build the span of an exchange", path=meta.path, tenant=meta.tenant)
             return
         self._proxy.shipper.submit(span)
-        operation = span.operation or "other"
+        operation = route_of(meta.path).operation or "other"
         _requests_counter(operation, meta.http_status // 100).inc()
         _duration_histogram(operation).observe(seconds)
         if meta.error_type:
@@ -564,9 +600,57 @@ class Exchange:
                 status=meta.http_status,
                 duration_ms=round(seconds * 1000, 3),
                 tenant=meta.tenant,
-                model=span.request_model,
+                model=self.parsed_request.model,
                 error=meta.error_type or None,
             )
+
+    def _read_span(self) -> span_pb2.Span:
+        """The span, bodies read here."""
+        meta = self.meta
+        capture_settings = self._proxy.settings.capture
+        response = self._capture.finish() if self._capture is not None else None
+        if self._check is not None:
+            # A last event without its blank line reached the checks only now.
+            self._record_stream_findings(self._check.scan())
+            if self._check.findings and meta.findings and response is not None:
+                meta.findings = core_locations(meta.findings, response)
+        return build_span(
+            meta,
+            self.parsed_request,
+            response,
+            bodies=capture_settings.bodies,
+            max_body_bytes=capture_settings.max_body_bytes,
+        )
+
+    def _raw_span(self) -> span_pb2.Span:
+        """The span, bodies attached unread for the core (llmtrace.capture.raw)."""
+        meta = self.meta
+        span = exchange_span(meta, bodies=BODIES_FULL)
+        raw = span.raw_exchange
+        raw.method = meta.method
+        raw.path = meta.path
+        raw.request_content_type = self._request.headers.get("content-type", "")
+        raw.request_body = self.body
+        raw.max_body_bytes = self._proxy.raw_limit
+        answer = self._raw
+        if answer is not None:
+            raw.has_response = True
+            raw.response_status = answer.status
+            raw.response_content_type = answer.content_type
+            raw.response_content_encoding = answer.content_encoding
+            raw.response_body = b"".join(answer.chunks)
+        return span
+
+
+@dataclass(slots=True)
+class _RawAnswer:
+    """An answer kept as received, for the core to read."""
+
+    status: int
+    content_type: str
+    content_encoding: str
+    chunks: list[bytes] = field(default_factory=list)
+    size: int = 0
 
 
 def _stop_event(api: str, message: str) -> bytes:

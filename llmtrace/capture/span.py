@@ -52,20 +52,30 @@ def build_span(
 ) -> span_pb2.Span:
     """The span of one exchange, with content as the `bodies` mode (`full`, `redacted`,
     `metadata`) allows and each side's content within `max_body_bytes` characters."""
+    span = exchange_span(meta, bodies=bodies)
+    add_content(
+        span,
+        request,
+        response,
+        bodies=bodies,
+        max_body_bytes=max_body_bytes,
+        method=meta.method,
+        path=meta.path,
+        request_body_truncated=meta.request_body_truncated,
+    )
+    return span
+
+
+def exchange_span(meta: ExchangeMeta, *, bodies: str) -> span_pb2.Span:
+    """What the proxy itself observed (identity, times, outcome, headers, its own findings),
+    without anything read from the bodies: `add_content` adds that, in the shim or the core."""
     mode = normalize_mode(bodies)
-    budget = max(0, min(max_body_bytes, limits.MAX_BODY_CHARS))
-    request_model = _name(request.model)
     span = span_pb2.Span(
         trace_id=meta.trace_id,
         span_id=meta.span_id,
         parent_span_id=meta.parent_span_id,
         tenant=_cut(meta.tenant, limits.MAX_TENANT_CHARS),
         agent=_cut(meta.agent, limits.MAX_AGENT_CHARS),
-        operation=_name(request.operation),
-        provider=_name(request.provider),
-        request_model=request_model,
-        response_model=_name(response.model) if response is not None else "",
-        name=_name(_span_name(meta, request.operation, request_model)),
         session_id=_name(meta.session_id),
         client_address=_name(meta.client_address),
         user_agent=_cut(meta.user_agent, limits.MAX_TEXT_CHARS),
@@ -74,12 +84,11 @@ def build_span(
         api_key_fingerprint=_name(meta.api_key_fingerprint),
     )
     _set_times(span, meta)
-    _set_status(span.status, meta, response, mode)
-    _set_request(span.request, meta, request, mode, budget)
-    if response is not None:
-        _set_response(span.response, response, mode, budget)
-        if response.usage is not None:
-            _set_usage(span.usage, response.usage)
+    status = span.status
+    status.http_status_code = meta.http_status if 100 <= meta.http_status <= 599 else 0
+    # Our own failure, if any; `add_content` completes the status from the answer.
+    status.error_type = _name(meta.error_type)
+    status.error_message = _cut(meta.error_message, limits.MAX_TEXT_CHARS)
     _set_attributes(span, meta, mode)
     if meta.findings:
         _set_findings(span, meta.findings, mode)
@@ -88,12 +97,41 @@ def build_span(
     return span
 
 
+def add_content(
+    span: span_pb2.Span,
+    request: model.ParsedRequest,
+    response: model.ParsedResponse | None,
+    *,
+    bodies: str,
+    max_body_bytes: int,
+    method: str,
+    path: str,
+    request_body_truncated: bool,
+) -> None:
+    """Complete an `exchange_span` with what the bodies say: operation, models, name, the
+    status's error from the answer, request, response and usage."""
+    mode = normalize_mode(bodies)
+    budget = max(0, min(max_body_bytes, limits.MAX_BODY_CHARS))
+    request_model = _name(request.model)
+    span.operation = _name(request.operation)
+    span.provider = _name(request.provider)
+    span.request_model = request_model
+    span.response_model = _name(response.model) if response is not None else ""
+    span.name = _name(_span_name(method, path, request.operation, request_model))
+    _set_status(span.status, response, mode)
+    _set_request(span.request, request, mode, budget, request_body_truncated)
+    if response is not None:
+        _set_response(span.response, response, mode, budget)
+        if response.usage is not None:
+            _set_usage(span.usage, response.usage)
+
+
 def llm_request(meta: ExchangeMeta, request: model.ParsedRequest) -> tuple[span_pb2.LlmRequest, bool]:
     """The request as `LlmRequest` for the core's `Analyze` RPC: content in full, up to the
     core's own limit (not the capture limit: what is analysed is not stored); and whether message
     content was cut to that limit (the core then does not see all of it)."""
     out = span_pb2.LlmRequest()
-    cut = _set_request(out, meta, request, BODIES_FULL, limits.MAX_BODY_CHARS)
+    cut = _set_request(out, request, BODIES_FULL, limits.MAX_BODY_CHARS, meta.request_body_truncated)
     return out, cut
 
 
@@ -111,9 +149,9 @@ def _set_findings(span: span_pb2.Span, findings: list[Finding], mode: str) -> No
         )
 
 
-def _span_name(meta: ExchangeMeta, operation: str, request_model: str) -> str:
+def _span_name(method: str, path: str, operation: str, request_model: str) -> str:
     if not operation:  # an unknown route: name it as OpenTelemetry names HTTP spans
-        return f"{meta.method} {meta.path}".strip()
+        return f"{method} {path}".strip()
     return f"{operation} {request_model}".strip()
 
 
@@ -131,13 +169,12 @@ def _set_times(span: span_pb2.Span, meta: ExchangeMeta) -> None:
         span.time_to_first_token.FromNanoseconds(min(max(meta.ttft_nano, 0), end - start))
 
 
-def _set_status(
-    status: span_pb2.SpanStatus, meta: ExchangeMeta, response: model.ParsedResponse | None, mode: str
-) -> None:
-    http = meta.http_status if 100 <= meta.http_status <= 599 else 0
-    status.http_status_code = http
-    error_type = meta.error_type
-    message = meta.error_message
+def _set_status(status: span_pb2.SpanStatus, response: model.ParsedResponse | None, mode: str) -> None:
+    """The outcome: our own failure (already on `status`, from `exchange_span`) first, else the
+    answer's error, else the HTTP status's."""
+    http = status.http_status_code
+    error_type = status.error_type
+    message = status.error_message
     if response is not None:
         error_type = error_type or response.error_type
         message = message or response.error_message
@@ -160,11 +197,11 @@ def _set_status(
 
 
 def _set_request(
-    out: span_pb2.LlmRequest, meta: ExchangeMeta, request: model.ParsedRequest, mode: str, budget: int
+    out: span_pb2.LlmRequest, request: model.ParsedRequest, mode: str, budget: int, body_truncated: bool
 ) -> bool:
     """Fill `out`; returns whether message content (texts, tool calls) was cut or dropped."""
     content = ContentFilter(mode, budget)
-    truncated = request.truncated or meta.request_body_truncated
+    truncated = request.truncated or body_truncated
     messages_cut = len(request.messages) > limits.MAX_ITEMS
     if messages_cut:
         truncated = True

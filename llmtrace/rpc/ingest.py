@@ -17,6 +17,7 @@ from google.protobuf.message import DecodeError
 
 from llmtrace import limits
 from llmtrace.api.v1 import common_pb2, ingest_service_pb2, ingest_service_pb2_grpc, span_pb2
+from llmtrace.capture.raw import raw_exchange_problems, read_raw_exchange
 from llmtrace.ingest.arrow_rows import build_write_batch
 from llmtrace.ingest.validation import validate_span
 from llmtrace.rpc import metrics
@@ -51,7 +52,8 @@ def _prepare(spans: Sequence[span_pb2.Span]) -> _Prepared:
     valid: list[span_pb2.Span] = []
     rejections: list[ingest_service_pb2.RejectedSpan] = []
     for index, span in enumerate(spans):
-        violations = validate_span(span, now)
+        violations = _read_raw(span) if span.HasField("raw_exchange") else []
+        violations = violations or validate_span(span, now)
         if not violations:
             valid.append(span)
             continue
@@ -68,6 +70,19 @@ def _prepare(spans: Sequence[span_pb2.Span]) -> _Prepared:
         )
     batch = build_write_batch(valid, int(now * 1_000_000)) if valid else None
     return _Prepared(batch, valid, rejections)
+
+
+def _read_raw(span: span_pb2.Span) -> list[tuple[str, str]]:
+    """Fill a span sent with its raw exchange (the shim's) from the bodies; its problems if any."""
+    problems = raw_exchange_problems(span)
+    if problems:
+        return problems
+    try:
+        read_raw_exchange(span)
+    except Exception:  # a reader bug: the sender keeps the span (dead letter), the log says why
+        _log.exception("cannot read a raw exchange", tenant=span.tenant)
+        return [("raw_exchange", "cannot be read (see the core's log)")]
+    return []
 
 
 def _parse_and_prepare(data: bytes) -> _Prepared:

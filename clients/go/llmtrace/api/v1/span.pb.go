@@ -213,7 +213,13 @@ type Span struct {
 	ApiKeyFingerprint string `protobuf:"bytes,26,opt,name=api_key_fingerprint,json=apiKeyFingerprint,proto3" json:"api_key_fingerprint,omitempty"`
 	// Findings about this span. On ingest, findings sent by the client are stored with the
 	// span; on query, all findings stored for the span are returned (full view only).
-	Findings      []*Finding `protobuf:"bytes,27,rep,name=findings,proto3" json:"findings,omitempty"`
+	Findings []*Finding `protobuf:"bytes,27,rep,name=findings,proto3" json:"findings,omitempty"`
+	// The bodies of the exchange as they crossed a proxy, for the core to read. The shim sends
+	// them instead of parsed content (at `capture.bodies: full`, for bodies within the capture
+	// limit): the core fills `operation`, `provider`, the models, `name`, `request`, `response`
+	// and `usage` from them, completes `status` with the answer's error, and does not store them.
+	// Leave the fields it fills empty; a span without it is stored as sent.
+	RawExchange   *RawExchange `protobuf:"bytes,28,opt,name=raw_exchange,json=rawExchange,proto3" json:"raw_exchange,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -437,6 +443,140 @@ func (x *Span) GetFindings() []*Finding {
 	return nil
 }
 
+func (x *Span) GetRawExchange() *RawExchange {
+	if x != nil {
+		return x.RawExchange
+	}
+	return nil
+}
+
+// RawExchange is one HTTP exchange with an LLM API, bodies as sent and received.
+type RawExchange struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Request method, e.g. `POST`.
+	Method string `protobuf:"bytes,1,opt,name=method,proto3" json:"method,omitempty"`
+	// Request path without the query, e.g. `/v1/chat/completions`: says which API it is.
+	Path string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	// `Content-Type` of the request.
+	RequestContentType string `protobuf:"bytes,3,opt,name=request_content_type,json=requestContentType,proto3" json:"request_content_type,omitempty"`
+	// The request body, whole.
+	RequestBody []byte `protobuf:"bytes,4,opt,name=request_body,json=requestBody,proto3" json:"request_body,omitempty"`
+	// True when an answer from the upstream started (status and headers received).
+	HasResponse bool `protobuf:"varint,5,opt,name=has_response,json=hasResponse,proto3" json:"has_response,omitempty"`
+	// HTTP status of the answer.
+	ResponseStatus int32 `protobuf:"varint,6,opt,name=response_status,json=responseStatus,proto3" json:"response_status,omitempty"`
+	// `Content-Type` of the answer.
+	ResponseContentType string `protobuf:"bytes,7,opt,name=response_content_type,json=responseContentType,proto3" json:"response_content_type,omitempty"`
+	// `Content-Encoding` of the answer (`gzip`, `deflate`, `br` are decoded for reading).
+	ResponseContentEncoding string `protobuf:"bytes,8,opt,name=response_content_encoding,json=responseContentEncoding,proto3" json:"response_content_encoding,omitempty"`
+	// The answer's body as received (a stream's events included), whole as far as it came.
+	ResponseBody []byte `protobuf:"bytes,9,opt,name=response_body,json=responseBody,proto3" json:"response_body,omitempty"`
+	// How many characters of each side's content to keep (the proxy's `capture.max_body_bytes`).
+	MaxBodyBytes  int64 `protobuf:"varint,10,opt,name=max_body_bytes,json=maxBodyBytes,proto3" json:"max_body_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RawExchange) Reset() {
+	*x = RawExchange{}
+	mi := &file_llmtrace_api_v1_span_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RawExchange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RawExchange) ProtoMessage() {}
+
+func (x *RawExchange) ProtoReflect() protoreflect.Message {
+	mi := &file_llmtrace_api_v1_span_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RawExchange.ProtoReflect.Descriptor instead.
+func (*RawExchange) Descriptor() ([]byte, []int) {
+	return file_llmtrace_api_v1_span_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RawExchange) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *RawExchange) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *RawExchange) GetRequestContentType() string {
+	if x != nil {
+		return x.RequestContentType
+	}
+	return ""
+}
+
+func (x *RawExchange) GetRequestBody() []byte {
+	if x != nil {
+		return x.RequestBody
+	}
+	return nil
+}
+
+func (x *RawExchange) GetHasResponse() bool {
+	if x != nil {
+		return x.HasResponse
+	}
+	return false
+}
+
+func (x *RawExchange) GetResponseStatus() int32 {
+	if x != nil {
+		return x.ResponseStatus
+	}
+	return 0
+}
+
+func (x *RawExchange) GetResponseContentType() string {
+	if x != nil {
+		return x.ResponseContentType
+	}
+	return ""
+}
+
+func (x *RawExchange) GetResponseContentEncoding() string {
+	if x != nil {
+		return x.ResponseContentEncoding
+	}
+	return ""
+}
+
+func (x *RawExchange) GetResponseBody() []byte {
+	if x != nil {
+		return x.ResponseBody
+	}
+	return nil
+}
+
+func (x *RawExchange) GetMaxBodyBytes() int64 {
+	if x != nil {
+		return x.MaxBodyBytes
+	}
+	return 0
+}
+
 // SpanStatus is the outcome of the exchange.
 type SpanStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -454,7 +594,7 @@ type SpanStatus struct {
 
 func (x *SpanStatus) Reset() {
 	*x = SpanStatus{}
-	mi := &file_llmtrace_api_v1_span_proto_msgTypes[1]
+	mi := &file_llmtrace_api_v1_span_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -466,7 +606,7 @@ func (x *SpanStatus) String() string {
 func (*SpanStatus) ProtoMessage() {}
 
 func (x *SpanStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_llmtrace_api_v1_span_proto_msgTypes[1]
+	mi := &file_llmtrace_api_v1_span_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -479,7 +619,7 @@ func (x *SpanStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SpanStatus.ProtoReflect.Descriptor instead.
 func (*SpanStatus) Descriptor() ([]byte, []int) {
-	return file_llmtrace_api_v1_span_proto_rawDescGZIP(), []int{1}
+	return file_llmtrace_api_v1_span_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *SpanStatus) GetCode() StatusCode {
@@ -530,7 +670,7 @@ type LlmRequest struct {
 
 func (x *LlmRequest) Reset() {
 	*x = LlmRequest{}
-	mi := &file_llmtrace_api_v1_span_proto_msgTypes[2]
+	mi := &file_llmtrace_api_v1_span_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -542,7 +682,7 @@ func (x *LlmRequest) String() string {
 func (*LlmRequest) ProtoMessage() {}
 
 func (x *LlmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llmtrace_api_v1_span_proto_msgTypes[2]
+	mi := &file_llmtrace_api_v1_span_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -555,7 +695,7 @@ func (x *LlmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LlmRequest.ProtoReflect.Descriptor instead.
 func (*LlmRequest) Descriptor() ([]byte, []int) {
-	return file_llmtrace_api_v1_span_proto_rawDescGZIP(), []int{2}
+	return file_llmtrace_api_v1_span_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *LlmRequest) GetMessages() []*Message {
@@ -612,7 +752,7 @@ type Message struct {
 
 func (x *Message) Reset() {
 	*x = Message{}
-	mi := &file_llmtrace_api_v1_span_proto_msgTypes[3]
+	mi := &file_llmtrace_api_v1_span_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -624,7 +764,7 @@ func (x *Message) String() string {
 func (*Message) ProtoMessage() {}
 
 func (x *Message) ProtoReflect() protoreflect.Message {
-	mi := &file_llmtrace_api_v1_span_proto_msgTypes[3]
+	mi := &file_llmtrace_api_v1_span_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -637,7 +777,7 @@ func (x *Message) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Message.ProtoReflect.Descriptor instead.
 func (*Message) Descriptor() ([]byte, []int) {
-	return file_llmtrace_api_v1_span_proto_rawDescGZIP(), []int{3}
+	return file_llmtrace_api_v1_span_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Message) GetRole() string {
@@ -692,7 +832,7 @@ type ContentPart struct {
 
 func (x *ContentPart) Reset() {
 	*x = ContentPart{}
-	mi := &file_llmtrace_api_v1_span_proto_msgTypes[4]
+	mi := &file_llmtrace_api_v1_span_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -704,7 +844,7 @@ func (x *ContentPart) String() string {
 func (*ContentPart) ProtoMessage() {}
 
 func (x *ContentPart) ProtoReflect() protoreflect.Message {
-	mi := &file_llmtrace_api_v1_span_proto_msgTypes[4]
+	mi := &file_llmtrace_api_v1_span_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -717,7 +857,7 @@ func (x *ContentPart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContentPart.ProtoReflect.Descriptor instead.
 func (*ContentPart) Descriptor() ([]byte, []int) {
-	return file_llmtrace_api_v1_span_proto_rawDescGZIP(), []int{4}
+	return file_llmtrace_api_v1_span_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ContentPart) GetType() ContentPartType {
@@ -765,7 +905,7 @@ type ToolDefinition struct {
 
 func (x *ToolDefinition) Reset() {
 	*x = ToolDefinition{}
-	mi := &file_llmtrace_api_v1_span_proto_msgTypes[5]
+	mi := &file_llmtrace_api_v1_span_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -777,7 +917,7 @@ func (x *ToolDefinition) String() string {
 func (*ToolDefinition) ProtoMessage() {}
 
 func (x *ToolDefinition) ProtoReflect() protoreflect.Message {
-	mi := &file_llmtrace_api_v1_span_proto_msgTypes[5]
+	mi := &file_llmtrace_api_v1_span_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -790,7 +930,7 @@ func (x *ToolDefinition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ToolDefinition.ProtoReflect.Descriptor instead.
 func (*ToolDefinition) Descriptor() ([]byte, []int) {
-	return file_llmtrace_api_v1_span_proto_rawDescGZIP(), []int{5}
+	return file_llmtrace_api_v1_span_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ToolDefinition) GetType() string {
@@ -838,7 +978,7 @@ type ToolCall struct {
 
 func (x *ToolCall) Reset() {
 	*x = ToolCall{}
-	mi := &file_llmtrace_api_v1_span_proto_msgTypes[6]
+	mi := &file_llmtrace_api_v1_span_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -850,7 +990,7 @@ func (x *ToolCall) String() string {
 func (*ToolCall) ProtoMessage() {}
 
 func (x *ToolCall) ProtoReflect() protoreflect.Message {
-	mi := &file_llmtrace_api_v1_span_proto_msgTypes[6]
+	mi := &file_llmtrace_api_v1_span_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -863,7 +1003,7 @@ func (x *ToolCall) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ToolCall.ProtoReflect.Descriptor instead.
 func (*ToolCall) Descriptor() ([]byte, []int) {
-	return file_llmtrace_api_v1_span_proto_rawDescGZIP(), []int{6}
+	return file_llmtrace_api_v1_span_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ToolCall) GetId() string {
@@ -924,7 +1064,7 @@ type RequestParameters struct {
 
 func (x *RequestParameters) Reset() {
 	*x = RequestParameters{}
-	mi := &file_llmtrace_api_v1_span_proto_msgTypes[7]
+	mi := &file_llmtrace_api_v1_span_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -936,7 +1076,7 @@ func (x *RequestParameters) String() string {
 func (*RequestParameters) ProtoMessage() {}
 
 func (x *RequestParameters) ProtoReflect() protoreflect.Message {
-	mi := &file_llmtrace_api_v1_span_proto_msgTypes[7]
+	mi := &file_llmtrace_api_v1_span_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -949,7 +1089,7 @@ func (x *RequestParameters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestParameters.ProtoReflect.Descriptor instead.
 func (*RequestParameters) Descriptor() ([]byte, []int) {
-	return file_llmtrace_api_v1_span_proto_rawDescGZIP(), []int{7}
+	return file_llmtrace_api_v1_span_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RequestParameters) GetTemperature() float64 {
@@ -1039,7 +1179,7 @@ type LlmResponse struct {
 
 func (x *LlmResponse) Reset() {
 	*x = LlmResponse{}
-	mi := &file_llmtrace_api_v1_span_proto_msgTypes[8]
+	mi := &file_llmtrace_api_v1_span_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1051,7 +1191,7 @@ func (x *LlmResponse) String() string {
 func (*LlmResponse) ProtoMessage() {}
 
 func (x *LlmResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llmtrace_api_v1_span_proto_msgTypes[8]
+	mi := &file_llmtrace_api_v1_span_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1064,7 +1204,7 @@ func (x *LlmResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LlmResponse.ProtoReflect.Descriptor instead.
 func (*LlmResponse) Descriptor() ([]byte, []int) {
-	return file_llmtrace_api_v1_span_proto_rawDescGZIP(), []int{8}
+	return file_llmtrace_api_v1_span_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *LlmResponse) GetId() string {
@@ -1111,7 +1251,7 @@ type Choice struct {
 
 func (x *Choice) Reset() {
 	*x = Choice{}
-	mi := &file_llmtrace_api_v1_span_proto_msgTypes[9]
+	mi := &file_llmtrace_api_v1_span_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1123,7 +1263,7 @@ func (x *Choice) String() string {
 func (*Choice) ProtoMessage() {}
 
 func (x *Choice) ProtoReflect() protoreflect.Message {
-	mi := &file_llmtrace_api_v1_span_proto_msgTypes[9]
+	mi := &file_llmtrace_api_v1_span_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1136,7 +1276,7 @@ func (x *Choice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Choice.ProtoReflect.Descriptor instead.
 func (*Choice) Descriptor() ([]byte, []int) {
-	return file_llmtrace_api_v1_span_proto_rawDescGZIP(), []int{9}
+	return file_llmtrace_api_v1_span_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Choice) GetIndex() int32 {
@@ -1184,7 +1324,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_llmtrace_api_v1_span_proto_msgTypes[10]
+	mi := &file_llmtrace_api_v1_span_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1196,7 +1336,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_llmtrace_api_v1_span_proto_msgTypes[10]
+	mi := &file_llmtrace_api_v1_span_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1209,7 +1349,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_llmtrace_api_v1_span_proto_rawDescGZIP(), []int{10}
+	return file_llmtrace_api_v1_span_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Usage) GetInputTokens() int64 {
@@ -1276,7 +1416,7 @@ type Cost struct {
 
 func (x *Cost) Reset() {
 	*x = Cost{}
-	mi := &file_llmtrace_api_v1_span_proto_msgTypes[11]
+	mi := &file_llmtrace_api_v1_span_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1288,7 +1428,7 @@ func (x *Cost) String() string {
 func (*Cost) ProtoMessage() {}
 
 func (x *Cost) ProtoReflect() protoreflect.Message {
-	mi := &file_llmtrace_api_v1_span_proto_msgTypes[11]
+	mi := &file_llmtrace_api_v1_span_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1301,7 +1441,7 @@ func (x *Cost) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cost.ProtoReflect.Descriptor instead.
 func (*Cost) Descriptor() ([]byte, []int) {
-	return file_llmtrace_api_v1_span_proto_rawDescGZIP(), []int{11}
+	return file_llmtrace_api_v1_span_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Cost) GetTotalUsd() float64 {
@@ -1329,7 +1469,7 @@ var File_llmtrace_api_v1_span_proto protoreflect.FileDescriptor
 
 const file_llmtrace_api_v1_span_proto_rawDesc = "" +
 	"\n" +
-	"\x1allmtrace/api/v1/span.proto\x12\x0fllmtrace.api.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cllmtrace/api/v1/common.proto\x1a\x1dllmtrace/api/v1/finding.proto\"\xff\b\n" +
+	"\x1allmtrace/api/v1/span.proto\x12\x0fllmtrace.api.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cllmtrace/api/v1/common.proto\x1a\x1dllmtrace/api/v1/finding.proto\"\xc0\t\n" +
 	"\x04Span\x12\x19\n" +
 	"\btrace_id\x18\x01 \x01(\fR\atraceId\x12\x17\n" +
 	"\aspan_id\x18\x02 \x01(\fR\x06spanId\x12$\n" +
@@ -1363,8 +1503,21 @@ const file_llmtrace_api_v1_span_proto_rawDesc = "" +
 	"\x13upstream_request_id\x18\x18 \x01(\tR\x11upstreamRequestId\x12%\n" +
 	"\x0eserver_address\x18\x19 \x01(\tR\rserverAddress\x12.\n" +
 	"\x13api_key_fingerprint\x18\x1a \x01(\tR\x11apiKeyFingerprint\x124\n" +
-	"\bfindings\x18\x1b \x03(\v2\x18.llmtrace.api.v1.FindingR\bfindingsB\x11\n" +
-	"\x0f_security_score\"\xab\x01\n" +
+	"\bfindings\x18\x1b \x03(\v2\x18.llmtrace.api.v1.FindingR\bfindings\x12?\n" +
+	"\fraw_exchange\x18\x1c \x01(\v2\x1c.llmtrace.api.v1.RawExchangeR\vrawExchangeB\x11\n" +
+	"\x0f_security_score\"\x95\x03\n" +
+	"\vRawExchange\x12\x16\n" +
+	"\x06method\x18\x01 \x01(\tR\x06method\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x120\n" +
+	"\x14request_content_type\x18\x03 \x01(\tR\x12requestContentType\x12!\n" +
+	"\frequest_body\x18\x04 \x01(\fR\vrequestBody\x12!\n" +
+	"\fhas_response\x18\x05 \x01(\bR\vhasResponse\x12'\n" +
+	"\x0fresponse_status\x18\x06 \x01(\x05R\x0eresponseStatus\x122\n" +
+	"\x15response_content_type\x18\a \x01(\tR\x13responseContentType\x12:\n" +
+	"\x19response_content_encoding\x18\b \x01(\tR\x17responseContentEncoding\x12#\n" +
+	"\rresponse_body\x18\t \x01(\fR\fresponseBody\x12$\n" +
+	"\x0emax_body_bytes\x18\n" +
+	" \x01(\x03R\fmaxBodyBytes\"\xab\x01\n" +
 	"\n" +
 	"SpanStatus\x12/\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x1b.llmtrace.api.v1.StatusCodeR\x04code\x12(\n" +
@@ -1478,52 +1631,54 @@ func file_llmtrace_api_v1_span_proto_rawDescGZIP() []byte {
 }
 
 var file_llmtrace_api_v1_span_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_llmtrace_api_v1_span_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_llmtrace_api_v1_span_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_llmtrace_api_v1_span_proto_goTypes = []any{
 	(StatusCode)(0),               // 0: llmtrace.api.v1.StatusCode
 	(ContentPartType)(0),          // 1: llmtrace.api.v1.ContentPartType
 	(*Span)(nil),                  // 2: llmtrace.api.v1.Span
-	(*SpanStatus)(nil),            // 3: llmtrace.api.v1.SpanStatus
-	(*LlmRequest)(nil),            // 4: llmtrace.api.v1.LlmRequest
-	(*Message)(nil),               // 5: llmtrace.api.v1.Message
-	(*ContentPart)(nil),           // 6: llmtrace.api.v1.ContentPart
-	(*ToolDefinition)(nil),        // 7: llmtrace.api.v1.ToolDefinition
-	(*ToolCall)(nil),              // 8: llmtrace.api.v1.ToolCall
-	(*RequestParameters)(nil),     // 9: llmtrace.api.v1.RequestParameters
-	(*LlmResponse)(nil),           // 10: llmtrace.api.v1.LlmResponse
-	(*Choice)(nil),                // 11: llmtrace.api.v1.Choice
-	(*Usage)(nil),                 // 12: llmtrace.api.v1.Usage
-	(*Cost)(nil),                  // 13: llmtrace.api.v1.Cost
-	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 15: google.protobuf.Duration
-	(*KeyValue)(nil),              // 16: llmtrace.api.v1.KeyValue
-	(*Finding)(nil),               // 17: llmtrace.api.v1.Finding
+	(*RawExchange)(nil),           // 3: llmtrace.api.v1.RawExchange
+	(*SpanStatus)(nil),            // 4: llmtrace.api.v1.SpanStatus
+	(*LlmRequest)(nil),            // 5: llmtrace.api.v1.LlmRequest
+	(*Message)(nil),               // 6: llmtrace.api.v1.Message
+	(*ContentPart)(nil),           // 7: llmtrace.api.v1.ContentPart
+	(*ToolDefinition)(nil),        // 8: llmtrace.api.v1.ToolDefinition
+	(*ToolCall)(nil),              // 9: llmtrace.api.v1.ToolCall
+	(*RequestParameters)(nil),     // 10: llmtrace.api.v1.RequestParameters
+	(*LlmResponse)(nil),           // 11: llmtrace.api.v1.LlmResponse
+	(*Choice)(nil),                // 12: llmtrace.api.v1.Choice
+	(*Usage)(nil),                 // 13: llmtrace.api.v1.Usage
+	(*Cost)(nil),                  // 14: llmtrace.api.v1.Cost
+	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 16: google.protobuf.Duration
+	(*KeyValue)(nil),              // 17: llmtrace.api.v1.KeyValue
+	(*Finding)(nil),               // 18: llmtrace.api.v1.Finding
 }
 var file_llmtrace_api_v1_span_proto_depIdxs = []int32{
-	14, // 0: llmtrace.api.v1.Span.start_time:type_name -> google.protobuf.Timestamp
-	14, // 1: llmtrace.api.v1.Span.end_time:type_name -> google.protobuf.Timestamp
-	15, // 2: llmtrace.api.v1.Span.time_to_first_token:type_name -> google.protobuf.Duration
-	3,  // 3: llmtrace.api.v1.Span.status:type_name -> llmtrace.api.v1.SpanStatus
-	4,  // 4: llmtrace.api.v1.Span.request:type_name -> llmtrace.api.v1.LlmRequest
-	10, // 5: llmtrace.api.v1.Span.response:type_name -> llmtrace.api.v1.LlmResponse
-	12, // 6: llmtrace.api.v1.Span.usage:type_name -> llmtrace.api.v1.Usage
-	13, // 7: llmtrace.api.v1.Span.cost:type_name -> llmtrace.api.v1.Cost
-	16, // 8: llmtrace.api.v1.Span.attributes:type_name -> llmtrace.api.v1.KeyValue
-	17, // 9: llmtrace.api.v1.Span.findings:type_name -> llmtrace.api.v1.Finding
-	0,  // 10: llmtrace.api.v1.SpanStatus.code:type_name -> llmtrace.api.v1.StatusCode
-	5,  // 11: llmtrace.api.v1.LlmRequest.messages:type_name -> llmtrace.api.v1.Message
-	7,  // 12: llmtrace.api.v1.LlmRequest.tools:type_name -> llmtrace.api.v1.ToolDefinition
-	9,  // 13: llmtrace.api.v1.LlmRequest.parameters:type_name -> llmtrace.api.v1.RequestParameters
-	6,  // 14: llmtrace.api.v1.Message.parts:type_name -> llmtrace.api.v1.ContentPart
-	8,  // 15: llmtrace.api.v1.Message.tool_calls:type_name -> llmtrace.api.v1.ToolCall
-	1,  // 16: llmtrace.api.v1.ContentPart.type:type_name -> llmtrace.api.v1.ContentPartType
-	11, // 17: llmtrace.api.v1.LlmResponse.choices:type_name -> llmtrace.api.v1.Choice
-	5,  // 18: llmtrace.api.v1.Choice.message:type_name -> llmtrace.api.v1.Message
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	15, // 0: llmtrace.api.v1.Span.start_time:type_name -> google.protobuf.Timestamp
+	15, // 1: llmtrace.api.v1.Span.end_time:type_name -> google.protobuf.Timestamp
+	16, // 2: llmtrace.api.v1.Span.time_to_first_token:type_name -> google.protobuf.Duration
+	4,  // 3: llmtrace.api.v1.Span.status:type_name -> llmtrace.api.v1.SpanStatus
+	5,  // 4: llmtrace.api.v1.Span.request:type_name -> llmtrace.api.v1.LlmRequest
+	11, // 5: llmtrace.api.v1.Span.response:type_name -> llmtrace.api.v1.LlmResponse
+	13, // 6: llmtrace.api.v1.Span.usage:type_name -> llmtrace.api.v1.Usage
+	14, // 7: llmtrace.api.v1.Span.cost:type_name -> llmtrace.api.v1.Cost
+	17, // 8: llmtrace.api.v1.Span.attributes:type_name -> llmtrace.api.v1.KeyValue
+	18, // 9: llmtrace.api.v1.Span.findings:type_name -> llmtrace.api.v1.Finding
+	3,  // 10: llmtrace.api.v1.Span.raw_exchange:type_name -> llmtrace.api.v1.RawExchange
+	0,  // 11: llmtrace.api.v1.SpanStatus.code:type_name -> llmtrace.api.v1.StatusCode
+	6,  // 12: llmtrace.api.v1.LlmRequest.messages:type_name -> llmtrace.api.v1.Message
+	8,  // 13: llmtrace.api.v1.LlmRequest.tools:type_name -> llmtrace.api.v1.ToolDefinition
+	10, // 14: llmtrace.api.v1.LlmRequest.parameters:type_name -> llmtrace.api.v1.RequestParameters
+	7,  // 15: llmtrace.api.v1.Message.parts:type_name -> llmtrace.api.v1.ContentPart
+	9,  // 16: llmtrace.api.v1.Message.tool_calls:type_name -> llmtrace.api.v1.ToolCall
+	1,  // 17: llmtrace.api.v1.ContentPart.type:type_name -> llmtrace.api.v1.ContentPartType
+	12, // 18: llmtrace.api.v1.LlmResponse.choices:type_name -> llmtrace.api.v1.Choice
+	6,  // 19: llmtrace.api.v1.Choice.message:type_name -> llmtrace.api.v1.Message
+	20, // [20:20] is the sub-list for method output_type
+	20, // [20:20] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_llmtrace_api_v1_span_proto_init() }
@@ -1534,15 +1689,15 @@ func file_llmtrace_api_v1_span_proto_init() {
 	file_llmtrace_api_v1_common_proto_init()
 	file_llmtrace_api_v1_finding_proto_init()
 	file_llmtrace_api_v1_span_proto_msgTypes[0].OneofWrappers = []any{}
-	file_llmtrace_api_v1_span_proto_msgTypes[7].OneofWrappers = []any{}
-	file_llmtrace_api_v1_span_proto_msgTypes[11].OneofWrappers = []any{}
+	file_llmtrace_api_v1_span_proto_msgTypes[8].OneofWrappers = []any{}
+	file_llmtrace_api_v1_span_proto_msgTypes[12].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_llmtrace_api_v1_span_proto_rawDesc), len(file_llmtrace_api_v1_span_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -127,6 +127,7 @@ class Span(_message.Message):
     SERVER_ADDRESS_FIELD_NUMBER: _builtins.int
     API_KEY_FINGERPRINT_FIELD_NUMBER: _builtins.int
     FINDINGS_FIELD_NUMBER: _builtins.int
+    RAW_EXCHANGE_FIELD_NUMBER: _builtins.int
     trace_id: _builtins.bytes
     """Trace id, exactly 16 bytes (OTLP `trace_id`)."""
     span_id: _builtins.bytes
@@ -213,6 +214,15 @@ class Span(_message.Message):
         span; on query, all findings stored for the span are returned (full view only).
         """
 
+    @_builtins.property
+    def raw_exchange(self) -> Global___RawExchange:
+        """The bodies of the exchange as they crossed a proxy, for the core to read. The shim sends
+        them instead of parsed content (at `capture.bodies: full`, for bodies within the capture
+        limit): the core fills `operation`, `provider`, the models, `name`, `request`, `response`
+        and `usage` from them, completes `status` with the answer's error, and does not store them.
+        Leave the fields it fills empty; a span without it is stored as sent.
+        """
+
     def __init__(
         self,
         *,
@@ -243,16 +253,75 @@ class Span(_message.Message):
         server_address: _builtins.str = ...,
         api_key_fingerprint: _builtins.str = ...,
         findings: _abc.Iterable[_finding_pb2.Finding] | None = ...,
+        raw_exchange: Global___RawExchange | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_security_score", b"_security_score", "cost", b"cost", "end_time", b"end_time", "request", b"request", "response", b"response", "security_score", b"security_score", "start_time", b"start_time", "status", b"status", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_security_score", b"_security_score", "cost", b"cost", "end_time", b"end_time", "raw_exchange", b"raw_exchange", "request", b"request", "response", b"response", "security_score", b"security_score", "start_time", b"start_time", "status", b"status", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_security_score", b"_security_score", "agent", b"agent", "api_key_fingerprint", b"api_key_fingerprint", "attributes", b"attributes", "client_address", b"client_address", "cost", b"cost", "end_time", b"end_time", "findings", b"findings", "name", b"name", "operation", b"operation", "parent_span_id", b"parent_span_id", "provider", b"provider", "request", b"request", "request_model", b"request_model", "response", b"response", "response_model", b"response_model", "security_score", b"security_score", "server_address", b"server_address", "session_id", b"session_id", "span_id", b"span_id", "start_time", b"start_time", "status", b"status", "tenant", b"tenant", "time_to_first_token", b"time_to_first_token", "trace_id", b"trace_id", "upstream_request_id", b"upstream_request_id", "usage", b"usage", "user_agent", b"user_agent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_security_score", b"_security_score", "agent", b"agent", "api_key_fingerprint", b"api_key_fingerprint", "attributes", b"attributes", "client_address", b"client_address", "cost", b"cost", "end_time", b"end_time", "findings", b"findings", "name", b"name", "operation", b"operation", "parent_span_id", b"parent_span_id", "provider", b"provider", "raw_exchange", b"raw_exchange", "request", b"request", "request_model", b"request_model", "response", b"response", "response_model", b"response_model", "security_score", b"security_score", "server_address", b"server_address", "session_id", b"session_id", "span_id", b"span_id", "start_time", b"start_time", "status", b"status", "tenant", b"tenant", "time_to_first_token", b"time_to_first_token", "trace_id", b"trace_id", "upstream_request_id", b"upstream_request_id", "usage", b"usage", "user_agent", b"user_agent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__security_score: _TypeAlias = _typing.Literal["security_score"]  # noqa: Y015
     _WhichOneofArgType__security_score: _TypeAlias = _typing.Literal["_security_score", b"_security_score"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__security_score) -> _WhichOneofReturnType__security_score | None: ...
 
 Global___Span: _TypeAlias = Span  # noqa: Y015
+
+@_typing.final
+class RawExchange(_message.Message):
+    """RawExchange is one HTTP exchange with an LLM API, bodies as sent and received."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METHOD_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    REQUEST_CONTENT_TYPE_FIELD_NUMBER: _builtins.int
+    REQUEST_BODY_FIELD_NUMBER: _builtins.int
+    HAS_RESPONSE_FIELD_NUMBER: _builtins.int
+    RESPONSE_STATUS_FIELD_NUMBER: _builtins.int
+    RESPONSE_CONTENT_TYPE_FIELD_NUMBER: _builtins.int
+    RESPONSE_CONTENT_ENCODING_FIELD_NUMBER: _builtins.int
+    RESPONSE_BODY_FIELD_NUMBER: _builtins.int
+    MAX_BODY_BYTES_FIELD_NUMBER: _builtins.int
+    method: _builtins.str
+    """Request method, e.g. `POST`."""
+    path: _builtins.str
+    """Request path without the query, e.g. `/v1/chat/completions`: says which API it is."""
+    request_content_type: _builtins.str
+    """`Content-Type` of the request."""
+    request_body: _builtins.bytes
+    """The request body, whole."""
+    has_response: _builtins.bool
+    """True when an answer from the upstream started (status and headers received)."""
+    response_status: _builtins.int
+    """HTTP status of the answer."""
+    response_content_type: _builtins.str
+    """`Content-Type` of the answer."""
+    response_content_encoding: _builtins.str
+    """`Content-Encoding` of the answer (`gzip`, `deflate`, `br` are decoded for reading)."""
+    response_body: _builtins.bytes
+    """The answer's body as received (a stream's events included), whole as far as it came."""
+    max_body_bytes: _builtins.int
+    """How many characters of each side's content to keep (the proxy's `capture.max_body_bytes`)."""
+    def __init__(
+        self,
+        *,
+        method: _builtins.str = ...,
+        path: _builtins.str = ...,
+        request_content_type: _builtins.str = ...,
+        request_body: _builtins.bytes = ...,
+        has_response: _builtins.bool = ...,
+        response_status: _builtins.int = ...,
+        response_content_type: _builtins.str = ...,
+        response_content_encoding: _builtins.str = ...,
+        response_body: _builtins.bytes = ...,
+        max_body_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["has_response", b"has_response", "max_body_bytes", b"max_body_bytes", "method", b"method", "path", b"path", "request_body", b"request_body", "request_content_type", b"request_content_type", "response_body", b"response_body", "response_content_encoding", b"response_content_encoding", "response_content_type", b"response_content_type", "response_status", b"response_status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RawExchange: _TypeAlias = RawExchange  # noqa: Y015
 
 @_typing.final
 class SpanStatus(_message.Message):
