@@ -551,6 +551,17 @@ async def test_requests_are_recorded(client: openai.AsyncOpenAI, fake: FakeUpstr
     assert fake.requests[1].request_id == "req_000002"
 
 
+async def test_a_bounded_upstream_keeps_only_its_newest_requests() -> None:
+    async with run_fake_upstream(FakeUpstreamConfig(keep_requests=2)) as upstream:
+        client = openai.AsyncOpenAI(base_url=upstream.base_url + "/v1", api_key="sk-test")
+        for _ in range(7):
+            await client.models.list()
+        await client.close()
+        ids = [r.request_id for r in upstream.requests]
+        assert 2 <= len(ids) <= 4  # trimmed in bulk past twice the bound
+        assert ids[-2:] == ["req_000006", "req_000007"]
+
+
 async def test_request_id_header(client: openai.AsyncOpenAI) -> None:
     raw = await client.chat.completions.with_raw_response.create(
         model="gpt-4o", messages=[{"role": "user", "content": "id"}]

@@ -17,8 +17,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8089)
     parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between streamed chunks")
     parser.add_argument("--no-auth", action="store_true", help="accept requests without credentials")
+    parser.add_argument(
+        "--keep-requests", type=int, default=1000, help="recorded requests kept in memory (the newest)"
+    )
     args = parser.parse_args(argv)
-    config = FakeUpstreamConfig(chunk_delay_s=args.chunk_delay, require_auth=not args.no_auth)
+    config = FakeUpstreamConfig(
+        chunk_delay_s=args.chunk_delay, require_auth=not args.no_auth, keep_requests=args.keep_requests
+    )
     web.run_app(create_app(config), host=args.host, port=args.port)
 
 

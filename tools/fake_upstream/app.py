@@ -82,7 +82,7 @@ async def fake_upstream_middleware(request: web.Request, handler: Handler) -> we
     request_id = f"req_{number:06d}"
     request[REQUEST_ID] = request_id
     raw = await request.read()
-    state.requests.append(
+    state.record(
         RecordedRequest(
             method=request.method,
             path=request.path,

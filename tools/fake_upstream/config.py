@@ -20,6 +20,10 @@ class FakeUpstreamConfig:
     """Appended to the requested model name, as OpenAI reports a dated snapshot."""
     models: tuple[str, ...] = ("gpt-4o", "gpt-4o-mini", "text-embedding-3-small")
     """Ids listed by GET /v1/models."""
+    keep_requests: int | None = None
+    """Recorded requests (and completed streams) kept, newest last; None keeps all (tests read
+    them). A standalone upstream under load keeps a bounded number: a few hundred thousand
+    recorded requests made its garbage collector's pauses the tail of every latency it served."""
 
 
 @dataclass(frozen=True)

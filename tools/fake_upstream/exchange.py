@@ -23,6 +23,14 @@ class UpstreamState:
     #: Request ids of the streams sent to their end (a stream the client cut is never listed).
     completed_streams: list[str] = field(default_factory=list)
 
+    def record(self, request: RecordedRequest) -> None:
+        """Remember a request, keeping at most `config.keep_requests` of the newest."""
+        self.requests.append(request)
+        keep = self.config.keep_requests
+        if keep is not None and len(self.requests) > 2 * keep:  # trimmed in bulk: O(1) a request
+            del self.requests[:-keep]
+            del self.completed_streams[:-keep]
+
     def next_number(self) -> int:
         """A fresh request number, starting at 1."""
         self.counter += 1
