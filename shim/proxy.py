@@ -32,6 +32,7 @@ from sanic.http import Http, Stage
 from sanic.response import BaseHTTPResponse, HTTPResponse
 from yarl import URL
 
+from llmtrace import limits
 from llmtrace.api.v1 import span_pb2
 from llmtrace.capture import ParsedRequest, ResponseCapture, build_span, parse_request
 from llmtrace.capture.content_filter import BODIES_FULL, normalize_mode
@@ -141,10 +142,13 @@ class Proxy:
         self.stream_checks = streaming.enabled
         self.early_stop = streaming.enabled and streaming.early_stop_on_critical
         # Bodies up to this size go to the core unread (llmtrace.capture.raw): at `full` the core
-        # may see them, and nothing here needs them read. -1: every exchange is read here.
+        # may see them, and nothing here needs them read. -1: every exchange is read here (also
+        # at a capture limit of 0, which a raw exchange cannot say: there 0 means "not set").
+        limit = min(settings.capture.max_body_bytes, MAX_RAW_BODY_BYTES)
         self.raw_limit = (
-            max(0, min(settings.capture.max_body_bytes, MAX_RAW_BODY_BYTES))
-            if normalize_mode(settings.capture.bodies) == BODIES_FULL
+            limit
+            if limit > 0
+            and normalize_mode(settings.capture.bodies) == BODIES_FULL
             and not self.before_forward
             and not self.stream_checks
             else -1
@@ -235,6 +239,7 @@ class Exchange:
     __slots__ = (
         "_capture",
         "_check",
+        "_identity",
         "_parsed",
         "_proxy",
         "_raw",
@@ -244,7 +249,6 @@ class Exchange:
         "extra_headers",
         "identity_error",
         "meta",
-        "traceparent",
     )
 
     def __init__(self, proxy: Proxy, request: AnyRequest, started_ns: int, *, read_body: bool = True) -> None:
@@ -270,7 +274,7 @@ class Exchange:
         except IdentityError as exc:
             identity = resolve_identity({})  # recorded under `default`; the client gets a 400
             self.identity_error = exc
-        self.traceparent = identity.traceparent()
+        self._identity = identity  # its traceparent is built only for a client that sent one
         pairs = list(headers.items())
         self.meta = ExchangeMeta(
             trace_id=identity.trace_id,
@@ -313,7 +317,7 @@ class Exchange:
         url = URL(proxy.upstream.base + request.path + ("?" + query if query else ""), encoded=True)
         headers = forwardable(request.headers.items())
         if "traceparent" in headers:
-            headers["traceparent"] = self.traceparent  # same trace, our span as the parent
+            headers["traceparent"] = self._identity.traceparent()  # same trace, our span as the parent
         try:
             upstream = await proxy.session.request(
                 request.method,
@@ -600,7 +604,7 @@ class Exchange:
                 status=meta.http_status,
                 duration_ms=round(seconds * 1000, 3),
                 tenant=meta.tenant,
-                model=self.parsed_request.model,
+                model=self.parsed_request.model[: limits.MAX_NAME_CHARS],
                 error=meta.error_type or None,
             )
 

@@ -191,6 +191,11 @@ def _raw(
     return span
 
 
+def raw_span(path: str, body: bytes, answer: tuple[int, str, str, list[bytes]] | None) -> span_pb2.Span:
+    """A span as the shim sends it at full capture: what it observed, bodies attached unread."""
+    return _raw(_meta(path), path, body, answer)
+
+
 @pytest.mark.parametrize(("name", "path", "body", "answer", "changes"), CASES, ids=[c[0] for c in CASES])
 def test_the_core_reads_an_exchange_into_the_span_the_shim_would_build(
     name: str,
@@ -245,3 +250,47 @@ async def test_the_core_stores_a_raw_exchange_read_and_rejects_a_bad_one(
     assert stored.response.choices[0].message.parts[0].text == "Hello."
     assert (stored.usage.input_tokens, stored.usage.output_tokens) == (9, 2)
     assert not stored.HasField("raw_exchange")
+
+
+def test_an_unset_capture_limit_means_the_cores_own() -> None:
+    span = raw_span("/v1/chat/completions", CHAT, (200, "application/json", "", [CHAT_ANSWER]))
+    span.raw_exchange.max_body_bytes = 0  # an SDK that does not set it
+    read_raw_exchange(span)
+    assert [p.text for m in span.request.messages for p in m.parts] == ["Be terse.", "Hi"]
+    assert not span.request.truncated and span.response.choices[0].message.parts[0].text == "Hello."
+
+
+def test_a_decompression_bomb_is_read_only_so_far(tmp_path: Path) -> None:
+    events = b"".join(b"data: " + json.dumps(_delta("x")).encode() + b"\n\n" for _ in range(20_000))
+    bomb = gzip.compress(events * 40)  # about 90 MB of SSE events in about 0.3 MB
+    assert len(bomb) < MAX_RAW_BODY_BYTES
+    span = raw_span("/v1/chat/completions", STREAM_CHAT, (200, "text/event-stream", "gzip", [bomb]))
+    started = time.process_time()
+    read_raw_exchange(span)
+    assert time.process_time() - started < 5  # reading it whole took minutes
+    assert span.response.truncated
+    assert span.response.choices[0].message.parts[0].text.startswith("xxx")
+
+
+def test_reading_stops_where_the_shim_stopped_whatever_the_chunks() -> None:
+    # Past the JSON buffer nothing more is read, so a corrupt tail after it is never reached,
+    # whether the body comes in one piece (the core) or in many (the shim).
+    body = gzip.compress(b'{"a": "' + b"y" * (9 << 20) + b'"}')[:-8] + b"corrupt!"
+    request = parse_request("/v1/chat/completions", CHAT, "application/json", max_body_bytes=LIMIT)
+
+    def read(chunks: list[bytes]) -> tuple[str, bool]:
+        capture = ResponseCapture(
+            request,
+            status=200,
+            content_type="application/json",
+            content_encoding="gzip",
+            max_body_bytes=LIMIT,
+        )
+        for chunk in chunks:
+            capture.feed(chunk)
+        answer = capture.finish()
+        return answer.raw_body[:40], answer.truncated
+
+    whole = read([body])
+    assert whole == read([body[i : i + 1000] for i in range(0, len(body), 1000)])
+    assert whole[1] and whole[0].startswith('{"a": "yyy')

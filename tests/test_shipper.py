@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import json
 import socket
@@ -13,13 +14,14 @@ import grpc.aio
 import pytest
 from prometheus_client import REGISTRY
 
-from llmtrace.api.v1 import ingest_service_pb2
+from llmtrace.api.v1 import ingest_service_pb2, span_pb2
 from llmtrace.config.schema import ShipperSettings
 from shim.dead_letter import DeadLetterFile
 from shim.shipper import MAX_CORE_FAILURES, SLOW_SEND_S, Shipper
 from shim.spool import Spool
 from tests.conftest import core_settings, running_core, wait_for_spans
 from tests.factories import make_span
+from tests.test_capture_raw import CHAT_ANSWER, raw_span
 
 
 def _free_addr() -> str:
@@ -275,3 +277,58 @@ async def test_a_slow_core_gets_the_batch_copied_to_the_spool_while_it_answers(t
 
 def _spool_files(settings: ShipperSettings) -> int:
     return len(list(Path(settings.spool_dir).rglob("*.batch")))
+
+
+#: A request field no reader keeps: a credential that must not reach the disk.
+_DATA_SOURCE_KEY = "search-key-0123456789abcdef"
+_BODY_WITH_A_KEY = json.dumps(
+    {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": "What is in my index?"}],
+        "data_sources": [
+            {"type": "azure_search", "parameters": {"authentication": {"key": _DATA_SOURCE_KEY}}}
+        ],
+    }
+).encode()
+
+
+def _spool_bytes(settings: ShipperSettings) -> bytes:
+    return b"".join(p.read_bytes() for p in Path(settings.spool_dir).rglob("*.batch"))
+
+
+async def test_raw_exchanges_are_read_before_they_rest_in_the_spool(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    shipper = _shipper(settings, _free_addr())  # no core: everything goes to the spool
+    await shipper.start()
+    span = raw_span("/v1/chat/completions", _BODY_WITH_A_KEY, (200, "application/json", "", [CHAT_ANSWER]))
+    shipper.submit(span)
+    await shipper.close(2)
+    on_disk = await asyncio.to_thread(_spool_bytes, settings)
+    assert on_disk and _DATA_SOURCE_KEY.encode() not in on_disk
+    spool = Spool.open(Path(settings.spool_dir), settings.spool_max_bytes)
+    try:
+        entry = spool.peek()
+        assert entry is not None
+        (stored,) = ingest_service_pb2.IngestSpansRequest.FromString(entry.payload).spans
+    finally:
+        spool.close()
+    assert not stored.HasField("raw_exchange")  # read as the core would: the same span
+    assert stored.request_model == "gpt-4o"
+    assert [p.text for m in stored.request.messages for p in m.parts] == ["What is in my index?"]
+
+
+async def test_raw_exchanges_are_read_before_they_rest_in_the_dead_letter_file(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    async with running_core(core_settings(tmp_path / "db.duckdb")) as core:
+        shipper = _shipper(settings, core.bound.grpc)
+        await shipper.start()
+        span = raw_span("/v1/chat/completions", _BODY_WITH_A_KEY, None)
+        span.trace_id = b"\x01"  # not 16 bytes: the core rejects it
+        shipper.submit(span)
+        await _until(lambda: Path(settings.dead_letter_path).exists())
+        await shipper.close(5)
+    text = await asyncio.to_thread(Path(settings.dead_letter_path).read_text)
+    record = json.loads(text)
+    stored = span_pb2.Span.FromString(base64.b64decode(record["span"]))
+    assert not stored.HasField("raw_exchange") and stored.request_model == "gpt-4o"
+    assert _DATA_SOURCE_KEY.encode() not in base64.b64decode(record["span"])

@@ -60,8 +60,9 @@ def read_raw_exchange(span: span_pb2.Span) -> None:
     the readers keep what they can read, as they do in the shim.
     """
     raw = span.raw_exchange
+    max_body_bytes = raw.max_body_bytes or limits.MAX_BODY_CHARS  # 0: not set
     request = parse_request(
-        raw.path, raw.request_body, raw.request_content_type, max_body_bytes=raw.max_body_bytes
+        raw.path, raw.request_body, raw.request_content_type, max_body_bytes=max_body_bytes
     )
     response = None
     if raw.has_response:
@@ -70,7 +71,7 @@ def read_raw_exchange(span: span_pb2.Span) -> None:
             status=raw.response_status,
             content_type=raw.response_content_type,
             content_encoding=raw.response_content_encoding,
-            max_body_bytes=raw.max_body_bytes,
+            max_body_bytes=max_body_bytes,
         )
         capture.feed(raw.response_body)
         response = capture.finish()
@@ -79,7 +80,7 @@ def read_raw_exchange(span: span_pb2.Span) -> None:
         request,
         response,
         bodies=BODIES_FULL,
-        max_body_bytes=raw.max_body_bytes,
+        max_body_bytes=max_body_bytes,
         method=raw.method,
         path=raw.path,
         request_body_truncated=False,

@@ -26,6 +26,11 @@ from llmtrace.capture.stream_responses import ResponsesStream
 #: JSON bodies are buffered (decompressed) up to this or the capture limit, whichever is larger,
 #: so that a large answer can still be parsed and then cut to the limit.
 JSON_BUFFER_BYTES = 8 * 1024 * 1024
+#: Most bytes decompressed from one compressed body. Past it the rest is not read (the answer is
+#: marked truncated): a small gzip or brotli body can expand a thousandfold, and reading a
+#: 1 MiB bomb of tiny SSE events whole took 12 s of CPU. A compressed stream of this size is
+#: about 80,000 events (hours of tokens).
+MAX_DECODED_BYTES = 2 * JSON_BUFFER_BYTES
 #: Embeddings bodies are mostly vectors: only this much of each end is kept.
 EMBEDDINGS_EDGE_BYTES = 16 * 1024
 
@@ -47,6 +52,7 @@ class ResponseCapture:
     __slots__ = (
         "_body",
         "_broken",
+        "_decoded",
         "_decoder",
         "_edges",
         "_json_chars",
@@ -74,6 +80,7 @@ class ResponseCapture:
         self._limit = max(0, min(max_body_bytes, limits.MAX_BODY_CHARS))
         self._decoder = Decoder(content_encoding)
         self._received = 0
+        self._decoded = 0
         self._broken = False
         self._overflow = False
         self._body = bytearray()
@@ -117,9 +124,15 @@ class ResponseCapture:
         try:
             if not self._decoder.encoding:
                 self._take(chunk)
-            else:
-                for piece in self._decoder.decode(chunk):
-                    self._take(piece)
+                return
+            for piece in self._decoder.decode(chunk):
+                self._decoded += len(piece)
+                if self._decoded > MAX_DECODED_BYTES:
+                    self._broken = True  # read no further; what was read is kept, marked truncated
+                    return
+                self._take(piece)
+                if self._overflow and not self._edges:
+                    return  # nothing more will be parsed: decompress no further
         except Exception:  # capture must never break the proxy; what was read so far is kept
             self._broken = True
 

@@ -471,7 +471,8 @@ type RawExchange struct {
 	ResponseContentEncoding string `protobuf:"bytes,8,opt,name=response_content_encoding,json=responseContentEncoding,proto3" json:"response_content_encoding,omitempty"`
 	// The answer's body as received (a stream's events included), whole as far as it came.
 	ResponseBody []byte `protobuf:"bytes,9,opt,name=response_body,json=responseBody,proto3" json:"response_body,omitempty"`
-	// How many characters of each side's content to keep (the proxy's `capture.max_body_bytes`).
+	// How many characters of each side's content to keep (the proxy's `capture.max_body_bytes`);
+	// 0 or unset: the core's own limit (1 MiB).
 	MaxBodyBytes  int64 `protobuf:"varint,10,opt,name=max_body_bytes,json=maxBodyBytes,proto3" json:"max_body_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

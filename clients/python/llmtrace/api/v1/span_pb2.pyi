@@ -300,7 +300,9 @@ class RawExchange(_message.Message):
     response_body: _builtins.bytes
     """The answer's body as received (a stream's events included), whole as far as it came."""
     max_body_bytes: _builtins.int
-    """How many characters of each side's content to keep (the proxy's `capture.max_body_bytes`)."""
+    """How many characters of each side's content to keep (the proxy's `capture.max_body_bytes`);
+    0 or unset: the core's own limit (1 MiB).
+    """
     def __init__(
         self,
         *,
