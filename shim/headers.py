@@ -112,6 +112,14 @@ def _connection_listed(pairs: list[tuple[str, str]]) -> frozenset[str]:
     return frozenset(listed - {""})
 
 
+def header_text(value: str) -> str:
+    """A header value as valid text: bytes that are not UTF-8, which Sanic keeps as lone
+    surrogates, become U+FFFD (a span with a lone surrogate cannot be serialized)."""
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def stored_request_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
     """Allow-listed request headers for the span, lower-case names."""
     return _stored(headers, _STORED_REQUEST, _STORED_REQUEST_PREFIXES)
@@ -129,7 +137,7 @@ def _stored(
     for name, value in headers:
         lower = name.lower()
         if lower in names or lower.startswith(prefixes):
-            out[lower] = value[:512]
+            out[lower] = header_text(value[:512])
     return out
 
 

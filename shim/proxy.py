@@ -50,6 +50,7 @@ from shim.errors import ShimError
 from shim.guard import Guard, block_message
 from shim.headers import (
     forwardable,
+    header_text,
     key_fingerprint,
     masked_query,
     returnable,
@@ -287,7 +288,7 @@ class Exchange:
             path=request.path,
             query=masked_query(request.query_string),
             client_address=request.client_ip or "",
-            user_agent=headers.get("user-agent", ""),
+            user_agent=header_text(headers.get("user-agent", "")),
             server_address=proxy.upstream.server_address,
             api_key_fingerprint=key_fingerprint(pairs),
             request_headers=stored_request_headers(pairs),

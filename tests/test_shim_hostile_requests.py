@@ -99,3 +99,20 @@ async def test_oversized_headers_are_a_413_that_says_so(stack: Stack) -> None:
     assert status == 413
     assert "header" in body["error"]["message"]
     assert "max_request_size_bytes" not in body["error"]["message"]
+
+
+async def test_header_bytes_that_are_not_utf8_still_leave_a_span(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {KEY}\r\nUser-Agent: caf\xe9-client\r\nOpenAI-Organization: org-\xff\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n{body}"
+    )
+    status, answer = await _raw(stack, head)
+    assert status == 200, answer
+    (span,) = await stack.spans()
+    assert span.user_agent == "caf\ufffd-client"  # a byte that is not UTF-8 reads as U+FFFD
+    assert span.request_model == "gpt-4o"
+    assert _errors(caplog) == []
