@@ -21,7 +21,7 @@ from shim.shipper import MAX_CORE_FAILURES, SLOW_SEND_S, Shipper
 from shim.spool import Spool
 from tests.conftest import core_settings, running_core, wait_for_spans
 from tests.factories import make_span
-from tests.test_capture_raw import CHAT_ANSWER, raw_span
+from tests.test_capture_raw import raw_span
 
 
 def _free_addr() -> str:
@@ -290,31 +290,6 @@ _BODY_WITH_A_KEY = json.dumps(
         ],
     }
 ).encode()
-
-
-def _spool_bytes(settings: ShipperSettings) -> bytes:
-    return b"".join(p.read_bytes() for p in Path(settings.spool_dir).rglob("*.batch"))
-
-
-async def test_raw_exchanges_are_read_before_they_rest_in_the_spool(tmp_path: Path) -> None:
-    settings = _settings(tmp_path)
-    shipper = _shipper(settings, _free_addr())  # no core: everything goes to the spool
-    await shipper.start()
-    span = raw_span("/v1/chat/completions", _BODY_WITH_A_KEY, (200, "application/json", "", [CHAT_ANSWER]))
-    shipper.submit(span)
-    await shipper.close(2)
-    on_disk = await asyncio.to_thread(_spool_bytes, settings)
-    assert on_disk and _DATA_SOURCE_KEY.encode() not in on_disk
-    spool = Spool.open(Path(settings.spool_dir), settings.spool_max_bytes)
-    try:
-        entry = spool.peek()
-        assert entry is not None
-        (stored,) = ingest_service_pb2.IngestSpansRequest.FromString(entry.payload).spans
-    finally:
-        spool.close()
-    assert not stored.HasField("raw_exchange")  # read as the core would: the same span
-    assert stored.request_model == "gpt-4o"
-    assert [p.text for m in stored.request.messages for p in m.parts] == ["What is in my index?"]
 
 
 async def test_raw_exchanges_are_read_before_they_rest_in_the_dead_letter_file(tmp_path: Path) -> None:
