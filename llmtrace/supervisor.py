@@ -66,12 +66,27 @@ def _core_child(settings: Settings, ready_file: str, parent_pid: int) -> None:
     _die_with_parent()
     if _orphaned(parent_pid):
         sys.exit(1)
-    if settings.core_priority == "background":
+    if core_in_background(settings):
         _step_back()
     configure_logging(settings.logging.level, settings.logging.format)
     from llmtrace.server import run_core  # noqa: PLC0415 - heavy import, child only
 
     sys.exit(run_core(settings, ready_file=ready_file))
+
+
+def core_in_background(settings: Settings) -> bool:
+    """Whether `serve` runs the core on CPU the proxy leaves (`core_priority: background`).
+
+    Not when inline enforcement asks the core (`enforcement.depth: full`): the core is then on
+    the clients' path, and in the background a busy machine would time its answers out, so that
+    requests pass unchecked (the check fails open) exactly when the proxy is loaded.
+    """
+    if settings.core_priority != "background":
+        return False
+    from shim.enforcement import Policy  # noqa: PLC0415 - the shim's policy, read once here
+
+    asks_core = settings.enforcement.depth == "full" and Policy.from_settings(settings.enforcement).active
+    return not asks_core
 
 
 def _step_back() -> None:

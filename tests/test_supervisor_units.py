@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
 
 import pytest
 
-from llmtrace.config.schema import Settings
-from llmtrace.supervisor import Supervisor, _orphaned, _StopRequested
+from llmtrace.config.schema import EnforcementSettings, Settings
+from llmtrace.supervisor import Supervisor, _orphaned, _StopRequested, core_in_background
 
 
 def test_a_child_is_orphaned_only_when_its_parent_is_not_the_one_it_was_started_by() -> None:
@@ -31,3 +32,14 @@ def test_a_stop_during_start_up_ends_the_wait_for_workers_at_once() -> None:
         assert time.monotonic() - started < 5.0  # not the 120 s start-up limit
     finally:
         supervisor._stop_all()
+
+
+def test_the_core_leaves_the_background_when_inline_enforcement_asks_it() -> None:
+    assert core_in_background(Settings())  # the default: the core only stores and analyses
+    assert not core_in_background(Settings(core_priority="normal"))
+    fast = EnforcementSettings(mode="block", depth="fast")  # checked in the shim: no core asked
+    assert core_in_background(dataclasses.replace(Settings(), enforcement=fast))
+    full = EnforcementSettings(mode="block", depth="full")  # the core answers every request
+    assert not core_in_background(dataclasses.replace(Settings(), enforcement=full))
+    idle = EnforcementSettings(mode="log", depth="full")  # nothing inline: the core is not asked
+    assert core_in_background(dataclasses.replace(Settings(), enforcement=idle))
