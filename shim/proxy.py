@@ -61,7 +61,7 @@ from shim.identity import IdentityError, resolve_identity
 from shim.shipper import Shipper
 from shim.streaming_checks import StreamCheck, core_locations
 
-_log = structlog.get_logger("llmtrace.llmtrace.capture")
+_log = structlog.get_logger("llmtrace.shim.capture")
 _access = structlog.get_logger("llmtrace.shim.access")
 
 #: Any app's request: the proxy reads only the request itself, never `request.app`.
@@ -634,15 +634,16 @@ class Exchange:
         raw = span.raw_exchange
         raw.method = meta.method
         raw.path = meta.path
-        raw.request_content_type = self._request.headers.get("content-type", "")
+        # Header values may hold bytes that are not UTF-8 (lone surrogates): a span cannot.
+        raw.request_content_type = header_text(self._request.headers.get("content-type", ""))
         raw.request_body = self.body
         raw.max_body_bytes = self._proxy.raw_limit
         answer = self._raw
         if answer is not None:
             raw.has_response = True
             raw.response_status = answer.status
-            raw.response_content_type = answer.content_type
-            raw.response_content_encoding = answer.content_encoding
+            raw.response_content_type = header_text(answer.content_type)
+            raw.response_content_encoding = header_text(answer.content_encoding)
             raw.response_body = b"".join(answer.chunks)
         return span
 

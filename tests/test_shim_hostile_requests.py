@@ -106,7 +106,7 @@ async def test_header_bytes_that_are_not_utf8_still_leave_a_span(
 ) -> None:
     body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
     head = (
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json; x=\xe9\r\n"
         f"Authorization: Bearer {KEY}\r\nUser-Agent: caf\xe9-client\r\nOpenAI-Organization: org-\xff\r\n"
         f"Content-Length: {len(body)}\r\n\r\n{body}"
     )
