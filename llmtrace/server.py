@@ -29,6 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from llmtrace import cpu_priority
 from llmtrace.analysis_worker import AnalysisStartError, AnalysisWorker
 from llmtrace.api.v1 import (
     analysis_service_pb2,
@@ -267,8 +268,9 @@ def _write_ready_file(path: str, bound: BoundAddresses) -> None:
     tmp.replace(target)  # atomic: a watcher never reads half a file
 
 
-async def serve_core(settings: Settings, ready_file: str | None = None) -> int:
-    """Run the core until SIGTERM or SIGINT; returns the exit code."""
+async def serve_core(settings: Settings, ready_file: str | None = None, *, background: bool = False) -> int:
+    """Run the core until SIGTERM or SIGINT; returns the exit code. `background`: once serving,
+    run on CPU nobody else wants, until asked to stop (llmtrace.cpu_priority)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -287,17 +289,21 @@ async def serve_core(settings: Settings, ready_file: str | None = None) -> int:
             _log.error("cannot write the ready file", path=ready_file, error=str(exc))
             await core.stop()
             return 1
+    if background:
+        cpu_priority.to_background()
     await stop.wait()
+    if background and not cpu_priority.to_foreground():
+        _log.info("stopping at idle CPU priority (leaving it needs CAP_SYS_NICE or RLIMIT_NICE 20)")
     _log.info("shutting down", grace_seconds=settings.shutdown.timeout_seconds)
     await core.stop()
     return 0
 
 
-def run_core(settings: Settings, ready_file: str | None = None) -> int:
+def run_core(settings: Settings, ready_file: str | None = None, *, background: bool = False) -> int:
     """Entry point of `llmtrace core` (and, until the shim exists, `llmtrace serve`)."""
     # Spans hold prompts: everything the core creates (database, WAL, ready file) is owner-only.
     os.umask(0o077)
     # The DuckDB writer thread releases the GIL for every statement and must win it back after;
     # with the default 5 ms switch interval it queues behind the ingest CPU thread each time.
     sys.setswitchinterval(0.0005)
-    return asyncio.run(serve_core(settings, ready_file))
+    return asyncio.run(serve_core(settings, ready_file, background=background))

@@ -40,9 +40,6 @@ _PR_SET_PDEATHSIG: Final = 1
 _CORE_START_TIMEOUT_S: Final = 120.0
 _RESTART_BACKOFF_S: Final = (0.5, 1.0, 2.0, 5.0)
 _mp = multiprocessing.get_context("spawn")
-#: Added to the core's nice value at `core_priority: background` where the idle scheduling class
-#: is not available (not Linux).
-CORE_NICENESS: Final = 10
 
 
 def _die_with_parent() -> None:
@@ -66,12 +63,10 @@ def _core_child(settings: Settings, ready_file: str, parent_pid: int) -> None:
     _die_with_parent()
     if _orphaned(parent_pid):
         sys.exit(1)
-    if core_in_background(settings):
-        _step_back()
     configure_logging(settings.logging.level, settings.logging.format)
     from llmtrace.server import run_core  # noqa: PLC0415 - heavy import, child only
 
-    sys.exit(run_core(settings, ready_file=ready_file))
+    sys.exit(run_core(settings, ready_file=ready_file, background=core_in_background(settings)))
 
 
 def core_in_background(settings: Settings) -> bool:
@@ -87,22 +82,6 @@ def core_in_background(settings: Settings) -> bool:
 
     asks_core = settings.enforcement.depth == "full" and Policy.from_settings(settings.enforcement).active
     return not asks_core
-
-
-def _step_back() -> None:
-    """Run this process (the core, under `serve`) on CPU the proxy workers leave.
-
-    The proxy is on every client's path; the core's work is not (batches wait in the shim's
-    queue and spool, never the client). At nice +10 the core's ingest bursts still made the
-    proxy, the upstream and the client wait for a CPU (docs/benchmarks.md, "Proxy"): the kernel
-    places a waking task on a CPU running an idle-class task as if it were free, and preempts it
-    at once. The price: when the proxy keeps every CPU busy, ingest waits until it does not.
-    """
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (OSError, AttributeError):  # not Linux, or not allowed: the next best thing
-        with contextlib.suppress(OSError):
-            os.nice(CORE_NICENESS)
 
 
 def _shim_child(settings: Settings, sock: socket.socket, core_addr: str, ready: Any, parent_pid: int) -> None:

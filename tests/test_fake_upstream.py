@@ -560,6 +560,12 @@ async def test_a_bounded_upstream_keeps_only_its_newest_requests() -> None:
         ids = [r.request_id for r in upstream.requests]
         assert 2 <= len(ids) <= 4  # trimmed in bulk past twice the bound
         assert ids[-2:] == ["req_000006", "req_000007"]
+    async with run_fake_upstream(FakeUpstreamConfig(keep_requests=0)) as upstream:
+        client = openai.AsyncOpenAI(base_url=upstream.base_url + "/v1", api_key="sk-test")
+        for _ in range(3):
+            await client.models.list()
+        await client.close()
+        assert upstream.requests == []  # none kept, rather than all
 
 
 async def test_request_id_header(client: openai.AsyncOpenAI) -> None:

@@ -51,6 +51,22 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _thread_policies(pid: int) -> set[int]:
+    return {os.sched_getscheduler(int(t.name)) for t in Path(f"/proc/{pid}/task").iterdir()}
+
+
+async def _policies(pid: int) -> set[int]:
+    """The scheduling policies of a process's threads, once they settle (the core steps back
+    just after it starts serving)."""
+    policies: set[int] = set()
+    for _ in range(50):
+        policies = _thread_policies(pid)
+        if policies == {os.SCHED_IDLE}:
+            break
+        await asyncio.sleep(0.1)
+    return policies
+
+
 def _span_count(tmp_path: Path, grpc_addr: str) -> int | None:
     result = subprocess.run(
         [*CLI, "sql", "SELECT count(*) AS n FROM spans", "--format", "csv", "--grpc-listen-addr", grpc_addr],
@@ -80,8 +96,9 @@ async def test_serve_restarts_a_crashed_core_and_stops_in_order(tmp_path: Path) 
         serve = LlmtraceProcess.start(tmp_path, "serve", "serve", "--config", str(config))
         try:
             ready = await asyncio.to_thread(serve.wait_ready)
-            # By default the core runs on CPU the proxy leaves; the proxy is on every client's path.
-            assert os.sched_getscheduler(ready["core_pid"]) == os.SCHED_IDLE
+            # By default the core runs on CPU the proxy leaves, every thread of it, once it serves;
+            # the proxy is on every client's path.
+            assert await _policies(ready["core_pid"]) == {os.SCHED_IDLE}
             assert os.sched_getscheduler(ready["worker_pids"][0]) == os.SCHED_OTHER
             async with aiohttp.ClientSession() as http:
                 await _chat(http, ready["http"], "before the crash")

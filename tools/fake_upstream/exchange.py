@@ -28,6 +28,10 @@ class UpstreamState:
         self.requests.append(request)
         keep = self.config.keep_requests
         if keep is not None and len(self.requests) > 2 * keep:  # trimmed in bulk: O(1) a request
+            if keep <= 0:  # `[:-0]` would keep everything
+                self.requests.clear()
+                self.completed_streams.clear()
+                return
             del self.requests[:-keep]
             del self.completed_streams[:-keep]
 
