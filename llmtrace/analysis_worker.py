@@ -176,7 +176,9 @@ class AnalysisWorker:
         """Queue committed spans for analysis without waiting; returns how many were shed.
 
         The queue takes the messages over: their raw request and response bodies, which the
-        analyzer does not read, are cleared so that a full queue holds content only once.
+        analyzer does not read, are cleared. Ingest hands over copies of their own, made without
+        the bodies (`llmtrace.rpc.ingest`): a span still inside its request's memory would keep
+        the whole request alive while it waits here.
         """
         if not self.enabled or self._closed or not spans:
             return 0

@@ -30,27 +30,35 @@ def _threads() -> list[int]:
         return [0]  # no /proc: the calling thread only
 
 
+def _set_all(policy: int) -> bool:
+    """Set every thread's policy, again for threads started meanwhile (they inherit from their
+    starter, which may not have been set yet); False when the kernel refused."""
+    done: set[int] = set()
+    allowed = True
+    while pending := [tid for tid in _threads() if tid not in done]:
+        for tid in pending:
+            done.add(tid)
+            try:
+                os.sched_setscheduler(tid, policy, os.sched_param(0))
+            except PermissionError:
+                allowed = False
+            except OSError:
+                pass  # a thread that just ended
+    return allowed
+
+
 def to_background() -> None:
     """Run every thread of this process on CPU nobody else wants (threads started later inherit)."""
     if not hasattr(os, "SCHED_IDLE") or not Path("/proc/self/task").is_dir():
         with contextlib.suppress(OSError):
             os.nice(FALLBACK_NICENESS)
         return
-    for tid in _threads():
-        with contextlib.suppress(OSError):  # a thread that just ended
-            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+    _set_all(os.SCHED_IDLE)
 
 
 def to_foreground() -> bool:
-    """Best effort: every thread back to the normal class; False when the kernel refused."""
-    if not hasattr(os, "SCHED_OTHER") or not Path("/proc/self/task").is_dir():
+    """Best effort: every thread back to the normal class; False when the kernel refused (or,
+    off Linux, where the nice value stays: an unprivileged process cannot lower it)."""
+    if not hasattr(os, "SCHED_IDLE") or not Path("/proc/self/task").is_dir():
         return False
-    done = True
-    for tid in _threads():
-        try:
-            os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
-        except PermissionError:
-            done = False
-        except OSError:
-            pass  # a thread that just ended
-    return done
+    return _set_all(os.SCHED_OTHER)

@@ -293,7 +293,7 @@ async def serve_core(settings: Settings, ready_file: str | None = None, *, backg
         cpu_priority.to_background()
     await stop.wait()
     if background and not cpu_priority.to_foreground():
-        _log.info("stopping at idle CPU priority (leaving it needs CAP_SYS_NICE or RLIMIT_NICE 20)")
+        _log.info("stopping at background CPU priority (leaving it needs CAP_SYS_NICE or RLIMIT_NICE 20)")
     _log.info("shutting down", grace_seconds=settings.shutdown.timeout_seconds)
     await core.stop()
     return 0

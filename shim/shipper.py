@@ -458,38 +458,17 @@ class Shipper:
     async def _dead_letter_rejected(
         self, payload: bytes, partial: ingest_service_pb2.IngestPartialSuccess
     ) -> None:
-        spans = ingest_service_pb2.IngestSpansRequest.FromString(payload).spans
-        records = []
-        for rejection in partial.rejections:
-            if 0 <= rejection.index < len(spans):
-                span = spans[rejection.index]
-                records.append(
-                    DeadLetter(
-                        tenant=span.tenant,
-                        trace_id=span.trace_id,
-                        span_id=span.span_id,
-                        violations=[(v.field, v.description) for v in rejection.violations],
-                        span_bytes=_dead_letter_bytes(span),
-                    )
-                )
+        # In a thread: reading raw exchanges for the file can take a second for a large batch.
+        records = await asyncio.to_thread(_rejected_records, payload, partial)
         await self._write_dead_letters(records, partial.error_message)
 
     async def _dead_letter_all(self, payload: bytes, code: str, details: str) -> None:
-        try:
-            spans = list(ingest_service_pb2.IngestSpansRequest.FromString(payload).spans)
-        except Exception:
-            spans = []
-        records = [
-            DeadLetter(
-                tenant=span.tenant,
-                trace_id=span.trace_id,
-                span_id=span.span_id,
-                violations=[("", f"{code}: {details}")],
-                span_bytes=_dead_letter_bytes(span),
-            )
-            for span in spans
-        ]
-        await self._write_dead_letters(records, f"{code}: {details}")
+        reason = f"{code}: {details}"
+        records = await asyncio.to_thread(_all_records, payload, reason)
+        if records is None:
+            _log.error("a batch the core refused cannot be decoded: dropped", reason=reason[:500])
+            return
+        await self._write_dead_letters(records, reason)
 
     async def _write_dead_letters(self, records: list[DeadLetter], reason: str) -> None:
         if not records:
@@ -504,3 +483,37 @@ class Shipper:
             return
         metrics.SPANS_DEAD_LETTERED.inc(len(records))
         log.warning("core rejected spans; kept in the dead-letter file")
+
+
+def _rejected_records(payload: bytes, partial: ingest_service_pb2.IngestPartialSuccess) -> list[DeadLetter]:
+    """Dead letters for the spans of `payload` the core rejected, one by one."""
+    spans = ingest_service_pb2.IngestSpansRequest.FromString(payload).spans
+    return [
+        DeadLetter(
+            tenant=spans[rejection.index].tenant,
+            trace_id=spans[rejection.index].trace_id,
+            span_id=spans[rejection.index].span_id,
+            violations=[(v.field, v.description) for v in rejection.violations],
+            span_bytes=_dead_letter_bytes(spans[rejection.index]),
+        )
+        for rejection in partial.rejections
+        if 0 <= rejection.index < len(spans)
+    ]
+
+
+def _all_records(payload: bytes, reason: str) -> list[DeadLetter] | None:
+    """Dead letters for every span of a batch refused as a whole; None when it cannot be read."""
+    try:
+        spans = ingest_service_pb2.IngestSpansRequest.FromString(payload).spans
+    except Exception:
+        return None
+    return [
+        DeadLetter(
+            tenant=span.tenant,
+            trace_id=span.trace_id,
+            span_id=span.span_id,
+            violations=[("", reason)],
+            span_bytes=_dead_letter_bytes(span),
+        )
+        for span in spans
+    ]

@@ -294,3 +294,20 @@ def test_reading_stops_where_the_shim_stopped_whatever_the_chunks() -> None:
     whole = read([body])
     assert whole == read([body[i : i + 1000] for i in range(0, len(body), 1000)])
     assert whole[1] and whole[0].startswith('{"a": "yyy')
+
+
+def test_spans_for_analysis_are_copies_without_the_bodies_or_the_batch() -> None:
+    from llmtrace.rpc.ingest import _parse_and_prepare, _prepare  # noqa: PLC0415 - the unit under test
+
+    span = raw_span("/v1/chat/completions", CHAT, (200, "application/json", "", [CHAT_ANSWER]))
+    payload = ingest_service_pb2.IngestSpansRequest(spans=[span, span]).SerializeToString()
+    analysed = _parse_and_prepare(payload, for_analysis=True).spans
+    assert len(analysed) == 2
+    for one in analysed:
+        assert not one.HasField("raw_exchange") and one.request_model == "gpt-4o"
+        assert one.request.body == "" and one.response.body == ""
+        assert one.request.messages[1].parts[0].text == "Hi"
+    request = ingest_service_pb2.IngestSpansRequest.FromString(payload)
+    copies = _prepare(request.spans, for_analysis=True).spans
+    request.spans[0].tenant = "someone-else"  # the batch's message, not the queued one
+    assert copies[0].tenant == "acme"

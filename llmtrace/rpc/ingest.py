@@ -7,6 +7,7 @@ them, so the acknowledgement never waits for analysis.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
@@ -47,7 +48,7 @@ class _Prepared:
         self.rejections = rejections
 
 
-def _prepare(spans: Sequence[span_pb2.Span]) -> _Prepared:
+def _prepare(spans: Sequence[span_pb2.Span], *, for_analysis: bool = False) -> _Prepared:
     now = time.time()
     valid: list[span_pb2.Span] = []
     rejections: list[ingest_service_pb2.RejectedSpan] = []
@@ -69,7 +70,21 @@ def _prepare(spans: Sequence[span_pb2.Span]) -> _Prepared:
             )
         )
     batch = build_write_batch(valid, int(now * 1_000_000)) if valid else None
+    if for_analysis:
+        valid = [_analysis_copy(span) for span in valid]
     return _Prepared(batch, valid, rejections)
+
+
+def _analysis_copy(span: span_pb2.Span) -> span_pb2.Span:
+    """The span as the analysis queue keeps it: without the raw bodies the analyzer never reads,
+    in a message of its own. A span parsed from a request lives in that request's memory (upb
+    arenas), and clearing a field frees nothing: a queued span kept its whole batch alive, raw
+    exchanges included (868 MiB for 8,000 queued spans of 40 KB; 377 MiB as copies)."""
+    span.request.ClearField("body")  # before the copy, so that the copy never holds them
+    span.response.ClearField("body")
+    own = span_pb2.Span()
+    own.CopyFrom(span)
+    return own
 
 
 def _read_raw(span: span_pb2.Span) -> list[tuple[str, str]]:
@@ -85,7 +100,7 @@ def _read_raw(span: span_pb2.Span) -> list[tuple[str, str]]:
     return []
 
 
-def _parse_and_prepare(data: bytes) -> _Prepared:
+def _parse_and_prepare(data: bytes, for_analysis: bool = False) -> _Prepared:
     try:
         spans = ingest_service_pb2.IngestSpansRequest.FromString(data).spans
     except DecodeError as exc:
@@ -93,7 +108,7 @@ def _parse_and_prepare(data: bytes) -> _Prepared:
             [("", f"not an IngestSpansRequest: {exc}")], reason="MALFORMED_REQUEST"
         ) from exc
     _check_batch_size(len(spans))
-    return _prepare(spans)
+    return _prepare(spans, for_analysis=for_analysis)
 
 
 def _check_batch_size(count: int) -> None:
@@ -134,7 +149,9 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
     async def _ingest(self, spans: Sequence[span_pb2.Span]) -> _Prepared:
         _check_batch_size(len(spans))
         # Validation and Arrow conversion are CPU work: keep them off the event loop.
-        prepared = await asyncio.get_running_loop().run_in_executor(self._cpu, _prepare, spans)
+        prepared = await asyncio.get_running_loop().run_in_executor(
+            self._cpu, functools.partial(_prepare, spans, for_analysis=self._committed is not None)
+        )
         return await self._commit(prepared)
 
     async def _commit(self, prepared: _Prepared) -> _Prepared:
@@ -178,7 +195,9 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         """
         loop = asyncio.get_running_loop()
         try:
-            prepared = await self._commit(await loop.run_in_executor(self._cpu, _parse_and_prepare, data))
+            prepared = await self._commit(
+                await loop.run_in_executor(self._cpu, _parse_and_prepare, data, self._committed is not None)
+            )
         except RpcError as err:
             await abort(context, err)
         return ingest_service_pb2.IngestSpansResponse(
