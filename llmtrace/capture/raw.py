@@ -40,17 +40,11 @@ def raw_exchange_problems(span: span_pb2.Span) -> list[tuple[str, str]]:
     if len(raw.path) > limits.MAX_TEXT_CHARS:
         out.append(("raw_exchange.path", f"at most {limits.MAX_TEXT_CHARS} characters"))
     filled = [name for name in _FILLED_TEXT if getattr(span, name)]
-    filled += [name for name in ("request", "response", "usage") if _has_message(span, name)]
+    messages = {"request": span.HasField("request"), "response": span.HasField("response")}
+    messages["usage"] = span.HasField("usage")
+    filled += [name for name, present in messages.items() if present]
     out += [(name, "must be empty when raw_exchange is set (the core fills it)") for name in filled]
     return out
-
-
-def _has_message(span: span_pb2.Span, name: str) -> bool:
-    if name == "request":
-        return span.HasField("request")
-    if name == "response":
-        return span.HasField("response")
-    return span.HasField("usage")
 
 
 def read_raw_exchange(span: span_pb2.Span) -> None:
