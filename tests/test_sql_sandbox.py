@@ -6,6 +6,7 @@ sandbox depends only on the three view names and their `tenant` column.
 
 from __future__ import annotations
 
+import datetime
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -405,6 +406,70 @@ def test_allowed_queries_run(
     result = run(db, query)
     assert result.rows == expected
     assert not result.truncated
+
+
+# --- values whose size the query chooses -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("SELECT repeat('-', 5)", [("-----",)]),
+        ("SELECT lpad('7', 3, '0'), rpad('a', 2, '.')", [("007", "a.")]),
+        ("SELECT len(range(9997)), len(generate_series(1, 3))", [(9997, 3)]),
+        ("SELECT len(range(0, 1000000000, 100000))", [(10000,)]),
+        ("SELECT list_resize([1], 3)", [([1, None, None],)]),
+        ("SELECT repeat([1, 2], 2)", [([1, 2, 1, 2],)]),
+        ("SELECT printf('%5.1f%%', 12.34), format('{:>4}|', 7)", [(" 12.3%", "   7|")]),
+        ("SELECT count(*) FROM (SELECT unnest(range(30)) AS d)", [(30,)]),
+        # docs/sql.md's calendar example
+        (
+            "SELECT max(day) FROM (SELECT DATE '2026-01-01' + unnest(range(365))::INTEGER AS day)",
+            [(datetime.date(2026, 12, 31),)],
+        ),
+    ],
+)
+def test_small_built_values_run(
+    db: duckdb.DuckDBPyConnection, query: str, expected: list[tuple[object, ...]]
+) -> None:
+    assert run(db, query).rows == expected
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        # Each of these builds gigabytes in one call, which neither DuckDB's memory limit nor
+        # the query's time limit stops.
+        ("SELECT length(repeat('x', 2000000000))", "repeat(): the query may build at most 10000"),
+        ("SELECT len(range(4000000000))", "range(): the query may build at most 10000"),
+        ("SELECT len(list_sort(range(40000000)))", "range(): the query may build at most 10000"),
+        ("SELECT len(generate_series(-5, -100000, -1))", "generate_series(): the query may build"),
+        ("SELECT length(lpad('', 2000000000, 'x'))", "lpad(): the query may build at most 10000"),
+        ("SELECT length(rpad(request_model, 900000000, 'x')) FROM spans", "rpad(): the query may build"),
+        ("SELECT len(list_resize([1], 2000000000))", "list_resize(): the query may build"),
+        ("SELECT length(bitstring('0', 2000000000))", "bitstring(): the query may build"),
+        ("SELECT length('x'.repeat(2000000000))", "repeat(): the query may build"),
+        ("SELECT len(range(6000)), len(range(6000))", "range(): the query may build at most 10000"),
+        ("SELECT repeat('ab', 5001)", "repeat(): the query may build at most 10000"),
+        # Sizes the query does not state, or that multiply.
+        ("SELECT repeat('x', duration_ms::INT) FROM spans", "repeat() needs the size it builds written"),
+        ("SELECT repeat(request_model, 3) FROM spans", "repeat() needs the size it builds written"),
+        ("SELECT len(range(input_tokens)) FROM spans", "range() needs the size it builds written"),
+        ("SELECT lpad('x', 10 * 1000, 'y')", "lpad() needs the size it builds written"),
+        ("SELECT list_transform(range(100), x -> range(100))", "range() is not allowed inside a lambda"),
+        ("SELECT [lpad('', 100, 'x') for x in range(100)]", "lpad() is not allowed inside a lambda"),
+        ("SELECT printf('%999999999d', 1)", "printf() field widths and precisions"),
+        ("SELECT printf('%*d', 999999999, 1)", "printf() field widths and precisions"),
+        ("SELECT printf(request_model, 1) FROM spans", "printf() needs its format string"),
+        ("SELECT format('{:>999999999}', 1)", "format() field widths and precisions"),
+        ("SELECT format('{:>{}}', 1, 999999999)", "format() field widths and precisions"),
+        ("SELECT bitstring_agg(input_tokens) FROM spans", "function bitstring_agg() is not allowed"),
+    ],
+)
+def test_oversized_built_values_are_denied(db: duckdb.DuckDBPyConnection, query: str, message: str) -> None:
+    refused = refusal(db, query)
+    assert refused.reason == "denied"
+    assert str(refused).startswith(message)
 
 
 def test_check_query_accepts_a_select_over_the_views(db: duckdb.DuckDBPyConnection) -> None:

@@ -5,7 +5,8 @@ Three layers, each enough on its own for the worst cases:
 1. `check_query` parses the text with DuckDB's own parser (`json_serialize_sql`, which serialises
    SELECT statements only) and walks the whole syntax tree: one SELECT, reading only the views
    `spans`, `findings` and `traces` (or CTEs defined in the query), no table functions, no
-   qualified names, no functions that read settings, the catalog or the host.
+   qualified names, no functions that read settings, the catalog or the host, and no call
+   asked to build a value larger than `sql_sizes` allows (DuckDB's limits cannot stop those).
 2. In tenant mode, TEMP views named like the documented ones shadow them on this cursor, so
    every reference the query makes, however nested, sees only the tenant's rows.
 3. The connection itself was opened with `enable_external_access=false` and extension
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 import duckdb
+
+from llmtrace.store.sql_sizes import built_size_problem
 
 #: The only relations a query may read, by their bare names.
 VIEWS: Final[frozenset[str]] = frozenset({"spans", "findings", "traces"})
@@ -75,6 +78,8 @@ _DENIED_FUNCTIONS: Final[frozenset[str]] = frozenset(
         "version",
         "which_secret",
         "write_log",
+        # Builds a bitstring as long as the span of its values (nanosecond timestamps: exabits).
+        "bitstring_agg",
     }
 )
 # Whole families: catalog and settings introspection (duckdb_*, pragma_*, pg_* including
@@ -133,6 +138,9 @@ def check_query(conn: duckdb.DuckDBPyConnection, query: str) -> None:
     if len(statements) > 1:
         raise SqlRefused("invalid", f"expected exactly one SELECT statement, got {len(statements)}")
     _Walker(conn).walk(statements[0])
+    problem = built_size_problem(statements[0])
+    if problem is not None:
+        raise SqlRefused("denied", problem)
 
 
 def execute_sandboxed(
