@@ -65,6 +65,11 @@ SLOW_SEND_S: Final = 1.0
 _HEALTH_CACHE_SECONDS: Final = 1.0
 
 
+def _answered(send: asyncio.Task[grpc.StatusCode | None]) -> bool:
+    """Whether a finished send got the core's verdict on its batch (stored or dead-lettered)."""
+    return send.done() and not send.cancelled() and send.exception() is None and send.result() is None
+
+
 def _varint(value: int) -> bytes:
     out = bytearray()
     while value > 0x7F:
@@ -113,9 +118,6 @@ class _Batch:
     payload: bytes
     spans: int
     captured_at: list[float] = field(default_factory=list)
-    #: A copy is in the spool (its send was slow): the copy's replay, not this send, dead-letters
-    #: what the core rejects, so nothing is dead-lettered twice.
-    copied: bool = False
 
 
 class Shipper:
@@ -166,6 +168,9 @@ class Shipper:
         self._in_flight: _Batch | None = None
         # Sends still waiting for a slow core after their batch was copied to the spool.
         self._slow_sends: set[asyncio.Task[grpc.StatusCode | None]] = set()
+        # The send of each such copy, by the copy's spool sequence number: replay waits for it
+        # rather than send the batch a second time, and drops the copy once it got a verdict.
+        self._originals: dict[int, asyncio.Task[grpc.StatusCode | None]] = {}
         # Failed replays of the spool's oldest batch with a code that says the core broke on it.
         self._head_failures: tuple[int, int] = (-1, 0)
 
@@ -248,6 +253,7 @@ class Shipper:
         for send in list(self._slow_sends):
             send.cancel()
         await asyncio.gather(*self._slow_sends, return_exceptions=True)
+        await self._drop_answered_copies()
         # The batch a cancelled send was carrying, then whatever is still in memory, go to disk,
         # in that order.
         in_flight, self._in_flight = self._in_flight, None
@@ -327,9 +333,10 @@ class Shipper:
     async def _deliver(self, batch: _Batch) -> None:
         """Send a batch; spool it if the send fails. A core slow to answer gets a copy of the
         batch spooled meanwhile, and the batches behind it follow it there, in order, so that a
-        SIGKILL loses no more than what is in memory: the send goes on, and if it succeeds the
-        copy's replay is stored once (ingest is idempotent)."""
-        send = asyncio.ensure_future(self._send(batch.payload, batch.captured_at, batch))
+        SIGKILL loses no more than what is in memory. The send goes on; replay waits for it and
+        sends the copy only if it failed (a copy replayed after a restart is stored once all the
+        same: ingest is idempotent)."""
+        send = asyncio.ensure_future(self._send(batch.payload, batch.captured_at))
         try:
             done, _ = await asyncio.wait({send}, timeout=self._slow_send_s)
         except asyncio.CancelledError:
@@ -339,26 +346,40 @@ class Shipper:
             if send.result() is not None:
                 await self._to_spool(batch)
             return
-        batch.copied = True
-        await self._to_spool(batch)
+        seq = await self._to_spool(batch)
+        if seq is not None:
+            self._originals[seq] = send
         self._slow_sends.add(send)
         send.add_done_callback(self._slow_send_done)
+
+    async def _drop_answered_copies(self) -> None:
+        """At close: delete the spooled copies of slow sends that got their verdict meanwhile,
+        so that the next run does not store or dead-letter those spans a second time."""
+        answered = [seq for seq, send in self._originals.items() if _answered(send)]
+        self._originals.clear()
+        for seq in answered:
+            try:
+                await asyncio.to_thread(self._spool.discard, seq)
+            except OSError as exc:  # the copy is replayed next run: stored once all the same
+                _log.warning("cannot delete a spooled copy", error=str(exc))
+        metrics.SPOOL_BYTES.set(self._spool.bytes_used)
 
     def _slow_send_done(self, send: asyncio.Task[grpc.StatusCode | None]) -> None:
         self._slow_sends.discard(send)
         if not send.cancelled() and send.exception() is not None:
             _log.error("a slow send failed; its batch is in the spool", error=repr(send.exception()))
 
-    async def _to_spool(self, batch: _Batch) -> None:
+    async def _to_spool(self, batch: _Batch) -> int | None:
+        """Append `batch` to the spool: its sequence number there, or None (dropped, counted)."""
         if not batch.spans:
-            return
+            return None
         error: OSError | None = None
         async with self._spill_lock:
             try:
                 stored = await asyncio.to_thread(self._spool.append, batch.payload)
             except OSError as exc:  # disk full, I/O error, the directory removed
-                stored, error = False, exc
-        if stored:
+                stored, error = None, exc
+        if stored is not None:
             metrics.BATCHES.labels("spooled").inc()
             self._spooled.set()
         elif error is not None:
@@ -373,6 +394,7 @@ class Shipper:
                 spool_max_bytes=self._settings.spool_max_bytes,
             )
         metrics.SPOOL_BYTES.set(self._spool.bytes_used)
+        return stored
 
     # -- replay -------------------------------------------------------------------------------
 
@@ -401,6 +423,17 @@ class Shipper:
         if entry is None:
             self._spooled.clear()
             return True
+        original = self._originals.get(entry.seq)
+        if original is not None:
+            # A copy of a batch whose send was slow: sending it again while the core still reads
+            # the first would double the work of a core that is already behind.
+            await asyncio.wait({original})
+            del self._originals[entry.seq]
+            if _answered(original):
+                async with self._spill_lock:
+                    await asyncio.to_thread(self._spool.remove, entry)
+                metrics.SPOOL_BYTES.set(self._spool.bytes_used)
+                return True
         failure = await self._send(entry.payload, None)
         if failure is not None:
             if failure not in _CORE_FAILED:
@@ -421,12 +454,9 @@ class Shipper:
 
     # -- one RPC ------------------------------------------------------------------------------
 
-    async def _send(
-        self, payload: bytes, captured_at: list[float] | None, batch: _Batch | None = None
-    ) -> grpc.StatusCode | None:
+    async def _send(self, payload: bytes, captured_at: list[float] | None) -> grpc.StatusCode | None:
         """None once the core has a verdict on every span (accepted or dead-lettered); else the
-        code of the failure, after which the same batch can be sent again. `batch`: the batch
-        sent, whose spooled copy, if it has one, dead-letters rejections instead."""
+        code of the failure, after which the same batch can be sent again."""
         try:
             reply = await self._ingest(payload, timeout=self._settings.rpc_timeout_ms / 1000)
         except grpc.aio.AioRpcError as exc:
@@ -435,8 +465,7 @@ class Shipper:
                 return exc.code()
             # INVALID_ARGUMENT or RESOURCE_EXHAUSTED for the request as a whole: resending the
             # same bytes cannot succeed, so keep them for repair instead of retrying forever.
-            if batch is None or not batch.copied:
-                await self._dead_letter_all(payload, exc.code().name, exc.details() or "")
+            await self._dead_letter_all(payload, exc.code().name, exc.details() or "")
             return None
         self._core_ok = True
         metrics.BATCHES.labels("sent").inc()
@@ -445,7 +474,7 @@ class Shipper:
             now = time.monotonic()
             for at in captured_at:
                 metrics.SHIP_LATENCY.observe(now - at)
-        if reply.partial_success.rejected_spans and (batch is None or not batch.copied):
+        if reply.partial_success.rejected_spans:
             await self._dead_letter_rejected(payload, reply.partial_success)
         return None
 

@@ -147,14 +147,15 @@ class Spool:
                     adopted += self._adopt(candidate)
             return adopted
 
-    def append(self, payload: bytes) -> bool:
-        """Spool one batch after the others; False (nothing written) if it would exceed `max_bytes`."""
+    def append(self, payload: bytes) -> int | None:
+        """Spool one batch after the others: its sequence number (from 1), or None (nothing
+        written) if it would exceed `max_bytes`."""
         if len(payload) > _MAX_PAYLOAD:
             raise ValueError("payload too large for the spool format")
         with self._mutex:
             self._check_open()
             if self._bytes_used + len(payload) > self.max_bytes:
-                return False
+                return None
             seq = self._next_seq
             tmp = self.directory / f"{seq:020d}{_TMP_SUFFIX}"
             try:
@@ -170,7 +171,7 @@ class Spool:
             self._next_seq += 1
             self._queue.append(_Queued(seq, len(payload)))
             self._bytes_used += len(payload)
-            return True
+            return seq
 
     def peek(self) -> SpoolEntry | None:
         """The oldest batch, left in place; None when empty. Corrupt batches are quarantined and skipped."""
@@ -202,6 +203,18 @@ class Spool:
                 raise ValueError("only the oldest spooled batch (from peek) can be removed")
             self._batch_path(entry.seq).unlink(missing_ok=True)
             self._drop_head()
+
+    def discard(self, seq: int) -> None:
+        """Delete the batch `seq` wherever it is in the queue (a copy no longer needed); a batch
+        already gone is ignored."""
+        with self._mutex:
+            self._check_open()
+            for index, queued in enumerate(self._queue):
+                if queued.seq == seq:
+                    self._batch_path(seq).unlink(missing_ok=True)
+                    del self._queue[index]
+                    self._bytes_used -= queued.size
+                    return
 
     def close(self) -> None:
         """Release the directory's lock. Waiting batches stay on disk for the next Spool to adopt."""

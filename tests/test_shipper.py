@@ -275,6 +275,82 @@ async def test_a_slow_core_gets_the_batch_copied_to_the_spool_while_it_answers(t
     assert _spooled_spans(settings) == [s.span_id for s in first + second]
 
 
+class _SlowCore:
+    """A core that answers each IngestSpans after `delay_s`, accepting all spans but, in the
+    first request, those whose index is in `reject`; it records every span id it receives."""
+
+    def __init__(self, delay_s: float, reject: frozenset[int] = frozenset()) -> None:
+        self.delay_s = delay_s
+        self.reject = reject
+        self.received: list[bytes] = []
+        self.server = grpc.aio.server()
+        self.addr = ""
+
+    async def _ingest(self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        spans = ingest_service_pb2.IngestSpansRequest.FromString(request).spans
+        reject = self.reject if not self.received else frozenset()
+        self.received += [span.span_id for span in spans]
+        await asyncio.sleep(self.delay_s)
+        reply = ingest_service_pb2.IngestSpansResponse(accepted_spans=len(spans) - len(reject))
+        for index in sorted(reject):
+            rejected = reply.partial_success.rejections.add(index=index, span_id=spans[index].span_id)
+            rejected.violations.add(field="trace_id", description="made up for the test")
+        reply.partial_success.rejected_spans = len(reject)
+        return reply.SerializeToString()
+
+    async def __aenter__(self) -> _SlowCore:
+        handler = grpc.method_handlers_generic_handler(
+            "llmtrace.api.v1.IngestService",
+            {"IngestSpans": grpc.unary_unary_rpc_method_handler(self._ingest)},
+        )
+        self.server.add_generic_rpc_handlers((handler,))
+        port = self.server.add_insecure_port("127.0.0.1:0")
+        await self.server.start()
+        self.addr = f"127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.server.stop(0)
+
+
+async def test_a_slow_core_is_not_sent_the_copy_of_a_batch_it_answers(tmp_path: Path) -> None:
+    # The copy spooled while the core is slow is for a SIGKILL; replaying it as well would
+    # double the work of a core that is already behind.
+    settings = _settings(tmp_path, rpc_timeout_ms=60_000)
+    async with _SlowCore(delay_s=SLOW_SEND_S + 0.5, reject=frozenset({0})) as core:
+        shipper = _shipper(settings, core.addr)
+        await shipper.start()
+        spans = [make_span(tenant="acme") for _ in range(3)]
+        for span in spans:
+            shipper.submit(span)
+        await _until(lambda: shipper.spool_bytes > 0, wait_s=SLOW_SEND_S + 10)  # the copy
+        later = make_span(tenant="acme")
+        shipper.submit(later)  # behind the copy, in the spool
+        await _until(lambda: shipper.spool_bytes == 0, wait_s=3 * SLOW_SEND_S + 10)
+        await shipper.close(5)
+    assert core.received == [s.span_id for s in spans] + [later.span_id]
+    (line,) = (await asyncio.to_thread(Path(settings.dead_letter_path).read_text)).splitlines()
+    assert json.loads(line)["span_id"] == spans[0].span_id.hex()
+
+
+async def test_close_deletes_the_copy_of_a_batch_the_slow_core_answered(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, rpc_timeout_ms=60_000)
+    async with _SlowCore(delay_s=SLOW_SEND_S + 0.3, reject=frozenset({1})) as core:
+        shipper = _shipper(settings, core.addr)
+        await shipper.start()
+        spans = [make_span(tenant="acme") for _ in range(2)]
+        for span in spans:
+            shipper.submit(span)
+        await _until(lambda: shipper.spool_bytes > 0, wait_s=SLOW_SEND_S + 10)
+        # Replay is waiting on the send; close once the core has answered it.
+        await asyncio.sleep(0.6)
+        await asyncio.wait_for(shipper.close(1), 10)
+    assert core.received == [s.span_id for s in spans]
+    assert _spooled_spans(settings) == []  # the next run has nothing to store or dead-letter again
+    (line,) = (await asyncio.to_thread(Path(settings.dead_letter_path).read_text)).splitlines()
+    assert json.loads(line)["span_id"] == spans[1].span_id.hex()
+
+
 def _spool_files(settings: ShipperSettings) -> int:
     return len(list(Path(settings.spool_dir).rglob("*.batch")))
 
