@@ -464,6 +464,12 @@ def test_small_built_values_run(
         ("SELECT format('{:>999999999}', 1)", "format() field widths and precisions"),
         ("SELECT format('{:>{}}', 1, 999999999)", "format() field widths and precisions"),
         ("SELECT bitstring_agg(input_tokens) FROM spans", "function bitstring_agg() is not allowed"),
+        # Named arguments reorder what the positions say (stop first reads as a size of 0).
+        ("SELECT len(range(stop := 4000000000, start := 0))", "range() does not take named arguments"),
+        ("SELECT len(equi_width_bins(0.0, 1.0, 1000000, false))", "equi_width_bins(): the query may build"),
+        # Widths add up: 11 fields of 1,000 are 11,000 characters per row.
+        ("SELECT printf('" + "%1$1000d" * 11 + "', 7)", "printf(): the query may build at most 10000"),
+        ("SELECT list_transform(range(100), x -> printf('%500d', x))", "printf() is not allowed inside"),
     ],
 )
 def test_oversized_built_values_are_denied(db: duckdb.DuckDBPyConnection, query: str, message: str) -> None:

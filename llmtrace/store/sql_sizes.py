@@ -31,11 +31,17 @@ _SIZE_ARGUMENT: Final[dict[str, int]] = {
     "list_resize": 1,
     "array_resize": 1,
     "bitstring": 1,
+    "equi_width_bins": 2,
 }
 #: Scalar ranges (`range(10)` returns a list); `generate_series` includes its stop value.
 _RANGES: Final = frozenset({"range", "generate_series"})
 _FORMATS: Final = frozenset({"printf", "format"})
-_SIZED: Final = frozenset(_SIZE_ARGUMENT) | _RANGES
+_TOTAL_MESSAGE: Final = (
+    f"the query may build at most {MAX_BUILT_SIZE} characters or list elements per row with "
+    "repeat, lpad, rpad, list_resize, array_resize, bitstring, equi_width_bins, range, "
+    "generate_series and printf/format widths together"
+)
+_SIZED: Final = frozenset(_SIZE_ARGUMENT) | _RANGES | _FORMATS
 
 # printf: an optional argument index, flags, then width and precision, each a number or `*`.
 _PRINTF_SPEC: Final = re.compile(r"%(?:\d+\$)?[-+ #0']*(\*|\d+)?(?:\.(\*|\d+))?")
@@ -63,12 +69,20 @@ def built_size_problem(statement: object) -> str | None:
             in_lambda = True
         elif node.get("class") == "FUNCTION" and isinstance(raw := node.get("function_name"), str):
             name = raw.lower()
-            arguments = _arguments(node)
-            if name in _FORMATS and arguments and (problem := _format_problem(name, arguments[0])):
-                return problem
             if name in _SIZED:
                 if in_lambda:
                     return f"{name}() is not allowed inside a lambda or list comprehension"
+                arguments = _arguments(node)
+                if arguments is None:
+                    return f"{name}() does not take named arguments here"
+                if name in _FORMATS:
+                    width = _format_width(name, arguments[0]) if arguments else 0
+                    if isinstance(width, str):
+                        return width
+                    total += width
+                    if total > MAX_BUILT_SIZE:
+                        return f"{name}(): {_TOTAL_MESSAGE}"
+                    continue
                 size = _built_size(name, arguments)
                 if size is None:
                     return (
@@ -77,20 +91,19 @@ def built_size_problem(statement: object) -> str | None:
                     )
                 total += size
                 if total > MAX_BUILT_SIZE:
-                    return (
-                        f"{name}(): the query may build at most {MAX_BUILT_SIZE} characters or "
-                        "list elements per row with repeat, lpad, rpad, list_resize, "
-                        "array_resize, bitstring, range and generate_series together"
-                    )
+                    return f"{name}(): {_TOTAL_MESSAGE}"
         stack.extend((value, in_lambda) for value in node.values())
     return None
 
 
-def _arguments(node: dict[str, object]) -> list[object]:
-    """A function call's argument expressions, in order."""
+def _arguments(node: dict[str, object]) -> list[object] | None:
+    """A function call's argument expressions, in order; None when any is named
+    (`range(stop := 10, start := 0)`), whose order the positions here would misread."""
     arguments = node.get("arguments")
     if isinstance(arguments, list):  # DuckDB 1.4+: [{"name": ..., "expression": ...}]
-        return [a.get("expression") if isinstance(a, dict) else None for a in arguments]
+        if any(not isinstance(a, dict) or a.get("name") for a in arguments):
+            return None
+        return [a.get("expression") for a in arguments]
     children = node.get("children")
     return list(children) if isinstance(children, list) else []
 
@@ -119,7 +132,7 @@ def _literal_length(expression: object) -> int | None:
             return len(str(literal.get("text", "")))
     if isinstance(expression, dict) and expression.get("function_name") == "list_value":
         values = _arguments(expression)
-        if all(isinstance(v, dict) and v.get("class") == "CONSTANT" for v in values):
+        if values is not None and all(isinstance(v, dict) and v.get("class") == "CONSTANT" for v in values):
             return len(values)
     return None
 
@@ -154,7 +167,9 @@ def _range_length(name: str, arguments: list[object]) -> int | None:
     return max(0, math.ceil((stop - start) / step)) + (1 if name == "generate_series" else 0)
 
 
-def _format_problem(name: str, template: object) -> str | None:
+def _format_width(name: str, template: object) -> int | str:
+    """Characters the format string's widths and precisions ask for in all; a str says why
+    the call may not run."""
     if not (
         isinstance(template, dict)
         and template.get("class") == "CONSTANT"
@@ -166,14 +181,15 @@ def _format_problem(name: str, template: object) -> str | None:
     if name == "printf":
         numbers = [n for spec in _PRINTF_SPEC.finditer(text.replace("%%", "")) for n in spec.groups() if n]
     else:
-        fields = _FMT_FIELD.findall(text.replace("{{", "").replace("}}", ""))
-        if "{" in _FMT_FIELD.sub("", text.replace("{{", "").replace("}}", "")):
+        unescaped = text.replace("{{", "").replace("}}", "")
+        if "{" in _FMT_FIELD.sub("", unescaped):
             numbers = ["*"]  # a field inside a field: a width taken from an argument
         else:
+            fields = _FMT_FIELD.findall(unescaped)
             numbers = [n for field in fields for n in re.findall(r"\d+", field.partition(":")[2])]
     if any(n == "*" or int(n) > MAX_FORMAT_WIDTH for n in numbers):
         return (
             f"{name}() field widths and precisions must be written in the format string "
             f"and be at most {MAX_FORMAT_WIDTH}"
         )
-    return None
+    return sum(int(n) for n in numbers)
