@@ -59,10 +59,23 @@ def _orphaned(parent_pid: int) -> bool:
     return os.getppid() != parent_pid
 
 
+#: The core's `oom_score_adj`: under memory pressure the kernel ends the core, which comes back
+#: with everything it acknowledged, before the proxy, which holds clients and unshipped spans.
+CORE_OOM_SCORE_ADJ: Final = 500
+
+
+def _first_to_go_when_memory_runs_out() -> None:
+    # Raising one's own score needs no privilege. The likeliest cause is a tenant's SQL query
+    # (docs/sql.md), which runs in the core.
+    with contextlib.suppress(OSError):
+        Path("/proc/self/oom_score_adj").write_text(f"{CORE_OOM_SCORE_ADJ}\n")
+
+
 def _core_child(settings: Settings, ready_file: str, parent_pid: int) -> None:
     _die_with_parent()
     if _orphaned(parent_pid):
         sys.exit(1)
+    _first_to_go_when_memory_runs_out()
     configure_logging(settings.logging.level, settings.logging.format)
     from llmtrace.server import run_core  # noqa: PLC0415 - heavy import, child only
 

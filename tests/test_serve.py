@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from llmtrace.supervisor import CORE_OOM_SCORE_ADJ
 from tests.processes import CLI, LlmtraceProcess, cli_env, write_yaml
 from tools.fake_upstream import run_fake_upstream
 
@@ -90,6 +91,10 @@ async def _wait_for_count(tmp_path: Path, grpc_addr: str, expected: int) -> int 
     return count
 
 
+def _oom_score_adj(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/oom_score_adj").read_text())
+
+
 async def test_serve_restarts_a_crashed_core_and_stops_in_order(tmp_path: Path) -> None:
     async with run_fake_upstream() as upstream:
         config = _config(tmp_path, upstream.base_url)
@@ -100,6 +105,9 @@ async def test_serve_restarts_a_crashed_core_and_stops_in_order(tmp_path: Path) 
             # the proxy is on every client's path.
             assert await _policies(ready["core_pid"]) == {os.SCHED_IDLE}
             assert os.sched_getscheduler(ready["worker_pids"][0]) == os.SCHED_OTHER
+            # Out of memory, the kernel ends the core (restarted below), not the proxy.
+            assert _oom_score_adj(ready["core_pid"]) == CORE_OOM_SCORE_ADJ
+            assert _oom_score_adj(ready["worker_pids"][0]) == _oom_score_adj(os.getpid())
             async with aiohttp.ClientSession() as http:
                 await _chat(http, ready["http"], "before the crash")
                 os.kill(ready["core_pid"], signal.SIGKILL)
