@@ -8,12 +8,13 @@ reach a provider. Storage is an allow-list: credentials and cookies never reach 
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterable
 from typing import Final
 
 from multidict import CIMultiDict
 from sanic.compat import Header
+
+from llmtrace.credential_params import CREDENTIAL_PARAM
 
 #: Connection-scoped headers; never forwarded in either direction.
 HOP_BY_HOP: Final = frozenset(
@@ -68,12 +69,6 @@ _STORED_RESPONSE_PREFIXES: Final = ("x-ratelimit-", "anthropic-ratelimit-")
 
 #: Headers that carry a provider credential (fingerprinted, never stored).
 _KEY_HEADERS: Final = ("authorization", "api-key", "x-api-key")
-#: Query parameters whose values are credentials (`?key=`, `?api_key=`, `?sig=` on Azure SAS...).
-_SECRET_PARAM: Final = re.compile(
-    r"(?P<head>(?:^|[&;])(?P<name>[^=&;]*(?:key|token|secret|sig|signature|password|auth)[^=&;]*)=)"
-    r"(?P<value>[^&;]*)",
-    re.IGNORECASE,
-)
 MASK: Final = "***"
 
 
@@ -161,4 +156,4 @@ def masked_query(query: str) -> str:
     """The query string with credential-looking parameter values replaced by `***`."""
     if not query:
         return ""
-    return _SECRET_PARAM.sub(lambda m: m.group("head") + MASK, query)
+    return CREDENTIAL_PARAM.sub(lambda m: m.group("head") + MASK, query)

@@ -595,6 +595,22 @@ streaming_analysis: {token_interval: 50}
     }
 
 
+def test_redaction_shows_policies_and_hides_signed_url_credentials(tmp_path: Path) -> None:
+    text = """
+upstream_url: "https://res.example/v1?sv=2022&sig=SAS-SIG&auth=AUTH-SECRET&code=FUNCTION-KEY&api-version=1"
+enforcement: {secrets: block, pii: log}
+"""
+    tree = redacted_dict(load(tmp_path, text).settings)
+    # A key named like a secret whose value must be one of fixed words is a policy: shown.
+    enforcement = tree["enforcement"]
+    assert isinstance(enforcement, dict)
+    assert (enforcement["secrets"], enforcement["pii"]) == ("block", "log")
+    # Azure SAS signatures and Functions keys, as the proxy masks them in stored spans.
+    assert tree["upstream_url"] == (
+        f"https://res.example/v1?sv=2022&sig={REDACTED}&auth={REDACTED}&code={REDACTED}&api-version=1"
+    )
+
+
 def test_redacted_dict_of_defaults_matches_the_schema() -> None:
     assert flatten(redacted_dict(Settings())) == set(leaf_types())
 

@@ -77,6 +77,7 @@ def test_stored_headers_are_an_allow_list() -> None:
 
 def test_query_credentials_are_masked() -> None:
     assert masked_query("api-version=1&key=abc&sig=zz&x=1") == "api-version=1&key=***&sig=***&x=1"
+    assert masked_query("code=fk&zipcode=1&Auth_Token=t") == "code=***&zipcode=1&Auth_Token=***"
     assert masked_query("") == ""
 
 

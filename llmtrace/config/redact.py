@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 
 from llmtrace.config.schema import Settings
+from llmtrace.config.values import public_choices
+from llmtrace.credential_params import is_credential_param
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -85,7 +87,11 @@ def redact_text(text: str) -> str:
     text = _URL_PASSWORD.sub(lambda m: f"{m['head']}:{REDACTED}@", text)
     text = _BEARER.sub(lambda m: m["head"] + REDACTED, text)
     return _QUERY_PARAM.sub(
-        lambda m: m["head"] + REDACTED if looks_secret(m["name"]) and m["value"] else m[0],
+        lambda m: (
+            m["head"] + REDACTED
+            if m["value"] and (looks_secret(m["name"]) or is_credential_param(m["name"]))
+            else m[0]
+        ),
         text,
     )
 
@@ -101,13 +107,18 @@ def _as_dict(obj: DataclassInstance) -> dict[str, object]:
     return out
 
 
-def _redact(value: object, key: object = None) -> object:
-    if isinstance(key, str) and looks_secret(key) and value not in (None, ""):
+def _redact(value: object, key: object = None, path: str = "") -> object:
+    if (
+        isinstance(key, str)
+        and looks_secret(key)
+        and value not in (None, "")
+        and value not in public_choices(path)  # `enforcement.secrets: block` is a policy
+    ):
         return REDACTED
     if isinstance(value, Mapping):
-        return {k: _redact(v, k) for k, v in value.items()}
+        return {k: _redact(v, k, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_redact(item) for item in value]
+        return [_redact(item, path=path) for item in value]
     if isinstance(value, str):
         return redact_text(value)
     return value

@@ -6,6 +6,7 @@ import ipaddress
 import math
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -201,12 +202,19 @@ def _body_bytes(value: object) -> None:
     _at_most(MAX_BODY_CHARS)(value)
 
 
-def _one_of(choices: tuple[str, ...]) -> Rule:
-    def rule(value: object) -> None:
-        if value not in choices:
-            raise InvalidValueError(f"expected one of {', '.join(choices)}, got {describe(value)}")
+@dataclass(frozen=True, slots=True)
+class _OneOf:
+    """A rule for a key whose value is one of fixed, public words (see `public_choices`)."""
 
-    return rule
+    choices: tuple[str, ...]
+
+    def __call__(self, value: object) -> None:
+        if value not in self.choices:
+            raise InvalidValueError(f"expected one of {', '.join(self.choices)}, got {describe(value)}")
+
+
+def _one_of(choices: tuple[str, ...]) -> Rule:
+    return _OneOf(choices)
 
 
 def _unit_interval(value: object) -> None:
@@ -308,3 +316,10 @@ def normalize(path: str, value: Value) -> tuple[Value, str | None]:
         warning = None if lowered == "warn" else f"{value!r} is not a level here; using {canonical!r}"
         return canonical, warning
     return lowered, None
+
+
+def public_choices(path: str) -> tuple[str, ...]:
+    """The fixed words the value at `path` (e.g. `enforcement.secrets`) must be one of; empty
+    for keys that take free values. Such a value says nothing secret, whatever the key's name."""
+    rule = RULES.get(path)
+    return rule.choices if isinstance(rule, _OneOf) else ()
