@@ -90,6 +90,15 @@ def resolve_identity(headers: Mapping[str, str]) -> CallIdentity:
     return CallIdentity(tenant, agent, session, _random_bytes(16), span_id, b"", "01")
 
 
+def fallback_identity(headers: Mapping[str, str]) -> CallIdentity:
+    """The identity to record a request under when `resolve_identity` refused its headers: its
+    tenant if that header alone is usable, else `default`; no agent, session or trace context."""
+    tenant = _first(headers, "x-llmtrace-tenant", "x-llmtrace-tenant-id")
+    if not tenant or tenant_problem(tenant):
+        tenant = DEFAULT_TENANT
+    return CallIdentity(tenant, "", "", _random_bytes(16), _random_bytes(8), b"", "01")
+
+
 def _session_trace_id(tenant: str, session: str) -> bytes:
     return hashlib.sha256(f"{tenant}\x00{session}".encode()).digest()[:16]
 

@@ -57,7 +57,7 @@ from shim.headers import (
     stored_request_headers,
     stored_response_headers,
 )
-from shim.identity import IdentityError, resolve_identity
+from shim.identity import IdentityError, fallback_identity, resolve_identity
 from shim.shipper import Shipper
 from shim.streaming_checks import StreamCheck, core_locations
 
@@ -259,23 +259,27 @@ class Exchange:
         #: The streaming checks of a streamed answer (streaming_analysis), once the answer started.
         self._check: StreamCheck | None = None
         self._parsed: ParsedRequest | None = None
-        self.body: bytes = request.body if read_body else b""
-        #: The answer kept unread for the core (None: read here, or no answer yet).
-        self._raw: _RawAnswer | None = None
-        #: Whether this exchange's bodies go to the core unread (see `Proxy.raw_limit`).
-        self._reads_raw = len(self.body) <= proxy.raw_limit and not request.headers.get(
-            "content-type", ""
-        ).lower().startswith(_NOT_RAW_TYPES)
-        #: Response headers the shim adds (X-LLMTrace-Flagged, X-LLMTrace-Findings).
-        self.extra_headers: dict[str, str] | None = None
         headers = request.headers
         self.identity_error: IdentityError | None = None
         try:
             identity = resolve_identity(headers)
         except IdentityError as exc:
-            identity = resolve_identity({})  # recorded under `default`; the client gets a 400
+            # The client gets a 400 and nothing is forwarded. The span keeps no content: it goes
+            # to a tenant the headers did not all vouch for (`default` when the tenant header
+            # itself is bad), whose readers must not see this caller's prompt.
+            identity = fallback_identity(headers)
             self.identity_error = exc
+            read_body = False
         self._identity = identity  # its traceparent is built only for a client that sent one
+        self.body: bytes = request.body if read_body else b""
+        #: The answer kept unread for the core (None: read here, or no answer yet).
+        self._raw: _RawAnswer | None = None
+        #: Whether this exchange's bodies go to the core unread (see `Proxy.raw_limit`).
+        self._reads_raw = len(self.body) <= proxy.raw_limit and not headers.get(
+            "content-type", ""
+        ).lower().startswith(_NOT_RAW_TYPES)
+        #: Response headers the shim adds (X-LLMTrace-Flagged, X-LLMTrace-Findings).
+        self.extra_headers: dict[str, str] | None = None
         pairs = list(headers.items())
         self.meta = ExchangeMeta(
             trace_id=identity.trace_id,

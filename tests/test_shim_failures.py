@@ -115,6 +115,27 @@ async def test_bad_tenant_header_is_400(stack: Stack) -> None:
     assert not stack.upstream.requests
 
 
+async def test_a_refused_header_leaves_a_span_without_the_prompt(tmp_path: Path) -> None:
+    # Recorded under a tenant its headers did not all vouch for: its readers must not see the
+    # caller's prompt.
+    secret = {"model": "gpt-4o", "messages": [{"role": "user", "content": "ACME CONFIDENTIAL plan"}]}
+    async with running_stack(tmp_path) as stack:
+        url = stack.shim.base_url + "/v1/chat/completions"
+        bad_session = {"X-LLMTrace-Tenant": "acme", "X-LLMTrace-Session": "s" * 300}
+        status, body, _ = await _post(url, secret, **bad_session)
+        assert status == 400 and "X-LLMTrace-Session" in body["error"]["message"]
+        status, _, _ = await _post(url, secret, **{"X-LLMTrace-Tenant": "a\tb"})
+        assert status == 400
+        assert not stack.upstream.requests
+        (kept_tenant,) = await stack.spans("acme")  # the tenant header alone was fine
+        (defaulted,) = await stack.spans("default")
+    for span in (kept_tenant, defaulted):
+        assert span.status.http_status_code == 400
+        assert span.status.error_type == "invalid_llmtrace_header"
+        assert b"CONFIDENTIAL" not in span.SerializeToString()
+        assert not span.request.messages and not span.session_id
+
+
 async def test_stream_cut_by_upstream_is_visible_to_the_client(
     make_client: OpenAIFactory, stack: Stack
 ) -> None:
