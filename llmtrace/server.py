@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -47,6 +48,7 @@ from llmtrace.rpc.query import PageSizes, QueryServicer
 from llmtrace.security.analyze import Analyzer
 from llmtrace.security.classifier.model import ModelError
 from llmtrace.store.database import DatabaseOpenError, open_database
+from llmtrace.store.finding_ids import finding_owners
 from llmtrace.store.migrations import MigrationError, apply_migrations, current_version, latest_version
 from llmtrace.store.reader import StoreReader
 from llmtrace.store.writer import StoreWriter
@@ -175,7 +177,14 @@ class Core:
             ],
         )
         server.add_generic_rpc_handlers(
-            (IngestServicer(self._writer, self._cpu, committed=self._analysis.offer).handlers(),)
+            (
+                IngestServicer(
+                    self._writer,
+                    self._cpu,
+                    committed=self._analysis.offer,
+                    finding_owners=functools.partial(finding_owners, self._conn),
+                ).handlers(),
+            )
         )
         analysis_service_pb2_grpc.add_AnalysisServiceServicer_to_server(
             AnalysisServicer(analyzer, self._analyze_pool), server

@@ -756,6 +756,40 @@ VALIDATION_CASES: list[tuple[str, Mutator, list[str]]] = [
 ]
 
 
+def _with_finding_ids(span: span_pb2.Span, *ids: str) -> span_pb2.Span:
+    for i, finding_id in enumerate(ids):
+        finding = make_finding(f"kind_{i}")
+        finding.id = finding_id
+        span.findings.append(finding)
+    return span
+
+
+async def test_a_finding_id_another_span_holds_is_refused_not_dropped(
+    shared: RunningCore, tenant: str
+) -> None:
+    # The store keys findings by (tenant, id): a second span's "f1" would be ignored as a
+    # duplicate, accepted yet lost.
+    first = _with_finding_ids(make_span(tenant=tenant), "f1")
+    assert (await _ingest(shared, first)).accepted_spans == 1
+    assert (await _ingest(shared, first)).accepted_spans == 1  # the same span again: idempotent
+    second = _with_finding_ids(make_span(tenant=tenant), "f1")
+    twice = _with_finding_ids(make_span(tenant=tenant), "f2", "f2")
+    pair = [_with_finding_ids(make_span(tenant=tenant), "f3") for _ in range(2)]
+    reply = await _ingest(shared, second, twice, *pair)
+    assert reply.accepted_spans == 1  # pair[0]
+    rejected = {r.index: [v.field for v in r.violations] for r in reply.partial_success.rejections}
+    assert rejected == {
+        0: ["spans[0].findings[0].id"],
+        1: ["spans[1].findings[1].id"],
+        3: ["spans[3].findings[0].id"],
+    }
+    assert first.span_id.hex() in reply.partial_success.rejections[0].violations[0].description
+    other = _with_finding_ids(make_span(tenant=f"{tenant}-other"), "f1")  # ids are per tenant
+    assert (await _ingest(shared, other)).accepted_spans == 1
+    assert [f.id for f in (await _get(shared, first)).findings] == ["f1"]
+    assert [f.id for f in (await _get(shared, pair[0])).findings] == ["f3"]
+
+
 @pytest.mark.parametrize(
     ("mutate", "paths"), [case[1:] for case in VALIDATION_CASES], ids=[case[0] for case in VALIDATION_CASES]
 )

@@ -48,13 +48,21 @@ class _Prepared:
         self.rejections = rejections
 
 
-def _prepare(spans: Sequence[span_pb2.Span], *, for_analysis: bool = False) -> _Prepared:
+#: Who holds finding ids already stored: (tenant, id) -> (trace_id, span_id) of their span, for
+#: the given keys. Runs in the CPU thread; findings the core names itself never need it.
+FindingOwners = Callable[[Sequence[tuple[str, str]]], dict[tuple[str, str], tuple[bytes, bytes]]]
+
+
+def _prepare(
+    spans: Sequence[span_pb2.Span], *, for_analysis: bool = False, finding_owners: FindingOwners | None = None
+) -> _Prepared:
     now = time.time()
     valid: list[span_pb2.Span] = []
     rejections: list[ingest_service_pb2.RejectedSpan] = []
+    owners = _stored_owners(spans, finding_owners)
     for index, span in enumerate(spans):
         violations = _read_raw(span) if span.HasField("raw_exchange") else []
-        violations = violations or validate_span(span, now)
+        violations = violations or validate_span(span, now) or _finding_id_conflicts(span, owners)
         if not violations:
             valid.append(span)
             continue
@@ -73,6 +81,47 @@ def _prepare(spans: Sequence[span_pb2.Span], *, for_analysis: bool = False) -> _
     if for_analysis:
         valid = [_analysis_copy(span) for span in valid]
     return _Prepared(batch, valid, rejections)
+
+
+def _stored_owners(
+    spans: Sequence[span_pb2.Span], finding_owners: FindingOwners | None
+) -> dict[tuple[str, str], tuple[bytes, bytes]]:
+    """Owners of the finding ids the request names itself, stored ones first; `_finding_id_conflicts`
+    adds this request's own as it accepts them."""
+    keys = [(span.tenant, f.id) for span in spans for f in span.findings if f.id]
+    if not keys or finding_owners is None:
+        return {}
+    return dict(finding_owners(keys))
+
+
+def _finding_id_conflicts(
+    span: span_pb2.Span, owners: dict[tuple[str, str], tuple[bytes, bytes]]
+) -> list[tuple[str, str]]:
+    """Violations for finding ids that another finding holds (ids are unique within a tenant);
+    else claims the span's ids. Stored, such a finding would be ignored as a duplicate and lost."""
+    named = [(i, f.id) for i, f in enumerate(span.findings) if f.id]
+    if not named:
+        return []
+    here = (span.trace_id, span.span_id)
+    violations: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for index, finding_id in named:
+        owner = owners.get((span.tenant, finding_id))
+        if finding_id in seen:
+            violations.append((f"findings[{index}].id", "repeats the id of another finding of this span"))
+        elif owner is not None and owner != here:
+            violations.append(
+                (
+                    f"findings[{index}].id",
+                    f"is already the id of a finding of span {owner[1].hex()} in trace {owner[0].hex()}; "
+                    "finding ids are unique within a tenant (leave it empty to have one assigned)",
+                )
+            )
+        seen.add(finding_id)
+    if not violations:
+        for _, finding_id in named:
+            owners[(span.tenant, finding_id)] = here
+    return violations
 
 
 def _analysis_copy(span: span_pb2.Span) -> span_pb2.Span:
@@ -100,7 +149,9 @@ def _read_raw(span: span_pb2.Span) -> list[tuple[str, str]]:
     return []
 
 
-def _parse_and_prepare(data: bytes, for_analysis: bool = False) -> _Prepared:
+def _parse_and_prepare(
+    data: bytes, for_analysis: bool = False, finding_owners: FindingOwners | None = None
+) -> _Prepared:
     try:
         spans = ingest_service_pb2.IngestSpansRequest.FromString(data).spans
     except DecodeError as exc:
@@ -108,7 +159,7 @@ def _parse_and_prepare(data: bytes, for_analysis: bool = False) -> _Prepared:
             [("", f"not an IngestSpansRequest: {exc}")], reason="MALFORMED_REQUEST"
         ) from exc
     _check_batch_size(len(spans))
-    return _prepare(spans, for_analysis=for_analysis)
+    return _prepare(spans, for_analysis=for_analysis, finding_owners=finding_owners)
 
 
 def _check_batch_size(count: int) -> None:
@@ -141,16 +192,21 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         writer: StoreWriter,
         cpu_executor: Executor,
         committed: Callable[[Sequence[span_pb2.Span]], object] | None = None,
+        finding_owners: FindingOwners | None = None,
     ) -> None:
         self._writer = writer
         self._cpu = cpu_executor
         self._committed = committed
+        self._finding_owners = finding_owners
 
     async def _ingest(self, spans: Sequence[span_pb2.Span]) -> _Prepared:
         _check_batch_size(len(spans))
         # Validation and Arrow conversion are CPU work: keep them off the event loop.
         prepared = await asyncio.get_running_loop().run_in_executor(
-            self._cpu, functools.partial(_prepare, spans, for_analysis=self._committed is not None)
+            self._cpu,
+            functools.partial(
+                _prepare, spans, for_analysis=self._committed is not None, finding_owners=self._finding_owners
+            ),
         )
         return await self._commit(prepared)
 
@@ -196,7 +252,9 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         loop = asyncio.get_running_loop()
         try:
             prepared = await self._commit(
-                await loop.run_in_executor(self._cpu, _parse_and_prepare, data, self._committed is not None)
+                await loop.run_in_executor(
+                    self._cpu, _parse_and_prepare, data, self._committed is not None, self._finding_owners
+                )
             )
         except RpcError as err:
             await abort(context, err)

@@ -92,7 +92,9 @@ func (Severity) EnumDescriptor() ([]byte, []int) {
 // injection attempt or a leaked secret. Findings are stored as rows of their own.
 type Finding struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Unique id of the finding (assigned by the core when empty on ingest).
+	// Unique id of the finding within its tenant (assigned by the core when empty on ingest). A
+	// span whose finding names an id that a finding of another span holds is rejected on ingest
+	// (`findings[i].id`); the same span sent again is accepted (ingest is idempotent).
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// Trace of the span this finding is about (16 bytes).
 	TraceId []byte `protobuf:"bytes,2,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`

@@ -100,7 +100,10 @@ class Finding(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """Unique id of the finding (assigned by the core when empty on ingest)."""
+    """Unique id of the finding within its tenant (assigned by the core when empty on ingest). A
+    span whose finding names an id that a finding of another span holds is rejected on ingest
+    (`findings[i].id`); the same span sent again is accepted (ingest is idempotent).
+    """
     trace_id: _builtins.bytes
     """Trace of the span this finding is about (16 bytes)."""
     span_id: _builtins.bytes
