@@ -35,6 +35,9 @@ from llmtrace.security.masking import mask_sensitive, sensitive_spans
         ("OPENAI_API_KEY=sk-abcdefghijklmnopqrstuvwx", "OPENAI_API_KEY=[OPENAI_KEY]"),
         ("password: hunter22", "password: [SECRET]"),
         ("Authorization: Bearer abcdefghijklmnopqrstu", "Authorization: Bearer [API_KEY]"),
+        ("rm -rf / ; AB123456C", "rm -rf / ; [NINO]"),
+        ("NI: AB 12 34 56 C ok", "NI: [NINO] ok"),
+        ("my ssn is 536 22 1234 thanks", "my ssn is [SSN] thanks"),
     ],
 )
 def test_each_kind_is_masked(text: str, expected: str) -> None:
@@ -48,6 +51,8 @@ def test_each_kind_is_masked(text: str, expected: str) -> None:
         "iban DE89 3704 0044 0532 0130 01 fails mod 97",
         "on 2024-01-15 at 10:30 order 123456789 version 1.2.3",
         "ssn-like 000-12-3456 is not valid",
+        "order 536221234 shipped",  # nine digits with no word naming an SSN
+        "QQ123456C is the example NI number",  # QQ is never issued
         "the key points of token usage: 42 tokens",
         "ask at example dot com",
         "",

@@ -22,6 +22,7 @@ from llmtrace.security.classifier.model import InjectionClassifier
 from llmtrace.security.exchange import Exchange
 from llmtrace.security.findings import Finding, Severity
 from llmtrace.security.masking import mask_sensitive
+from llmtrace.security.normalize import normalize
 from llmtrace.security.tiers import Verdict, regex_exchange_findings
 
 OPERATING_POINTS: Final = ("high_recall", "balanced", "high_precision")
@@ -105,7 +106,9 @@ class Analyzer:
             if probability < threshold:
                 continue
             severity = Severity.HIGH if probability >= strong else Severity.MEDIUM
-            excerpt = _head_excerpt(item.text)
+            # From the text as the detectors read it: a secret disguised with zero-width or
+            # full-width characters is masked only once it reads as itself.
+            excerpt = _head_excerpt(normalize(item.text))
             description = (
                 f"Classifier: prompt injection, probability {probability:.2f} (threshold {threshold:.2f})"
             )

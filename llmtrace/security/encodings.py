@@ -208,7 +208,10 @@ def find_encoded(text: str, location: str, *, normalized: bool = False) -> list[
         if inner:
             attacks.append(_attack(text, start, end, decoder, inner))
             inner_findings.extend(inner)
-    for decoder, decoded in _whole_text(text, lowered):
+    # Whole-text decodings are of the text with its secrets and PII masked: ROT13 or reversing
+    # would otherwise carry a key into the excerpt in a form no mask recognises, yet reversible.
+    masked = mask_sensitive(text)
+    for decoder, decoded in _whole_text(masked, lowered if masked is text else masked.lower()):
         if decoded in seen:
             continue
         seen.add(decoded)

@@ -7,7 +7,8 @@ searches and one digit-run scan.
 Placeholders: `[PRIVATE_KEY]`, `[JWT]`, `[AWS_ACCESS_KEY]`, `[GITHUB_TOKEN]`, `[SLACK_TOKEN]`,
 `[ANTHROPIC_KEY]`, `[OPENAI_KEY]`, `[API_KEY]` / `[SECRET]` (for `name=value` assignments and
 `Bearer` tokens: the name is kept, the value masked), `[EMAIL]`, `[IBAN]` (mod-97 valid),
-`[CREDIT_CARD]` (Luhn valid), `[SSN]` (US, dashed), `[PHONE]` (10 to 15 digits).
+`[CREDIT_CARD]` (Luhn valid), `[SSN]` (US: dashed, or undashed after "SSN" / "social security"),
+`[NINO]` (UK, valid prefix), `[PHONE]` (10 to 15 digits).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import bisect
 import re
 from typing import Final
 
-from llmtrace.security.validators import luhn_valid
+from llmtrace.security.validators import SSN_PLACEHOLDERS, luhn_valid, nino_prefix_valid, ssn_valid
 
 # The same secrets as secrets.py finds (tests/test_masking.py checks every kind it reports).
 _PRIVATE_KEY = re.compile(
@@ -56,6 +57,12 @@ _EMAIL = re.compile(
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
 _CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
 _SSN = re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])")
+# As pii.py finds them: undashed only just after words naming one (nine digits are otherwise an
+# id as often as not), National Insurance numbers by their prefix.
+_SSN_PLAIN = re.compile(r"(?<![\w-])(\d{3}) ?(\d{2}) ?(\d{4})(?![\w-])")
+_SSN_CONTEXT = re.compile(r"\b(?:ssn|social security)\b")
+_NINO = re.compile(r"\b([A-Z]{2})( ?)(\d{2})\2(\d{2})\2(\d{2})\2([A-D])\b")
+_NINO_DIGITS = re.compile(r"\d\d ?\d\d ?\d\d")
 _PHONE = re.compile(
     r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,4}(?!\w)"
 )
@@ -90,6 +97,25 @@ def _iban(match: re.Match[str]) -> str:
         space = text.rfind(" ", 0, cut)
         cut = space if space > 0 else cut - 4
     return text
+
+
+def _nino(match: re.Match[str]) -> str:
+    return "[NINO]" if nino_prefix_valid(match.group(1)) else match.group()
+
+
+def _plain_ssn_spans(text: str) -> list[tuple[int, int]]:
+    """Undashed SSNs that follow "SSN" or "social security" within 40 characters."""
+    lowered = text.lower()
+    if "ssn" not in lowered and "social security" not in lowered:
+        return []
+    spans = []
+    for m in _SSN_PLAIN.finditer(text):
+        area, group, serial = m.groups()
+        if not ssn_valid(area, group, serial) or area + group + serial in SSN_PLACEHOLDERS:
+            continue
+        if _SSN_CONTEXT.search(lowered, max(0, m.start() - 40), m.start()) is not None:
+            spans.append(m.span())
+    return spans
 
 
 def _phone(match: re.Match[str]) -> str:
@@ -177,7 +203,11 @@ def mask_sensitive(text: str) -> str:
         text = _IBAN.sub(_iban, text)
         text = _CARD.sub(_card, text)
         text = _SSN.sub("[SSN]", text)
+        for start, end in reversed(_plain_ssn_spans(text)):
+            text = text[:start] + "[SSN]" + text[end:]
         text = _PHONE.sub(_phone, text)
+    if _NINO_DIGITS.search(text) is not None:  # six digits: shorter than any run above
+        text = _NINO.sub(_nino, text)
     return text
 
 
@@ -253,7 +283,13 @@ def sensitive_spans(text: str) -> list[Span]:
             if _card(m) != m.group():
                 add(m.start(), m.end(), "[CREDIT_CARD]")
         scan(_SSN, "[SSN]")
+        for start, end in _plain_ssn_spans(text):
+            add(start, end, "[SSN]")
         for m in _PHONE.finditer(text):
             if _phone(m) != m.group():
                 add(m.start(), m.end(), "[PHONE]")
+    if _NINO_DIGITS.search(text) is not None:
+        for m in _NINO.finditer(text):
+            if _nino(m) != m.group():
+                add(m.start(), m.end(), "[NINO]")
     return found

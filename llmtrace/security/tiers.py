@@ -92,6 +92,8 @@ def regex_exchange_findings(exchange: Exchange) -> list[Finding]:
     findings = [finding for item in exchange.texts for finding in regex_findings(item)]
     for call in exchange.tool_calls:
         findings.extend(find_tool_call_risks(call.name, call.arguments, call.location))
+        # Arguments carry data out as well as commands: a key or a card number sent to a tool.
+        findings.extend(regex_findings(Text(call.arguments, call.location, "response", "assistant")))
     if exchange.system_prompts:
         for item in exchange.texts:
             if item.side == "response" and item.text:

@@ -32,6 +32,8 @@ MAX_STRINGS: Final = 256
 MAX_STRING_CHARS: Final = 65_536
 _MAX_DEPTH: Final = 32
 _EXCERPT_MAX: Final = 80
+#: Characters of a tool's name that a finding's description repeats.
+_TOOL_NAME_SHOWN: Final = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +74,8 @@ _RULES: Final[tuple[_Rule, ...]] = (
         DANGEROUS_COMMAND,
         Severity.CRITICAL,
         0.9,
-        r"\bmkfs(?:\.\w+)?(?=\s)|\bdd\s+[^\n]*\bof=/dev/(?:sd|hd|nvme|xvd|vd|disk|mmcblk)|>\s*/dev/(?:sd|nvme|hd)[a-z0-9]"
-        r"|\bwipefs\s+-a|\bshred\s+[^\n]*/dev/",
+        r"\bmkfs(?:\.\w+)?(?=\s)|\bdd\s+[^\n]{0,300}?\bof=/dev/(?:sd|hd|nvme|xvd|vd|disk|mmcblk)|>\s*/dev/(?:sd|nvme|hd)[a-z0-9]"
+        r"|\bwipefs\s+-a|\bshred\s+[^\n]{0,300}?/dev/",
     ),
     _rule(
         "pipe_to_shell",
@@ -89,7 +91,7 @@ _RULES: Final[tuple[_Rule, ...]] = (
         Severity.CRITICAL,
         0.9,
         r"/dev/tcp/|\b(?:nc|ncat|netcat)\s+(?:-[a-z]+\s+){0,4}[^\s]+\s+\d+\s+(?:-[a-z]+\s+){0,4}-e\s|\bbash\s+-i\s+>&"
-        r"|\bsocat\s+[^\n]*exec:",
+        r"|\bsocat\s+[^\n]{0,300}?exec:",
     ),
     _rule(
         "world_writable",
@@ -156,6 +158,9 @@ _RULES: Final[tuple[_Rule, ...]] = (
 def _strings(value: object, path: str, depth: int = 0) -> Iterator[tuple[str, str]]:
     """(path, string) for the strings in a parsed JSON value, keys included (a key can be a path)."""
     if depth > _MAX_DEPTH:
+        # Deeper than paths are worth following, not deeper than a command can hide: the rest is
+        # checked as one text.
+        yield path, json.dumps(value, ensure_ascii=False)[:MAX_STRING_CHARS]
         return
     if isinstance(value, str):
         yield path, value
@@ -177,6 +182,8 @@ def _placeholder(text: str) -> str:
 
 def _check(text: str, location: str, tool: str) -> list[Finding]:
     text = normalize(text[:MAX_STRING_CHARS])
+    # A tool's name is the model's to choose: a long one must not fill every finding.
+    tool_shown = tool if len(tool) <= _TOOL_NAME_SHOWN else tool[:_TOOL_NAME_SHOWN] + "…"
     lowered = text.lower()
     if len(lowered) != len(text):
         lowered = "".join(char.lower()[0] for char in text)
@@ -189,7 +196,7 @@ def _check(text: str, location: str, tool: str) -> list[Finding]:
             severity=rule.severity,
             confidence=rule.confidence,
             detector=f"regex.tool.{rule.kind}",
-            description=f"{rule.description} in a call to {tool}",
+            description=f"{rule.description} in a call to {tool_shown}",
         )
         for rule in _RULES
         for m in rule.pattern.finditer(lowered)
