@@ -27,7 +27,7 @@ def chat_span(trace_id: bytes, model: str, prompt: str, answer: str, input_token
         trace_id=trace_id,
         span_id=os.urandom(8),
         tenant="default",
-        agent="tour",
+        agent="sdk-example",
         operation="chat",
         provider="openai",
         request_model=model,
@@ -48,13 +48,13 @@ def chat_span(trace_id: bytes, model: str, prompt: str, answer: str, input_token
 
 def main() -> None:
     address = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:50051"
-    trace_id = os.urandom(16)
+    trace_id, other_trace_id = os.urandom(16), os.urandom(16)
     spans = [
         chat_span(trace_id, "gpt-4o", "What is DuckDB?", "An in-process analytical database.", 14),
         chat_span(
             trace_id, "gpt-4o-mini", "Summarise that in five words.", "Fast embedded SQL analytics.", 31
         ),
-        chat_span(os.urandom(16), "gpt-4o", "Hello!", "Hi! How can I help?", 9),
+        chat_span(other_trace_id, "gpt-4o", "Hello!", "Hi! How can I help?", 9),
     ]
     with grpc.insecure_channel(address) as channel:
         ingest = ingest_service_pb2_grpc.IngestServiceStub(channel)
@@ -64,7 +64,10 @@ def main() -> None:
         query = query_service_pb2_grpc.QueryServiceStub(channel)
         page = query.ListSpans(
             query_service_pb2.ListSpansRequest(
-                tenant="default", filter='agent = "tour"', order_by="start_time"
+                tenant="default",
+                # The spans of this run only: the proxy tour's calls, or an earlier run's, are there too.
+                filter=f'trace_id = "{trace_id.hex()}" OR trace_id = "{other_trace_id.hex()}"',
+                order_by="start_time",
             )
         )
         for span in page.spans:

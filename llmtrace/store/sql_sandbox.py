@@ -239,7 +239,8 @@ def _statement_kinds(conn: duckdb.DuckDBPyConnection, query: str) -> str:
         kinds = [s.type.name for s in conn.extract_statements(query)]
     except duckdb.Error:
         return ""
-    other = sorted({k for k in kinds if k != "SELECT"})
+    # DuckDB runs the PIVOT statement as several statements (MULTI): name it as the user wrote it.
+    other = sorted({"PIVOT" if k == "MULTI" else k for k in kinds if k != "SELECT"})
     return f" (got {', '.join(other)})" if other else ""
 
 
