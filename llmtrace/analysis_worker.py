@@ -13,8 +13,10 @@ The analysis process (llmtrace/analysis_child.py) is one child process ("spawn",
 the event loop and the ingest thread. It runs at a lower CPU priority (nice +10), loads the
 classifier once when the core starts (the core does not start if it cannot), and dies with the
 core (PR_SET_PDEATHSIG). A batch that outlives `timeout_ms` is abandoned by killing the process;
-a process that dies (killed, out of memory) fails its batch. Either way the spans stay stored
-without findings, the failure is counted, and a fresh process takes the next batch.
+a process that dies (killed, out of memory) fails its batch. Either way the batch is retried in
+halves a bounded number of times, so that one span that breaks analysis costs its batch-mates
+nothing; what still fails stays stored without findings, the failure is counted, and a fresh
+process takes the next batch.
 
 Findings a span already carried (the shim's inline check) are kept and not repeated: a new
 finding with the same (type, detector, location) as one the span has is dropped. Ids are
@@ -71,6 +73,10 @@ RESTART_MIN_INTERVAL_S: Final = 1.0
 #: Crashes of the analysis process one queued batch may cause while it is split in halves to
 #: find the span that crashes it: enough to isolate one or two such spans in a batch of 256.
 MAX_CRASHES_PER_BATCH: Final = 16
+#: Timeouts one queued batch may cause while it is split in halves to find a slow span: each
+#: costs the timeout and a process start, so fewer than crashes; 3 leave a slow span in a group of
+#: an eighth of the batch, and analyse the rest.
+MAX_TIMEOUTS_PER_BATCH: Final = 3
 _mp = multiprocessing.get_context("spawn")
 _T = TypeVar("_T")
 
@@ -148,6 +154,7 @@ class AnalysisWorker:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._crashes_left = MAX_CRASHES_PER_BATCH
+        self._timeouts_left = MAX_TIMEOUTS_PER_BATCH
 
     @property
     def enabled(self) -> bool:
@@ -286,6 +293,7 @@ class AnalysisWorker:
             batch = [self._queue.popleft() for _ in range(count)]
             QUEUE_SPANS.set(len(self._queue))
             self._crashes_left = MAX_CRASHES_PER_BATCH
+            self._timeouts_left = MAX_TIMEOUTS_PER_BATCH
             try:
                 await self._process(batch)
             except asyncio.CancelledError:
@@ -332,14 +340,19 @@ class AnalysisWorker:
         try:
             scores, findings, by_type = await _result_within(future, self._timeout_s)
         except TimeoutError:
+            # A running analysis cannot be interrupted but its process can: kill it rather than
+            # let it finish work whose result is thrown away. The next batch starts another.
+            await self._kill_process()
+            # One slow span must not cost its batch-mates their analysis: retry in halves, a few
+            # times (each try waits out the timeout).
+            self._timeouts_left -= 1
+            if self._timeouts_left > 0 and await self._split(batch):
+                return
             FAILURES.labels("timeout").inc(len(batch))
             _log.warning(
                 "analysis timed out; spans stay stored unanalysed, the analysis process is restarted",
                 spans=len(batch),
             )
-            # A running analysis cannot be interrupted but its process can: kill it rather than
-            # let it finish work whose result is thrown away. The next batch starts another.
-            await self._kill_process()
             return
         except BrokenProcessPool:
             await self._kill_process()
@@ -370,7 +383,8 @@ class AnalysisWorker:
 
     async def _split(self, batch: list[span_pb2.Span]) -> bool:
         """Retry a failed batch in halves, so that one span that breaks analysis (a crash, an
-        error) costs only itself: the others get analysed. False for a single span: it failed."""
+        error, a timeout) costs only itself, or a small group: the others get analysed. False for
+        a single span: it failed."""
         if len(batch) < 2:
             return False
         middle = len(batch) // 2
