@@ -39,6 +39,7 @@ from llmtrace.capture.content_filter import BODIES_FULL, normalize_mode
 from llmtrace.capture.exchange import ExchangeMeta
 from llmtrace.capture.model import API_CHAT_COMPLETIONS, API_MESSAGES
 from llmtrace.capture.raw import MAX_RAW_BODY_BYTES
+from llmtrace.capture.request_parse import requested_model
 from llmtrace.capture.routes import route_of
 from llmtrace.capture.span import exchange_span
 from llmtrace.config.schema import Settings
@@ -609,9 +610,15 @@ class Exchange:
                 status=meta.http_status,
                 duration_ms=round(seconds * 1000, 3),
                 tenant=meta.tenant,
-                model=self.parsed_request.model[: limits.MAX_NAME_CHARS],
+                model=self._requested_model()[: limits.MAX_NAME_CHARS],
                 error=meta.error_type or None,
             )
+
+    def _requested_model(self) -> str:
+        if self._parsed is not None:
+            return self._parsed.model
+        # The core reads the body (a raw exchange): the model alone is far cheaper than all of it.
+        return requested_model(self._request.path, self.body, self._request.headers.get("content-type", ""))
 
     def _read_span(self) -> span_pb2.Span:
         """The span, bodies read here."""

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from llmtrace.capture import model
-from llmtrace.capture.request_parse import parse_request
+from llmtrace.capture.request_parse import parse_request, requested_model
 
 LIMIT = 1024 * 1024
 
@@ -348,3 +348,22 @@ def test_json_orjson_refuses_is_read_by_the_standard_parser() -> None:
     assert request.messages[0].parts[0].text == "hi \ufffd"
     assert not request.raw_body
     request.messages[0].parts[0].text.encode()  # encodable: protobuf and the wire need UTF-8
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "content_type"),
+    [
+        ("/v1/chat/completions", b'{"model": "gpt-4o", "messages": []}', "application/json"),
+        ("/v1/messages", b'{"model": "claude-x", "system": "s", "messages": []}', "application/json"),
+        ("/v1/embeddings", b'{"model": "text-embedding-3-small", "input": "x"}', "application/json"),
+        ("/v1/responses", b'{"model": "o4", "input": "x"}', ""),
+        ("/v1/chat/completions", b'{"model": 42}', "application/json"),
+        ("/v1/chat/completions", b"not json", "application/json"),
+        ("/v1/chat/completions", b"", "application/json"),
+        ("/v1/unknown/route", b'{"model": "gpt-4o"}', "application/json"),
+        ("/v1/audio/transcriptions", b'{"model": "whisper-1"}', "multipart/form-data; boundary=x"),
+    ],
+)
+def test_requested_model_is_what_the_full_read_finds(path: str, body: bytes, content_type: str) -> None:
+    full = parse_request(path, body, content_type, max_body_bytes=1 << 20)
+    assert requested_model(path, body, content_type) == full.model

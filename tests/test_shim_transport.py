@@ -183,6 +183,9 @@ async def test_no_key_in_database_spool_or_logs(
     logs = captured.out + captured.err + caplog.text
     for secret in secrets:
         assert secret not in logs
+    # The access log names the requested model, whoever reads the body (shim or core).
+    access = [line for line in logs.splitlines() if "request" in line and "/v1/chat/completions" in line]
+    assert len(access) == 3 and all("model=gpt-4o" in line for line in access), access
 
 
 def _files(root: Path) -> list[Path]:

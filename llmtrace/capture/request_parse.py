@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from llmtrace import limits
 from llmtrace.capture import model
-from llmtrace.capture.jsonvalues import JsonObject, loads
+from llmtrace.capture.jsonvalues import JsonObject, as_str, loads
 from llmtrace.capture.request_anthropic import read_messages
 from llmtrace.capture.request_openai import read_chat, read_completions, read_embeddings, read_responses
 from llmtrace.capture.routes import route_of
@@ -49,6 +49,15 @@ def parse_request(path: str, body: bytes, content_type: str, *, max_body_bytes: 
             request = model.ParsedRequest(api=found.api, operation=found.operation, provider=found.provider)
     request.raw_body, request.truncated = raw_text(body, max_body_bytes)
     return request
+
+
+def requested_model(path: str, body: bytes, content_type: str) -> str:
+    """`parse_request(...).model` without reading the rest of the body (the access log's model,
+    when nothing else needed the request read): a tenth of the cost for a chat request."""
+    if not body or _READERS.get(route_of(path).api) is None or content_type.lower().startswith(_BINARY_TYPES):
+        return ""
+    data = loads(body)
+    return as_str(data.get("model")) if isinstance(data, dict) else ""
 
 
 def raw_text(body: bytes, max_body_bytes: int) -> tuple[str, bool]:
