@@ -8,6 +8,7 @@ import dataclasses
 import json
 import socket
 from pathlib import Path
+from typing import Self
 
 import grpc
 import grpc.aio
@@ -140,23 +141,17 @@ async def test_full_spool_drops_and_counts(tmp_path: Path, capsys: pytest.Captur
     assert "spool full: spans dropped" in captured.out + captured.err
 
 
-class _FakeCore:
-    """A gRPC server standing in for a broken core: IngestSpans hangs or fails with `code`."""
+class _StandInCore:
+    """A gRPC server on port 0 answering IngestSpans with `_ingest` (raw bytes in and out)."""
 
-    def __init__(self, code: grpc.StatusCode | None) -> None:
-        self.code = code
-        self.calls = 0
+    def __init__(self) -> None:
         self.server = grpc.aio.server()
         self.addr = ""
 
     async def _ingest(self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-        self.calls += 1
-        if self.code is None:
-            await asyncio.Event().wait()  # never answers
-        await context.abort(self.code or grpc.StatusCode.UNKNOWN, "the core broke on this batch")
-        return b""
+        raise NotImplementedError
 
-    async def __aenter__(self) -> _FakeCore:
+    async def __aenter__(self) -> Self:
         handler = grpc.method_handlers_generic_handler(
             "llmtrace.api.v1.IngestService",
             {"IngestSpans": grpc.unary_unary_rpc_method_handler(self._ingest)},
@@ -169,6 +164,22 @@ class _FakeCore:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.server.stop(0)
+
+
+class _FakeCore(_StandInCore):
+    """A core that is broken: IngestSpans hangs (`code` None) or fails with `code`."""
+
+    def __init__(self, code: grpc.StatusCode | None) -> None:
+        super().__init__()
+        self.code = code
+        self.calls = 0
+
+    async def _ingest(self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        self.calls += 1
+        if self.code is None:
+            await asyncio.Event().wait()  # never answers
+        await context.abort(self.code or grpc.StatusCode.UNKNOWN, "the core broke on this batch")
+        return b""
 
 
 def _spooled_spans(settings: ShipperSettings) -> list[bytes]:
@@ -275,16 +286,15 @@ async def test_a_slow_core_gets_the_batch_copied_to_the_spool_while_it_answers(t
     assert _spooled_spans(settings) == [s.span_id for s in first + second]
 
 
-class _SlowCore:
+class _SlowCore(_StandInCore):
     """A core that answers each IngestSpans after `delay_s`, accepting all spans but, in the
     first request, those whose index is in `reject`; it records every span id it receives."""
 
     def __init__(self, delay_s: float, reject: frozenset[int] = frozenset()) -> None:
+        super().__init__()
         self.delay_s = delay_s
         self.reject = reject
         self.received: list[bytes] = []
-        self.server = grpc.aio.server()
-        self.addr = ""
 
     async def _ingest(self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         spans = ingest_service_pb2.IngestSpansRequest.FromString(request).spans
@@ -297,20 +307,6 @@ class _SlowCore:
             rejected.violations.add(field="trace_id", description="made up for the test")
         reply.partial_success.rejected_spans = len(reject)
         return reply.SerializeToString()
-
-    async def __aenter__(self) -> _SlowCore:
-        handler = grpc.method_handlers_generic_handler(
-            "llmtrace.api.v1.IngestService",
-            {"IngestSpans": grpc.unary_unary_rpc_method_handler(self._ingest)},
-        )
-        self.server.add_generic_rpc_handlers((handler,))
-        port = self.server.add_insecure_port("127.0.0.1:0")
-        await self.server.start()
-        self.addr = f"127.0.0.1:{port}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.server.stop(0)
 
 
 async def test_a_slow_core_is_not_sent_the_copy_of_a_batch_it_answers(tmp_path: Path) -> None:
@@ -329,8 +325,7 @@ async def test_a_slow_core_is_not_sent_the_copy_of_a_batch_it_answers(tmp_path: 
         await _until(lambda: shipper.spool_bytes == 0, wait_s=3 * SLOW_SEND_S + 10)
         await shipper.close(5)
     assert core.received == [s.span_id for s in spans] + [later.span_id]
-    (line,) = (await asyncio.to_thread(Path(settings.dead_letter_path).read_text)).splitlines()
-    assert json.loads(line)["span_id"] == spans[0].span_id.hex()
+    assert await _dead_lettered(settings) == [spans[0].span_id.hex()]
 
 
 async def test_close_deletes_the_copy_of_a_batch_the_slow_core_answered(tmp_path: Path) -> None:
@@ -347,8 +342,13 @@ async def test_close_deletes_the_copy_of_a_batch_the_slow_core_answered(tmp_path
         await asyncio.wait_for(shipper.close(1), 10)
     assert core.received == [s.span_id for s in spans]
     assert _spooled_spans(settings) == []  # the next run has nothing to store or dead-letter again
-    (line,) = (await asyncio.to_thread(Path(settings.dead_letter_path).read_text)).splitlines()
-    assert json.loads(line)["span_id"] == spans[1].span_id.hex()
+    assert await _dead_lettered(settings) == [spans[1].span_id.hex()]
+
+
+async def _dead_lettered(settings: ShipperSettings) -> list[str]:
+    """Span ids (hex) in the dead-letter file, in order."""
+    text = await asyncio.to_thread(Path(settings.dead_letter_path).read_text)
+    return [json.loads(line)["span_id"] for line in text.splitlines()]
 
 
 def _spool_files(settings: ShipperSettings) -> int:
