@@ -65,9 +65,16 @@ SLOW_SEND_S: Final = 1.0
 _HEALTH_CACHE_SECONDS: Final = 1.0
 
 
-def _answered(send: asyncio.Task[grpc.StatusCode | None]) -> bool:
-    """Whether a finished send got the core's verdict on its batch (stored or dead-lettered)."""
-    return send.done() and not send.cancelled() and send.exception() is None and send.result() is None
+@dataclass(slots=True)
+class _Verdict:
+    """Set by a send as soon as the core has given its verdict on the batch (stored, rejections
+    to dead-letter): from then on a spooled copy of the batch is not needed, even if the send is
+    cancelled before it has written those dead letters, which it is then left to finish."""
+
+    reached: bool = False
+
+
+_SendTask = asyncio.Task[grpc.StatusCode | None]
 
 
 def _varint(value: int) -> bytes:
@@ -167,10 +174,10 @@ class Shipper:
         # that cancels the batcher mid-send spools it, so it is not lost with the task.
         self._in_flight: _Batch | None = None
         # Sends still waiting for a slow core after their batch was copied to the spool.
-        self._slow_sends: set[asyncio.Task[grpc.StatusCode | None]] = set()
+        self._slow_sends: dict[_SendTask, _Verdict] = {}
         # The send of each such copy, by the copy's spool sequence number: replay waits for it
         # rather than send the batch a second time, and drops the copy once it got a verdict.
-        self._originals: dict[int, asyncio.Task[grpc.StatusCode | None]] = {}
+        self._originals: dict[int, tuple[_SendTask, _Verdict]] = {}
         # Failed replays of the spool's oldest batch with a code that says the core broke on it.
         self._head_failures: tuple[int, int] = (-1, 0)
 
@@ -250,8 +257,10 @@ class Shipper:
             except Exception:  # the loops catch their own errors; this is a last resort
                 _log.exception("shipper task failed", task=task.get_name())
         # Sends still waiting for a slow core: their batches are in the spool already.
-        for send in list(self._slow_sends):
-            send.cancel()
+        # Those answered are only writing their dead letters: let them finish.
+        for send, verdict in list(self._slow_sends.items()):
+            if not verdict.reached:
+                send.cancel()
         await asyncio.gather(*self._slow_sends, return_exceptions=True)
         await self._drop_answered_copies()
         # The batch a cancelled send was carrying, then whatever is still in memory, go to disk,
@@ -336,7 +345,8 @@ class Shipper:
         SIGKILL loses no more than what is in memory. The send goes on; replay waits for it and
         sends the copy only if it failed (a copy replayed after a restart is stored once all the
         same: ingest is idempotent)."""
-        send = asyncio.ensure_future(self._send(batch.payload, batch.captured_at))
+        verdict = _Verdict()
+        send = asyncio.ensure_future(self._send(batch.payload, batch.captured_at, verdict))
         try:
             done, _ = await asyncio.wait({send}, timeout=self._slow_send_s)
         except asyncio.CancelledError:
@@ -348,24 +358,25 @@ class Shipper:
             return
         seq = await self._to_spool(batch)
         if seq is not None:
-            self._originals[seq] = send
-        self._slow_sends.add(send)
+            self._originals[seq] = (send, verdict)
+        self._slow_sends[send] = verdict
         send.add_done_callback(self._slow_send_done)
 
     async def _drop_answered_copies(self) -> None:
         """At close: delete the spooled copies of slow sends that got their verdict meanwhile,
         so that the next run does not store or dead-letter those spans a second time."""
-        answered = [seq for seq, send in self._originals.items() if _answered(send)]
+        answered = [seq for seq, (_, verdict) in self._originals.items() if verdict.reached]
         self._originals.clear()
         for seq in answered:
             try:
                 await asyncio.to_thread(self._spool.discard, seq)
-            except OSError as exc:  # the copy is replayed next run: stored once all the same
+            except OSError as exc:
+                # Replayed next run: stored once (ingest is idempotent), its rejections written twice.
                 _log.warning("cannot delete a spooled copy", error=str(exc))
         metrics.SPOOL_BYTES.set(self._spool.bytes_used)
 
-    def _slow_send_done(self, send: asyncio.Task[grpc.StatusCode | None]) -> None:
-        self._slow_sends.discard(send)
+    def _slow_send_done(self, send: _SendTask) -> None:
+        self._slow_sends.pop(send, None)
         if not send.cancelled() and send.exception() is not None:
             _log.error("a slow send failed; its batch is in the spool", error=repr(send.exception()))
 
@@ -427,13 +438,16 @@ class Shipper:
         if original is not None:
             # A copy of a batch whose send was slow: sending it again while the core still reads
             # the first would double the work of a core that is already behind.
-            await asyncio.wait({original})
-            del self._originals[entry.seq]
-            if _answered(original):
+            send, verdict = original
+            await asyncio.wait({send})
+            if verdict.reached:
                 async with self._spill_lock:
                     await asyncio.to_thread(self._spool.remove, entry)
+                # Only now: a remove that fails is tried again, the copy never sent.
+                del self._originals[entry.seq]
                 metrics.SPOOL_BYTES.set(self._spool.bytes_used)
                 return True
+            del self._originals[entry.seq]
         failure = await self._send(entry.payload, None)
         if failure is not None:
             if failure not in _CORE_FAILED:
@@ -454,9 +468,12 @@ class Shipper:
 
     # -- one RPC ------------------------------------------------------------------------------
 
-    async def _send(self, payload: bytes, captured_at: list[float] | None) -> grpc.StatusCode | None:
+    async def _send(
+        self, payload: bytes, captured_at: list[float] | None, verdict: _Verdict | None = None
+    ) -> grpc.StatusCode | None:
         """None once the core has a verdict on every span (accepted or dead-lettered); else the
-        code of the failure, after which the same batch can be sent again."""
+        code of the failure, after which the same batch can be sent again. `verdict` is set as
+        soon as the core has answered, before any dead letter is written."""
         try:
             reply = await self._ingest(payload, timeout=self._settings.rpc_timeout_ms / 1000)
         except grpc.aio.AioRpcError as exc:
@@ -465,8 +482,12 @@ class Shipper:
                 return exc.code()
             # INVALID_ARGUMENT or RESOURCE_EXHAUSTED for the request as a whole: resending the
             # same bytes cannot succeed, so keep them for repair instead of retrying forever.
+            if verdict is not None:
+                verdict.reached = True
             await self._dead_letter_all(payload, exc.code().name, exc.details() or "")
             return None
+        if verdict is not None:
+            verdict.reached = True
         self._core_ok = True
         metrics.BATCHES.labels("sent").inc()
         metrics.SPANS_SHIPPED.inc(reply.accepted_spans)

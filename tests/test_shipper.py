@@ -7,6 +7,8 @@ import base64
 import dataclasses
 import json
 import socket
+import threading
+import time
 from pathlib import Path
 from typing import Self
 
@@ -17,9 +19,9 @@ from prometheus_client import REGISTRY
 
 from llmtrace.api.v1 import ingest_service_pb2, span_pb2
 from llmtrace.config.schema import ShipperSettings
-from shim.dead_letter import DeadLetterFile
+from shim.dead_letter import DeadLetter, DeadLetterFile
 from shim.shipper import MAX_CORE_FAILURES, SLOW_SEND_S, Shipper
-from shim.spool import Spool
+from shim.spool import Spool, SpoolEntry
 from tests.conftest import core_settings, running_core, wait_for_spans
 from tests.factories import make_span
 from tests.test_capture_raw import raw_span
@@ -43,8 +45,9 @@ def _settings(tmp_path: Path, **changes: object) -> ShipperSettings:
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
-def _shipper(settings: ShipperSettings, core_addr: str) -> Shipper:
-    spool = Spool.open(Path(settings.spool_dir), settings.spool_max_bytes)
+def _shipper(settings: ShipperSettings, core_addr: str, spool: Spool | None = None) -> Shipper:
+    if spool is None:  # not `or`: an empty spool is falsy
+        spool = Spool.open(Path(settings.spool_dir), settings.spool_max_bytes)
     return Shipper(
         settings,
         core_addr,
@@ -343,6 +346,58 @@ async def test_close_deletes_the_copy_of_a_batch_the_slow_core_answered(tmp_path
     assert core.received == [s.span_id for s in spans]
     assert _spooled_spans(settings) == []  # the next run has nothing to store or dead-letter again
     assert await _dead_lettered(settings) == [spans[1].span_id.hex()]
+
+
+async def test_close_lets_an_answered_slow_send_finish_its_dead_letters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Cancelled mid-write, the send would count as unanswered: its copy kept, the next run would
+    # dead-letter the same span again.
+    writing = threading.Event()
+    append = DeadLetterFile.append
+
+    def slow_append(self: DeadLetterFile, records: list[DeadLetter]) -> None:
+        writing.set()
+        time.sleep(0.5)  # reading a large batch's raw exchanges, a slow disk
+        append(self, records)
+
+    monkeypatch.setattr(DeadLetterFile, "append", slow_append)
+    settings = _settings(tmp_path, rpc_timeout_ms=60_000)
+    async with _SlowCore(delay_s=SLOW_SEND_S + 0.3, reject=frozenset({0})) as core:
+        shipper = _shipper(settings, core.addr)
+        await shipper.start()
+        spans = [make_span(tenant="acme") for _ in range(2)]
+        for span in spans:
+            shipper.submit(span)
+        await _until(writing.is_set, wait_s=SLOW_SEND_S + 10)
+        await asyncio.wait_for(shipper.close(1), 10)
+    assert _spooled_spans(settings) == []
+    assert await _dead_lettered(settings) == [spans[0].span_id.hex()]
+
+
+async def test_a_copy_whose_removal_fails_is_removed_later_not_sent(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, rpc_timeout_ms=60_000)
+    async with _SlowCore(delay_s=SLOW_SEND_S + 0.3, reject=frozenset({0})) as core:
+        spool = Spool.open(Path(settings.spool_dir), settings.spool_max_bytes)
+        remove, failures = spool.remove, [OSError(5, "Input/output error")]
+
+        def flaky_remove(entry: SpoolEntry) -> None:
+            if failures:
+                raise failures.pop()
+            remove(entry)
+
+        spool.remove = flaky_remove  # type: ignore[method-assign]
+        shipper = _shipper(settings, core.addr, spool)
+        await shipper.start()
+        spans = [make_span(tenant="acme") for _ in range(2)]
+        for span in spans:
+            shipper.submit(span)
+        await _until(lambda: shipper.spool_bytes > 0, wait_s=SLOW_SEND_S + 10)
+        await _until(lambda: shipper.spool_bytes == 0, wait_s=SLOW_SEND_S + 10)
+        await shipper.close(2)
+    assert not failures  # the removal did fail once
+    assert core.received == [s.span_id for s in spans]  # the copy was never sent
+    assert await _dead_lettered(settings) == [spans[0].span_id.hex()]
 
 
 async def _dead_lettered(settings: ShipperSettings) -> list[str]:
