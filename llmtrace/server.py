@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import os
 import signal
@@ -48,7 +47,7 @@ from llmtrace.rpc.query import PageSizes, QueryServicer
 from llmtrace.security.analyze import Analyzer
 from llmtrace.security.classifier.model import ModelError
 from llmtrace.store.database import DatabaseOpenError, open_database
-from llmtrace.store.finding_ids import finding_owners
+from llmtrace.store.finding_ids import FindingIds
 from llmtrace.store.migrations import MigrationError, apply_migrations, current_version, latest_version
 from llmtrace.store.reader import StoreReader
 from llmtrace.store.writer import StoreWriter
@@ -182,7 +181,7 @@ class Core:
                     self._writer,
                     self._cpu,
                     committed=self._analysis.offer,
-                    finding_owners=functools.partial(finding_owners, self._conn),
+                    finding_ids=FindingIds(self._conn),
                 ).handlers(),
             )
         )

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import NoReturn
 
 import grpc
 import pytest
@@ -29,6 +30,7 @@ from llmtrace.api.v1 import (
     span_pb2,
 )
 from llmtrace.config.schema import SecurityAnalysisSettings
+from llmtrace.store.finding_ids import FindingIdReadError, FindingIds
 from tests.conftest import RunningCore, core_settings, running_core
 from tests.factories import BASE_NS, MS, expect_failure, make_complete_span, make_finding, make_span
 
@@ -788,6 +790,35 @@ async def test_a_finding_id_another_span_holds_is_refused_not_dropped(
     assert (await _ingest(shared, other)).accepted_spans == 1
     assert [f.id for f in (await _get(shared, first)).findings] == ["f1"]
     assert [f.id for f in (await _get(shared, pair[0])).findings] == ["f3"]
+
+
+async def test_two_requests_sent_together_cannot_both_take_a_finding_id(
+    shared: RunningCore, tenant: str
+) -> None:
+    # Each checks the store while the other's write waits: without claims both were acknowledged
+    # and one finding was lost (20 of 20 tries).
+    for attempt in range(10):
+        pair = [_with_finding_ids(make_span(tenant=tenant), f"race-{attempt}") for _ in range(2)]
+        replies = await asyncio.gather(*(_ingest(shared, span) for span in pair))
+        assert sorted(r.accepted_spans for r in replies) == [0, 1]
+        (refused,) = [r for r in replies if not r.accepted_spans]
+        assert refused.partial_success.rejections[0].violations[0].field == "spans[0].findings[0].id"
+
+
+async def test_a_finding_id_check_that_cannot_read_the_store_is_retryable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # UNAVAILABLE, which the shim retries; INTERNAL would have it dead-letter valid spans.
+    def unreadable(self: FindingIds, keys: object) -> NoReturn:
+        raise FindingIdReadError("IO Error: could not read block")
+
+    monkeypatch.setattr(FindingIds, "_stored", unreadable)
+    async with running_core(core_settings(tmp_path / "db.duckdb")) as core:
+        named = _with_finding_ids(make_span(tenant="acme"), "f1")
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await _ingest(core, named)
+        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert (await _ingest(core, make_span(tenant="acme"))).accepted_spans == 1  # no ids: no lookup
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ from llmtrace.ingest.arrow_rows import build_write_batch
 from llmtrace.ingest.validation import validate_span
 from llmtrace.rpc import metrics
 from llmtrace.rpc.errors import RpcError, abort, invalid_argument
+from llmtrace.store.finding_ids import FindingIdReadError, FindingIds
 from llmtrace.store.writer import StoreWriter, WriteBatch, WriterClosedError
 
 _log = structlog.get_logger(__name__)
@@ -34,7 +35,7 @@ Context = grpc.aio.ServicerContext[object, object]
 class _Prepared:
     """A request's spans split into rows to write and per-span rejections."""
 
-    __slots__ = ("accepted", "batch", "rejections", "spans")
+    __slots__ = ("accepted", "batch", "claimed", "rejections", "spans")
 
     def __init__(
         self,
@@ -46,20 +47,37 @@ class _Prepared:
         self.spans = spans
         self.accepted = len(spans)
         self.rejections = rejections
-
-
-#: Who holds finding ids already stored: (tenant, id) -> (trace_id, span_id) of their span, for
-#: the given keys. Runs in the CPU thread; findings the core names itself never need it.
-FindingOwners = Callable[[Sequence[tuple[str, str]]], dict[tuple[str, str], tuple[bytes, bytes]]]
+        #: Finding ids this request claimed (`FindingIds`), given up once its write is over.
+        self.claimed: list[tuple[str, str]] = []
 
 
 def _prepare(
-    spans: Sequence[span_pb2.Span], *, for_analysis: bool = False, finding_owners: FindingOwners | None = None
+    spans: Sequence[span_pb2.Span], *, for_analysis: bool = False, finding_ids: FindingIds | None = None
+) -> _Prepared:
+    keys = [(span.tenant, f.id) for span in spans for f in span.findings if f.id]
+    if not keys or finding_ids is None:  # the shim never names finding ids: no lookup, no lock
+        return _prepare_spans(spans, {}, for_analysis=for_analysis)
+    try:
+        with finding_ids.checking(keys) as check:
+            prepared = _prepare_spans(spans, check.owners, for_analysis=for_analysis)
+    except FindingIdReadError as exc:
+        _log.warning("cannot check finding ids; the batch is refused for now", error=str(exc))
+        raise RpcError(
+            grpc.StatusCode.UNAVAILABLE, "storage read failed; retry", reason="STORE_READ_FAILED"
+        ) from exc
+    prepared.claimed = check.claimed
+    return prepared
+
+
+def _prepare_spans(
+    spans: Sequence[span_pb2.Span],
+    owners: dict[tuple[str, str], tuple[bytes, bytes]],
+    *,
+    for_analysis: bool,
 ) -> _Prepared:
     now = time.time()
     valid: list[span_pb2.Span] = []
     rejections: list[ingest_service_pb2.RejectedSpan] = []
-    owners = _stored_owners(spans, finding_owners)
     for index, span in enumerate(spans):
         violations = _read_raw(span) if span.HasField("raw_exchange") else []
         violations = violations or validate_span(span, now) or _finding_id_conflicts(span, owners)
@@ -81,17 +99,6 @@ def _prepare(
     if for_analysis:
         valid = [_analysis_copy(span) for span in valid]
     return _Prepared(batch, valid, rejections)
-
-
-def _stored_owners(
-    spans: Sequence[span_pb2.Span], finding_owners: FindingOwners | None
-) -> dict[tuple[str, str], tuple[bytes, bytes]]:
-    """Owners of the finding ids the request names itself, stored ones first; `_finding_id_conflicts`
-    adds this request's own as it accepts them."""
-    keys = [(span.tenant, f.id) for span in spans for f in span.findings if f.id]
-    if not keys or finding_owners is None:
-        return {}
-    return dict(finding_owners(keys))
 
 
 def _finding_id_conflicts(
@@ -150,7 +157,7 @@ def _read_raw(span: span_pb2.Span) -> list[tuple[str, str]]:
 
 
 def _parse_and_prepare(
-    data: bytes, for_analysis: bool = False, finding_owners: FindingOwners | None = None
+    data: bytes, for_analysis: bool = False, finding_ids: FindingIds | None = None
 ) -> _Prepared:
     try:
         spans = ingest_service_pb2.IngestSpansRequest.FromString(data).spans
@@ -159,7 +166,7 @@ def _parse_and_prepare(
             [("", f"not an IngestSpansRequest: {exc}")], reason="MALFORMED_REQUEST"
         ) from exc
     _check_batch_size(len(spans))
-    return _prepare(spans, for_analysis=for_analysis, finding_owners=finding_owners)
+    return _prepare(spans, for_analysis=for_analysis, finding_ids=finding_ids)
 
 
 def _check_batch_size(count: int) -> None:
@@ -192,12 +199,12 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         writer: StoreWriter,
         cpu_executor: Executor,
         committed: Callable[[Sequence[span_pb2.Span]], object] | None = None,
-        finding_owners: FindingOwners | None = None,
+        finding_ids: FindingIds | None = None,
     ) -> None:
         self._writer = writer
         self._cpu = cpu_executor
         self._committed = committed
-        self._finding_owners = finding_owners
+        self._finding_ids = finding_ids
 
     async def _ingest(self, spans: Sequence[span_pb2.Span]) -> _Prepared:
         _check_batch_size(len(spans))
@@ -205,7 +212,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         prepared = await asyncio.get_running_loop().run_in_executor(
             self._cpu,
             functools.partial(
-                _prepare, spans, for_analysis=self._committed is not None, finding_owners=self._finding_owners
+                _prepare, spans, for_analysis=self._committed is not None, finding_ids=self._finding_ids
             ),
         )
         return await self._commit(prepared)
@@ -220,6 +227,9 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                 raise RpcError(
                     grpc.StatusCode.UNAVAILABLE, "storage write failed; retry", reason="STORE_WRITE_FAILED"
                 ) from exc
+            finally:
+                if prepared.claimed and self._finding_ids is not None:
+                    self._finding_ids.release(prepared.claimed)
         metrics.SPANS_ACCEPTED.inc(prepared.accepted)
         metrics.SPANS_REJECTED.inc(len(prepared.rejections))
         if self._committed is not None and prepared.spans:
@@ -253,7 +263,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         try:
             prepared = await self._commit(
                 await loop.run_in_executor(
-                    self._cpu, _parse_and_prepare, data, self._committed is not None, self._finding_owners
+                    self._cpu, _parse_and_prepare, data, self._committed is not None, self._finding_ids
                 )
             )
         except RpcError as err:
