@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -182,11 +183,32 @@ class Proxy:
         exchange.finish(0.0)
 
 
+#: Two line ends in a row: where an SSE event ends. A line ends in CRLF, LF or CR, in any mix
+#: (a CR just before an LF is the first half of a CRLF, not a line end of its own).
+_EVENT_END: Final = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
+
+
+class _Relayed(HTTPResponse):
+    """The upstream's answer as it came: no content type of Sanic's own added where the
+    upstream sent none (`content-type: None` otherwise)."""
+
+    @property
+    def processed_headers(self) -> Iterator[tuple[bytes, bytes]]:
+        return (
+            (
+                self._sanitize_header_value(name).encode("ascii"),
+                self._sanitize_header_value(f"{value}").encode(errors="surrogateescape"),
+            )
+            for name, value in self.headers.items()
+        )
+
+
 class _WholeEvents:
     """Cuts a plain SSE stream's chunks after their last blank line, holding the rest back.
 
-    A stream whose lines end in a bare CR has no LF to cut at and goes out as it comes; so does
-    a partial event that grows past `MAX_HELD` (a client cannot use it before it ends anyway).
+    Lines may end in CRLF, LF or CR, mixed (`_EVENT_END`). A chunk with no line end in it goes
+    out as it comes; so does a partial event that grows past `MAX_HELD` (a client cannot use it
+    before it ends anyway).
     """
 
     MAX_HELD: Final = 1 << 20
@@ -199,14 +221,18 @@ class _WholeEvents:
     def take(self, chunk: bytes) -> bytes:
         """What of the stream so far can go out now: everything up to the last event's end."""
         data = self._held + chunk
-        ends = [at + len(blank) for blank in (b"\n\n", b"\r\n\r\n") if (at := data.rfind(blank)) >= 0]
-        if not ends:
+        if data.endswith(b"\n\n"):  # the usual case: whole events
+            self._held = b""
+            return data
+        cut = -1
+        for end in _EVENT_END.finditer(data):
+            cut = end.end()
+        if cut < 0:
             if b"\n" not in data or len(data) > self.MAX_HELD:
                 self._held = b""
                 return data
             self._held = data
             return b""
-        cut = max(ends)
         self._held = data[cut:]
         return data[:cut]
 
@@ -352,6 +378,18 @@ class Exchange:
                 ShimError(502, "upstream_unreachable", f"cannot reach the upstream {where}: {reason}")
             )
         async with upstream:
+            if upstream.status < 200:
+                # aiohttp passes over 100 and 103; what is left (101 Switching Protocols) takes
+                # the connection over, which a proxy of requests and answers cannot relay.
+                where = proxy.upstream.server_address
+                return self._answer(
+                    ShimError(
+                        502,
+                        "upstream_bad_response",
+                        f"the upstream {where} answered {upstream.status} {upstream.reason or ''}".rstrip()
+                        + ", which the proxy does not relay",
+                    )
+                )
             await self._relay(upstream)
         return None
 
@@ -397,7 +435,8 @@ class Exchange:
     async def _relay(self, upstream: aiohttp.ClientResponse) -> None:
         meta = self.meta
         meta.http_status = upstream.status
-        raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers]
+        # Values as Sanic writes them back (UTF-8, other bytes as surrogates): byte for byte.
+        raw = [(k.decode("latin-1"), v.decode("utf-8", "surrogateescape")) for k, v in upstream.raw_headers]
         meta.response_headers = stored_response_headers(raw)
         meta.upstream_request_id = (
             upstream.headers.get("x-request-id") or upstream.headers.get("request-id") or ""
@@ -418,7 +457,7 @@ class Exchange:
             if self._proxy.stream_checks and capture.streaming:
                 check = self._check = StreamCheck()
                 capture.listen(check.on_text)
-        response = await self._request.respond(status=upstream.status, headers=out_headers)
+        response = await self._request.respond(_Relayed(status=upstream.status, headers=out_headers))
         if response is None:  # Sanic returns None only when a response was already sent
             return
         if self._request.method == "HEAD":
