@@ -28,6 +28,7 @@ import orjson
 import structlog
 from prometheus_client import Counter, Histogram
 from sanic import Request
+from sanic.compat import Header
 from sanic.exceptions import ServerError
 from sanic.http import Http, Stage
 from sanic.response import BaseHTTPResponse, HTTPResponse
@@ -189,17 +190,27 @@ _EVENT_END: Final = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
 
 
 class _Relayed(HTTPResponse):
-    """The upstream's answer as it came: no content type of Sanic's own added where the
-    upstream sent none (`content-type: None` otherwise)."""
+    """The upstream's answer as it came: no content type of Sanic's own added where the upstream
+    sent none (`content-type: None` otherwise), and its `Alt-Svc` kept. Sanic's HTTP/1 writer
+    sets `alt-svc` to "" on every response (its touch-up removes that line only for servers it
+    started itself), which would replace the upstream's and add an empty header."""
+
+    __slots__ = ("_alt_svc",)
+
+    def __init__(self, *, status: int, headers: Header) -> None:
+        self._alt_svc = headers.popall("alt-svc", [])
+        super().__init__(status=status, headers=headers)
 
     @property
     def processed_headers(self) -> Iterator[tuple[bytes, bytes]]:
+        pairs = [(name, value) for name, value in self.headers.items() if name.lower() != "alt-svc"]
+        pairs += [("alt-svc", value) for value in self._alt_svc]
         return (
             (
                 self._sanitize_header_value(name).encode("ascii"),
                 self._sanitize_header_value(f"{value}").encode(errors="surrogateescape"),
             )
-            for name, value in self.headers.items()
+            for name, value in pairs
         )
 
 

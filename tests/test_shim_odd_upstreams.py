@@ -153,3 +153,23 @@ async def test_events_ending_in_mixed_line_ends_are_not_held_back(tmp_path: Path
                     arrivals.append(time.monotonic() - started)
     assert len(arrivals) >= 3
     assert arrivals[0] < 0.25  # the first event, not the whole stream after 1.2 s
+
+
+async def test_the_upstreams_alt_svc_is_kept_and_none_is_added(tmp_path: Path) -> None:
+    async def with_alt_svc(writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+            b'Alt-Svc: h3=":443"\r\nContent-Length: 2\r\n\r\nok'
+        )
+
+    async def without(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok")
+
+    async with running_core(core_settings(tmp_path / "db.duckdb")) as core:
+        for script, expected in ((with_alt_svc, [b'alt-svc: h3=":443"']), (without, [])):
+            async with (
+                _scripted_upstream(script) as upstream,
+                running_shim(shim_settings(tmp_path, upstream), core.bound.grpc) as shim,
+            ):
+                headers = _headers(await _raw_get(shim.base_url))
+            assert [h for h in headers if h.lower().startswith(b"alt-svc")] == expected
