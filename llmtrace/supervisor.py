@@ -356,10 +356,24 @@ def _write_ready(path: str, data: dict[str, Any]) -> None:
         raise SupervisorError(f"cannot write the ready file {path}: {exc.strerror or exc}") from exc
 
 
+def _spool_dir_problem(spool_dir: str) -> str:
+    """Why the spool cannot live at `spool_dir` ("" if it can): a file in the way would otherwise
+    surface as a traceback from inside a worker."""
+    path = Path(spool_dir).expanduser()
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return "" if candidate.is_dir() else f"{candidate} is not a directory"
+    return ""
+
+
 def run_serve(
     settings: Settings, *, with_core: bool, core_addr: str | None = None, ready_file: str | None = None
 ) -> int:
     """Entry point of `llmtrace serve` (with_core) and `llmtrace shim`."""
+    problem = _spool_dir_problem(settings.shipper.spool_dir)
+    if problem:
+        _log.error("cannot start", error=f"shipper.spool_dir {settings.shipper.spool_dir}: {problem}")
+        return 1
     if settings.upstream_url.rstrip("/").endswith("/v1"):
         _log.warning(
             "upstream_url ends in /v1; request paths already start with /v1, so calls would go to "

@@ -121,6 +121,17 @@ def test_invalid_yaml_reports_the_position(tmp_path: Path) -> None:
     assert re.search(r"invalid YAML at line \d+, column \d+", issue.message)
 
 
+@pytest.mark.parametrize(
+    "text", ["workers: " + "[" * 300 + "]" * 300, "a: " + "{a: " * 3000 + "1" + "}" * 3000]
+)
+def test_yaml_nested_too_deeply_is_a_config_error(tmp_path: Path, text: str) -> None:
+    # The parser recurses per level: a RecursionError traceback before.
+    path = write(tmp_path, text + "\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, env={})
+    assert exc.value.issues == [ConfigIssue(path, "invalid YAML: nested too deeply")]
+
+
 def test_duplicate_keys_are_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load(tmp_path, "sql:\n  max_rows: 1\n  max_rows: 2\n")
@@ -609,6 +620,18 @@ enforcement: {secrets: block, pii: log}
     assert tree["upstream_url"] == (
         f"https://res.example/v1?sv=2022&sig={REDACTED}&auth={REDACTED}&code={REDACTED}&api-version=1"
     )
+
+
+def test_webhook_urls_are_redacted_under_any_key(tmp_path: Path) -> None:
+    text = """
+alerts:
+  channels:
+    - {type: slack, url: "https://hooks.slack.com/services/T0/B0/WHSECRET"}
+    - {type: discord, url: "https://discord.com/api/webhooks/1/DISCORDSECRET"}
+"""
+    dumped = yaml.safe_dump(redacted_dict(load(tmp_path, text).settings))
+    assert "WHSECRET" not in dumped and "DISCORDSECRET" not in dumped
+    assert f"https://hooks.slack.com/{REDACTED}" in dumped
 
 
 def test_redacted_dict_of_defaults_matches_the_schema() -> None:

@@ -227,3 +227,23 @@ async def test_an_unwritable_ready_file_stops_everything_with_an_error(tmp_path:
         await asyncio.to_thread(again.wait_ready)  # the database lock is free
     finally:
         again.stop()
+
+
+@pytest.mark.parametrize("command", ["serve", "shim"])
+async def test_a_file_where_the_spool_goes_is_a_clear_error(tmp_path: Path, command: str) -> None:
+    # Before, the worker's spool raised NotADirectoryError: a traceback, and `serve` restarted it.
+    (tmp_path / "afile").write_text("")
+    config = _config(tmp_path, "http://127.0.0.1:9")
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [*CLI, command, "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=cli_env(LLMTRACE_SHIPPER_SPOOL_DIR=str(tmp_path / "afile" / "spool")),
+        cwd=tmp_path,
+        timeout=90,
+        check=False,
+    )
+    log = result.stdout.decode(errors="replace")
+    assert result.returncode == 1, log
+    assert "shipper.spool_dir" in log and "is not a directory" in log and "Traceback" not in log

@@ -47,6 +47,11 @@ _CAMEL_BOUNDARY: Final = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _URL_PASSWORD: Final = re.compile(
     r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@\s]*):(?P<password>[^@/?#\s]+)@"
 )
+# URLs that are themselves the credential, whatever key holds them: the path is the secret.
+_WEBHOOK_URL: Final = re.compile(
+    r"(?i)(?P<head>https?://(?:hooks\.slack\.com|(?:[\w-]+\.)?discord(?:app)?\.com/api/webhooks"
+    r"|[\w-]+\.webhook\.office\.com|outlook\.office\.com/webhook)/?)[^\s\"'<>]+"
+)
 _QUERY_PARAM: Final = re.compile(r"(?P<head>[?&;](?P<name>[^=&;#\s]+)=)(?P<value>[^&;#\s]*)")
 
 
@@ -83,8 +88,10 @@ def looks_secret(key: str) -> bool:
 
 
 def redact_text(text: str) -> str:
-    """Hide URL passwords, secret-looking query parameters and bearer tokens inside a string."""
+    """Hide URL passwords, webhook URLs, secret-looking query parameters and bearer tokens
+    inside a string."""
     text = _URL_PASSWORD.sub(lambda m: f"{m['head']}:{REDACTED}@", text)
+    text = _WEBHOOK_URL.sub(lambda m: m["head"] + REDACTED, text)
     text = _BEARER.sub(lambda m: m["head"] + REDACTED, text)
     return _QUERY_PARAM.sub(
         lambda m: (

@@ -60,3 +60,5 @@ def read_yaml_file(path: str) -> tuple[object, ConfigIssue | None]:
         return None, ConfigIssue(path, f"invalid YAML{where}: {exc.problem}")
     except yaml.YAMLError as exc:
         return None, ConfigIssue(path, f"invalid YAML: {exc}")
+    except RecursionError:  # the parser recurses per level of nesting
+        return None, ConfigIssue(path, "invalid YAML: nested too deeply")
