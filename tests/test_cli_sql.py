@@ -359,6 +359,17 @@ def test_rpc_path_is_used_while_the_core_holds_the_file(setup: Setup, tmp_path: 
     assert "Traceback" not in locked.stderr
 
 
+def test_a_database_path_flag_reads_that_file_even_while_a_core_answers(setup: Setup, tmp_path: Path) -> None:
+    # The core on grpc.listen_addr serves another file: its rows were the answer before.
+    other = tmp_path / "other.duckdb"
+    missing = sql(setup.rpc_config, "SELECT count(*) AS n FROM spans", "--database-path", str(other))
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert "other.duckdb does not exist" in missing.stderr and "over gRPC" not in missing.stderr
+    # The core's own file, named: locked by it, said so.
+    held = sql(setup.rpc_config, "SELECT 1", "--database-path", str(setup.rpc_database))
+    assert held.returncode == 1 and "leave out --database-path" in held.stderr
+
+
 @pytest.mark.parametrize("fmt", ["table", "csv", "json"])
 def test_both_paths_print_identical_output(setup: Setup, fmt: str) -> None:
     local = sql(setup.file_config, QUERY, "--format", fmt)

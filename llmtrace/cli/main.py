@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a read-only SQL query over the spans, findings and traces views",
         description="Run one read-only SELECT over the views spans, findings and traces, bounded "
         "in rows and time; results go to stdout. Goes through the core's ExecuteSql RPC when a "
-        "core answers on grpc.listen_addr, otherwise opens the DuckDB file read-only.",
+        "core answers on grpc.listen_addr, otherwise opens the DuckDB file read-only; with "
+        "--database-path, always that file (a core may serve another one).",
     )
     sql.add_argument("query", metavar="QUERY", help="the SQL statement")
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
@@ -206,7 +207,12 @@ def _run(args: argparse.Namespace) -> int:
         from llmtrace.cli.sql_command import run_sql  # noqa: PLC0415
 
         return run_sql(
-            settings, query=args.query, fmt=args.format, tenant=args.tenant, max_rows=args.max_rows
+            settings,
+            query=args.query,
+            fmt=args.format,
+            tenant=args.tenant,
+            max_rows=args.max_rows,
+            file_only=args.database_path is not None,
         )
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse only allows the above
 

@@ -82,8 +82,12 @@ class SqlCommandError(Exception):
         self.message = message
 
 
-def run_sql(settings: Settings, *, query: str, fmt: str, tenant: str, max_rows: int | None) -> int:
-    """Run `query` for `tenant` and print the result in `fmt`; returns the exit code."""
+def run_sql(
+    settings: Settings, *, query: str, fmt: str, tenant: str, max_rows: int | None, file_only: bool = False
+) -> int:
+    """Run `query` for `tenant` and print the result in `fmt`; returns the exit code.
+
+    `file_only` (a `--database-path` given): that file, never a core, which may serve another."""
     if fmt not in FORMATS:
         return _fail(EXIT_REFUSED, f"unknown output format {fmt!r}; expected one of {', '.join(FORMATS)}")
     cap = settings.sql.max_rows if max_rows is None else max_rows
@@ -94,12 +98,12 @@ def run_sql(settings: Settings, *, query: str, fmt: str, tenant: str, max_rows: 
     if problem is not None:
         return _fail(EXIT_REFUSED, f"invalid tenant {tenant!r}: the tenant {problem}")
     try:
-        target = _core_target(settings.grpc.listen_addr)
+        target = None if file_only else _core_target(settings.grpc.listen_addr)
         result: Result | None = None
         if target is not None:
             result = _query_core(settings, target, query=query, tenant=tenant, max_rows=cap)
         if result is None:
-            result = _query_file(settings, query=query, tenant=tenant, max_rows=cap)
+            result = _query_file(settings, query=query, tenant=tenant, max_rows=cap, file_only=file_only)
     except SqlCommandError as exc:
         return _fail(exc.exit_code, exc.message)
     write_result(result, fmt, sys.stdout)
@@ -205,7 +209,7 @@ def from_any_value(value: common_pb2.AnyValue) -> Plain:
 # --- on the file ----------------------------------------------------------------------------------
 
 
-def _query_file(settings: Settings, *, query: str, tenant: str, max_rows: int) -> Result:
+def _query_file(settings: Settings, *, query: str, tenant: str, max_rows: int, file_only: bool) -> Result:
     import duckdb  # noqa: PLC0415 - heavy, only on this path
 
     from llmtrace.store.database import (  # noqa: PLC0415
@@ -220,8 +224,12 @@ def _query_file(settings: Settings, *, query: str, tenant: str, max_rows: int) -
     if not path.is_file():
         raise SqlCommandError(
             EXIT_REFUSED,
-            f"database file {path} does not exist (storage.database_path; no core answered "
-            f"on {settings.grpc.listen_addr})",
+            f"database file {path} does not exist (storage.database_path"
+            + (
+                "; --database-path reads only that file)"
+                if file_only
+                else f"; no core answered on {settings.grpc.listen_addr})"
+            ),
         )
     _log.debug("running the query on the database file", path=str(path))
     try:
@@ -229,7 +237,10 @@ def _query_file(settings: Settings, *, query: str, tenant: str, max_rows: int) -
     except DatabaseLockedError:
         raise SqlCommandError(
             EXIT_UNAVAILABLE,
-            f"{path} is locked by another process, and no core answered on "
+            f"{path} is locked by another process (a running core?); leave out --database-path to "
+            "ask the core on grpc.listen_addr"
+            if file_only
+            else f"{path} is locked by another process, and no core answered on "
             f"{settings.grpc.listen_addr}; point grpc.listen_addr at the running core",
         ) from None
     except DatabaseOpenError as exc:
