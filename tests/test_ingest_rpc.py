@@ -12,9 +12,9 @@ import os
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 import pytest
@@ -31,6 +31,7 @@ from llmtrace.api.v1 import (
 )
 from llmtrace.config.schema import SecurityAnalysisSettings
 from llmtrace.store.finding_ids import FindingIdReadError, FindingIds
+from llmtrace.store.writer import StoreWriter
 from tests.conftest import RunningCore, core_settings, running_core
 from tests.factories import BASE_NS, MS, expect_failure, make_complete_span, make_finding, make_span
 
@@ -819,6 +820,57 @@ async def test_a_finding_id_check_that_cannot_read_the_store_is_retryable(
             await _ingest(core, named)
         assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
         assert (await _ingest(core, make_span(tenant="acme"))).accepted_spans == 1  # no ids: no lookup
+
+
+async def test_a_request_cancelled_while_checked_gives_its_finding_ids_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past its deadline while its ids were being checked: the request is never written, and its
+    # claim on "f1" was kept until the core restarted, refusing every other span that named it.
+    stored = FindingIds._stored
+
+    def slow(self: FindingIds, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[bytes, bytes]]:
+        time.sleep(0.5)
+        return stored(self, keys)
+
+    monkeypatch.setattr(FindingIds, "_stored", slow)
+    async with running_core(core_settings(tmp_path / "db.duckdb")) as core:
+        abandoned = _with_finding_ids(make_span(tenant="acme"), "f1")
+        with pytest.raises(grpc.aio.AioRpcError) as late:
+            request = ingest_service_pb2.IngestSpansRequest(spans=[abandoned])
+            await core.ingest.IngestSpans(request, timeout=0.1)
+        assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await asyncio.sleep(0.6)  # the check ends in the core
+        taker = _with_finding_ids(make_span(tenant="acme"), "f1")
+        reply = await _ingest(core, taker)
+        assert reply.accepted_spans == 1, reply.partial_success.error_message
+        assert [f.id for f in (await _get(core, taker)).findings] == ["f1"]
+
+
+async def test_a_request_cancelled_while_written_keeps_its_finding_ids_until_the_write_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The write of a request past its deadline still commits. Its claim was given up at once:
+    # a second span naming the same id passed the check before the first was stored, both were
+    # acknowledged, and the store dropped the second's finding as a duplicate.
+    commit = StoreWriter._commit_ingest
+
+    def slow(self: StoreWriter, group: list[Any]) -> None:
+        time.sleep(0.5)
+        commit(self, group)
+
+    monkeypatch.setattr(StoreWriter, "_commit_ingest", slow)
+    async with running_core(core_settings(tmp_path / "db.duckdb")) as core:
+        first = _with_finding_ids(make_span(tenant="acme"), "f1")
+        with pytest.raises(grpc.aio.AioRpcError) as late:
+            await core.ingest.IngestSpans(ingest_service_pb2.IngestSpansRequest(spans=[first]), timeout=0.1)
+        assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        second = _with_finding_ids(make_span(tenant="acme"), "f1")
+        reply = await _ingest(core, second)  # sent while the first is still being written
+        assert reply.accepted_spans == 0
+        assert reply.partial_success.rejections[0].violations[0].field == "spans[0].findings[0].id"
+        await asyncio.sleep(0.6)  # the first write commits
+        assert [f.id for f in (await _get(core, first)).findings] == ["f1"]
 
 
 @pytest.mark.parametrize(

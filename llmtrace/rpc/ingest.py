@@ -10,7 +10,7 @@ import asyncio
 import functools
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 
 import grpc
 import structlog
@@ -209,27 +209,44 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
     async def _ingest(self, spans: Sequence[span_pb2.Span]) -> _Prepared:
         _check_batch_size(len(spans))
         # Validation and Arrow conversion are CPU work: keep them off the event loop.
-        prepared = await asyncio.get_running_loop().run_in_executor(
-            self._cpu,
-            functools.partial(
-                _prepare, spans, for_analysis=self._committed is not None, finding_ids=self._finding_ids
-            ),
+        return await self._commit(
+            await self._prepared(
+                functools.partial(
+                    _prepare, spans, for_analysis=self._committed is not None, finding_ids=self._finding_ids
+                )
+            )
         )
-        return await self._commit(prepared)
+
+    async def _prepared(self, prepare: Callable[[], _Prepared]) -> _Prepared:
+        """`prepare()` run in the CPU thread. A request cancelled meanwhile (its client gone or
+        past its deadline) is never written: the finding ids it claimed are given up once the
+        preparation ends, or no other span could take them until the core restarts."""
+        job = self._cpu.submit(prepare)
+        try:
+            return await asyncio.wrap_future(job)
+        except asyncio.CancelledError:
+            job.add_done_callback(self._release_unwritten)
+            raise
+
+    def _release_unwritten(self, job: Future[_Prepared]) -> None:
+        if self._finding_ids is not None and not job.cancelled() and job.exception() is None:
+            self._finding_ids.release(job.result().claimed)
 
     async def _commit(self, prepared: _Prepared) -> _Prepared:
         if prepared.batch is not None:
+            # Shielded: the write goes on if the request is cancelled, and the ids it claimed stay
+            # claimed until the write is over; given up earlier, another span could take an id
+            # that the store is about to hold, and its finding would be dropped as a duplicate.
+            write = asyncio.ensure_future(self._writer.write(prepared.batch))
+            write.add_done_callback(functools.partial(self._write_over, prepared.claimed))
             try:
-                await self._writer.write(prepared.batch)
+                await asyncio.shield(write)
             except WriterClosedError as exc:
                 raise RpcError(grpc.StatusCode.UNAVAILABLE, str(exc), reason="SHUTTING_DOWN") from exc
             except RuntimeError as exc:
                 raise RpcError(
                     grpc.StatusCode.UNAVAILABLE, "storage write failed; retry", reason="STORE_WRITE_FAILED"
                 ) from exc
-            finally:
-                if prepared.claimed and self._finding_ids is not None:
-                    self._finding_ids.release(prepared.claimed)
         metrics.SPANS_ACCEPTED.inc(prepared.accepted)
         metrics.SPANS_REJECTED.inc(len(prepared.rejections))
         if self._committed is not None and prepared.spans:
@@ -238,6 +255,12 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             except Exception:
                 _log.exception("committed spans not queued for analysis")
         return prepared
+
+    def _write_over(self, claimed: list[tuple[str, str]], write: asyncio.Future[None]) -> None:
+        if not write.cancelled():
+            write.exception()  # seen here when no request is left to raise it in
+        if claimed and self._finding_ids is not None:
+            self._finding_ids.release(claimed)
 
     async def IngestSpans(  # noqa: N802 - gRPC method name
         self, request: ingest_service_pb2.IngestSpansRequest, context: Context
@@ -259,11 +282,12 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         Decoding a large batch (megabytes of prompts) takes tens of milliseconds; done by gRPC
         it would run on the event loop, so it runs in the CPU thread with validation instead.
         """
-        loop = asyncio.get_running_loop()
         try:
             prepared = await self._commit(
-                await loop.run_in_executor(
-                    self._cpu, _parse_and_prepare, data, self._committed is not None, self._finding_ids
+                await self._prepared(
+                    functools.partial(
+                        _parse_and_prepare, data, self._committed is not None, self._finding_ids
+                    )
                 )
             )
         except RpcError as err:
