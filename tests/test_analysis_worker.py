@@ -157,7 +157,7 @@ async def test_carried_findings_are_kept_and_not_repeated(tmp_path: Path) -> Non
         span.findings.append(make_finding("custom_rule", finding_pb2.SEVERITY_LOW, 0.5))
         analysed_before = await _metric(core, "llmtrace_analysis_spans_total")
         await _ingest(core, [span])
-        await _ingest(core, [span])  # a replayed batch: analysed again, adds nothing
+        await _ingest(core, [span])  # a replayed batch: stored and analysed once
 
         hex_id = span.span_id.hex()
 
@@ -165,8 +165,7 @@ async def test_carried_findings_are_kept_and_not_repeated(tmp_path: Path) -> Non
             return await _findings(core, f'span_id = "{hex_id}" AND type = "prompt_extraction"')
 
         await _eventually(extraction_found, "analysis findings")
-        # Wait for the replay's analysis too.
-        await _eventually(lambda: _analysed_at_least(core, analysed_before + 2), "the replay's analysis")
+        await _eventually(lambda: _analysed_at_least(core, analysed_before + 1), "the span's analysis")
         found = await _findings(core, f'span_id = "{hex_id}"')
         keys = [(f.type, f.detector, f.location) for f in found]
         assert len(keys) == len(set(keys)), keys
@@ -174,6 +173,28 @@ async def test_carried_findings_are_kept_and_not_repeated(tmp_path: Path) -> Non
         assert "inline-1" in ids
         assert ("prompt_injection", "regex.injection.override", "request.messages[1].content") in keys
         assert any(f.type == "custom_rule" for f in found)
+
+
+async def test_a_replay_with_other_content_is_not_analysed_again(tmp_path: Path) -> None:
+    # The store keeps the span stored first; analysing the replay's content attached findings
+    # about text that was never stored to it.
+    async with running_core(_settings(tmp_path / "db.duckdb")) as core:
+        stored = make_span(prompt="What is the capital of France?")
+        await _ingest(core, [stored])
+        await _eventually(lambda: _analysed(core, stored), "analysis of the stored span")
+        replay = _injection_span()
+        replay.trace_id, replay.span_id = stored.trace_id, stored.span_id
+        after = _injection_span()  # analysed in order: once it is, so would the replay have been
+        await _ingest(core, [replay, after])
+        await _eventually(lambda: _analysed(core, after), "analysis of the span after the replay")
+        got = await _span(core, stored)
+        assert got.request.messages[1].parts[0].text == "What is the capital of France?"
+        assert _score(got) == 0
+        assert await _findings(core, f'span_id = "{stored.span_id.hex()}"') == []
+
+
+async def _analysed(core: RunningCore, span: span_pb2.Span) -> bool:
+    return _score(await _span(core, span)) is not None
 
 
 async def _analysed_at_least(core: RunningCore, spans: float) -> bool:

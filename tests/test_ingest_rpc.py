@@ -822,6 +822,44 @@ async def test_a_finding_id_check_that_cannot_read_the_store_is_retryable(
         assert (await _ingest(core, make_span(tenant="acme"))).accepted_spans == 1  # no ids: no lookup
 
 
+async def test_a_replay_with_other_findings_adds_nothing_to_the_stored_span(
+    shared: RunningCore, tenant: str
+) -> None:
+    # The span row of a replay is ignored; its findings were stored anyway, describing content
+    # that was never stored, and the span's score did not match them.
+    stored = make_span(tenant=tenant)
+    assert (await _ingest(shared, stored)).accepted_spans == 1
+    replay = span_pb2.Span()
+    replay.CopyFrom(stored)
+    replay.findings.append(make_finding(severity=finding_pb2.SEVERITY_CRITICAL))
+    assert (await _ingest(shared, replay)).accepted_spans == 1  # idempotent: accepted, not stored
+    got = await _get(shared, stored)
+    assert list(got.findings) == [] and not got.HasField("security_score")
+
+    # The same within one request, and across requests committed together.
+    first = _with_finding_ids(make_span(tenant=tenant), "kept")
+    again = span_pb2.Span()
+    again.CopyFrom(first)
+    del again.findings[:]
+    again.findings.append(make_finding("other_kind"))
+    reply = await _ingest(shared, first, again)
+    assert reply.accepted_spans == 2 and not reply.HasField("partial_success")
+    assert [f.id for f in (await _get(shared, first)).findings] == ["kept"]
+    racing = [make_span(tenant=tenant) for _ in range(2)]
+    copies = []
+    for span in racing:
+        copy = span_pb2.Span()
+        copy.CopyFrom(span)
+        copy.findings.append(make_finding("late_kind"))
+        copies.append(copy)
+    replies = await asyncio.gather(*(_ingest(shared, span) for span in [*racing, *copies]))
+    assert [r.accepted_spans for r in replies] == [1, 1, 1, 1]
+    for span in racing:  # whichever copy was stored, its findings and score agree with it
+        got = await _get(shared, span)
+        kept = [f.type for f in got.findings]
+        assert (kept, got.HasField("security_score")) in (([], False), (["late_kind"], True)), got
+
+
 async def test_a_request_cancelled_while_checked_gives_its_finding_ids_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -24,7 +24,7 @@ from llmtrace.ingest.validation import validate_span
 from llmtrace.rpc import metrics
 from llmtrace.rpc.errors import RpcError, abort, invalid_argument
 from llmtrace.store.finding_ids import FindingIdReadError, FindingIds
-from llmtrace.store.writer import StoreWriter, WriteBatch, WriterClosedError
+from llmtrace.store.writer import Inserted, StoreWriter, WriteBatch, WriterClosedError
 
 _log = structlog.get_logger(__name__)
 SERVICE_NAME = ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
@@ -42,10 +42,13 @@ class _Prepared:
         batch: WriteBatch | None,
         spans: list[span_pb2.Span],
         rejections: list[ingest_service_pb2.RejectedSpan],
+        repeats: int = 0,
     ) -> None:
         self.batch = batch
+        #: The spans to write, one per row of `batch`, in order.
         self.spans = spans
-        self.accepted = len(spans)
+        #: Repeats of a span earlier in the request are accepted, as replays are, and not written.
+        self.accepted = len(spans) + repeats
         self.rejections = rejections
         #: Finding ids this request claimed (`FindingIds`), given up once its write is over.
         self.claimed: list[tuple[str, str]] = []
@@ -77,12 +80,16 @@ def _prepare_spans(
 ) -> _Prepared:
     now = time.time()
     valid: list[span_pb2.Span] = []
+    keys: set[tuple[str, bytes, bytes]] = set()
     rejections: list[ingest_service_pb2.RejectedSpan] = []
     for index, span in enumerate(spans):
         violations = _read_raw(span) if span.HasField("raw_exchange") else []
         violations = violations or validate_span(span, now) or _finding_id_conflicts(span, owners)
         if not violations:
-            valid.append(span)
+            key = (span.tenant, span.trace_id, span.span_id)
+            if key not in keys:  # the first copy of a span wins, as it does across requests
+                keys.add(key)
+                valid.append(span)
             continue
         rejections.append(
             ingest_service_pb2.RejectedSpan(
@@ -96,9 +103,10 @@ def _prepare_spans(
             )
         )
     batch = build_write_batch(valid, int(now * 1_000_000)) if valid else None
+    repeats = len(spans) - len(rejections) - len(valid)
     if for_analysis:
         valid = [_analysis_copy(span) for span in valid]
-    return _Prepared(batch, valid, rejections)
+    return _Prepared(batch, valid, rejections, repeats)
 
 
 def _finding_id_conflicts(
@@ -240,13 +248,15 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             write = asyncio.ensure_future(self._writer.write(prepared.batch))
             write.add_done_callback(functools.partial(self._write_over, prepared.claimed))
             try:
-                await asyncio.shield(write)
+                inserted = await asyncio.shield(write)
             except WriterClosedError as exc:
                 raise RpcError(grpc.StatusCode.UNAVAILABLE, str(exc), reason="SHUTTING_DOWN") from exc
             except RuntimeError as exc:
                 raise RpcError(
                     grpc.StatusCode.UNAVAILABLE, "storage write failed; retry", reason="STORE_WRITE_FAILED"
                 ) from exc
+            if inserted is not None:  # some were stored before: analysed then, not again
+                prepared.spans = [span for span, new in zip(prepared.spans, inserted, strict=True) if new]
         metrics.SPANS_ACCEPTED.inc(prepared.accepted)
         metrics.SPANS_REJECTED.inc(len(prepared.rejections))
         if self._committed is not None and prepared.spans:
@@ -256,7 +266,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                 _log.exception("committed spans not queued for analysis")
         return prepared
 
-    def _write_over(self, claimed: list[tuple[str, str]], write: asyncio.Future[None]) -> None:
+    def _write_over(self, claimed: list[tuple[str, str]], write: asyncio.Future[Inserted]) -> None:
         if not write.cancelled():
             write.exception()  # seen here when no request is left to raise it in
         if claimed and self._finding_ids is not None:

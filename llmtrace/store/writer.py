@@ -67,11 +67,16 @@ class AnalysisWrite:
     findings: pa.Table | None = None
 
 
+Inserted = list[bool] | None
+"""Which spans of a `WriteBatch` the commit stored, by row; None: all of them. A span already
+stored (a replay), or earlier in the same commit, is not stored again, nor are its findings."""
+
+
 @dataclass
 class _Pending:
     batch: WriteBatch | AnalysisWrite
     loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[None] = field(repr=False)
+    future: asyncio.Future[Inserted] = field(repr=False)
 
 
 _STOP = object()
@@ -94,8 +99,11 @@ class StoreWriter:
         """Start the writer thread."""
         self._thread.start()
 
-    async def write(self, batch: WriteBatch | AnalysisWrite) -> None:
-        """Commit `batch` (spans already stored are skipped: ingest is idempotent)."""
+    async def write(self, batch: WriteBatch | AnalysisWrite) -> Inserted:
+        """Commit `batch`; which of its spans were stored (`Inserted`; None for analysis rows).
+
+        Spans already stored are skipped with their findings: ingest is idempotent, and a replay
+        whose content differs adds nothing to the span stored first."""
         loop = asyncio.get_running_loop()
         pending = _Pending(batch, loop, loop.create_future())
         with self._closing:
@@ -168,7 +176,7 @@ class StoreWriter:
 
     def _commit_ingest(self, group: list[_Pending]) -> None:
         try:
-            self._insert(group)
+            inserted = self._insert([p.batch for p in group if isinstance(p.batch, WriteBatch)])
         except Exception:
             if len(group) == 1:
                 _log.exception("store write failed")
@@ -177,18 +185,53 @@ class StoreWriter:
             for pending in group:
                 self._commit_ingest([pending])
             return
-        for pending in group:
-            _resolve(pending)
+        for pending, stored in zip(group, inserted, strict=True):
+            _resolve(pending, stored)
 
-    def _insert(self, group: list[_Pending]) -> None:
-        batches = [p.batch for p in group if isinstance(p.batch, WriteBatch)]
+    def _insert(self, batches: list[WriteBatch]) -> list[Inserted]:
         spans = pa.concat_tables([b.spans for b in batches])  # zero-copy
         found = [b.findings for b in batches if b.findings is not None]
         findings = pa.concat_tables(found) if found else None
         try:
             self._insert_tables(spans, findings, or_ignore=False)
         except duckdb.ConstraintException:
-            self._insert_tables(spans, findings, or_ignore=True)
+            return self._insert_new(batches)
+        return [None] * len(batches)
+
+    def _insert_new(self, batches: list[WriteBatch]) -> list[Inserted]:
+        """The group again, without the spans already stored or earlier in it, nor their findings
+        (a differing replay would otherwise attach findings about text that was never stored)."""
+        seen = self._stored_keys(pa.concat_tables([b.spans.select(_SPAN_KEY) for b in batches]))
+        inserted: list[Inserted] = []
+        spans: list[pa.Table] = []
+        found: list[pa.Table] = []
+        for batch in batches:
+            keys = _keys(batch.spans)
+            new = []
+            for key in keys:
+                new.append(key not in seen)
+                seen.add(key)
+            inserted.append(new)
+            spans.append(batch.spans.filter(pa.array(new)))
+            if batch.findings is not None and batch.findings.num_rows:
+                kept = {key for key, is_new in zip(keys, new, strict=True) if is_new}
+                found.append(batch.findings.filter(pa.array([k in kept for k in _keys(batch.findings)])))
+        # OR IGNORE still: a client's finding id may repeat one stored in the meantime.
+        self._insert_tables(
+            pa.concat_tables(spans), pa.concat_tables(found) if found else None, or_ignore=True
+        )
+        return inserted
+
+    def _stored_keys(self, keys: pa.Table) -> set[tuple[str, bytes, bytes]]:
+        self._conn.register("_ingest_keys", keys)
+        try:
+            rows = self._conn.execute(
+                "SELECT s.tenant, s.trace_id, s.span_id FROM span_rows s "
+                "JOIN _ingest_keys k USING (tenant, trace_id, span_id)"
+            ).fetchall()
+        finally:
+            self._conn.unregister("_ingest_keys")
+        return {(tenant, bytes(trace), bytes(span)) for tenant, trace, span in rows}
 
     def _insert_tables(self, spans: pa.Table, findings: pa.Table | None, *, or_ignore: bool) -> None:
         tables = [("_ingest_spans", spans, _SPAN_INSERT, _SPAN_UPSERT)]
@@ -221,10 +264,17 @@ class StoreWriter:
                 conn.unregister(name)
 
 
-def _resolve(pending: _Pending) -> None:
+_SPAN_KEY = ["tenant", "trace_id", "span_id"]
+
+
+def _keys(table: pa.Table) -> list[tuple[str, bytes, bytes]]:
+    return list(zip(*(table.column(name).to_pylist() for name in _SPAN_KEY), strict=True))
+
+
+def _resolve(pending: _Pending, inserted: Inserted = None) -> None:
     def set_result() -> None:
         if not pending.future.done():
-            pending.future.set_result(None)
+            pending.future.set_result(inserted)
 
     _call_soon(pending, set_result)
 

@@ -30,6 +30,8 @@ const (
 // IngestService accepts spans from the proxy, SDKs and exporters. A span is acknowledged
 // only after it is committed to storage. Ingest is idempotent on
 // (tenant, trace_id, span_id): a replayed span is acknowledged and not stored twice.
+// The first copy stored wins, within a request too: a later copy whose content or
+// findings differ changes nothing, and is not analysed.
 type IngestServiceClient interface {
 	// IngestSpans stores a batch of spans. Valid spans are stored even when others in the
 	// batch are invalid; the rejected ones are listed in `partial_success`.
@@ -77,6 +79,8 @@ type IngestService_StreamSpansClient = grpc.BidiStreamingClient[StreamSpansReque
 // IngestService accepts spans from the proxy, SDKs and exporters. A span is acknowledged
 // only after it is committed to storage. Ingest is idempotent on
 // (tenant, trace_id, span_id): a replayed span is acknowledged and not stored twice.
+// The first copy stored wins, within a request too: a later copy whose content or
+// findings differ changes nothing, and is not analysed.
 type IngestServiceServer interface {
 	// IngestSpans stores a batch of spans. Valid spans are stored even when others in the
 	// batch are invalid; the rejected ones are listed in `partial_success`.

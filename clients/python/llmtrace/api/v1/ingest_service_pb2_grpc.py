@@ -29,6 +29,8 @@ class IngestServiceStub(object):
     """IngestService accepts spans from the proxy, SDKs and exporters. A span is acknowledged
     only after it is committed to storage. Ingest is idempotent on
     (tenant, trace_id, span_id): a replayed span is acknowledged and not stored twice.
+    The first copy stored wins, within a request too: a later copy whose content or
+    findings differ changes nothing, and is not analysed.
     """
 
     def __init__(self, channel):
@@ -53,6 +55,8 @@ class IngestServiceServicer(object):
     """IngestService accepts spans from the proxy, SDKs and exporters. A span is acknowledged
     only after it is committed to storage. Ingest is idempotent on
     (tenant, trace_id, span_id): a replayed span is acknowledged and not stored twice.
+    The first copy stored wins, within a request too: a later copy whose content or
+    findings differ changes nothing, and is not analysed.
     """
 
     def IngestSpans(self, request, context):
@@ -96,6 +100,8 @@ class IngestService(object):
     """IngestService accepts spans from the proxy, SDKs and exporters. A span is acknowledged
     only after it is committed to storage. Ingest is idempotent on
     (tenant, trace_id, span_id): a replayed span is acknowledged and not stored twice.
+    The first copy stored wins, within a request too: a later copy whose content or
+    findings differ changes nothing, and is not analysed.
     """
 
     @staticmethod

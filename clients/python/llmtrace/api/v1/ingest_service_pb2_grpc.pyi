@@ -30,6 +30,8 @@ class IngestServiceStub:
     """IngestService accepts spans from the proxy, SDKs and exporters. A span is acknowledged
     only after it is committed to storage. Ingest is idempotent on
     (tenant, trace_id, span_id): a replayed span is acknowledged and not stored twice.
+    The first copy stored wins, within a request too: a later copy whose content or
+    findings differ changes nothing, and is not analysed.
     """
 
     @_typing.overload
@@ -50,6 +52,8 @@ class IngestServiceAsyncStub(IngestServiceStub):
     """IngestService accepts spans from the proxy, SDKs and exporters. A span is acknowledged
     only after it is committed to storage. Ingest is idempotent on
     (tenant, trace_id, span_id): a replayed span is acknowledged and not stored twice.
+    The first copy stored wins, within a request too: a later copy whose content or
+    findings differ changes nothing, and is not analysed.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -66,6 +70,8 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
     """IngestService accepts spans from the proxy, SDKs and exporters. A span is acknowledged
     only after it is committed to storage. Ingest is idempotent on
     (tenant, trace_id, span_id): a replayed span is acknowledged and not stored twice.
+    The first copy stored wins, within a request too: a later copy whose content or
+    findings differ changes nothing, and is not analysed.
     """
 
     @_abc_1.abstractmethod
