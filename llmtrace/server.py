@@ -196,6 +196,7 @@ class Core:
                 sql_max_rows=settings.sql.max_rows,
                 sql_timeout_s=settings.sql.timeout_seconds,
                 paging=PageSizes(settings.query.default_page_size, settings.query.max_page_size),
+                max_message_bytes=settings.grpc.max_message_bytes,
             ),
             server,
         )

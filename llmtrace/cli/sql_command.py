@@ -111,7 +111,7 @@ def run_sql(
     if result.truncated and fmt != "table":
         print(
             f"llmtrace: warning: result truncated after {len(result.rows)} rows; more rows matched "
-            "(--max-rows, sql.max_rows)",
+            "(--max-rows, sql.max_rows; or, through the core, the result reached grpc.max_message_bytes)",
             file=sys.stderr,
         )
     return EXIT_OK
@@ -443,5 +443,5 @@ def _write_table(result: Result, out: TextIO) -> None:
     count = len(result.rows)
     footer = f"({count} row{'' if count == 1 else 's'}"
     if result.truncated:
-        footer += f"; truncated, more rows matched than the limit of {count}"
+        footer += "; truncated, more rows matched"
     out.write(footer + ")\n")

@@ -9,15 +9,17 @@ import functools
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
 
 from llmtrace import limits
 from llmtrace.api.v1 import common_pb2, query_service_pb2, query_service_pb2_grpc
 from llmtrace.query import PageTokenCodec, QueryError
 from llmtrace.rpc.errors import RpcError, abort, invalid_argument, not_found
+from llmtrace.rpc.response_size import RESPONSE_HEADROOM, fitting, page_length, too_large
 from llmtrace.rpc.row_convert import (
     finding_from_row,
     python_to_any_value,
@@ -26,11 +28,12 @@ from llmtrace.rpc.row_convert import (
     trace_from_row,
 )
 from llmtrace.store import queries
-from llmtrace.store.listing import ListRequest, list_page
+from llmtrace.store.listing import ListRequest, Page, list_page
 from llmtrace.store.reader import ReadTimeoutError, Row, StoreReader
 from llmtrace.store.sql_sandbox import SqlRefused, SqlTimeout, execute_sandboxed
 
 Context = grpc.aio.ServicerContext[object, object]
+M = TypeVar("M", bound=Message)
 
 _DIMENSIONS = {
     query_service_pb2.STATS_DIMENSION_MODEL: "model",
@@ -143,8 +146,11 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         sql_max_rows: int,
         sql_timeout_s: float,
         paging: PageSizes | None = None,
+        max_message_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self._paging = paging or PageSizes()
+        #: `grpc.max_message_bytes`: no response may be larger (`llmtrace.rpc.response_size`).
+        self._max_message_bytes = max_message_bytes
         self._reader = reader
         self._sql_reader = sql_reader or reader
         self._codec = codec
@@ -159,9 +165,13 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         page = await list_page(
             self._reader, self._codec, queries.TRACE_LIST, _list_request(request, self._paging)
         )
-        return query_service_pb2.ListTracesResponse(
-            traces=[trace_from_row(r) for r in page.rows], next_page_token=page.next_page_token
-        )
+        traces, page = self._fit([trace_from_row(r) for r in page.rows], page, "a trace summary")
+        return query_service_pb2.ListTracesResponse(traces=traces, next_page_token=page.next_page_token)
+
+    def _fit(self, items: list[M], page: Page, what: str) -> tuple[list[M], Page]:
+        """The items of `page` that fit in one response, and the page cut to match."""
+        count = page_length(items, self._max_message_bytes, what)
+        return items[:count], page.cut(count)
 
     @_reports_errors
     async def GetTrace(  # noqa: N802 - gRPC method name
@@ -179,7 +189,10 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         if len(rows) > queries.MAX_TRACE_SPANS:
             rows = rows[: queries.MAX_TRACE_SPANS]
             trace.spans_truncated = True
-        trace.spans.extend(await self._spans(tenant, rows, with_findings=full))
+        spans = await self._spans(tenant, rows, with_findings=full)
+        count = page_length(spans, self._max_message_bytes, "the trace's first span")
+        trace.spans_truncated |= count < len(spans)
+        trace.spans.extend(spans[:count])
         return query_service_pb2.GetTraceResponse(trace=trace)
 
     async def _merge_analysed_scores(self, tenant: str, rows: list[Row]) -> None:
@@ -219,7 +232,7 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         )
         if not join:
             await self._merge_analysed_scores(req.tenant, page.rows)
-        spans = await self._spans(req.tenant, page.rows, with_findings=full)
+        spans, page = self._fit(await self._spans(req.tenant, page.rows, with_findings=full), page, "a span")
         return query_service_pb2.ListSpansResponse(spans=spans, next_page_token=page.next_page_token)
 
     @_reports_errors
@@ -238,6 +251,8 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
                 [("trace_id", "span_id is in several traces; give trace_id too")], reason="AMBIGUOUS_SPAN"
             )
         spans = await self._spans(tenant, rows, with_findings=True)
+        if not fitting(spans, self._max_message_bytes - RESPONSE_HEADROOM):
+            raise too_large(f"span {request.span_id.hex()}", spans[0].ByteSize(), self._max_message_bytes)
         return query_service_pb2.GetSpanResponse(span=spans[0])
 
     @_reports_errors
@@ -248,9 +263,8 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         page = await list_page(
             self._reader, self._codec, queries.FINDING_LIST, _list_request(request, self._paging)
         )
-        return query_service_pb2.ListFindingsResponse(
-            findings=[finding_from_row(r) for r in page.rows], next_page_token=page.next_page_token
-        )
+        findings, page = self._fit([finding_from_row(r) for r in page.rows], page, "a finding")
+        return query_service_pb2.ListFindingsResponse(findings=findings, next_page_token=page.next_page_token)
 
     @_reports_errors
     async def GetStats(  # noqa: N802 - gRPC method name
@@ -300,8 +314,11 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
             response = query_service_pb2.ExecuteSqlResponse(truncated=result.truncated)
             for column in result.columns:
                 response.columns.add(name=column.name, type=column.type)
-            for values in result.rows:
-                response.rows.add(values=[sql_value(v) for v in values])
+            rows = [query_service_pb2.SqlRow(values=[sql_value(v) for v in values]) for values in result.rows]
+            # Rows past the size a response may have are cut, as rows past max_rows are.
+            count = fitting(rows, self._max_message_bytes - RESPONSE_HEADROOM)
+            response.rows.extend(rows[:count])
+            response.truncated |= count < len(rows)
             return response
 
         return await asyncio.to_thread(convert)

@@ -7,7 +7,8 @@ cost the same as the first and rows inserted meanwhile cause neither gaps nor re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from llmtrace.query import (
@@ -59,6 +60,15 @@ class Page:
 
     rows: list[Row]
     next_page_token: str
+    #: The token that resumes after row i (`cut`).
+    token_after: Callable[[int], str] | None = field(default=None, repr=False)
+
+    def cut(self, count: int) -> Page:
+        """The first `count` rows, and the token that resumes after them."""
+        if count >= len(self.rows):
+            return self
+        assert self.token_after is not None and count > 0
+        return Page(self.rows[:count], self.token_after(count - 1), self.token_after)
 
 
 async def list_page(reader: StoreReader, codec: PageTokenCodec, query: ListQuery, req: ListRequest) -> Page:
@@ -77,17 +87,14 @@ async def list_page(reader: StoreReader, codec: PageTokenCodec, query: ListQuery
         f"ORDER BY {order_sql_clause(order)} LIMIT {size + 1}"
     )
     rows = await reader.fetch(sql, [*relation_params, req.tenant, *where.params])
-    token = ""
-    if len(rows) > size:
-        rows = rows[:size]
-        last = rows[-1]
-        token = codec.encode(
-            fingerprint, token_values_from_row(order, [last[f"__k{i}"] for i in range(len(order))])
-        )
-    for row in rows:
-        for i in range(len(order)):
-            del row[f"__k{i}"]
-    return Page(rows, token)
+    more = len(rows) > size
+    rows = rows[:size]
+    sort_keys = [[row.pop(f"__k{i}") for i in range(len(order))] for row in rows]
+
+    def token_after(index: int) -> str:
+        return codec.encode(fingerprint, token_values_from_row(order, sort_keys[index]))
+
+    return Page(rows, token_after(len(rows) - 1) if more else "", token_after)
 
 
 def _bind_tenant(relation: str, tenant: str) -> tuple[str, list[Any]]:

@@ -168,8 +168,8 @@ type Trace struct {
 	SessionId string `protobuf:"bytes,13,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
 	// The trace's spans, oldest first (GetTrace only; at most 10,000).
 	Spans []*Span `protobuf:"bytes,14,rep,name=spans,proto3" json:"spans,omitempty"`
-	// True when the trace has more spans than GetTrace returns; page through the rest with
-	// ListSpans and the filter `trace_id = "<hex>"`.
+	// True when the trace has more spans than GetTrace returns (over 10,000, or more than fit
+	// in 4 MiB); page through the rest with ListSpans and the filter `trace_id = "<hex>"`.
 	SpansTruncated bool `protobuf:"varint,15,opt,name=spans_truncated,json=spansTruncated,proto3" json:"spans_truncated,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
@@ -1493,9 +1493,9 @@ type ExecuteSqlResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Result columns.
 	Columns []*SqlColumn `protobuf:"bytes,1,rep,name=columns,proto3" json:"columns,omitempty"`
-	// Result rows, at most the row cap.
+	// Result rows, at most the row cap, and no more than fit in grpc.max_message_bytes.
 	Rows []*SqlRow `protobuf:"bytes,2,rep,name=rows,proto3" json:"rows,omitempty"`
-	// True when more rows existed than the cap allowed.
+	// True when more rows existed than the cap or the message size allowed.
 	Truncated     bool `protobuf:"varint,3,opt,name=truncated,proto3" json:"truncated,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

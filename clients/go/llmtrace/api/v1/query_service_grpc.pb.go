@@ -36,7 +36,9 @@ const (
 // a tenant and only sees that tenant's data.
 //
 // List RPCs page with `page_size` (default 50, max 1000) and an opaque `page_token`; a
-// token is only valid with the tenant, filter and order it was issued for. `filter` is a
+// token is only valid with the tenant, filter and order it was issued for. A page holds
+// fewer items when more would pass 4 MiB (gRPC's default receive limit), at least one; its
+// `next_page_token` goes on after the last. `filter` is a
 // subset of AIP-160: comparisons (`=`, `!=`, `<`, `<=`, `>`, `>=`) of a field with a
 // literal, combined with AND, OR, NOT and parentheses; see docs/query.md for the fields.
 type QueryServiceClient interface {
@@ -144,7 +146,9 @@ func (c *queryServiceClient) ExecuteSql(ctx context.Context, in *ExecuteSqlReque
 // a tenant and only sees that tenant's data.
 //
 // List RPCs page with `page_size` (default 50, max 1000) and an opaque `page_token`; a
-// token is only valid with the tenant, filter and order it was issued for. `filter` is a
+// token is only valid with the tenant, filter and order it was issued for. A page holds
+// fewer items when more would pass 4 MiB (gRPC's default receive limit), at least one; its
+// `next_page_token` goes on after the last. `filter` is a
 // subset of AIP-160: comparisons (`=`, `!=`, `<`, `<=`, `>`, `>=`) of a field with a
 // literal, combined with AND, OR, NOT and parentheses; see docs/query.md for the fields.
 type QueryServiceServer interface {

@@ -120,8 +120,8 @@ class Trace(_message.Message):
     session_id: _builtins.str
     """Session id of the trace's spans, when any."""
     spans_truncated: _builtins.bool
-    """True when the trace has more spans than GetTrace returns; page through the rest with
-    ListSpans and the filter `trace_id = "<hex>"`.
+    """True when the trace has more spans than GetTrace returns (over 10,000, or more than fit
+    in 4 MiB); page through the rest with ListSpans and the filter `trace_id = "<hex>"`.
     """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
@@ -768,14 +768,14 @@ class ExecuteSqlResponse(_message.Message):
     ROWS_FIELD_NUMBER: _builtins.int
     TRUNCATED_FIELD_NUMBER: _builtins.int
     truncated: _builtins.bool
-    """True when more rows existed than the cap allowed."""
+    """True when more rows existed than the cap or the message size allowed."""
     @_builtins.property
     def columns(self) -> _containers.RepeatedCompositeFieldContainer[Global___SqlColumn]:
         """Result columns."""
 
     @_builtins.property
     def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___SqlRow]:
-        """Result rows, at most the row cap."""
+        """Result rows, at most the row cap, and no more than fit in grpc.max_message_bytes."""
 
     def __init__(
         self,

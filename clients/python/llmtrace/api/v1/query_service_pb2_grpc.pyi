@@ -31,7 +31,9 @@ class QueryServiceStub:
     a tenant and only sees that tenant's data.
 
     List RPCs page with `page_size` (default 50, max 1000) and an opaque `page_token`; a
-    token is only valid with the tenant, filter and order it was issued for. `filter` is a
+    token is only valid with the tenant, filter and order it was issued for. A page holds
+    fewer items when more would pass 4 MiB (gRPC's default receive limit), at least one; its
+    `next_page_token` goes on after the last. `filter` is a
     subset of AIP-160: comparisons (`=`, `!=`, `<`, `<=`, `>`, `>=`) of a field with a
     literal, combined with AND, OR, NOT and parentheses; see docs/query.md for the fields.
     """
@@ -65,7 +67,9 @@ class QueryServiceAsyncStub(QueryServiceStub):
     a tenant and only sees that tenant's data.
 
     List RPCs page with `page_size` (default 50, max 1000) and an opaque `page_token`; a
-    token is only valid with the tenant, filter and order it was issued for. `filter` is a
+    token is only valid with the tenant, filter and order it was issued for. A page holds
+    fewer items when more would pass 4 MiB (gRPC's default receive limit), at least one; its
+    `next_page_token` goes on after the last. `filter` is a
     subset of AIP-160: comparisons (`=`, `!=`, `<`, `<=`, `>`, `>=`) of a field with a
     literal, combined with AND, OR, NOT and parentheses; see docs/query.md for the fields.
     """
@@ -95,7 +99,9 @@ class QueryServiceServicer(metaclass=_abc_1.ABCMeta):
     a tenant and only sees that tenant's data.
 
     List RPCs page with `page_size` (default 50, max 1000) and an opaque `page_token`; a
-    token is only valid with the tenant, filter and order it was issued for. `filter` is a
+    token is only valid with the tenant, filter and order it was issued for. A page holds
+    fewer items when more would pass 4 MiB (gRPC's default receive limit), at least one; its
+    `next_page_token` goes on after the last. `filter` is a
     subset of AIP-160: comparisons (`=`, `!=`, `<`, `<=`, `>`, `>=`) of a field with a
     literal, combined with AND, OR, NOT and parentheses; see docs/query.md for the fields.
     """
