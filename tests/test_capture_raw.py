@@ -300,7 +300,10 @@ def test_spans_for_analysis_are_copies_without_the_bodies_or_the_batch() -> None
     from llmtrace.rpc.ingest import _parse_and_prepare, _prepare  # noqa: PLC0415 - the unit under test
 
     span = raw_span("/v1/chat/completions", CHAT, (200, "application/json", "", [CHAT_ANSWER]))
-    payload = ingest_service_pb2.IngestSpansRequest(spans=[span, span]).SerializeToString()
+    other = span_pb2.Span()
+    other.CopyFrom(span)
+    other.span_id = bytes(8 - len(b"other")) + b"other"
+    payload = ingest_service_pb2.IngestSpansRequest(spans=[span, other]).SerializeToString()
     analysed = _parse_and_prepare(payload, for_analysis=True).spans
     assert len(analysed) == 2
     for one in analysed:

@@ -316,3 +316,33 @@ def test_secret_cut_by_the_budget_never_leaks_half_unmasked() -> None:
     span = build_span(meta(), request, response, bodies="redacted", max_body_bytes=1000)
     text = span.request.messages[0].parts[0].text
     assert len(text) <= 1000 and "QQQ" not in text and "sk-" not in text
+
+
+def test_metadata_mode_keeps_no_upstream_error_message_nor_participant_name() -> None:
+    prompt = "Draft the Q3 layoff list: Alice Smith, Bob Jones"
+    body = {"model": "llama", "messages": [{"role": "user", "contnt": prompt, "name": "alice_smith"}]}
+    request = parse_request("/v1/chat/completions", json.dumps(body).encode(), "", max_body_bytes=LIMIT)
+    # vLLM and LiteLLM validation errors echo the offending input.
+    echo = f"Field required, input: {{'role': 'user', 'contnt': '{prompt}'}}"
+    reader = ResponseCapture(request, 400, "application/json", "", max_body_bytes=LIMIT)
+    reader.feed(json.dumps({"error": {"message": echo, "type": "BadRequestError", "code": 400}}).encode())
+    response = reader.finish()
+    span = build_span(meta(http_status=400), request, response, bodies="metadata", max_body_bytes=LIMIT)
+    assert_valid(span)
+    serialized = span.SerializeToString()
+    assert b"Alice Smith" not in serialized and b"alice_smith" not in serialized
+    assert span.status.error_type == "BadRequestError" and span.status.code == span_pb2.STATUS_CODE_ERROR
+    assert "HTTP 400" in span.status.error_message and "metadata" in span.status.error_message
+    full = build_span(meta(http_status=400), request, response, bodies="full", max_body_bytes=LIMIT)
+    assert full.status.error_message == echo and full.request.messages[0].name == "alice_smith"
+    # The proxy's own messages hold no content: kept in every mode.
+    own = meta(http_status=502, error_type="upstream_unreachable", error_message="upstream unreachable")
+    span = build_span(own, request, None, bodies="metadata", max_body_bytes=LIMIT)
+    assert span.status.error_message == "upstream unreachable"
+
+
+def test_redacted_mode_masks_participant_names() -> None:
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi", "name": "jane@example.com"}]}
+    request = parse_request("/v1/chat/completions", json.dumps(body).encode(), "", max_body_bytes=LIMIT)
+    span = build_span(meta(), request, None, bodies="redacted", max_body_bytes=LIMIT)
+    assert span.request.messages[0].name == "[EMAIL]"

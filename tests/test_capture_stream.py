@@ -651,3 +651,176 @@ def test_a_delta_with_bytes_that_are_not_utf8_keeps_the_rest_of_its_text() -> No
     body = b'data: {"choices":[{"index":0,"delta":{"content":"a\xff\xfeb"}}]}\n\ndata: [DONE]\n\n'
     response = capture(request_for("/v1/chat/completions", CHAT_REQUEST), [body])
     assert _chat_text(response) == "a\ufffd\ufffdb"
+
+
+def _gzip_in_blocks(block: bytes, count: int, end: bytes = b"") -> bytes:
+    """`block` repeated `count` times then `end`, gzipped without holding the whole body."""
+    packer = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    packed = [packer.compress(block) for _ in range(count)]
+    return b"".join([*packed, packer.compress(end), packer.flush()])
+
+
+def _chunks(body: bytes, size: int = 65536) -> list[bytes]:
+    return [body[i : i + size] for i in range(0, len(body), size)]
+
+
+def test_a_gzip_embeddings_body_past_the_decode_limit_keeps_its_model_and_usage() -> None:
+    # OpenAI puts model and usage after the vectors: the real end must be read, not the end of
+    # what was decoded before some limit.
+    request = request_for("/v1/embeddings", {"model": "text-embedding-3-small", "input": ["x"] * 700})
+    item = json.dumps({"object": "embedding", "index": 0, "embedding": [-0.0123456789012345] * 1536})
+    head = b'{"object": "list", "data": [' + (item.encode() + b", ") * 699 + item.encode()
+    end = b'], "model": "text-embedding-3-small", "usage": {"prompt_tokens": 700, "total_tokens": 700}}'
+    assert len(head) > 20 * 1024 * 1024
+    got = capture(request, _chunks(_gzip_in_blocks(head, 1, end)), content_type=JSON, encoding="gzip")
+    assert got.model == "text-embedding-3-small" and got.usage == model.Usage(700, 0, 700)
+
+
+def test_a_gzip_stream_past_the_decode_limit_keeps_its_usage_and_is_not_cut() -> None:
+    request = request_for("/v1/chat/completions", CHAT_REQUEST)
+    delta = sse([(None, chat_chunk({"content": "tok "}))], done=False)
+    usage = {"prompt_tokens": 5, "completion_tokens": 200_000, "total_tokens": 200_005}
+    end = sse([(None, chat_chunk({}, "stop")), (None, chat_chunk({}, usage=usage))], done=True)
+    body = _gzip_in_blocks(delta * 1000, 200, end)
+    got = capture(request, _chunks(body), encoding="gzip")
+    assert len(delta) * 200_000 > 18 * 1024 * 1024  # past what is parsed event by event
+    assert got.usage == model.Usage(5, 200_000, 200_005) and not got.stream_cut
+    assert got.truncated and got.choices[0].finish_reason == "stop"
+    assert _chat_text(got).startswith("tok tok ")
+
+
+def test_a_compressed_stream_too_large_to_read_is_truncated_not_cut() -> None:
+    # About 270 MB decoded from 1.4 MB: reading stops at a capture limit, which is no upstream
+    # failure (the end was never seen).
+    request = request_for("/v1/chat/completions", CHAT_REQUEST)
+    block = sse([(None, chat_chunk({"content": "x" * 60_000}))], done=False) * 18
+    got = capture(request, _chunks(_gzip_in_blocks(block, 260)), encoding="gzip")
+    assert got.truncated and not got.stream_cut
+    assert _chat_text(got) == "x" * LIMIT
+
+
+def test_a_decode_error_late_in_a_gzip_stream_keeps_what_was_read() -> None:
+    request = request_for("/v1/chat/completions", CHAT_REQUEST)
+    events: list[tuple[str | None, object]] = [
+        (None, chat_chunk({"content": f"word{i} "})) for i in range(2000)
+    ]
+    body = bytearray(gzip.compress(sse(events, done=True)))
+    body[-6] ^= 0xFF  # the CRC in the trailer: every event decodes before the check fails
+    got = capture(request, _chunks(bytes(body), 4096), encoding="gzip")
+    assert _chat_text(got).startswith("word0 word1 ") and got.raw_body == ""
+    assert got.truncated and got.usage is not None and got.usage.estimated
+    nothing = capture(request, [b"\x1f\x8b garbage from the first byte"], encoding="gzip")
+    assert nothing.raw_body.startswith("[") and "not decoded" in nothing.raw_body
+    assert nothing.choices == [] and nothing.usage is None
+
+
+CUSTOM_TOOL = {
+    "model": "gpt-5",
+    "stream": True,
+    "input": "run it",
+    "tools": [{"type": "custom", "name": "py"}],
+}
+
+
+def _named_events(events: list[dict[str, Any]]) -> bytes:
+    """Events named by their `type`, as the Responses and Anthropic APIs send them."""
+    return sse([(event["type"], event) for event in events], done=False)
+
+
+def test_responses_api_custom_tool_call_input_deltas_are_assembled() -> None:
+    item = {"type": "custom_tool_call", "id": "ctc_1", "call_id": "call_1", "name": "py", "input": ""}
+    where = {"type": "response.custom_tool_call_input.delta", "output_index": 0, "item_id": "ctc_1"}
+    body = _named_events(
+        [
+            {"type": "response.created", "response": {"id": "resp_1", "model": "gpt-5", "output": []}},
+            {"type": "response.output_item.added", "output_index": 0, "item": item},
+            {**where, "delta": "print('hel"},
+            {**where, "delta": "lo')"},
+        ]
+    )
+    got = capture(request_for("/v1/responses", CUSTOM_TOOL), [body])  # cut: only the deltas tell
+    assert got.choices[0].message.tool_calls == [model.ToolCall("call_1", "function", "py", "print('hello')")]
+    assert got.stream_cut
+
+
+def test_responses_api_items_the_deltas_left_empty_are_filled_from_the_final_output() -> None:
+    call = {"type": "function_call", "id": "fc_1", "call_id": "call_2", "name": "lookup", "arguments": ""}
+    done_call = {**call, "arguments": '{"q":"x"}', "status": "completed"}
+    custom = {"type": "custom_tool_call", "id": "ctc_1", "call_id": "call_3", "name": "py", "input": ""}
+    done_custom = {**custom, "input": "print(1)"}
+    message = {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Hi"}]}
+    final = {
+        "id": "resp_1",
+        "model": "gpt-5",
+        "status": "completed",
+        "output": [message, done_call, done_custom],
+    }
+    body = _named_events(
+        [
+            {"type": "response.output_item.added", "output_index": 0, "item": {**message, "content": []}},
+            {"type": "response.output_text.delta", "output_index": 0, "delta": "Hi"},
+            {"type": "response.output_item.added", "output_index": 1, "item": call},
+            # The arguments come whole, in the `done` events only.
+            {"type": "response.function_call_arguments.done", "output_index": 1, "arguments": '{"q":"x"}'},
+            {"type": "response.output_item.done", "output_index": 1, "item": done_call},
+            {"type": "response.output_item.added", "output_index": 2, "item": custom},
+            {"type": "response.completed", "response": final},
+        ]
+    )
+    got = capture(request_for("/v1/responses", CUSTOM_TOOL), [body])
+    (choice,) = got.choices
+    assert choice.message.parts == [model.Part("text", text="Hi")]
+    assert choice.message.tool_calls == [
+        model.ToolCall("call_2", "function", "lookup", '{"q":"x"}'),
+        model.ToolCall("call_3", "function", "py", "print(1)"),
+    ]
+    assert choice.finish_reason == "tool_calls" and not got.stream_cut
+
+
+def test_responses_api_top_level_error_event_is_typed_by_its_code() -> None:
+    body = _named_events(
+        [
+            {"type": "response.created", "response": {"id": "resp_2", "model": "gpt-5"}},
+            {"type": "error", "code": "server_error", "message": "The server had an error", "param": None},
+        ]
+    )
+    got = capture(request_for("/v1/responses", CUSTOM_TOOL), [body])
+    assert (got.error_type, got.error_message) == ("server_error", "The server had an error")
+    assert not got.stream_cut
+
+
+def test_anthropic_stream_cut_before_message_delta_estimates_its_output_tokens() -> None:
+    # message_start says output_tokens 1 before any output: not the count of a cut answer.
+    request = request_for("/v1/messages", {"model": "claude", "max_tokens": 4096, "stream": True})
+    start = {
+        "id": "m",
+        "role": "assistant",
+        "model": "claude",
+        "usage": {"input_tokens": 12, "output_tokens": 1},
+    }
+    delta = {
+        "type": "content_block_delta",
+        "index": 0,
+        "delta": {"type": "text_delta", "text": "lorem ipsum "},
+    }
+    events: list[dict[str, Any]] = [
+        {"type": "message_start", "message": start},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    ]
+    events += [delta] * 800
+    got = capture(request, [_named_events(events)])
+    assert got.stream_cut and got.usage is not None
+    assert got.usage.estimated and got.usage.input_tokens == 12
+    assert got.usage.output_tokens == 800 * len("lorem ipsum ") // 4
+    assert got.usage.total_tokens == 12 + got.usage.output_tokens
+
+
+def test_chat_json_reasoning_field_is_kept_as_reasoning() -> None:
+    # vLLM 0.10+ and OpenRouter name it `reasoning`, DeepSeek `reasoning_content`.
+    request = request_for("/v1/chat/completions", {**CHAT_REQUEST, "stream": False})
+    for field in ("reasoning", "reasoning_content"):
+        message = {"role": "assistant", "content": "Hello", field: "The user greets me."}
+        body = {**CHAT_JSON, "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+        got = capture(request, [json.dumps(body).encode()], content_type=JSON)
+        parts = got.choices[0].message.parts
+        assert model.Part("reasoning", text="The user greets me.") in parts, field

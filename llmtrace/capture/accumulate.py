@@ -33,6 +33,12 @@ class Budget:
         self.truncated = True
         return kept
 
+    def exhaust(self) -> None:
+        """Keep nothing more: text after a gap (bytes skipped unread) would join text it does not
+        follow, so the answer stops at the gap and is marked truncated."""
+        self.remaining = 0
+        self.truncated = True
+
 
 class TextAccumulator:
     """Text arriving in pieces; joined once, at the end (no quadratic concatenation)."""

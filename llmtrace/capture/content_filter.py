@@ -3,7 +3,8 @@
 - `full`: content as sent;
 - `redacted`: every text passed through `mask_sensitive` (before it is cut, so a cut never leaves
   half a secret unmasked);
-- `metadata`: no content at all (texts, URIs, tool arguments, raw bodies all empty).
+- `metadata`: no content at all (texts, URIs, tool arguments, raw bodies, participant names all
+  empty).
 
 An unknown mode is treated as `metadata`: capture fails closed.
 """
@@ -44,6 +45,13 @@ class ContentFilter:
     def truncated(self) -> bool:
         """Some text was cut or dropped for the budget."""
         return self.budget.truncated
+
+    def label(self, value: str) -> str:
+        """A short text the client chose (a participant's `name`) as this mode allows, outside
+        the budget: names are cut to the name limit, not counted as content."""
+        if not value or not self.keeps_content:
+            return ""
+        return mask_sensitive(value) if self.masks else value
 
     def text(self, value: str) -> str:
         """`value` as this mode and the remaining budget allow."""

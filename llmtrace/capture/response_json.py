@@ -83,17 +83,25 @@ def responses_output(body: JsonObject, budget: Budget) -> list[model.Choice]:
     """The `output` items of a Responses API object as one choice (none when there is no output)."""
     message = model.Message("assistant")
     for raw in as_list(body.get("output")):
-        item = response_item(raw)
-        if item is None:
-            continue
-        message.parts.extend(_budget_parts(item.parts, budget))
-        for call in item.tool_calls:
-            call.arguments = budget.take(call.arguments)
-            message.tool_calls.append(call)
+        item = responses_output_item(raw, budget)
+        if item is not None:
+            message.parts.extend(item.parts)
+            message.tool_calls.extend(item.tool_calls)
     if not message.parts and not message.tool_calls:
         return []
     reason = responses_finish_reason(body, has_tool_calls=bool(message.tool_calls))
     return [model.Choice(0, message, reason)]
+
+
+def responses_output_item(raw: object, budget: Budget) -> model.Message | None:
+    """One Responses API output item, its texts taken from `budget`; None when it is not one."""
+    item = response_item(raw)
+    if item is None:
+        return None
+    _budget_parts(item.parts, budget)
+    for call in item.tool_calls:
+        call.arguments = budget.take(call.arguments)
+    return item
 
 
 def responses_finish_reason(body: JsonObject, *, has_tool_calls: bool) -> str:
@@ -140,8 +148,10 @@ def _identity(body: JsonObject, response: model.ParsedResponse) -> None:
 
 def _chat_message(raw: JsonObject, budget: Budget) -> model.Message:
     parts = _budget_parts(text_parts(raw.get("content")), budget)
-    for key, part_type in (("reasoning_content", model.PART_REASONING), ("refusal", model.PART_REFUSAL)):
-        text = raw.get(key)
+    # DeepSeek and older vLLM name the reasoning `reasoning_content`; vLLM 0.10+ and OpenRouter
+    # name it `reasoning` (the stream reader accepts both too).
+    reasoning = raw.get("reasoning_content") or raw.get("reasoning")
+    for text, part_type in ((reasoning, model.PART_REASONING), (raw.get("refusal"), model.PART_REFUSAL)):
         if isinstance(text, str) and text:
             parts.append(model.Part(part_type, text=budget.take(text)))
     calls = openai_tool_calls(raw.get("tool_calls")) or legacy_function_call(raw.get("function_call"))

@@ -22,15 +22,27 @@ from llmtrace.capture.stream_anthropic import AnthropicStream
 from llmtrace.capture.stream_base import StreamReader
 from llmtrace.capture.stream_openai import ChatStream
 from llmtrace.capture.stream_responses import ResponsesStream
+from llmtrace.capture.tail import Tail
 
 #: JSON bodies are buffered (decompressed) up to this or the capture limit, whichever is larger,
 #: so that a large answer can still be parsed and then cut to the limit.
 JSON_BUFFER_BYTES = 8 * 1024 * 1024
-#: Most bytes decompressed from one compressed body. Past it the rest is not read (the answer is
-#: marked truncated): a small gzip or brotli body can expand a thousandfold, and reading a
-#: 1 MiB bomb of tiny SSE events whole took 12 s of CPU. A compressed stream of this size is
-#: about 80,000 events (hours of tokens).
+#: Most decompressed bytes of one compressed body parsed as SSE events. Parsing is what costs:
+#: a small gzip or brotli body can expand a thousandfold, and parsing a 1 MiB bomb of tiny SSE
+#: events whole took 12 s of CPU. A compressed stream of this size is about 80,000 events (hours
+#: of tokens). Past it the stream is only decompressed, keeping its last `STREAM_TAIL_BYTES`,
+#: whose events (usage, finish reasons, the final event) are read at the end.
 MAX_DECODED_BYTES = 2 * JSON_BUFFER_BYTES
+#: Most bytes decompressed from one compressed body at all. Decompressing without parsing costs
+#: about 1 ms of CPU per MiB (gzip; 0.3 s for this much, measured on a 2-vCPU VM), spread over
+#: the body's chunks, so a bomb costs that once, while real bodies (the largest embeddings answer
+#: is about 130 MB, a stream of this size over a million events) are read to their end. Past it
+#: reading stops: the answer is marked truncated, never cut (its end was not read, so nothing
+#: says the upstream failed).
+MAX_SKIMMED_BYTES = 256 * 1024 * 1024
+#: End of a stream kept past `MAX_DECODED_BYTES`: the final events of chat and messages streams
+#: take a few hundred bytes; a Responses API `response.completed` repeats the whole output.
+STREAM_TAIL_BYTES = 1024 * 1024
 #: Embeddings bodies are mostly vectors: only this much of each end is kept.
 EMBEDDINGS_EDGE_BYTES = 16 * 1024
 
@@ -52,6 +64,7 @@ class ResponseCapture:
     __slots__ = (
         "_body",
         "_broken",
+        "_capped",
         "_decoded",
         "_decoder",
         "_edges",
@@ -60,6 +73,7 @@ class ResponseCapture:
         "_overflow",
         "_received",
         "_request",
+        "_skimmed",
         "_sse",
         "_status",
         "_stream",
@@ -82,12 +96,15 @@ class ResponseCapture:
         self._received = 0
         self._decoded = 0
         self._broken = False
+        self._capped = False
         self._overflow = False
         self._body = bytearray()
         self._tail = b""
         self._json_chars = 0
         self._sse: SseParser | None = None
         self._stream: StreamReader | None = None
+        # The end of a compressed stream decoded past `MAX_DECODED_BYTES`; None until then.
+        self._skimmed: Tail | None = None
         reader = _STREAM_READERS.get(request.api)
         is_sse = content_type.lower().startswith("text/event-stream")
         if reader is not None and (is_sse or (not content_type and request.stream and status < 400)):
@@ -116,7 +133,7 @@ class ResponseCapture:
 
     def feed(self, chunk: bytes) -> None:
         """Take the next raw chunk of the body."""
-        if not chunk or self._broken:
+        if not chunk or self._broken or self._capped:
             return
         self._received += len(chunk)
         if self._overflow and not self._edges:
@@ -127,14 +144,29 @@ class ResponseCapture:
                 return
             for piece in self._decoder.decode(chunk):
                 self._decoded += len(piece)
-                if self._decoded > MAX_DECODED_BYTES:
-                    self._broken = True  # read no further; what was read is kept, marked truncated
+                if self._decoded > MAX_SKIMMED_BYTES:
+                    self._capped = True  # read no further; what was read is kept, marked truncated
                     return
+                if self._skimmed is not None or (self._decoded > MAX_DECODED_BYTES and not self._edges):
+                    self._skim(piece)
+                    if self._capped:
+                        return
+                    continue
                 self._take(piece)
                 if self._overflow and not self._edges:
                     return  # nothing more will be parsed: decompress no further
         except Exception:  # capture must never break the proxy; what was read so far is kept
             self._broken = True
+
+    def _skim(self, piece: bytes) -> None:
+        """Past the parsing limit: a stream keeps only its end (read in `finish`); anything
+        else is not read further (embeddings, whose ends are cheap to keep, never get here)."""
+        if self._sse is None:
+            self._capped = True
+            return
+        if self._skimmed is None:
+            self._skimmed = Tail(STREAM_TAIL_BYTES)
+        self._skimmed.add(piece)
 
     def _take(self, piece: bytes) -> None:
         if self._sse is not None and self._stream is not None:
@@ -173,7 +205,7 @@ class ResponseCapture:
             and self._status < 400
             and not response.error_type
             and request.operation in _ESTIMATED_OPERATIONS
-            and not self._decoder.failed
+            and not self._undecoded
         ):
             stream = self._stream
             response.usage = estimate_usage(
@@ -184,25 +216,59 @@ class ResponseCapture:
             )
         return response
 
+    @property
+    def _undecoded(self) -> bool:
+        """Nothing of the body could be decoded (an unsupported encoding, or corrupt from the start)."""
+        return self._decoder.failed and self._decoded == 0
+
+    @property
+    def _read_short(self) -> bool:
+        """Reading stopped before the end of the body: it broke, or hit `MAX_SKIMMED_BYTES`."""
+        return self._broken or self._capped or self._decoder.failed
+
     def _finish(self, response: model.ParsedResponse) -> None:
-        if self._decoder.failed:
+        if self._undecoded:
             encoding = self._decoder.encoding or "unknown"
             response.raw_body = f"[{self._received} bytes of {encoding[:64]}-encoded body, not decoded]"
             return
         if self._stream is not None and self._sse is not None:
-            if not self._broken:
-                for event, data in self._sse.close():
-                    self._stream.on_event(event, data)
-            self._stream.fill(response)
-            response.truncated = response.truncated or self._sse.dropped or self._broken
+            self._finish_stream(self._stream, self._sse, response)
             return
         if self._edges:
             self._finish_embeddings(response)
             return
         self._finish_json(response)
 
+    def _finish_stream(self, stream: StreamReader, sse: SseParser, response: model.ParsedResponse) -> None:
+        if self._skimmed is not None:
+            if not self._capped:  # the kept end is the stream's real end: read its last events
+                self._read_stream_end(stream, self._skimmed.value())
+        elif not self._read_short:
+            for event, data in sse.close():
+                stream.on_event(event, data)
+        stream.fill(response)
+        skipped = self._skimmed is not None or self._read_short
+        response.truncated = response.truncated or sse.dropped or skipped
+        if self._capped:
+            response.stream_cut = False  # our limit stopped reading, not the upstream
+
+    def _read_stream_end(self, stream: StreamReader, end: bytes) -> None:
+        """Read the events of the stream's kept end (ids, usage, finish reasons, errors, the final
+        event) into `stream`; their text would follow a gap, so none of it is kept."""
+        stream.budget.exhaust()
+        stream.on_text = None
+        # The kept end starts anywhere: parse from its first whole line.
+        starts = [found for found in (end.find(b"\n"), end.find(b"\r")) if found >= 0]
+        parser = SseParser(max(len(end), 1))
+        events = parser.feed(end[min(starts) + 1 :]) if starts else []
+        if not self._read_short:
+            events += parser.close()
+        for event, data in events:
+            stream.on_event(event, data)
+
     def _finish_embeddings(self, response: model.ParsedResponse) -> None:
-        if self._overflow:
+        if self._overflow or self._read_short:
+            response.truncated = self._read_short
             read_embeddings_edges(bytes(self._body), self._tail, response)
         else:
             self._finish_json(response)
@@ -212,7 +278,7 @@ class ResponseCapture:
         self._body = bytearray()
         if not body:
             return
-        data = None if self._overflow or self._broken else loads(body)
+        data = None if self._overflow or self._read_short else loads(body)
         if isinstance(data, dict):
             if read_error(data, response):
                 return
@@ -227,4 +293,4 @@ class ResponseCapture:
                 return  # the model list is not content
         text, cut = raw_text(body, self._limit)
         response.raw_body = text
-        response.truncated = cut or self._overflow or self._broken
+        response.truncated = cut or self._overflow or self._read_short

@@ -177,6 +177,11 @@ def _set_status(status: span_pb2.SpanStatus, response: model.ParsedResponse | No
     message = status.error_message
     if response is not None:
         error_type = error_type or response.error_type
+        if not message and response.error_message and mode == BODIES_METADATA:
+            # Upstream messages often quote the request (vLLM and LiteLLM echo the offending
+            # input): metadata mode keeps only that there was one. The proxy's own messages,
+            # already on `status`, hold no content and are kept.
+            message = f"upstream error (HTTP {http}); message not kept at capture.bodies: metadata"
         message = message or response.error_message
         if response.stream_cut and not error_type:
             error_type = ERROR_STREAM_CUT
@@ -263,7 +268,7 @@ def _set_response(out: span_pb2.LlmResponse, response: model.ParsedResponse, mod
 
 def _set_message(out: span_pb2.Message, message: model.Message, content: ContentFilter) -> None:
     out.role = _name(message.role)
-    out.name = _name(message.name)
+    out.name = _name(content.label(message.name))
     out.tool_call_id = _name(message.tool_call_id)
     for part in message.parts:
         out.parts.add(

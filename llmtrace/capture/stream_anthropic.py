@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from llmtrace.capture import model
 from llmtrace.capture.accumulate import TextAccumulator, ToolCallAccumulator
+from llmtrace.capture.estimate import text_tokens
 from llmtrace.capture.jsonvalues import as_dict, as_int, as_str, to_json_text
 from llmtrace.capture.stream_base import MAX_SLOTS, StreamReader, event_object
 from llmtrace.capture.usage import anthropic_usage
@@ -16,13 +17,15 @@ _DELTA_FIELDS = {"text_delta": "text", "thinking_delta": "thinking", "input_json
 class AnthropicStream(StreamReader):
     """Content blocks by index: text and thinking blocks become parts, tool_use blocks tool calls."""
 
-    __slots__ = ("_blocks", "_role", "_stop_reason")
+    __slots__ = ("_blocks", "_output_counted", "_role", "_stop_reason")
 
     def __init__(self, budget_chars: int) -> None:
         super().__init__(budget_chars)
         self._blocks: dict[int, tuple[str, TextAccumulator] | ToolCallAccumulator] = {}
         self._stop_reason = ""
         self._role = "assistant"
+        # `message_delta` reported the output tokens (`message_start` says 1 before any output).
+        self._output_counted = False
 
     def on_event(self, event: bytes, data: bytes) -> None:
         """Take one event; its type is in the data (`event:` repeats it)."""
@@ -41,7 +44,9 @@ class AnthropicStream(StreamReader):
             reason = as_dict(payload.get("delta")).get("stop_reason")
             if isinstance(reason, str) and reason:
                 self._stop_reason = reason
-            self.usage = anthropic_usage(payload.get("usage"), self.usage)
+            usage = as_dict(payload.get("usage"))
+            self._output_counted = self._output_counted or "output_tokens" in usage
+            self.usage = anthropic_usage(usage, self.usage)
         elif kind == "message_stop":
             self.done = True
         elif kind == "error":
@@ -81,6 +86,19 @@ class AnthropicStream(StreamReader):
             block[1].add(piece, self.budget)
             if self.on_text is not None and block[0] == model.PART_TEXT:
                 self.on_text(0, piece)
+
+    def fill(self, response: model.ParsedResponse) -> None:
+        """Copy what the stream said into `response`; output tokens are estimated when the
+        stream ended before `message_delta` counted them."""
+        super().fill(response)
+        usage = response.usage
+        if usage is None or self._output_counted:
+            return
+        # As `estimate.estimate_usage` counts output: the text offered, at least a token a delta.
+        estimate = max(text_tokens(self.budget.offered), self.deltas)
+        usage.output_tokens = max(usage.output_tokens, estimate)
+        usage.total_tokens = usage.input_tokens + usage.output_tokens
+        usage.estimated = True
 
     def choices(self) -> list[model.Choice]:
         """One choice holding the blocks in index order, or none when no block started."""

@@ -88,7 +88,7 @@ class CaptureSettings:
     """What the shim keeps of each exchange."""
 
     # full: messages and answers as sent; redacted: PII and secrets masked before storage;
-    # metadata: no content at all (model, usage, timings, status only).
+    # metadata: no content at all (model, usage, timings, status; no upstream error text).
     bodies: str = "full"
     # Content beyond this (per request or response side) is truncated in the span, marked so.
     max_body_bytes: int = 1024 * 1024
