@@ -9,6 +9,7 @@ import duckdb
 import pytest
 
 from llmtrace.query import FieldKind, FieldSpec, QueryError, SqlFragment, compile_filter
+from llmtrace.store.catalogs import FINDING_FIELDS, SPAN_FIELDS, TRACE_FIELDS
 
 SEVERITY = {"info": 1, "low": 2, "medium": 3, "high": 4, "critical": 5}
 CATALOG = {
@@ -136,6 +137,7 @@ MATCHES: list[tuple[str, set[int]]] = [
     ('start_time = "2026-11-26T19:00:00-05:00"', {1, 6}),
     ('start_time = "2026-11-27T12:30:00.000001000Z"', {2}),
     ('start_time = "2026-11-27t00:00:00z"', {1, 6}),
+    ('start_time = "2026-11-26T00:01:00-23:59"', {1, 6}),
     # enums compare by rank
     ("severity >= high", {2, 3, 6}),
     ('severity = "critical"', {3}),
@@ -258,6 +260,18 @@ ERRORS: list[tuple[str, list[str]]] = [
     ('start_time > "2026-11-27"', ["invalid timestamp", "RFC 3339"]),
     ('start_time > "2026-11-27T00:00:00"', ["invalid timestamp"]),
     ('start_time > "2026-13-01T00:00:00Z"', ["invalid timestamp", "month"]),
+    # Out-of-range parts are errors naming the literal, never carried into the next unit.
+    ('start_time > "2026-11-27T00:00:00+05:99"', ['"2026-11-27T00:00:00+05:99"', "zone offset +05:99"]),
+    ('start_time > "2026-11-27T00:00:00-00:75"', ["zone offset -00:75", "minutes 00-59"]),
+    ('start_time > "2026-11-27T00:00:00+24:00"', ["zone offset +24:00", "hours 00-23"]),
+    ('start_time > "2026-00-01T00:00:00Z"', ["month 00 is out of range 01-12"]),
+    ('start_time > "2026-02-30T00:00:00Z"', ['"2026-02-30T00:00:00Z"', "2026-02 has no day 30"]),
+    ('start_time > "2026-11-00T00:00:00Z"', ["2026-11 has no day 00"]),
+    ('start_time > "0000-01-01T00:00:00Z"', ["year 0000 is out of range 0001-9999"]),
+    ('start_time > "2026-11-27T24:00:00Z"', ["hour 24 is out of range 00-23"]),
+    ('start_time > "2026-11-27T23:60:00Z"', ["minute 60 is out of range 00-59"]),
+    ('start_time > "2026-12-31T23:59:60Z"', ["second 60 is out of range 00-59"]),
+    ('start_time > "0001-01-01T00:00:00+01:00"', ["outside years 0001-9999 in UTC"]),
     ('start_time > "2026-11-27T00:00:00.0000001Z"', ["microsecond precision"]),
     ("start_time > 2026", ["quoted RFC 3339 timestamp"]),
     ("start_time > yesterday", ["quoted RFC 3339 timestamp"]),
@@ -327,3 +341,66 @@ def test_presence_treats_empty_strings_and_ids_as_unset() -> None:
         rows = connection.execute(f"SELECT id FROM spans WHERE {where.sql}", where.params).fetchall()
         assert {row[0] for row in rows} == expected, text
     connection.close()
+
+
+SENTINEL_CATALOG = {
+    "ttft": FieldSpec("ttft", "coalesce(ttft_us / 1000.0, -1.0)", FieldKind.FLOAT, presence_sql="ttft_us"),
+    "cost": FieldSpec("cost", "COALESCE(cost, 0.0)", FieldKind.FLOAT, presence_sql="cost"),
+    "stream": FieldSpec("stream", "coalesce(stream, false)", FieldKind.BOOL, presence_sql="stream"),
+    "score": FieldSpec(
+        "score",
+        "coalesce(CASE WHEN a IS NULL THEN b ELSE greatest(a, b) END, -1)",
+        FieldKind.INT,
+        presence_sql="CASE WHEN a IS NULL THEN b ELSE greatest(a, b) END",
+    ),
+    "parent": FieldSpec("parent", "coalesce(parent, ''::BLOB)", FieldKind.BYTES_HEX),
+    "plain": FieldSpec("plain", "a", FieldKind.INT),  # no sentinel: presence is the value itself
+}
+SENTINEL_ROWS = [
+    (1, 1500, 0.5, True, 3, 4, b"\x01"),
+    (2, None, None, None, None, None, None),
+    (3, 0, 0.0, False, None, 7, b""),
+]
+
+
+@pytest.mark.parametrize(
+    "catalog", [SPAN_FIELDS, TRACE_FIELDS, FINDING_FIELDS], ids=["spans", "traces", "findings"]
+)
+def test_every_field_with_a_sort_sentinel_says_how_to_test_presence(catalog: dict[str, FieldSpec]) -> None:
+    # Without it `field:*` sees the sentinel as a value and matches every row.
+    for spec in catalog.values():
+        if "coalesce(" in spec.sql.lower() and spec.kind not in (FieldKind.STRING, FieldKind.BYTES_HEX):
+            assert spec.presence_sql is not None, spec.name
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # A sort sentinel (-1, 0, false) stands in for a missing value; it is not a value.
+        ("ttft:*", {1, 3}),
+        ("cost:*", {1, 3}),
+        ("stream:*", {1, 3}),
+        ("score:*", {1, 3}),
+        ("parent:*", {1}),
+        ("NOT ttft:*", {2}),
+        ("-cost:*", {2}),
+        ("NOT stream:*", {2}),
+        ("-score:*", {2}),
+        ("NOT parent:*", {2, 3}),
+        ("plain:*", {1}),
+        # Comparisons still see the sentinel.
+        ("ttft = -1", {2}),
+        ("stream = false", {2, 3}),
+    ],
+)
+def test_presence_ignores_coalesced_sort_sentinels(text: str, expected: set[int]) -> None:
+    connection = duckdb.connect()
+    connection.execute(
+        "CREATE TABLE spans (id INTEGER, ttft_us BIGINT, cost DOUBLE, stream BOOLEAN, a INTEGER,"
+        " b INTEGER, parent BLOB)"
+    )
+    connection.executemany("INSERT INTO spans VALUES (?, ?, ?, ?, ?, ?, ?)", SENTINEL_ROWS)
+    where = compile_filter(text, SENTINEL_CATALOG)
+    rows = connection.execute(f"SELECT id FROM spans WHERE {where.sql}", where.params).fetchall()
+    connection.close()
+    assert {row[0] for row in rows} == expected

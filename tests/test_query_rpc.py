@@ -24,7 +24,7 @@ from llmtrace.config.schema import SecurityAnalysisSettings
 from llmtrace.query import FieldKind, FieldSpec
 from llmtrace.store.catalogs import FINDING_FIELDS, SPAN_FIELDS, TRACE_FIELDS
 from tests.conftest import RunningCore, core_settings, running_core
-from tests.factories import BASE_NS, MS, expect_failure, ingest_all
+from tests.factories import BASE_NS, MS, expect_failure, ingest_all, make_span
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -546,6 +546,51 @@ async def test_boolean_logic_wildcards_and_literals(
     assert len(expected) > 0 or text.startswith("is_error"), text
 
     assert await _span_keys(shared, filter=text) == expected
+
+
+# `field:*` means "has a value": the sentinels that unknown values sort as (-1, 0, false) are not one.
+SPAN_PRESENCE: dict[str, Callable[[SpanModel], bool]] = {
+    "ttft_ms": lambda s: s.values["_ttft_us"] is not None,
+    "cost_usd": lambda s: bool(s.values["_priced"]),
+    "stream": lambda s: s.span.request.parameters.HasField("stream"),
+    "security_score": lambda s: bool(s.values["_scored"]),
+    "parent_span_id": lambda s: s.values["parent_span_id"] != b"",
+    "response_model": lambda s: s.values["response_model"] != "",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPAN_PRESENCE))
+async def test_has_value_ignores_sort_sentinels(shared: RunningCore, data: Dataset, name: str) -> None:
+    spans = data.spans[ACME]
+    present = _sorted([s for s in spans if SPAN_PRESENCE[name](s)], *SPAN_DEFAULT)
+    absent = _sorted([s for s in spans if not SPAN_PRESENCE[name](s)], *SPAN_DEFAULT)
+    assert present and absent, name
+
+    assert await _span_keys(shared, filter=f"{name}:*") == present
+    assert await _span_keys(shared, filter=f"NOT {name}:*") == absent
+    assert await _span_keys(shared, filter=f"-{name}:*") == absent
+
+
+async def test_trace_has_security_score_only_when_a_span_was_scored(
+    shared: RunningCore, data: Dataset
+) -> None:
+    traces = data.traces[ACME]
+    scored = _sorted([t for t in traces if any(s.values["_scored"] for s in t.spans)], *TRACE_DEFAULT)
+    assert 0 < len(scored) < len(traces)
+
+    assert await _trace_keys(shared, filter="max_security_score:*") == scored
+
+
+async def test_trace_has_a_cost_only_when_a_span_was_priced(shared: RunningCore) -> None:
+    # The trace's cost was summed with a 0.0 fallback, so `cost_usd:*` matched every trace.
+    tenant = "trace-costs"
+    priced, unpriced = make_span(tenant=tenant), make_span(tenant=tenant)
+    unpriced.ClearField("cost")
+    await ingest_all(shared.ingest, [priced, unpriced])
+    for text, expected in (("cost_usd:*", priced), ("NOT cost_usd:*", unpriced)):
+        page = await shared.query.ListTraces(query_service_pb2.ListTracesRequest(tenant=tenant, filter=text))
+        assert [t.trace_id for t in page.traces] == [expected.trace_id], text
+    assert page.traces[0].cost_usd == 0.0  # an unpriced trace still reads as costing nothing
 
 
 async def test_finding_filters_combine_with_span_fields(shared: RunningCore, data: Dataset) -> None:

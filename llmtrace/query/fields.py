@@ -33,6 +33,9 @@ class FieldSpec:
     the only SQL that reaches a query from a catalog entry (client text never does). A field used
     for ordering must never evaluate to NULL -- give a COALESCE'd expression -- because keyset
     pagination compares sort keys with ``=``/``<``/``>``, which never match NULL.
+
+    ``field:*`` ("has a value") must not see that sentinel as a value, so such a field gives
+    ``presence_sql``: SQL that is NULL exactly when the value is missing (default: ``sql``).
     """
 
     name: str
@@ -42,6 +45,7 @@ class FieldSpec:
     enum_values: Mapping[str, int] | None = None
     filterable: bool = True
     orderable: bool = True
+    presence_sql: str | None = None
 
     def __post_init__(self) -> None:
         if (self.kind is FieldKind.ENUM) != bool(self.enum_values):
@@ -71,6 +75,15 @@ def operand_sql(spec: FieldSpec) -> str:
 
     Catalog expressions such as ``a || b`` must not bind looser than the operator placed after them.
     """
-    if _PLAIN_IDENTIFIER.fullmatch(spec.sql):
-        return spec.sql
-    return f"({spec.sql})"
+    return _operand(spec.sql)
+
+
+def presence_operand_sql(spec: FieldSpec) -> str:
+    """SQL that is NULL exactly when the field has no value, parenthesised like ``operand_sql``."""
+    return _operand(spec.sql if spec.presence_sql is None else spec.presence_sql)
+
+
+def _operand(sql: str) -> str:
+    if _PLAIN_IDENTIFIER.fullmatch(sql):
+        return sql
+    return f"({sql})"

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from llmtrace.query.fields import FieldKind, FieldSpec, SqlFragment, operand_sql
+from llmtrace.query.fields import FieldKind, FieldSpec, SqlFragment, operand_sql, presence_operand_sql
 from llmtrace.query.lexer import Token, TokenKind, filter_error
 from llmtrace.query.literals import literal_param
 from llmtrace.query.parser import Comparison, Junction, Negation, Node, parse_filter
@@ -75,12 +75,15 @@ def _comparison(node: Comparison, catalog: Mapping[str, FieldSpec], params: list
     if value.kind is TokenKind.STAR:
         if op != ":":
             raise filter_error(f"'*' is only allowed after ':' (as in {spec.name}:*)", value.column)
+        # Test the value before any sort sentinel is substituted: `stream:*` must not match
+        # unknown streams just because they sort as false.
+        present = presence_operand_sql(spec)
         # Unset strings and ids are stored empty, not NULL: "has a value" means non-empty.
         if spec.kind is FieldKind.STRING:
-            return f"coalesce({expr}, '') <> ''"
+            return f"coalesce({present}, '') <> ''"
         if spec.kind is FieldKind.BYTES_HEX:
-            return f"coalesce(octet_length({expr}), 0) > 0"
-        return f"{expr} IS NOT NULL"
+            return f"coalesce(octet_length({present}), 0) > 0"
+        return f"{present} IS NOT NULL"
     if op not in _OPERATORS[spec.kind]:
         allowed = " ".join(_OPERATORS[spec.kind])
         raise filter_error(

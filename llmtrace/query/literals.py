@@ -47,10 +47,34 @@ def parse_rfc3339(text: str) -> datetime:
     if match.group(8):
         zone = UTC
     else:
-        offset = timedelta(hours=int(match.group(10)), minutes=int(match.group(11)))
-        zone = timezone(-offset if match.group(9) == "-" else offset)
-    local = datetime(year, month, day, hour, minute, second, int(fraction[:6]), tzinfo=zone)
-    return local.astimezone(UTC)
+        sign, zone_hour, zone_minute = match.group(9), int(match.group(10)), int(match.group(11))
+        # timedelta would carry +05:99 over to +06:39; RFC 3339 allows hours 00-23, minutes 00-59.
+        if zone_hour > 23 or zone_minute > 59:
+            raise ValueError(
+                f"zone offset {sign}{match.group(10)}:{match.group(11)} needs hours 00-23 and minutes 00-59"
+            )
+        offset = timedelta(hours=zone_hour, minutes=zone_minute)
+        zone = timezone(-offset if sign == "-" else offset)
+    # datetime() checks these too, but its messages do not say which part of the literal is wrong.
+    # A leap second (:60) has no TIMESTAMPTZ value, so it is rejected rather than moved on.
+    for name, value, text_value, low, high in (
+        ("year", year, match.group(1), "0001", "9999"),
+        ("month", month, match.group(2), "01", "12"),
+        ("hour", hour, match.group(4), "00", "23"),
+        ("minute", minute, match.group(5), "00", "59"),
+        ("second", second, match.group(6), "00", "59"),
+    ):
+        if not int(low) <= value <= int(high):
+            raise ValueError(f"{name} {text_value} is out of range {low}-{high}")
+    try:
+        local = datetime(year, month, day, hour, minute, second, int(fraction[:6]), tzinfo=zone)
+    except ValueError:
+        # Every other part is in range, so only the day can be wrong (00, or past the month's end).
+        raise ValueError(f"{match.group(1)}-{match.group(2)} has no day {match.group(3)}") from None
+    try:
+        return local.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the zone offset moves it outside years 0001-9999 in UTC") from None
 
 
 def _mismatch(spec: FieldSpec, token: Token, expected: str) -> QueryError:
@@ -94,7 +118,7 @@ def _timestamp(spec: FieldSpec, token: Token) -> datetime:
         raise _mismatch(spec, token, f"a quoted RFC 3339 timestamp such as {_TIMESTAMP_EXAMPLE}")
     try:
         return parse_rfc3339(token.value)
-    except (ValueError, OverflowError) as exc:  # OverflowError: zone offset past year 1 or 9999
+    except ValueError as exc:
         raise filter_error(
             f"invalid timestamp {token.text} for field {spec.name!r} ({exc}); "
             f"use RFC 3339 with a zone, such as {_TIMESTAMP_EXAMPLE}",

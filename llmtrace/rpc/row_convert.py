@@ -167,7 +167,7 @@ def trace_from_row(row: Row) -> query_service_pb2.Trace:
         error_count=row["error_count"],
         input_tokens=int(row["input_tokens"]),
         output_tokens=int(row["output_tokens"]),
-        cost_usd=row["cost_usd"],
+        cost_usd=row["cost_usd"] or 0.0,
         models=row["models"],
         agents=row["agents"],
         session_id=row["session_id"] or "",

@@ -54,7 +54,7 @@ SPAN_FIELDS = _catalog(
     FieldSpec("start_time", "s.start_time", _T),
     FieldSpec("end_time", "s.end_time", _T),
     FieldSpec("duration_ms", SPAN_DURATION_MS_SQL, _F),
-    FieldSpec("ttft_ms", "coalesce(s.ttft_us / 1000.0, -1.0)", _F),
+    FieldSpec("ttft_ms", "coalesce(s.ttft_us / 1000.0, -1.0)", _F, presence_sql="s.ttft_us"),
     FieldSpec("status_code", "s.http_status_code", _I),
     FieldSpec("is_error", SPAN_IS_ERROR_SQL, _B),
     FieldSpec("input_tokens", "s.input_tokens", _I),
@@ -64,9 +64,9 @@ SPAN_FIELDS = _catalog(
     FieldSpec("cache_creation_input_tokens", "s.cache_creation_input_tokens", _I),
     FieldSpec("reasoning_output_tokens", "s.reasoning_output_tokens", _I),
     FieldSpec("usage_estimated", "s.usage_estimated", _B),
-    FieldSpec("stream", "coalesce(s.stream, false)", _B),
-    FieldSpec("cost_usd", "coalesce(s.cost_usd, 0.0)", _F),
-    FieldSpec("security_score", f"coalesce({SPAN_SCORE_SQL}, -1)", _I),
+    FieldSpec("stream", "coalesce(s.stream, false)", _B, presence_sql="s.stream"),
+    FieldSpec("cost_usd", "coalesce(s.cost_usd, 0.0)", _F, presence_sql="s.cost_usd"),
+    FieldSpec("security_score", f"coalesce({SPAN_SCORE_SQL}, -1)", _I, presence_sql=SPAN_SCORE_SQL),
 )
 
 TRACE_FIELDS = _catalog(
@@ -79,8 +79,10 @@ TRACE_FIELDS = _catalog(
     FieldSpec("input_tokens", "t.input_tokens", _I),
     FieldSpec("output_tokens", "t.output_tokens", _I),
     FieldSpec("total_tokens", "t.total_tokens", _I),
-    FieldSpec("cost_usd", "t.cost_usd", _F),
-    FieldSpec("max_security_score", "coalesce(t.max_security_score, -1)", _I),
+    FieldSpec("cost_usd", "coalesce(t.cost_usd, 0.0)", _F, presence_sql="t.cost_usd"),
+    FieldSpec(
+        "max_security_score", "coalesce(t.max_security_score, -1)", _I, presence_sql="t.max_security_score"
+    ),
     FieldSpec("session_id", "t.session_id", _S),
 )
 

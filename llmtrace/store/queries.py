@@ -123,7 +123,7 @@ TRACE_RELATION = (
     "(SELECT s.tenant, s.trace_id, min(s.start_time) AS start_time, max(s.end_time) AS end_time, "
     "count(*) AS span_count, count(*) FILTER (WHERE " + SPAN_IS_ERROR_SQL + ") AS error_count, "
     "sum(s.input_tokens) AS input_tokens, sum(s.output_tokens) AS output_tokens, "
-    "sum(s.total_tokens) AS total_tokens, coalesce(sum(s.cost_usd), 0.0) AS cost_usd, "
+    "sum(s.total_tokens) AS total_tokens, sum(s.cost_usd) AS cost_usd, "  # NULL: none priced
     "max(" + SPAN_SCORE_SQL + ") AS max_security_score, "
     "list_sort(list_distinct(list(s.request_model) FILTER (WHERE s.request_model <> ''))) AS models, "
     "list_sort(list_distinct(list(s.agent) FILTER (WHERE s.agent <> ''))) AS agents, "
