@@ -189,7 +189,11 @@ def featurize_one(text: str) -> tuple[Indices, Values]:
 
 def featurize(texts: Sequence[str]) -> tuple[Indices, Values]:
     """A padded batch: `[len(texts), width]` bucket ids and values (padding: `PAD_INDEX`, 0)."""
-    rows = [featurize_one(text) for text in texts]
+    return pad([featurize_one(text) for text in texts])
+
+
+def pad(rows: Sequence[tuple[Indices, Values]]) -> tuple[Indices, Values]:
+    """Rows of `featurize_one` as one batch, each padded to the widest (`PAD_INDEX`, 0)."""
     width = max((len(indices) for indices, _ in rows), default=0) or 1
     indices = np.full((len(rows), width), PAD_INDEX, dtype=np.int64)
     values = np.zeros((len(rows), width), dtype=np.float32)
