@@ -27,6 +27,7 @@ from shim.dead_letter import DeadLetterFile
 from shim.errors import ShimError, error_response
 from shim.metrics import render_metrics
 from shim.proxy import METHODS, Proxy
+from shim.responses import ShimResponse
 from shim.shipper import Shipper
 from shim.spool import Spool
 
@@ -150,7 +151,7 @@ async def _health(request: ShimRequest) -> HTTPResponse:
     shipper = ctx.shipper
     if ctx.draining or shipper is None:
         state = {"status": "draining" if ctx.draining else "starting"}
-        return HTTPResponse(orjson.dumps(state), status=503, content_type="application/json")
+        return ShimResponse(orjson.dumps(state), status=503, content_type="application/json")
     body: dict[str, object] = {
         "status": "ok",
         "core": await shipper.core_status(),
@@ -159,12 +160,12 @@ async def _health(request: ShimRequest) -> HTTPResponse:
         "spool_bytes": shipper.spool_bytes,
         "spool_max_bytes": ctx.settings.shipper.spool_max_bytes,
     }
-    return HTTPResponse(orjson.dumps(body), content_type="application/json")
+    return ShimResponse(orjson.dumps(body), content_type="application/json")
 
 
 async def _metrics(request: ShimRequest) -> HTTPResponse:
     body = await asyncio.to_thread(render_metrics)  # multiprocess mode reads files
-    return HTTPResponse(body, content_type=_PROMETHEUS_TEXT)
+    return ShimResponse(body, content_type=_PROMETHEUS_TEXT)
 
 
 def _sanic_error(request: ShimRequest, exception: Exception) -> HTTPResponse:
@@ -176,6 +177,7 @@ def _sanic_error(request: ShimRequest, exception: Exception) -> HTTPResponse:
         405: "method_not_allowed",
         408: "request_timeout",
         413: "request_too_large",
+        417: "expectation_failed",
         503: "response_timeout",
     }.get(status, "shim_error")
     message = str(exception) or code

@@ -13,6 +13,8 @@ from typing import Final
 import orjson
 from sanic.response import HTTPResponse
 
+from shim.responses import ShimResponse
+
 _STATUS_TYPE: Final = {
     400: "invalid_request_error",
     403: "permission_error",
@@ -56,4 +58,4 @@ def error_response(
             }
         }
     )
-    return HTTPResponse(body, status=status, headers=headers, content_type="application/json")
+    return ShimResponse(body, status=status, headers=headers, content_type="application/json")

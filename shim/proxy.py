@@ -61,6 +61,7 @@ from shim.headers import (
     stored_response_headers,
 )
 from shim.identity import IdentityError, fallback_identity, resolve_identity
+from shim.responses import header_lines
 from shim.shipper import Shipper
 from shim.streaming_checks import StreamCheck, core_locations
 
@@ -191,9 +192,8 @@ _EVENT_END: Final = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
 
 class _Relayed(HTTPResponse):
     """The upstream's answer as it came: no content type of Sanic's own added where the upstream
-    sent none (`content-type: None` otherwise), and its `Alt-Svc` kept. Sanic's HTTP/1 writer
-    sets `alt-svc` to "" on every response (its touch-up removes that line only for servers it
-    started itself), which would replace the upstream's and add an empty header."""
+    sent none (`content-type: None` otherwise), and its `Alt-Svc` kept, where Sanic's HTTP/1
+    writer would replace it with an empty one (`shim.responses`)."""
 
     __slots__ = ("_alt_svc",)
 
@@ -203,15 +203,7 @@ class _Relayed(HTTPResponse):
 
     @property
     def processed_headers(self) -> Iterator[tuple[bytes, bytes]]:
-        pairs = [(name, value) for name, value in self.headers.items() if name.lower() != "alt-svc"]
-        pairs += [("alt-svc", value) for value in self._alt_svc]
-        return (
-            (
-                self._sanitize_header_value(name).encode("ascii"),
-                self._sanitize_header_value(f"{value}").encode(errors="surrogateescape"),
-            )
-            for name, value in pairs
-        )
+        return header_lines(self.headers, self._alt_svc)
 
 
 class _WholeEvents:
