@@ -2,10 +2,11 @@
 
 `Guard.inspect` turns the request capture already parsed into the analyzer's `Exchange`, scans it
 (`depth: fast`: the regex and tool-call tiers in this process; `depth: full`: the core's
-`AnalysisService.Analyze` over the shipper's channel, failing open, plus the regex tiers here
-over a request with more content than the core's 1 MiB limit), and asks the policy
-(`shim.enforcement`) what to do. Any error in the check fails open too. Built only when the
-policy can act: in `log` mode the proxy holds no guard and does no work per request.
+`AnalysisService.Analyze` over the shipper's channel, plus the regex tiers here over a request
+with more content than the core's 1 MiB limit, or over any request the core failed to check),
+and asks the policy (`shim.enforcement`) what to do. An error in the check itself fails open.
+Built only when the policy can act: in `log` mode the proxy holds no guard and does no work per
+request.
 """
 
 from __future__ import annotations
@@ -91,8 +92,9 @@ class Inspection:
     findings: tuple[Finding, ...] = ()
     score: int = 0
     decision: Decision = NO_ACTION
-    #: Set when the check could not be made (depth full: the core did not answer in time; any
-    #: error): the request is forwarded unchecked. The gRPC status name in lower case, or `error`.
+    #: Set when the check could not be made as configured: depth full and the core did not
+    #: answer (the gRPC status name in lower case; the regex tiers here checked it instead), or
+    #: an error in the check (`error`; forwarded unchecked).
     failed_open: str = ""
     #: Whether anything was scanned: False when the request had no text to read (a body capture
     #: could not parse, an empty request) or the check failed; `score` then means nothing.
@@ -147,7 +149,7 @@ class Guard:
             else:
                 inspection = await self._fast(request)
         except Exception as exc:  # a closed channel (UsageError), a bug: never a 500 for the client
-            self._fail_open("error", meta, type(exc).__name__)
+            self._fail_open("error", meta, type(exc).__name__, fallback=False)
             inspection = Inspection(failed_open="error")
         metrics.ENFORCEMENT_SCAN_DURATION.labels(self.depth).observe(time.perf_counter() - started)
         counter = {BLOCK: metrics.ENFORCEMENT_BLOCKED, FLAG: metrics.ENFORCEMENT_FLAGGED}.get(
@@ -158,14 +160,16 @@ class Guard:
                 counter.labels(category).inc()
         return inspection
 
-    def _fail_open(self, reason: str, meta: ExchangeMeta, error: str = "") -> None:
+    def _fail_open(self, reason: str, meta: ExchangeMeta, error: str = "", *, fallback: bool) -> None:
         metrics.ENFORCEMENT_FAILOPEN.labels(reason).inc()
         now = time.monotonic()
         if now - self._failopen_logged_at >= _FAILOPEN_LOG_INTERVAL_S:  # not once per request
             self._failopen_logged_at = now
             # The exception's type only: its message may quote the request's content.
             _log.warning(
-                "inline check failed, forwarding unchecked",
+                "inline check by the core failed, checking with the regex tiers here"
+                if fallback
+                else "inline check failed, forwarding unchecked",
                 reason=reason,
                 error=error or None,
                 depth=self.depth,
@@ -202,10 +206,11 @@ class Guard:
             )
         except grpc.aio.AioRpcError as exc:
             reason = exc.code().name.lower()
-            self._fail_open(reason, meta)
-            if local is None:
-                return Inspection(failed_open=reason)
-            verdict = await local  # what the local scan found still counts
+            self._fail_open(reason, meta, fallback=True)
+            # Never forwarded unchecked: how long the core takes is partly the client's choice
+            # (padding a prompt past the deadline), so that would let any attack through. The
+            # regex tiers check it here instead, as at depth `fast`.
+            verdict = await (local if local is not None else self._scan(*security_exchange(request)))
             findings = verdict.findings
             return Inspection(
                 findings, verdict.score, self.policy.decide(findings), failed_open=reason, scanned=True

@@ -278,7 +278,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def test_depth_full_fails_open_with_the_core_down(tmp_path: Path, make_client: OpenAIFactory) -> None:
+async def test_depth_full_checks_with_the_regex_tiers_with_the_core_down(
+    tmp_path: Path, make_client: OpenAIFactory
+) -> None:
     before = metric("llmtrace_shim_enforcement_failopen_total", reason="unavailable")
     settings = EnforcementSettings(mode="block", depth="full", full_timeout_ms=2000)
     async with (
@@ -288,10 +290,13 @@ async def test_depth_full_fails_open_with_the_core_down(tmp_path: Path, make_cli
         ) as shim,
     ):
         client = make_client(api_key=KEY, base_url=shim.base_url + "/v1")
-        completion = await client.chat.completions.create(**chat(INJECTION))
-        assert completion.choices[0].message.content == f"Echo: {INJECTION}"
+        with pytest.raises(openai.PermissionDeniedError) as caught:
+            await client.chat.completions.create(**chat(INJECTION))
+        assert "prompt_injection" in caught.value.message
+        completion = await client.chat.completions.create(**chat(BENIGN))
+        assert completion.choices[0].message.content == f"Echo: {BENIGN}"
         assert len(upstream.requests) == 1
-    assert metric("llmtrace_shim_enforcement_failopen_total", reason="unavailable") == before + 1
+    assert metric("llmtrace_shim_enforcement_failopen_total", reason="unavailable") == before + 2
 
 
 class _SlowAnalysis(analysis_service_pb2_grpc.AnalysisServiceServicer):
@@ -300,7 +305,10 @@ class _SlowAnalysis(analysis_service_pb2_grpc.AnalysisServiceServicer):
         return analysis_service_pb2.AnalyzeResponse()
 
 
-async def test_depth_full_fails_open_on_the_deadline(tmp_path: Path, make_client: OpenAIFactory) -> None:
+async def test_depth_full_checks_with_the_regex_tiers_past_the_deadline(
+    tmp_path: Path, make_client: OpenAIFactory
+) -> None:
+    # Forwarded unchecked, as it was, a prompt padded until the core misses the deadline passed.
     before = metric("llmtrace_shim_enforcement_failopen_total", reason="deadline_exceeded")
     server = grpc.aio.server()
     analysis_service_pb2_grpc.add_AnalysisServiceServicer_to_server(_SlowAnalysis(), server)
@@ -316,13 +324,16 @@ async def test_depth_full_fails_open_on_the_deadline(tmp_path: Path, make_client
         ):
             client = make_client(api_key=KEY, base_url=shim.base_url + "/v1")
             started = time.monotonic()
-            completion = await client.chat.completions.create(**chat(INJECTION))
+            padded = INJECTION + " " + "filler " * 80_000
+            with pytest.raises(openai.PermissionDeniedError):
+                await client.chat.completions.create(**chat(padded))
             assert time.monotonic() - started < 3
-            assert completion.choices[0].message.content == f"Echo: {INJECTION}"
+            completion = await client.chat.completions.create(**chat(BENIGN))
+            assert completion.choices[0].message.content == f"Echo: {BENIGN}"
             assert len(upstream.requests) == 1
     finally:
         await server.stop(0)
-    assert metric("llmtrace_shim_enforcement_failopen_total", reason="deadline_exceeded") == before + 1
+    assert metric("llmtrace_shim_enforcement_failopen_total", reason="deadline_exceeded") == before + 2
 
 
 # --- odd bodies, big bodies, locations, secrets ---------------------------------------------

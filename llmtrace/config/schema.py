@@ -140,7 +140,7 @@ class EnforcementSettings:
     # log: no inline scan (the core analyses every span after the fact); flag: forward and add
     # X-LLMTrace-Flagged / X-LLMTrace-Findings headers; block: answer 403 without forwarding.
     mode: str = "log"
-    # fast: regex tiers in the shim process; full: the core's Analyze RPC (fails open on timeout).
+    # fast: regex tiers in the shim process; full: the core's Analyze RPC (regex tiers here if it fails).
     depth: str = "fast"
     # Findings below either floor are recorded but never acted on.
     min_severity: str = "high"
