@@ -70,12 +70,12 @@ START_TIMEOUT_S: Final = 120.0
 #: Least time between two starts of the analysis process (a process that keeps dying or timing
 #: out is not restarted in a busy loop).
 RESTART_MIN_INTERVAL_S: Final = 1.0
-#: Crashes of the analysis process one queued batch may cause while it is split in halves to
-#: find the span that crashes it: enough to isolate one or two such spans in a batch of 256.
+#: Splits in halves one queued batch may have, after crashes of the analysis process, to find the
+#: span that crashes it: enough to isolate one or two such spans in a batch of 256 (15 splits).
 MAX_CRASHES_PER_BATCH: Final = 16
-#: Timeouts one queued batch may cause while it is split in halves to find a slow span: each
-#: costs the timeout and a process start, so fewer than crashes; 3 leave a slow span in a group of
-#: an eighth of the batch, and analyse the rest.
+#: Splits in halves one queued batch may have, after timeouts, to find a slow span: each costs the
+#: timeout and a process start, so fewer than for crashes; 3 leave a slow span in a group of an
+#: eighth of the batch, and analyse the rest.
 MAX_TIMEOUTS_PER_BATCH: Final = 3
 _mp = multiprocessing.get_context("spawn")
 _T = TypeVar("_T")
@@ -345,9 +345,10 @@ class AnalysisWorker:
             await self._kill_process()
             # One slow span must not cost its batch-mates their analysis: retry in halves, a few
             # times (each try waits out the timeout).
-            self._timeouts_left -= 1
-            if self._timeouts_left > 0 and await self._split(batch):
-                return
+            if self._timeouts_left > 0:
+                self._timeouts_left -= 1
+                if await self._split(batch):
+                    return
             FAILURES.labels("timeout").inc(len(batch))
             _log.warning(
                 "analysis timed out; spans stay stored unanalysed, the analysis process is restarted",
@@ -358,9 +359,10 @@ class AnalysisWorker:
             await self._kill_process()
             # Each crash costs a process start (a second or more): a batch on which every try
             # crashes (memory runs out whatever it holds) is given up after a bounded number.
-            self._crashes_left -= 1
-            if self._crashes_left > 0 and await self._split(batch):
-                return
+            if self._crashes_left > 0:
+                self._crashes_left -= 1
+                if await self._split(batch):
+                    return
             FAILURES.labels("crash").inc(len(batch))
             _log.warning("the analysis process died; spans stay stored unanalysed", spans=len(batch))
             return

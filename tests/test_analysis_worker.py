@@ -10,8 +10,9 @@ import os
 import signal
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -508,3 +509,46 @@ async def test_streamed_spans_are_analysed_too(tmp_path: Path) -> None:
         assert [(a.sequence, a.accepted_spans) for a in acks] == [(1, 1)]
         found = await _eventually(lambda: _findings(core, 'type = "prompt_injection"'), "findings")
         assert {f.span_id for f in found} == {span.span_id}
+
+
+class _ScriptedProcess(AnalysisWorker):
+    """The worker's retry logic with a stand-in for its analysis process: a batch holding a "bad"
+    span crashes it or never answers; the others are analysed."""
+
+    def __init__(self, bad: set[bytes], failure: str) -> None:
+        super().__init__(SecurityAnalysisSettings(timeout_ms=10), writer=cast(Any, _NoWrites()))
+        self.bad, self.failure, self.analysed = bad, failure, 0
+
+    async def _kill_process(self) -> None:
+        pass
+
+    async def _submit(self, batch: list[span_pb2.Span]) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not any(span.span_id in self.bad for span in batch):
+            self.analysed += len(batch)
+            future.set_result((None, None, {}))
+        elif self.failure == "crash":
+            future.set_exception(BrokenProcessPool("killed"))
+        return future  # a timeout: never answered
+
+
+class _NoWrites:
+    async def write(self, batch: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("failure", "bad", "given_up"),
+    [("timeout", [0], 32), ("crash", [0], 1), ("crash", [0, 255], 2)],
+)
+async def test_retries_in_halves_give_up_what_the_budget_promises(
+    failure: str, bad: list[int], given_up: int
+) -> None:
+    # The budget was spent before it was checked: a slow span cost a quarter of its batch, not
+    # an eighth, and two crashing spans an innocent one too.
+    spans = [span_pb2.Span(span_id=i.to_bytes(8, "big")) for i in range(256)]
+    worker = _ScriptedProcess({spans[i].span_id for i in bad}, failure)
+    worker._crashes_left = analysis_worker.MAX_CRASHES_PER_BATCH
+    worker._timeouts_left = analysis_worker.MAX_TIMEOUTS_PER_BATCH
+    await worker._process(spans)
+    assert worker.analysed == 256 - given_up
