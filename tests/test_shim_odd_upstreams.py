@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -14,50 +12,14 @@ import pytest
 
 from llmtrace.config.schema import StreamingAnalysisSettings
 from tests.conftest import core_settings, running_core, running_shim, shim_settings, wait_for_spans
+from tests.raw_http import post, raw_response, scripted_upstream
 
-Script = Callable[[asyncio.StreamWriter], Awaitable[None]]
-
-
-@asynccontextmanager
-async def _scripted_upstream(script: Script) -> AsyncIterator[str]:
-    """An upstream that reads one request's head and body, then runs `script` on the socket."""
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = next(
-                (
-                    int(line.split(b":")[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                ),
-                0,
-            )
-            await reader.readexactly(length)
-            await script(writer)
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    finally:
-        server.close()
+CHAT = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
 
 
 async def _raw_get(base_url: str) -> bytes:
     """The response's raw bytes, as a plain HTTP/1.1 client reads them (to the connection's end)."""
-    host, port = base_url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    body = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
-    writer.write(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-    )
-    await writer.drain()
-    raw = await asyncio.wait_for(reader.read(-1), 10)
-    writer.close()
-    return raw
+    return await raw_response(base_url, post("/v1/chat/completions", CHAT))
 
 
 def _headers(raw: bytes) -> list[bytes]:
@@ -72,7 +34,7 @@ async def test_header_values_that_are_not_ascii_arrive_byte_for_byte(tmp_path: P
         )
 
     async with (
-        _scripted_upstream(script) as upstream,
+        scripted_upstream(script) as upstream,
         running_core(core_settings(tmp_path / "db.duckdb")) as core,
         running_shim(shim_settings(tmp_path, upstream), core.bound.grpc) as shim,
     ):
@@ -90,7 +52,7 @@ async def test_an_answer_without_a_content_type_gets_none_added(tmp_path: Path) 
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
 
     async with (
-        _scripted_upstream(script) as upstream,
+        scripted_upstream(script) as upstream,
         running_core(core_settings(tmp_path / "db.duckdb")) as core,
         running_shim(shim_settings(tmp_path, upstream), core.bound.grpc) as shim,
     ):
@@ -108,7 +70,7 @@ async def test_switching_protocols_is_a_clean_502_with_a_span(
         await asyncio.sleep(0.5)
 
     async with (
-        _scripted_upstream(script) as upstream,
+        scripted_upstream(script) as upstream,
         running_core(core_settings(tmp_path / "db.duckdb")) as core,
         running_shim(shim_settings(tmp_path, upstream), core.bound.grpc) as shim,
     ):
@@ -139,7 +101,7 @@ async def test_events_ending_in_mixed_line_ends_are_not_held_back(tmp_path: Path
 
     streaming = StreamingAnalysisSettings(enabled=True, early_stop_on_critical=True)
     async with (
-        _scripted_upstream(script) as upstream,
+        scripted_upstream(script) as upstream,
         running_core(core_settings(tmp_path / "db.duckdb")) as core,
         running_shim(
             shim_settings(tmp_path, upstream, streaming_analysis=streaming), core.bound.grpc
@@ -168,7 +130,7 @@ async def test_the_upstreams_alt_svc_is_kept_and_none_is_added(tmp_path: Path) -
     async with running_core(core_settings(tmp_path / "db.duckdb")) as core:
         for script, expected in ((with_alt_svc, [b'alt-svc: h3=":443"']), (without, [])):
             async with (
-                _scripted_upstream(script) as upstream,
+                scripted_upstream(script) as upstream,
                 running_shim(shim_settings(tmp_path, upstream), core.bound.grpc) as shim,
             ):
                 headers = _headers(await _raw_get(shim.base_url))
