@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Final
 
 from llmtrace.security.findings import Severity
+from llmtrace.security.injection.override import not_imperative
 from llmtrace.security.injection.rules import JAILBREAK, Rule, rule
 
 # Gate vocabulary (whole words, see `rules.gate_open`).
@@ -39,6 +40,26 @@ _RESTRICTION_WORDS: Final = (
     "protocols",
     "compass",
 )
+
+_DROP_RESTRICTION_VERBS: Final = (
+    "ignore",
+    "bypass",
+    "disable",
+    "turn",
+    "remove",
+    "deactivate",
+    "circumvent",
+    "evade",
+    "override",
+    "lift",
+    "drop",
+)
+
+
+def describes_dropping(lowered: str, start: int, matched: str) -> bool:
+    """Let "employees who ignore the safety rules" or "never bypass the filters" go: not an imperative."""
+    return matched.startswith(_DROP_RESTRICTION_VERBS) and not_imperative(lowered, start)
+
 
 RULES: Final[tuple[Rule, ...]] = (
     rule(
@@ -113,6 +134,7 @@ RULES: Final[tuple[Rule, ...]] = (
         r"|\b(?:without|with\s+no)\s+(?:any\s+)?(?:ethical|moral|safety|content)\s+"
         r"(?:constraints|restrictions|filters|guidelines|limits)\b",
         gate=(_RESTRICTION_WORDS,),
+        veto=describes_dropping,
         branch_gates=(
             (
                 (

@@ -3,26 +3,69 @@ replacement instructions (`prompt_injection`). English only; see `multilingual` 
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 from llmtrace.security.findings import Severity
 from llmtrace.security.injection.rules import PROMPT_INJECTION, Rule, rule
 
-# Vocabulary of the override patterns.
-_OVERRIDE_VERB: Final = (
-    r"(?:ignore|disregard|forget|skip|bypass|override|overlook|neglect|abandon|discard|set\s+aside"
-    r"|pay\s+no\s+attention\s+to|do\s+not\s+(?:follow|obey)|don'?t\s+(?:follow|obey)|stop\s+following)"
+# Vocabulary of the override patterns. The verbs that drop standing orders outright ...
+_DROP_ALTERNATIVES: Final = (
+    r"ignore|disregard|forget|pay\s+no\s+attention\s+to|do\s+not\s+(?:follow|obey)|don'?t\s+(?:follow|obey)"
+    r"|stop\s+following"
 )
+_DROP_VERB: Final = rf"(?:{_DROP_ALTERNATIVES})"
+# ... those that also mean replacing a setting ("override the default settings") ...
+_CORE_VERB: Final = rf"(?:bypass|override|{_DROP_ALTERNATIVES})"
+# ... and those that mostly mean leaving out text or work ("skip the last sentence", "abandon the request").
+_SOFT_VERB: Final = r"(?:skip|overlook|neglect|abandon|discard|set\s+aside)"
 _DETERMINERS: Final = r"(?:(?:all|any|every|each|the|your|my|these|those|of|its|prior|such)\s+){0,3}"
+# Qualifiers that point back at what came before the attack: an override with any target.
 _QUALIFIER: Final = (
-    r"(?:previous|previously\s+given|prior|above|earlier|preceding|foregoing|initial|original|old|former"
-    r"|existing|given|system|developer|last|current|default|safety|built-in|below)"
+    r"(?:previous|previously\s+given|prior|above|earlier|preceding|foregoing|initial|original|former|given"
+    r"|system|developer|below)"
 )
+# Qualifiers as common in everyday requests ("the current selection", "the last sentence", "the safety
+# rules"): an override only with a `_DROP_VERB` and orders for a target.
+_WEAK_QUALIFIER: Final = r"(?:last|current|safety|existing|old)"
+# What a model's standing orders are called ...
+_ORDERS_ALTERNATIVES: Final = (
+    r"instructions?|prompts?|directions?|rules|guidelines|commands?|orders|constraints|directives?"
+    r"|programming|guidance|restrictions"
+)
+_ORDER_TARGET: Final = rf"(?:{_ORDERS_ALTERNATIVES})"
+# ... and what else an override drops, which is as often the user's own text, settings or work.
 _TARGET: Final = (
-    r"(?:instructions?|prompts?|directions?|rules|guidelines|commands?|orders|context|constraints"
-    r"|directives?|programming|guidance|restrictions|messages?|text|conversation|policies|policy"
-    r"|configuration|settings|training|inputs?|content|tasks?|requests?|sentences?|statements?)"
+    rf"(?:{_ORDERS_ALTERNATIVES}|context|messages?|text|conversation|policies|policy|configuration"
+    r"|settings|training|inputs?|content|tasks?|requests?|sentences?|statements?)"
 )
+_MIDDLE: Final = r"\s+(?:and\s+\w+\s+|[a-z]+\s+)?"
+_BACK: Final = r"\s+(?:given\s+)?(?:above|before|earlier|previously|you\s+(?:were|have\s+been)\s+given)\b"
+
+# A verb that describes someone rather than tells the model: after a relative pronoun ("employees who
+# ignore the safety rules", "users that often forget the previous instructions") or a negation ("never
+# ignore the previous instructions", "don't just skip the prior rules").
+_NOT_IMPERATIVE: Final = re.compile(
+    r"\b(?:(?:who|which|that|whoever)(?:\s+(?:often|always|usually|sometimes|simply|just|still|also|will"
+    r"|would|can|could|may|might|do|did))?|(?:don'?t|do\s+not|does\s+not|doesn'?t|never|not|shouldn'?t"
+    r"|should\s+not|won'?t|can'?t|cannot|mustn'?t|must\s+not)(?:\s+(?:ever|just|simply|even))?)\s+\Z"
+)
+# The user's own words: "ignore my previous message" takes back what the user wrote, not the model's orders.
+_OWN_TEXT: Final = re.compile(
+    r"\bmy\s+(?:(?:previous|prior|earlier|last|above|original|initial|old|former)\s+)?"
+    r"(?:messages?|text|inputs?|content|requests?|sentences?|statements?|questions?)\b"
+)
+
+
+def not_imperative(lowered: str, start: int) -> bool:
+    """Whether the verb at `start` follows a relative pronoun or a negation: it describes, not tells."""
+    return _NOT_IMPERATIVE.search(lowered, max(0, start - 40), start) is not None
+
+
+def not_aimed_at_model(lowered: str, start: int, matched: str) -> bool:
+    """Let a match go whose verb is not an imperative to the model, or that drops the user's own text."""
+    return _OWN_TEXT.search(matched) is not None or not_imperative(lowered, start)
+
 
 # Gate vocabularies (whole words, see `rules.gate_open`).
 _OVERRIDE_WORDS: Final = (
@@ -142,8 +185,15 @@ RULES: Final[tuple[Rule, ...]] = (
         Severity.HIGH,
         0.9,
         "Instruction to ignore previous instructions",
-        pattern=rf"\b{_OVERRIDE_VERB}\s+{_DETERMINERS}(?:{_QUALIFIER}\s+(?:and\s+\w+\s+|[a-z]+\s+)?{_TARGET}\b"
-        rf"|{_TARGET}\s+(?:given\s+)?(?:above|before|earlier|previously|you\s+(?:were|have\s+been)\s+given)\b)",
+        # "ignore previous instructions", "disregard the above text", "ignore all safety guidelines",
+        # "set aside the guidelines you were given"; not "skip the last sentence", "abandon the current
+        # request" or "override the default settings".
+        pattern=rf"\b{_CORE_VERB}\s+{_DETERMINERS}{_QUALIFIER}{_MIDDLE}{_TARGET}\b"
+        rf"|\b{_SOFT_VERB}\s+{_DETERMINERS}{_QUALIFIER}{_MIDDLE}{_ORDER_TARGET}\b"
+        rf"|\b{_DROP_VERB}\s+{_DETERMINERS}{_WEAK_QUALIFIER}{_MIDDLE}{_ORDER_TARGET}\b"
+        rf"|\b{_CORE_VERB}\s+{_DETERMINERS}{_TARGET}{_BACK}"
+        rf"|\b{_SOFT_VERB}\s+{_DETERMINERS}{_ORDER_TARGET}{_BACK}",
+        veto=not_aimed_at_model,
         gate=(_OVERRIDE_WORDS, _TARGET_WORDS),
         starts=(
             "ignore",
@@ -174,6 +224,7 @@ RULES: Final[tuple[Rule, ...]] = (
         r"(?:all\s+(?:of\s+)?(?:the\s+|your\s+)?|your\s+|the\s+)(?:(?:system|safety|core|programmed|current"
         r"|original|initial)\s+)?(?:instructions|guidelines|directives|programming|system\s+prompt|rules"
         r"|instructions\s+which|restrictions|constraints)\b(?!\s+(?:for|of|on|in|to)\b)",
+        veto=not_aimed_at_model,
         gate=(_OVERRIDE_OWN_VERBS, _TARGET_WORDS),
         starts=_OVERRIDE_OWN_VERBS,
     ),
@@ -191,6 +242,7 @@ RULES: Final[tuple[Rule, ...]] = (
         r"|\bregardless\s+of\s+(?:any\s+|all\s+|the\s+|your\s+)?(?:previous|prior|above|earlier|system|original)\s+"
         r"(?:instructions|tasks|rules|guidelines|prompts?)\b"
         r"|\b(?:ignore|disregard)\s+(?:all\s+(?:of\s+)?)?(?:the\s+)?above(?=\s*(?:[.,;:!]|and\b|$))",
+        veto=not_aimed_at_model,
         gate=(("ignore", "disregard", "forget", "overlook", "regardless"),),
         branch_gates=(
             (("ignore", "disregard", "forget", "overlook"),),
@@ -261,6 +313,7 @@ RULES: Final[tuple[Rule, ...]] = (
         r"(?:(?:previous|prior|above|earlier|last|older|old|original|initial|current|first|second|third"
         r"|\d+(?:st|nd|rd|th)?|few|other|further|following|given|system)\s+"
         r"(?:(?:and|&)\s+\w+\s+)?){0,2}" + _ORDERS + r"\b",
+        veto=not_aimed_at_model,
         gate=(_OWN_VERBS, _ORDER_WORDS),
         starts=_OWN_VERBS,
     ),
@@ -275,6 +328,7 @@ RULES: Final[tuple[Rule, ...]] = (
         pattern=r"\b(?:ignore|disregard|forget)\s+(?:every\s?thing|any\s?thing|what\s?ever|all)\s+"
         r"(?:that\s+)?(?:you|u|i)\s*(?:'ve|'re|have|had|were|was|where|whrere)?\s*(?:been\s+)?"
         r"(?:told|given|taught|instructed|programm?ed)\b",
+        veto=not_aimed_at_model,
         gate=(
             ("ignore", "disregard", "forget"),
             ("told", "given", "taught", "instructed", "programmed", "programed"),

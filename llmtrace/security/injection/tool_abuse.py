@@ -4,6 +4,7 @@ exfiltration through markdown images or instructions to send data out (`shell_in
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 from llmtrace.security.findings import Severity
@@ -75,6 +76,25 @@ _SEND_WORDS: Final = (
     "attach",
 )
 
+# Verbs that tell the model or an agent to run a statement.
+_RUN_WORDS: Final = ("run", "execute", "exec", "perform", "issue", "invoke", "call", "send", "submit")
+_RUN_VERB: Final = r"(?:run|execute|exec|perform|issue|invoke|call|send|submit)"
+# A question about running a statement ("what happens if I run DROP TABLE users;?"), not an order to.
+_QUESTION: Final = re.compile(
+    r"\b(?:how|what|why|when|whether|is\s+it|should\s+i|can\s+i|do\s+i|if\s+i|would\s+it)\b"
+)
+
+
+def asks_about_running(lowered: str, start: int, matched: str) -> bool:
+    """Let "how do I run DROP TABLE ..." go: only a run verb in a question, not a payload, is vetoed."""
+    if not matched.startswith(_RUN_WORDS):
+        return False
+    sentence_start = max(
+        lowered.rfind(".", 0, start), lowered.rfind("?", 0, start), lowered.rfind("\n", 0, start)
+    )
+    return _QUESTION.search(lowered, sentence_start + 1, start) is not None
+
+
 SHELL_SQL_RULES: Final[tuple[Rule, ...]] = (
     rule(
         "shell_destructive",
@@ -130,23 +150,23 @@ SHELL_SQL_RULES: Final[tuple[Rule, ...]] = (
         Severity.HIGH,
         0.8,
         "SQL injection payload",
-        pattern=r"\bunion\s+(?:all\s+)?select\b"
-        r"|[;'\"]\s*drop\s+(?:table|database|schema)\b"
-        r"|\bdrop\s+(?:table|database)\s+(?:if\s+exists\s+)?[\w`\"\[\].]+\s*(?:;|--|cascade\b)"
-        r"|[;'\"]\s*(?:delete\s+from|truncate\s+table|insert\s+into|update\s+\w+\s+set|exec(?:ute)?\s+xp_)\b",
+        # A payload breaks out of a value (a quote or a number, maybe a bracket) into a statement of its
+        # own: "1 UNION SELECT password", "title'; DROP TABLE users; --". A bare statement is a payload
+        # only when the model or its tools are told to run it ("execute DROP TABLE users;"): SQL pasted
+        # with a question ("here's my SQL: DROP TABLE users; -- is this dangerous?") is not an attack.
+        pattern=r"(?:['\"]|\b\d+)\s*\)*\s*union\s+(?:all\s+)?select\b"
+        r"|(?:['\"]|\b\d+)\s*\)*\s*;\s*(?:drop\s+(?:table|database|schema)\b|delete\s+from\b|truncate\s+table\b"
+        r"|insert\s+into\b|update\s+\w+\s+set\b|exec(?:ute)?\s+(?:master\.+(?:dbo)?\.*)?xp_\w+)"
+        r"|\b" + _RUN_VERB + r"\s+[^.?!\n]{0,40}?\bdrop\s+(?:table|database|schema)\s+"
+        r"(?:if\s+exists\s+)?[\w`\"\[\].]+",
         gate=(("union", "drop", "delete", "truncate", "insert", "update", "exec", "execute"),),
+        veto=asks_about_running,
         branch_gates=(
             (("union",), ("select",)),
-            (("drop",), ("table", "database", "schema"), (";", "'", '"')),
-            (("drop",), ("table", "database")),
-            ((";", "'", '"'), ("delete", "truncate", "insert", "update", "exec", "execute")),
+            ((";",), ("drop", "delete", "truncate", "insert", "update", "exec", "execute")),
+            (_RUN_WORDS, ("drop",), ("table", "database", "schema")),
         ),
-        branch_starts=(
-            ("union",),
-            (";", "'", '"'),
-            ("drop",),
-            (";", "'", '"'),
-        ),
+        branch_starts=(None, None, _RUN_WORDS),
     ),
     rule(
         "sql_instruction",
