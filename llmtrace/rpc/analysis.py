@@ -87,8 +87,9 @@ class AnalysisServicer(analysis_service_pb2_grpc.AnalysisServiceServicer):
             await abort(context, invalid_argument(violations))
         point = _POINT_NAMES.get(request.operating_point, self._analyzer.operating_point)
         if self._pending >= self._max_pending:
-            # Callers (the shim at depth `full`) fail open on a quick refusal; a queue that grows
-            # without bound would only turn overload into timeouts and memory.
+            # Callers (the shim at depth `full`) fall back to their own regex tiers on a quick
+            # refusal; a queue that grows without bound would only turn overload into timeouts
+            # and memory.
             message = f"{self._pending} Analyze calls are already waiting; retry later"
             await abort(
                 context, RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, reason="ANALYSIS_BUSY")
