@@ -459,7 +459,7 @@ class Exchange:
             capture = self._capture = self._response_capture(upstream.status, content_type, content_encoding)
             if self._proxy.stream_checks and capture.streaming:
                 check = self._check = StreamCheck()
-                capture.listen(check.on_text)
+                capture.listen(check.on_text, check.on_arguments)
         response = await self._request.respond(_Relayed(status=upstream.status, headers=out_headers))
         if response is None:  # Sanic returns None only when a response was already sent
             return
@@ -515,6 +515,10 @@ class Exchange:
         # incomplete response, exactly as it would talking to the upstream directly.
         kind = "upstream_timeout" if isinstance(exc, TimeoutError) else "upstream_stream_cut"
         self.fail(kind, f"the upstream response ended early: {type(exc).__name__}: {exc}")
+        self._abort_client()
+
+    def _abort_client(self) -> None:
+        """Close the client's connection mid-response, so that it sees the answer is incomplete."""
         transport = self._request.transport
         if isinstance(transport, asyncio.Transport):
             transport.abort()
@@ -599,12 +603,16 @@ class Exchange:
         self.fail(ERROR_STREAM_STOPPED, message)
         self.meta.set_attribute("llmtrace.streaming_analysis.stopped", finding.type)
         upstream.close()
-        # An event can be added only to a plain (uncompressed, unframed) stream.
-        if not upstream.headers.get("content-encoding") and "content-length" not in upstream.headers:
-            try:
-                await response.send(_stop_event(self.parsed_request.api, message))
-            except (ConnectionError, ServerError):
-                return
+        # An event can be added only to a plain (uncompressed, unframed) stream. Any other is
+        # cut, as an upstream that died would cut it: ended cleanly, it would read as a whole
+        # answer (no error, no [DONE], no finish reason), and the client would use it as one.
+        if upstream.headers.get("content-encoding") or "content-length" in upstream.headers:
+            self._abort_client()
+            return
+        try:
+            await response.send(_stop_event(self.parsed_request.api, message))
+        except (ConnectionError, ServerError):
+            return
         await self._end(response)
 
     @property

@@ -1,10 +1,12 @@
 """Checking a streamed answer for PII and secrets as its chunks arrive (`streaming_analysis.*`).
 
-The response capture calls `on_text(choice, piece)` for every piece of answer text it parses; the
-proxy calls `scan()` once per network chunk, after the chunk went out to the client. Each scan
-reads only the new text plus the last `OVERLAP` characters already scanned, so a value split
-across chunks (a card number in four pieces) is found when its last piece arrives, and the cost per
-chunk does not grow with the answer.
+The response capture calls `on_text(choice, piece)` for every piece of answer text it parses, and
+`on_arguments(choice, call, piece)` for every piece of a tool call's arguments (a key sent to a
+tool leaves as surely as one in the text); the proxy calls `scan()` once per network chunk, after
+the chunk went out to the client. Each text (a choice's answer, a call's arguments) is scanned on
+its own, never joined to another: each scan reads only its new text plus the last `OVERLAP`
+characters of it already scanned, so a value split across chunks (a card number in four pieces) is
+found when its last piece arrives, and the cost per chunk does not grow with the answer.
 
 A finding is reported once: findings in the overlap alone were reported by an earlier scan, so of
 the findings in (overlap + new text), those beyond the ones the overlap alone holds (counted by
@@ -31,7 +33,10 @@ from llmtrace.security.secrets import find_secrets
 OVERLAP: Final = 512
 
 _Key = tuple[str, str, Severity]
-_CHOICE_LOCATION: Final = re.compile(r"response\.choices\[(\d+)\]")
+#: (type, detector) of what a scan of a finished part or call finds, by ("content" or "call",
+#: choice position, part or call position).
+_Found = dict[tuple[str, int, int], set[tuple[str, str]]]
+_CHOICE_LOCATION: Final = re.compile(r"response\.choices\[(\d+)\](?:\.tool_calls\[(\d+)\]\.arguments)?")
 #: Part types whose text the stream readers hand to the checks (not reasoning).
 _CHECKED_PARTS: Final = frozenset({model.PART_TEXT, model.PART_REFUSAL})
 
@@ -48,7 +53,9 @@ def _find(text: str, location: str) -> list[Finding]:
 
 
 @dataclass(slots=True)
-class _Choice:
+class _Text:
+    """One text scanned on its own: a choice's answer, or a tool call's arguments."""
+
     location: str
     #: The last OVERLAP characters already scanned.
     tail: str = ""
@@ -59,29 +66,52 @@ class _Choice:
 class StreamCheck:
     """The PII and secret check of one streamed answer."""
 
-    __slots__ = ("_choices", "critical", "findings")
+    __slots__ = ("_calls", "_choices", "_opened", "_pending", "critical", "findings")
 
     def __init__(self) -> None:
-        self._choices: dict[int, _Choice] = {}
+        self._choices: dict[int, _Text] = {}
+        #: Arguments by (choice index, the stream's key of the call).
+        self._calls: dict[tuple[int, int], _Text] = {}
+        #: Tool calls started, by choice index.
+        self._opened: dict[int, int] = {}
+        #: The texts that received something since the last scan.
+        self._pending: list[_Text] = []
         #: The findings so far (the first `MAX_FINDINGS`), in the order found; location
-        #: `response.choices[i]`.
+        #: `response.choices[i]`, or `response.choices[i].tool_calls[j].arguments` (`j` the call's
+        #: position among the choice's calls, in the order they started).
         self.findings: list[Finding] = []
         #: The first critical finding, once one appeared.
         self.critical: Finding | None = None
 
     def on_text(self, index: int, piece: str) -> None:
         """Take a piece of the answer text of choice `index` (cheap: scanning waits for `scan`)."""
-        choice = self._choices.get(index)
-        if choice is None:
-            choice = self._choices[index] = _Choice(f"response.choices[{index}]")
-        choice.pending.append(piece)
+        text = self._choices.get(index)
+        if text is None:
+            text = self._choices[index] = _Text(f"response.choices[{index}]")
+        if not text.pending:
+            self._pending.append(text)
+        text.pending.append(piece)
+
+    def on_arguments(self, index: int, call: int, piece: str) -> None:
+        """Take a piece of the arguments of tool call `call` (the stream's key) of choice `index`."""
+        text = self._calls.get((index, call))
+        if text is None:
+            position = self._opened.get(index, 0)
+            self._opened[index] = position + 1
+            location = f"response.choices[{index}].tool_calls[{position}].arguments"
+            text = self._calls[(index, call)] = _Text(location)
+        if not text.pending:
+            self._pending.append(text)
+        text.pending.append(piece)
 
     def scan(self) -> list[Finding]:
         """Check the text received since the last scan; returns the new findings."""
+        if not self._pending:
+            return []
         found: list[Finding] = []
-        for choice in self._choices.values():
-            if choice.pending:
-                found.extend(self._scan(choice))
+        for text in self._pending:
+            found.extend(self._scan(text))
+        self._pending.clear()
         if found:
             room = MAX_FINDINGS - len(self.findings)
             if room > 0:
@@ -91,16 +121,16 @@ class StreamCheck:
         return found
 
     @staticmethod
-    def _scan(choice: _Choice) -> list[Finding]:
-        tail = choice.tail
-        window = tail + "".join(choice.pending)
-        choice.pending.clear()
-        choice.tail = window[-OVERLAP:]
-        in_window = _find(window, choice.location)
+    def _scan(text: _Text) -> list[Finding]:
+        tail = text.tail
+        window = tail + "".join(text.pending)
+        text.pending.clear()
+        text.tail = window[-OVERLAP:]
+        in_window = _find(window, text.location)
         if not in_window or not tail:
             return in_window
         # What the overlap holds on its own was reported by an earlier scan.
-        seen = Counter(_key(f) for f in _find(tail, choice.location))
+        seen = Counter(_key(f) for f in _find(tail, text.location))
         counts = Counter(_key(f) for f in in_window)
         new: list[Finding] = []
         # Findings come in text order per detector: the new ones of a key are its last ones.
@@ -118,27 +148,39 @@ def core_locations(findings: list[Finding], response: model.ParsedResponse) -> l
     choice index) located as the core's analysis of the stored span locates the same text
     (`llmtrace.rpc.exchange_convert`): `response.choices[k]` when the finished choice has one text
     part, `response.choices[k].content[j]` when it has several (reasoning and answer, answer and
-    refusal, several Anthropic text blocks), `k` the choice's position. Keeps the core from
-    recording a finding the proxy already made under another name."""
+    refusal, several Anthropic text blocks), `k` the choice's position; arguments
+    `response.choices[k].tool_calls[j].arguments`, `j` the call's position in the finished
+    choice. Keeps the core from recording a finding the proxy already made under another name."""
     positions: dict[int, int] = {}
     for k, choice in enumerate(response.choices):
         positions.setdefault(choice.index, k)
-    found_in: dict[tuple[int, int], set[tuple[str, str]]] = {}
+    found_in: _Found = {}
     out: list[Finding] = []
     for finding in findings:
         matched = _CHOICE_LOCATION.fullmatch(finding.location)
         position = positions.get(int(matched.group(1))) if matched is not None else None
-        if position is None:
+        if matched is None or position is None:
             out.append(finding)
             continue
-        location = _core_location(finding, position, response.choices[position].message, found_in)
+        message = response.choices[position].message
+        call = matched.group(2)
+        if call is None:
+            location = _core_location(finding, position, message, found_in)
+        else:
+            location = _core_call_location(finding, position, int(call), message, found_in)
         out.append(finding if location == finding.location else replace(finding, location=location))
     return out
 
 
-def _core_location(
-    finding: Finding, k: int, message: model.Message, found_in: dict[tuple[int, int], set[tuple[str, str]]]
-) -> str:
+def _finds(found_in: _Found, key: tuple[str, int, int], text: str) -> set[tuple[str, str]]:
+    """(type, detector) of what a scan of `text` finds, scanned once per `key`."""
+    kinds = found_in.get(key)
+    if kinds is None:
+        kinds = found_in[key] = {(f.type, f.detector) for f in _find(text, "")}
+    return kinds
+
+
+def _core_location(finding: Finding, k: int, message: model.Message, found_in: _Found) -> str:
     base = f"response.choices[{k}]"
     texts = [(j, part) for j, part in enumerate(message.parts) if part.text]
     if len(texts) <= 1:
@@ -146,9 +188,23 @@ def _core_location(
     checked = [(j, part) for j, part in texts if part.type in _CHECKED_PARTS] or texts
     if len(checked) > 1:  # which part: the one whose own scan makes the same finding
         for j, part in checked:
-            kinds = found_in.get((k, j))
-            if kinds is None:
-                kinds = found_in[(k, j)] = {(f.type, f.detector) for f in _find(part.text, base)}
-            if (finding.type, finding.detector) in kinds:
+            if (finding.type, finding.detector) in _finds(found_in, ("content", k, j), part.text):
                 return f"{base}.content[{j}]"
     return f"{base}.content[{checked[0][0]}]"
+
+
+def _core_call_location(
+    finding: Finding,
+    k: int,
+    started: int,
+    message: model.Message,
+    found_in: _Found,
+) -> str:
+    """The call's position in the finished choice: the order calls started in, unless that call's
+    arguments lack the finding and another's hold it (a call that came whole in the final event,
+    calls started out of order)."""
+    calls = message.tool_calls
+    kind = (finding.type, finding.detector)
+    order = ([started] if started < len(calls) else []) + [j for j in range(len(calls)) if j != started]
+    j = next((j for j in order if kind in _finds(found_in, ("call", k, j), calls[j].arguments)), started)
+    return f"response.choices[{k}].tool_calls[{j}].arguments"

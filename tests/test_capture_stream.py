@@ -824,3 +824,40 @@ def test_chat_json_reasoning_field_is_kept_as_reasoning() -> None:
         got = capture(request, [json.dumps(body).encode()], content_type=JSON)
         parts = got.choices[0].message.parts
         assert model.Part("reasoning", text="The user greets me.") in parts, field
+
+
+def _listened(
+    request: model.ParsedRequest, body: bytes
+) -> tuple[list[tuple[int, str]], list[tuple[int, int, str]]]:
+    """What a listener hears of `body`: answer text, and tool-call arguments by (choice, call)."""
+    texts: list[tuple[int, str]] = []
+    arguments: list[tuple[int, int, str]] = []
+    reader = ResponseCapture(request, 200, SSE, "", max_body_bytes=LIMIT)
+    assert reader.listen(
+        lambda i, piece: texts.append((i, piece)), lambda i, j, p: arguments.append((i, j, p))
+    )
+    reader.feed(body)
+    reader.finish()
+    return texts, arguments
+
+
+def test_listeners_hear_tool_call_arguments_apart_from_the_text() -> None:
+    chat = request_for("/v1/chat/completions", CHAT_REQUEST)
+    call = {"index": 1, "id": "c", "type": "function", "function": {"name": "f", "arguments": '{"a"'}}
+    events: list[tuple[str | None, object]] = [
+        (None, chat_chunk({"role": "assistant", "content": "ok", "tool_calls": [call]})),
+        (None, chat_chunk({"tool_calls": [{"index": 1, "function": {"arguments": ": 1}"}}]})),
+        (None, chat_chunk({"function_call": {"name": "g", "arguments": "{}"}})),  # legacy functions
+    ]
+    assert _listened(chat, sse(events, done=True)) == (
+        [(0, "ok")],
+        [(0, 1, '{"a"'), (0, 1, ": 1}"), (0, -1, "{}")],
+    )
+    responses = request_for("/v1/responses", {"model": "gpt-4.1", "input": "hi", "stream": True})
+    texts, arguments = _listened(responses, responses_events())
+    assert "".join(t for _, t in texts) == "Echo: hi"
+    assert arguments == [(0, 1, '{"q":'), (0, 1, '"x"}')]
+    anthropic = request_for("/v1/messages", {"model": "claude-sonnet-4-5", "max_tokens": 9, "stream": True})
+    texts, arguments = _listened(anthropic, anthropic_events())
+    assert texts == [(0, "Let me "), (0, "check.")]  # not the thinking
+    assert arguments == [(0, 2, '{"ci'), (0, 2, 'ty": "P"}')]  # the empty piece is not a delta

@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import zlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ import aiohttp
 import openai
 import pytest
 from aiohttp import web
+from openai.types.responses import ResponseFunctionCallArgumentsDeltaEvent
 from prometheus_client import REGISTRY
 
 from llmtrace.api.v1 import finding_pb2, span_pb2
@@ -240,14 +244,26 @@ class _Streamed:
     span: span_pb2.Span
 
 
-async def _stream_through_shim(
-    tmp_path: Path, writes: list[bytes], streaming: StreamingAnalysisSettings
-) -> _Streamed:
-    """Stream `writes` (one write each, 10 ms apart) from a scripted SSE upstream, through a
-    shim with `streaming`, to a client; the client's bytes and the span the core stored."""
+@dataclass
+class _Scripted:
+    """A shim in front of a scripted SSE upstream, and the core it ships to."""
+
+    base_url: str
+    core: Any
+
+
+@asynccontextmanager
+async def _scripted_shim(
+    tmp_path: Path,
+    writes: list[bytes],
+    streaming: StreamingAnalysisSettings,
+    headers: dict[str, str] | None = None,
+) -> AsyncIterator[_Scripted]:
+    """A shim with `streaming` in front of an upstream that answers every POST with `writes` (one
+    write each, 10 ms apart) as an SSE stream, with `headers` besides its content type."""
 
     async def stream(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **(headers or {})})
         await response.prepare(request)
         for index, data in enumerate(writes):
             if index:
@@ -257,7 +273,7 @@ async def _stream_through_shim(
         return response
 
     app = web.Application()
-    app.router.add_post("/v1/chat/completions", stream)
+    app.router.add_post("/{path:.*}", stream)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -268,15 +284,30 @@ async def _stream_through_shim(
         async with (
             running_core(core_settings(tmp_path / "db.duckdb")) as core,
             running_shim(settings, core.bound.grpc) as shim,
-            aiohttp.ClientSession() as http,
         ):
-            body = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-            headers = {"Authorization": f"Bearer {KEY}"}
-            async with http.post(shim.base_url + "/v1/chat/completions", json=body, headers=headers) as reply:
-                received = (await reply.read()).decode()
-            [span] = await wait_for_spans(core)
+            yield _Scripted(shim.base_url, core)
     finally:
         await runner.cleanup()
+
+
+_CHAT_BODY = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def _stream_through_shim(
+    tmp_path: Path,
+    writes: list[bytes],
+    streaming: StreamingAnalysisSettings,
+    path: str = "/v1/chat/completions",
+    body: dict[str, Any] | None = None,
+) -> _Streamed:
+    """Stream `writes` (one write each, 10 ms apart) from a scripted SSE upstream, through a
+    shim with `streaming`, to a client posting `body` to `path`; the client's bytes and the span
+    the core stored."""
+    async with _scripted_shim(tmp_path, writes, streaming) as scripted, aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {KEY}"}
+        async with http.post(scripted.base_url + path, json=body or _CHAT_BODY, headers=headers) as reply:
+            received = (await reply.read()).decode()
+        [span] = await wait_for_spans(scripted.core)
     return _Streamed(received, span)
 
 
@@ -313,7 +344,7 @@ class _GoneClient:
 
 class _Upstream:
     def __init__(self) -> None:
-        self.headers = {"content-encoding": "gzip"}
+        self.headers: dict[str, str] = {}
 
     def close(self) -> None:
         pass
@@ -344,12 +375,36 @@ async def test_stopping_a_stream_to_a_client_already_gone_does_not_raise() -> No
     check = StreamCheck()
     feed(check, [f"token {TOKEN} here"])
     assert check.critical is not None
-    # A compressed stream: no error event, straight to the end of the response.
     upstream = _Upstream()
     client = _GoneClient()
     await exchange._stop_stream(upstream, client, check)  # type: ignore[arg-type]
-    assert client.sent == [("", True)]
+    [(event, _)] = client.sent  # the stop event's send failed; nothing more was tried
+    assert b"stream_stopped" in event
     assert exchange.meta.error_type == "stream_stopped"
+
+
+async def test_a_stopped_compressed_stream_is_cut_not_ended(tmp_path: Path) -> None:
+    # No event can be spliced into a gzip stream. Ended cleanly, it read as a whole answer: the
+    # SDK raised nothing and the client used an answer cut short as if it were complete.
+    compressor = zlib.compressobj(wbits=31)
+    events = [_chunk("Here you go: ") + b"\n\n", _chunk(f"the token is {TOKEN}") + b"\n\n"]
+    events += [_chunk(TAIL) + b"\n\n"] * 20 + [b"data: [DONE]\n\n"]
+    writes = [compressor.compress(e) + compressor.flush(zlib.Z_SYNC_FLUSH) for e in events]
+    writes[-1] += compressor.flush()
+    streaming = StreamingAnalysisSettings(enabled=True, early_stop_on_critical=True)
+    async with (
+        _scripted_shim(tmp_path, writes, streaming, {"Content-Encoding": "gzip"}) as scripted,
+        aiohttp.ClientSession() as http,
+    ):
+        headers = {"Authorization": f"Bearer {KEY}"}
+        async with http.post(
+            scripted.base_url + "/v1/chat/completions", json=_CHAT_BODY, headers=headers
+        ) as reply:
+            assert reply.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await reply.read()
+        [span] = await wait_for_spans(scripted.core)
+    assert span.status.error_type == "stream_stopped"
 
 
 def _core_response_locations(response: Any) -> set[tuple[str, str, str]]:
@@ -406,3 +461,262 @@ async def test_an_early_stop_never_lands_inside_a_half_sent_event(tmp_path: Path
     payloads = [json.loads(e.removeprefix("data: ")) for e in events]  # every event is whole JSON
     assert "error" in payloads[-1]
     assert TAIL not in streamed.received
+
+
+# --- tool-call arguments -------------------------------------------------------------------------
+
+CALL_ARGUMENTS = "response.choices[0].tool_calls[0].arguments"
+
+
+def feed_arguments(check: StreamCheck, pieces: list[str], call: int = 0, index: int = 0) -> list[Any]:
+    found = []
+    for piece in pieces:
+        check.on_arguments(index, call, piece)
+        found.extend(check.scan())
+    return found
+
+
+def test_a_token_split_across_two_argument_deltas_is_found_once_and_is_critical() -> None:
+    check = StreamCheck()
+    found = feed_arguments(check, ['{"body": "token ', TOKEN[:14], TOKEN[14:] + '", ', '"to": "a@b.c"}'])
+    assert [(f.type, f.location) for f in found] == [("secret_leakage", CALL_ARGUMENTS)]
+    assert check.critical is not None and check.critical.location == CALL_ARGUMENTS
+
+
+def test_arguments_are_never_joined_to_the_text_or_to_other_calls() -> None:
+    check = StreamCheck()
+    check.on_text(0, f"here: {TOKEN[:14]}")
+    check.on_arguments(0, 0, TOKEN[14:])
+    check.on_arguments(0, 5, TOKEN[:14])  # the stream's key of a second call
+    check.on_arguments(1, 0, TOKEN[14:])  # the first call of another choice
+    assert check.scan() == []
+    check.on_arguments(0, 5, TOKEN[14:])
+    assert [f.location for f in check.scan()] == ["response.choices[0].tool_calls[1].arguments"]
+
+
+def test_argument_findings_take_the_cores_locations() -> None:
+    from llmtrace.capture import model  # noqa: PLC0415
+    from shim.streaming_checks import core_locations  # noqa: PLC0415
+
+    check = StreamCheck()
+    feed_arguments(check, [f'{{"card": "{CARD}"}}'], call=3)  # the stream's key: an Anthropic block
+    assert [f.location for f in check.findings] == [CALL_ARGUMENTS]
+    # In the finished answer a call that came whole in the final event precedes it.
+    calls = [
+        model.ToolCall(name="lookup", arguments='{"q": "x"}'),
+        model.ToolCall(arguments=f'{{"card": "{CARD}"}}'),
+    ]
+    response = model.ParsedResponse(choices=[model.Choice(0, model.Message("assistant", tool_calls=calls))])
+    [located] = core_locations(check.findings, response)
+    assert located.location == "response.choices[0].tool_calls[1].arguments"
+
+
+def _chat_tool_chunk(arguments: str, *, call: int = 0, name: str = "") -> bytes:
+    item: dict[str, Any] = {"index": call, "function": {"arguments": arguments}}
+    if name:  # the first delta of a call names it
+        item.update(id=f"call_{call}", type="function")
+        item["function"]["name"] = name
+    payload = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "gpt-4o",
+        "choices": [{"index": 0, "delta": {"tool_calls": [item]}, "finish_reason": None}],
+    }
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+def _chat_finish() -> bytes:
+    payload = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "gpt-4o",
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}],
+    }
+    return b"data: " + json.dumps(payload).encode() + b"\n\ndata: [DONE]\n\n"
+
+
+def _stream_findings(category: str) -> float:
+    return REGISTRY.get_sample_value("llmtrace_shim_stream_findings_total", {"category": category}) or 0.0
+
+
+def _assert_stopped_by_the_arguments(span: span_pb2.Span) -> None:
+    assert span.status.code == span_pb2.STATUS_CODE_ERROR
+    assert span.status.error_type == "stream_stopped"
+    [secret] = [f for f in span.findings if f.location == CALL_ARGUMENTS]
+    assert secret.type == "secret_leakage"
+    assert secret.severity == finding_pb2.SEVERITY_CRITICAL
+    assert TOKEN not in secret.excerpt
+    stopped = {kv.key: kv.value.string_value for kv in span.attributes}
+    assert stopped["llmtrace.streaming_analysis.stopped"] == "secret_leakage"
+
+
+EARLY_STOP = StreamingAnalysisSettings(enabled=True, early_stop_on_critical=True)
+
+
+async def test_a_secret_in_chat_tool_call_arguments_stops_the_stream(
+    tmp_path: Path, make_client: OpenAIFactory
+) -> None:
+    from shim.enforcement import category_of  # noqa: PLC0415
+
+    category = category_of("secret_leakage")
+    before = _stream_findings(category)
+    writes = [
+        _chat_tool_chunk('{"to": "ops@example.com", ', name="send_email"),
+        _chat_tool_chunk(f'"body": "the token is {TOKEN}", '),
+        _chat_tool_chunk(f'"footer": "{TAIL}"}}'),
+        _chat_finish(),
+    ]
+    async with _scripted_shim(tmp_path, writes, EARLY_STOP) as scripted:
+        client = make_client(api_key=KEY, base_url=scripted.base_url + "/v1")
+        stream = await client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "mail it"}], stream=True
+        )
+        received: list[str] = []
+        with pytest.raises(openai.APIError) as caught:
+            async for chunk in stream:
+                for call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+                    received.append(call.function.arguments or "" if call.function else "")
+        assert not isinstance(caught.value, openai.APIConnectionError)  # our error event, not a cut
+        assert "secret_leakage" in caught.value.message
+        assert CALL_ARGUMENTS in caught.value.message
+        arguments = "".join(received)
+        assert TOKEN in arguments  # the chunk carrying it had already gone out
+        assert "tailword" not in arguments  # nothing after it
+        [span] = await wait_for_spans(scripted.core)
+    _assert_stopped_by_the_arguments(span)
+    assert _stream_findings(category) == before + 1
+
+
+async def test_a_token_split_across_two_chat_argument_deltas_stops_the_stream(tmp_path: Path) -> None:
+    streamed = await _stream_through_shim(
+        tmp_path,
+        [
+            _chat_tool_chunk('{"body": "token ', name="send_email"),
+            _chat_tool_chunk(TOKEN[:15]),  # neither half is a token on its own
+            _chat_tool_chunk(TOKEN[15:] + '", '),
+            _chat_tool_chunk(f'"footer": "{TAIL}"}}'),
+            _chat_finish(),
+        ],
+        EARLY_STOP,
+    )
+    events = [e for e in streamed.received.split("\n\n") if e.strip()]
+    assert events[-1].startswith('data: {"error"')
+    assert CALL_ARGUMENTS in json.loads(events[-1].removeprefix("data: "))["error"]["message"]
+    assert TAIL not in streamed.received
+    _assert_stopped_by_the_arguments(streamed.span)
+
+
+def _named(kind: str, payload: dict[str, Any]) -> bytes:
+    return f"event: {kind}\ndata: ".encode() + json.dumps({"type": kind, **payload}).encode() + b"\n\n"
+
+
+async def test_a_secret_in_anthropic_input_json_deltas_stops_the_stream(tmp_path: Path) -> None:
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x", "content": []}
+    delta = "content_block_delta"
+    streamed = await _stream_through_shim(
+        tmp_path,
+        [
+            _named(
+                "message_start", {"message": {**message, "usage": {"input_tokens": 5, "output_tokens": 1}}}
+            )
+            + _named("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+            + _named(delta, {"index": 0, "delta": {"type": "text_delta", "text": "Sending it."}})
+            + _named("content_block_stop", {"index": 0}),
+            _named(
+                "content_block_start",
+                {"index": 1, "content_block": {"type": "tool_use", "id": "t1", "name": "send", "input": {}}},
+            ),
+            _named(delta, {"index": 1, "delta": {"type": "input_json_delta", "partial_json": '{"body": "'}}),
+            _named(delta, {"index": 1, "delta": {"type": "input_json_delta", "partial_json": TOKEN[:20]}}),
+            _named(delta, {"index": 1, "delta": {"type": "input_json_delta", "partial_json": TOKEN[20:]}}),
+            _named(delta, {"index": 1, "delta": {"type": "input_json_delta", "partial_json": f' {TAIL}"}}'}}),
+            _named("content_block_stop", {"index": 1})
+            + _named("message_delta", {"delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 9}})
+            + _named("message_stop", {}),
+        ],
+        EARLY_STOP,
+        path="/v1/messages",
+        body={
+            "model": "claude-x",
+            "max_tokens": 64,
+            "stream": True,
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+    )
+    events = [e for e in streamed.received.split("\n\n") if e.strip()]
+    kind, data = events[-1].split("\n")
+    assert kind == "event: error"
+    error = json.loads(data.removeprefix("data: "))["error"]
+    assert error["type"] == "llmtrace_stream_stopped"
+    assert CALL_ARGUMENTS in error["message"]  # the text block before it does not shift the call
+    assert TAIL not in streamed.received
+    _assert_stopped_by_the_arguments(streamed.span)
+
+
+async def test_a_secret_in_responses_function_call_arguments_stops_the_stream(
+    tmp_path: Path, make_client: OpenAIFactory
+) -> None:
+    response = {
+        "id": "resp_1",
+        "object": "response",
+        "model": "gpt-4o",
+        "status": "in_progress",
+        "output": [],
+    }
+    call = {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "send", "arguments": ""}
+    arguments = "response.function_call_arguments.delta"
+    writes = [
+        _named("response.created", {"sequence_number": 0, "response": response})
+        + _named("response.output_item.added", {"sequence_number": 1, "output_index": 0, "item": call}),
+        _named(
+            arguments, {"sequence_number": 2, "output_index": 0, "item_id": "fc_1", "delta": '{"body": "'}
+        ),
+        _named(arguments, {"sequence_number": 3, "output_index": 0, "item_id": "fc_1", "delta": TOKEN}),
+        _named(
+            arguments, {"sequence_number": 4, "output_index": 0, "item_id": "fc_1", "delta": f' {TAIL}"}}'}
+        ),
+        _named("response.completed", {"sequence_number": 5, "response": {**response, "status": "completed"}}),
+    ]
+    async with _scripted_shim(tmp_path, writes, EARLY_STOP) as scripted:
+        client = make_client(api_key=KEY, base_url=scripted.base_url + "/v1")
+        stream = await client.responses.create(model="gpt-4o", input="mail it", stream=True)
+        received: list[str] = []
+        with pytest.raises(openai.APIError) as caught:
+            async for event in stream:
+                if isinstance(event, ResponseFunctionCallArgumentsDeltaEvent):
+                    received.append(event.delta)
+        assert not isinstance(caught.value, openai.APIConnectionError)
+        assert "secret_leakage" in caught.value.message
+        assert TOKEN in "".join(received)
+        assert "tailword" not in "".join(received)
+        [span] = await wait_for_spans(scripted.core)
+    _assert_stopped_by_the_arguments(span)
+
+
+async def test_a_benign_tool_call_is_not_flagged_and_its_neighbours_are_checked_alone(
+    tmp_path: Path, make_client: OpenAIFactory
+) -> None:
+    # A weather call, then a call carrying a card number (high, not critical: no stop).
+    before = _stream_findings("pii")
+    writes = [
+        _chat_tool_chunk('{"location": "Paris", ', name="get_weather"),
+        _chat_tool_chunk('"unit": "celsius"}'),
+        _chat_tool_chunk('{"card": "', call=1, name="charge"),
+        _chat_tool_chunk(f'{CARD}", "note": "{TAIL}"}}', call=1),
+        _chat_finish(),
+    ]
+    async with _scripted_shim(tmp_path, writes, EARLY_STOP) as scripted:
+        client = make_client(api_key=KEY, base_url=scripted.base_url + "/v1")
+        stream = await client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "weather?"}], stream=True
+        )
+        finish = [c.choices[0].finish_reason async for c in stream if c.choices]
+        assert finish[-1] == "tool_calls"  # the whole answer arrived
+        [span] = await wait_for_spans(scripted.core)
+    assert span.status.code == span_pb2.STATUS_CODE_OK
+    assert [f for f in span.findings if ".tool_calls[0]" in f.location] == []
+    [card] = [f for f in span.findings if f.location == "response.choices[0].tool_calls[1].arguments"]
+    assert card.type == "pii_detected"
+    assert _stream_findings("pii") == before + 1  # found by the streaming check, not only later

@@ -118,12 +118,18 @@ class ResponseCapture:
         """Whether the body is read as a stream of events (SSE of an understood API)."""
         return self._stream is not None
 
-    def listen(self, on_text: Callable[[int, str], None]) -> bool:
-        """Have `on_text(choice index, piece)` called with answer text as events are fed; False
-        when the body is not an understood stream (nothing will be called)."""
+    def listen(
+        self,
+        on_text: Callable[[int, str], None],
+        on_arguments: Callable[[int, int, str], None] | None = None,
+    ) -> bool:
+        """Have `on_text(choice index, piece)` called with answer text, and `on_arguments(choice
+        index, call key, piece)` with tool-call arguments, as events are fed; False when the body
+        is not an understood stream (nothing will be called)."""
         if self._stream is None:
             return False
         self._stream.on_text = on_text
+        self._stream.on_arguments = on_arguments
         return True
 
     @property
@@ -257,6 +263,7 @@ class ResponseCapture:
         event) into `stream`; their text would follow a gap, so none of it is kept."""
         stream.budget.exhaust()
         stream.on_text = None
+        stream.on_arguments = None
         # The kept end starts anywhere: parse from its first whole line.
         starts = [found for found in (end.find(b"\n"), end.find(b"\r")) if found >= 0]
         parser = SseParser(max(len(end), 1))

@@ -63,7 +63,10 @@ class AnthropicStream(StreamReader):
             call = ToolCallAccumulator(as_str(block.get("id")), as_str(block.get("name")))
             initial = block.get("input")
             if initial:  # usually `{}`, the arguments follow as input_json_delta pieces
-                call.arguments.add(to_json_text(initial), self.budget)
+                text = to_json_text(initial)
+                call.arguments.add(text, self.budget)
+                if self.on_arguments is not None:
+                    self.on_arguments(0, index, text)
             self._blocks[index] = call
             return
         accumulator = TextAccumulator()
@@ -79,9 +82,12 @@ class AnthropicStream(StreamReader):
         if not isinstance(piece, str) or not piece:
             return
         self.deltas += 1
-        block = self._blocks.get(as_int(payload.get("index")) or 0)
+        index = as_int(payload.get("index")) or 0
+        block = self._blocks.get(index)
         if isinstance(block, ToolCallAccumulator):
             block.arguments.add(piece, self.budget)
+            if self.on_arguments is not None:
+                self.on_arguments(0, index, piece)
         elif block is not None:
             block[1].add(piece, self.budget)
             if self.on_text is not None and block[0] == model.PART_TEXT:

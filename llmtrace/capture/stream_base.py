@@ -24,6 +24,7 @@ class StreamReader:
         "error_type",
         "id",
         "model",
+        "on_arguments",
         "on_text",
         "slots",
         "usage",
@@ -44,6 +45,10 @@ class StreamReader:
         #: Called with (choice index, piece) for every piece of answer text as it arrives, whatever
         #: the budget keeps (streaming checks); None when nobody listens.
         self.on_text: Callable[[int, str], None] | None = None
+        #: Called with (choice index, call key, piece) for every piece of a tool call's arguments
+        #: as it arrives; the key tells the calls of one choice apart (the stream's own index of
+        #: the call, -1 for a legacy `function_call`). None when nobody listens.
+        self.on_arguments: Callable[[int, int, str], None] | None = None
 
     def on_event(self, event: bytes, data: bytes) -> None:
         """Take one SSE event."""

@@ -100,18 +100,20 @@ class ChatStream(StreamReader):
             kind = as_str(item.get("type"))
             if kind:
                 call.type = kind
-            self._arguments(call, function.get("arguments"))
+            self._arguments(call, function.get("arguments"), index, key)
         function_call = as_dict(delta.get("function_call"))  # legacy functions
         if function_call:
             if choice.function_call is None:
                 choice.function_call = ToolCallAccumulator()
             choice.function_call.merge_ids("", as_str(function_call.get("name")))
-            self._arguments(choice.function_call, function_call.get("arguments"))
+            self._arguments(choice.function_call, function_call.get("arguments"), index, -1)
 
-    def _arguments(self, call: ToolCallAccumulator, piece: object) -> None:
+    def _arguments(self, call: ToolCallAccumulator, piece: object, index: int, key: int) -> None:
         if isinstance(piece, str) and piece:
             self.deltas += 1
             call.arguments.add(piece, self.budget)
+            if self.on_arguments is not None:
+                self.on_arguments(index, key, piece)
 
     def choices(self) -> list[model.Choice]:
         """Choices in index order."""

@@ -69,9 +69,12 @@ class ResponsesStream(StreamReader):
             delta = payload.get("delta")
             if isinstance(delta, str) and delta:
                 self.deltas += 1
-                call = self._slot(payload.get("output_index"), "")
+                output_index = payload.get("output_index")
+                call = self._slot(output_index, "")
                 if isinstance(call, ToolCallAccumulator):
                     call.arguments.add(delta, self.budget)
+                    if self.on_arguments is not None:
+                        self.on_arguments(0, as_int(output_index) or 0, delta)
         elif kind == "response.output_item.added":
             added = as_dict(payload.get("item"))
             if added.get("type") in ("function_call", "custom_tool_call"):
