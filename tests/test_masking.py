@@ -7,6 +7,14 @@ import time
 import pytest
 
 from llmtrace.security.masking import mask_sensitive, sensitive_spans
+from llmtrace.security.secrets import _KINDS, find_secrets
+
+# Provider tokens assembled from pieces so that secret scanners do not flag this file; none is real.
+_STRIPE = "sk" + "_live_" + "51Hx9QmTz3Lw8RkVb2Nc6Yd4Pa7Ue0Gs"
+_GOOGLE = "AI" + "za" + "SyB3dE5fG7hI9jK1lM3nO5pQ7rS9tU1v-_x"
+_HUGGINGFACE = "hf" + "_" + "QwErTyUiOpAsDfGhJkLzXcVbNmPlOkIjUh"
+_NPM = "npm" + "_" + "Zt4Kq9Wm2Xr7Vb1Nc8Ld3Fh6Jp0Sg5Ya2Eu7"
+_GITLAB = "gl" + "pat-" + "xY7-kP2_qR9sT4uV6wZ1"
 
 
 @pytest.mark.parametrize(
@@ -30,6 +38,13 @@ from llmtrace.security.masking import mask_sensitive, sensitive_spans
         ("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNz (cut", "[PRIVATE_KEY]"),
         ("key sk-proj-" + "x" * 40, "key [OPENAI_KEY]"),
         ("key sk-ant-api03-" + "x" * 40, "key [ANTHROPIC_KEY]"),
+        (f"stripe {_STRIPE}.", "stripe [STRIPE_KEY]."),
+        ("rk" + "_test_" + "51Hx9QmTz3Lw8RkVb2Nc6Yd4", "[STRIPE_KEY]"),
+        (f'{{"key": "{_GOOGLE}"}}', '{"key": "[GOOGLE_API_KEY]"}'),
+        (f"HF_TOKEN={_HUGGINGFACE}", "HF_TOKEN=[HUGGINGFACE_TOKEN]"),
+        (f"//registry.npmjs.org/:_authToken={_NPM}", "//registry.npmjs.org/:_authToken=[NPM_TOKEN]"),
+        (f"PRIVATE-TOKEN: {_GITLAB} x", "PRIVATE-TOKEN: [GITLAB_TOKEN] x"),
+        (f"gitlab {_GITLAB}aB3cD5eF7g.010xk3m9q", "gitlab [GITLAB_TOKEN]"),  # routable
         ("api_key=abcd1234efgh&x=1", "api_key=[API_KEY]&x=1"),
         ('{"apiKey": "abcd1234efgh"}', '{"apiKey": "[API_KEY]"}'),
         ("OPENAI_API_KEY=sk-abcdefghijklmnopqrstuvwx", "OPENAI_API_KEY=[OPENAI_KEY]"),
@@ -55,11 +70,17 @@ def test_each_kind_is_masked(text: str, expected: str) -> None:
         "QQ123456C is the example NI number",  # QQ is never issued
         "the key points of token usage: 42 tokens",
         "ask at example dot com",
+        "sk" + "_live_ alone, or sk" + "_test_abc123 too short",
+        "the word MAIza" + "SyB3dE5fG7hI9jK1lM3nO5pQ7rS9tU1v-_x is not a key",
+        "call hf" + "_hub_download() or set hf" + "_token",
+        "run npm" + "_install, npm" + "_config_registry and npm" + "_" + "a1" * 10,
+        "gl" + "pat-" + "short and kubectl run",
         "",
     ],
 )
 def test_look_alikes_are_left_alone(text: str) -> None:
     assert mask_sensitive(text) == text
+    assert sensitive_spans(text) == []
 
 
 def test_placeholders_are_not_masked_again() -> None:
@@ -100,11 +121,54 @@ _AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/" + "bPxRfiCYz8Kq3LmN0p"
         ("password := Hunter2Secret9x", "Hunter2Secret9x"),
         ("-----BEGIN PGP PRIVATE KEY BLOCK-----\nlQdGBF4x\n-----END PGP PRIVATE KEY BLOCK-----", "lQdGBF4x"),
         ("token eyJhbGciOiJIUzI1NiJ9.c3ViamVjdA.c2lnbmF0dXJl", "c3ViamVjdA"),
+        (f"STRIPE_SECRET_KEY={_STRIPE}", _STRIPE),
+        (f"key={_GOOGLE}&q=x", _GOOGLE),
+        (f"export HUGGING_FACE_HUB_TOKEN='{_HUGGINGFACE}'", _HUGGINGFACE),
+        (f"NPM_TOKEN: {_NPM}", _NPM),
+        (f"git clone https://oauth2:{_GITLAB}@gitlab.com/g/p.git", _GITLAB),
     ],
 )
 def test_every_kind_of_secret_is_masked(text: str, secret: str) -> None:
     assert secret not in mask_sensitive(text)
     assert any(start <= text.index(secret) < end for start, end, _ in sensitive_spans(text))
+
+
+# One text per kind secrets.py reports, and the secret in it: a new kind without an entry here fails
+# the test below.
+_GITHUB = "gh" + "p_" + "aB3dE5fG7hI9jK1lM3nO5pQ7rS9tU1vW3xY5"
+_SLACK = "xo" + "xb-" + "123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx"
+_JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n"
+_ANTHROPIC = "sk-" + "ant-api03-" + "Xy9Wv8Ut7Sr6Qp5On4Ml3Kj2Ih1Gf0Ed"
+_OPENAI = "sk-" + "proj-" + "Ab3De5Fg7Hi9Jk1Lm3No5Pq7Rs9Tu1Vw"
+_KEY_BODY = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEA"
+_SAMPLE_PER_KIND = {
+    "private_key": ("-----BEGIN PRIVATE KEY-----\n" + _KEY_BODY + "\n", _KEY_BODY),
+    "aws_access_key": ("aws id AK" + "IAZ7XQ4ZB2PSRT5W3Q", "AK" + "IAZ7XQ4ZB2PSRT5W3Q"),
+    "aws_secret_key": (f"aws_secret_access_key={_AWS_SECRET}", _AWS_SECRET),
+    "github_token": (f"token {_GITHUB}", _GITHUB),
+    "slack_token": (f"slack {_SLACK}", _SLACK),
+    "jwt": (f"jwt {_JWT}", _JWT),
+    "anthropic_key": (f"key {_ANTHROPIC}", _ANTHROPIC),
+    "openai_key": (f"key {_OPENAI}", _OPENAI),
+    "stripe_key": (f"stripe {_STRIPE}", _STRIPE),
+    "google_api_key": (f"maps {_GOOGLE}", _GOOGLE),
+    "huggingface_token": (f"hub {_HUGGINGFACE}", _HUGGINGFACE),
+    "npm_token": (f"npm {_NPM}", _NPM),
+    "gitlab_token": (f"gitlab {_GITLAB}", _GITLAB),
+    "bearer_token": ("Authorization: Bearer abcDEF123ghiJKL456mnoPQR789", "abcDEF123ghiJKL456mnoPQR789"),
+    "api_key_assignment": ("api_key=Zq8vN3kLp0XwR7tY2mB5", "Zq8vN3kLp0XwR7tY2mB5"),
+    "password_assignment": ("password: hunter2!x9Q", "hunter2!x9Q"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_KINDS))
+def test_whatever_secrets_py_reports_masking_masks(kind: str) -> None:
+    text, secret = _SAMPLE_PER_KIND[kind]
+    findings = find_secrets(text, "request.messages[0].content")
+    assert [f.detector for f in findings] == [f"regex.secret.{kind}"]
+    assert secret not in mask_sensitive(text)
+    position = text.index(secret)
+    assert any(start <= position and position + len(secret) <= end for start, end, _ in sensitive_spans(text))
 
 
 def test_a_forty_character_hash_is_not_an_aws_secret() -> None:

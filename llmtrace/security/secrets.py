@@ -7,8 +7,9 @@ The detector name carries the kind, e.g. `regex.secret.github_token`.
 Unlike PII, secrets inside code blocks and URLs are reported: a live key in a snippet is still a leak.
 Placeholders are not: values that are low in entropy or read like `YOUR_KEY_HERE`, `<token>`,
 `${API_KEY}`, `os.environ[...]`, and the documentation examples `AKIAIOSFODNN7EXAMPLE` / `...EXAMPLEKEY`.
-Severities: private keys, AWS secret keys and provider API tokens (GitHub, Slack, OpenAI, Anthropic) are
-critical; AWS access key ids, JWTs, bearer tokens and assigned keys or passwords are high.
+Severities: private keys, AWS secret keys, live Stripe keys and provider API tokens (GitHub, GitLab,
+Slack, OpenAI, Anthropic, Google, Hugging Face, npm) are critical; AWS access key ids, Stripe test-mode
+keys (they cannot touch live data), JWTs, bearer tokens and assigned keys or passwords are high.
 """
 
 from __future__ import annotations
@@ -47,6 +48,16 @@ _SLACK: Final = re.compile(r"\bxox[baprs]-[A-Za-z0-9-]{10,}")
 _JWT: Final = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 _ANTHROPIC: Final = re.compile(r"\bsk-ant-[A-Za-z0-9_-]{20,}")
 _OPENAI: Final = re.compile(r"\bsk-(?!ant-)(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}")
+# Stripe secret (`sk_`) and restricted (`rk_`) keys; publishable `pk_` keys are public by design.
+_STRIPE: Final = re.compile(r"\b[rs]k_(?:live|test)_[A-Za-z0-9]{20,255}\b")
+# Google API keys (Maps, Gemini, Firebase, ...): `AIza` and exactly 35 more characters.
+_GOOGLE: Final = re.compile(r"(?<![A-Za-z0-9_-])AIza[A-Za-z0-9_-]{35}(?![A-Za-z0-9_-])")
+# Hugging Face user access tokens: `hf_` and 34 letters (digits allowed, and longer, to be safe).
+_HUGGINGFACE: Final = re.compile(r"\bhf_[A-Za-z0-9]{34,255}\b")
+_NPM: Final = re.compile(r"\bnpm_[A-Za-z0-9]{36}\b")
+# GitLab personal, project and group access tokens: `glpat-` and 20 characters, or a longer payload
+# with the routable suffix (`.`, two characters of length, seven of CRC) of newer GitLab versions.
+_GITLAB: Final = re.compile(r"\bglpat-[A-Za-z0-9_-]{20,300}(?:\.[a-z0-9]{9})?(?![A-Za-z0-9_-])")
 # Matched against the lower-cased text (as fast as case-sensitive; `(?i)` is several times slower).
 _ASSIGNMENT: Final = re.compile(
     r"(?P<name>api[_-]?key|apikey|access[_-]?token|auth[_-]?token|secret[_-]?key|client[_-]?secret"
@@ -89,6 +100,11 @@ _KINDS: Final = {
     "jwt": ("[JWT]", "JSON Web Token"),
     "anthropic_key": ("[ANTHROPIC_KEY]", "Anthropic API key"),
     "openai_key": ("[OPENAI_KEY]", "OpenAI API key"),
+    "stripe_key": ("[STRIPE_KEY]", "Stripe secret or restricted API key"),
+    "google_api_key": ("[GOOGLE_API_KEY]", "Google API key"),
+    "huggingface_token": ("[HUGGINGFACE_TOKEN]", "Hugging Face access token"),
+    "npm_token": ("[NPM_TOKEN]", "npm access token"),
+    "gitlab_token": ("[GITLAB_TOKEN]", "GitLab access token"),
     "bearer_token": ("[API_KEY]", "Bearer token"),
     "api_key_assignment": ("[API_KEY]", "Credential assigned to a key or token name"),
     "password_assignment": ("[PASSWORD]", "Password assigned in text"),
@@ -169,6 +185,37 @@ def _tokens(text: str) -> Iterator[Match]:
             body = m.group()[3:]
             if shannon_entropy(body) >= 3.5 and not _looks_placeholder(body):
                 yield _match(m.start(), m.end(), "openai_key", Severity.CRITICAL, 0.9)
+    # A one-character test (a `memchr`) is ten times cheaper than a longer one: "_" and "z", rare in
+    # prose, spare most texts the searches for the prefixes.
+    if "_" in text:
+        if "k_live_" in text or "k_test_" in text:
+            for m in _STRIPE.finditer(text):
+                if _random_body(m.group()[8:]):
+                    severity = Severity.CRITICAL if m.group()[3:7] == "live" else Severity.HIGH
+                    yield _match(m.start(), m.end(), "stripe_key", severity, 0.95)
+        if "hf_" in text:
+            for m in _HUGGINGFACE.finditer(text):
+                body = m.group()[3:]
+                # Real tokens mix both cases; a lower-case hex digest after `hf_` is not one.
+                if _random_body(body) and not body.islower() and not body.isupper():
+                    yield _match(m.start(), m.end(), "huggingface_token", Severity.CRITICAL, 0.9)
+        if "npm_" in text:
+            for m in _NPM.finditer(text):
+                if _random_body(m.group()[4:]):
+                    yield _match(m.start(), m.end(), "npm_token", Severity.CRITICAL, 0.95)
+    if "z" in text and "AIza" in text:
+        for m in _GOOGLE.finditer(text):
+            if _random_body(m.group()[4:]):
+                yield _match(m.start(), m.end(), "google_api_key", Severity.CRITICAL, 0.9)
+    if "glpat-" in text:
+        for m in _GITLAB.finditer(text):
+            # Twenty characters carry at most 4.3 bits each: a lower bar than for longer tokens.
+            if _random_body(m.group()[6:], 3.2):
+                yield _match(m.start(), m.end(), "gitlab_token", Severity.CRITICAL, 0.95)
+
+
+def _random_body(body: str, min_entropy: float = 3.5) -> bool:
+    return shannon_entropy(body) >= min_entropy and not _looks_placeholder(body)
 
 
 def _jwt_header_ok(segment: str) -> bool:
