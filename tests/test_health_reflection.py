@@ -56,6 +56,21 @@ async def test_health_of_an_unknown_service_is_not_found(shared: RunningCore) ->
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_health_watch_streams_the_status_and_its_change(tmp_path: Any) -> None:
+    # Watch (what gRPC clients with a health-check config and some load balancers use) failed
+    # every call with INTERNAL: the interceptor iterated the coroutine that writes its updates.
+    async with running_core(core_settings(tmp_path / "db.duckdb")) as core:
+        stub: Any = health_pb2_grpc.HealthStub(core.channel)
+        call = stub.Watch(health_pb2.HealthCheckRequest(service=QUERY_SERVICE))
+        first = await asyncio.wait_for(call.read(), 10)
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+        stopping = asyncio.create_task(core.core.stop())
+        second = await asyncio.wait_for(call.read(), 10)
+        assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        call.cancel()
+        await stopping
+
+
 # --- reflection -----------------------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -171,12 +172,19 @@ def _decoding_unary(behavior: Any, decode: Callable[[bytes], Any]) -> Any:
 
 
 def _decoding_stream(behavior: Any, decode: Callable[[bytes], Any]) -> Any:
-    def decoding(raws: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        async def requests() -> AsyncIterator[Any]:
-            async for raw in raws:
-                yield await _decoded(raw, decode, context)
+    async def requests(raws: AsyncIterator[bytes], context: Context) -> AsyncIterator[Any]:
+        async for raw in raws:
+            yield await _decoded(raw, decode, context)
 
-        return behavior(requests(), context)
+    if inspect.iscoroutinefunction(behavior):  # it writes with context.write (see _wrap_stream)
+
+        async def writing(raws: AsyncIterator[bytes], context: Context) -> Any:
+            return await behavior(requests(raws, context), context)
+
+        return writing
+
+    def decoding(raws: AsyncIterator[bytes], context: Context) -> Any:
+        return behavior(requests(raws, context), context)
 
     return decoding
 
@@ -190,6 +198,11 @@ def _wrap_unary(behavior: Any, method: str, request_id: str) -> Any:
 
 
 def _wrap_stream(behavior: Any, method: str, request_id: str) -> Any:
+    if inspect.iscoroutinefunction(behavior):
+        # A coroutine that streams with context.write() rather than yielding (grpc's own health
+        # Watch): iterated as a generator, it failed every call with INTERNAL.
+        return _wrap_unary(behavior, method, request_id)
+
     async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         async with _observed(method, request_id, context):
             async for response in behavior(request, context):
