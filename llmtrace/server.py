@@ -90,9 +90,13 @@ def _open_store(settings: Settings) -> duckdb.DuckDBPyConnection:
         version = current_version(conn)
         if version != latest_version():
             conn.close()
+            remedy = (
+                "upgrade llmtrace (a newer build migrated it)"
+                if version > latest_version()
+                else "run `llmtrace migrate` (storage.auto_migrate is false)"
+            )
             raise StartupError(
-                f"database schema is at version {version}, this build needs {latest_version()}; "
-                "run `llmtrace migrate` (storage.auto_migrate is false)"
+                f"database schema is at version {version}, this build needs {latest_version()}; {remedy}"
             )
     return conn
 

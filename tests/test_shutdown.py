@@ -287,6 +287,51 @@ def test_core_without_auto_migrate_refuses_an_empty_database(tmp_path: Path, cor
     assert migrated.stop()[0] == 0, migrated.log()
 
 
+def test_core_without_auto_migrate_says_to_upgrade_for_a_newer_schema(
+    tmp_path: Path, cores: Launcher
+) -> None:
+    # It said "run `llmtrace migrate`", which then failed: a newer build had migrated the file.
+    database = tmp_path / "llmtrace.duckdb"
+    config = write_config(tmp_path, database, auto_migrate=False)
+    assert llmtrace("migrate", "--config", str(config), cwd=tmp_path).returncode == 0
+    conn = duckdb.connect(str(database))
+    conn.execute("INSERT INTO schema_version (version, name) VALUES (999, 'from the future')")
+    conn.close()
+    core = cores.launch(config)
+    assert core.process.wait(timeout=60) == 1, core.log()
+    assert "upgrade llmtrace" in core.log()
+    assert "run `llmtrace migrate`" not in core.log()
+
+
+def test_a_bad_file_under_a_path_that_says_lock_is_not_called_locked(tmp_path: Path) -> None:
+    # Any open error whose message held "lock" (here, from the path) was reported as a lock.
+    database = tmp_path / "blocks" / "llmtrace.duckdb"
+    database.parent.mkdir()
+    database.write_bytes(os.urandom(8192))
+    result = llmtrace("migrate", "--config", str(write_config(tmp_path, database)), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "locked" not in result.stderr
+    assert str(database) in result.stderr
+
+
+def test_a_database_path_under_home_is_expanded(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    config = write_config(tmp_path, Path("~/traces/llmtrace.duckdb"))
+    result = subprocess.run(
+        [*CLI, "migrate", "--config", str(config)],
+        cwd=tmp_path,
+        env={**_env(), "HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (home / "traces" / "llmtrace.duckdb").is_file()
+    assert not (tmp_path / "~").exists()
+
+
 def _schema_versions_or_none(database: Path) -> list[int] | None:
     with contextlib.suppress(duckdb.CatalogException):
         return _schema_versions(database)

@@ -193,6 +193,7 @@ def _run(args: argparse.Namespace) -> int:
         from llmtrace.store.migrations import MigrationError, migrate_database  # noqa: PLC0415
 
         path = settings.storage.database_path
+        os.umask(0o077)  # DuckDB creates the WAL (spans, the page-token key) at the first commit
         try:
             applied = migrate_database(path)
         except (DatabaseOpenError, MigrationError) as exc:

@@ -220,7 +220,7 @@ def _query_file(settings: Settings, *, query: str, tenant: str, max_rows: int, f
     from llmtrace.store.migrations import current_version  # noqa: PLC0415
     from llmtrace.store.sql_sandbox import SqlRefused, SqlTimeout, execute_sandboxed  # noqa: PLC0415
 
-    path = Path(settings.storage.database_path)
+    path = Path(settings.storage.database_path).expanduser()
     if not path.is_file():
         raise SqlCommandError(
             EXIT_REFUSED,

@@ -31,7 +31,7 @@ class DatabaseLockedError(DatabaseOpenError):
 
 def open_database(path: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """Open (creating if needed, unless read-only) the database file, owner-only permissions."""
-    target = Path(path)
+    target = Path(path).expanduser()
     if not read_only:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -39,13 +39,16 @@ def open_database(path: str | Path, *, read_only: bool = False) -> duckdb.DuckDB
             raise DatabaseOpenError(
                 f"cannot create the directory of {target}: {exc.strerror or exc}"
             ) from exc
-    # DuckDB creates the file and its WAL with the process umask; spans hold prompts, so the
-    # files are owner-only whatever the caller's umask is.
+    # DuckDB creates the file with the process umask; spans hold prompts, so it is owner-only
+    # whatever the caller's umask is. Its WAL comes at the first commit, after this: the commands
+    # that write (core, migrate) run under umask 077 for that.
     old_umask = os.umask(0o077)
     try:
         conn = duckdb.connect(str(target), read_only=read_only, config=dict(_LOCKED_DOWN))
     except duckdb.IOException as exc:
-        if "lock" in str(exc).lower():
+        # DuckDB's own words: a message that merely holds "lock" (a path under /srv/blocks/)
+        # is some other failure.
+        if "could not set lock on file" in str(exc).lower():
             raise DatabaseLockedError(
                 f"{target} is locked by another process (is a core already running?)"
             ) from exc
