@@ -143,16 +143,24 @@ class Core:
         self._health = health.aio.HealthServicer()
         self._metrics_server: Any = None
         self._stopped = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: Set once DuckDB gave up on the database (`llmtrace.store.failure`): the core stops
+        #: serving and its process should end, to be started again.
+        self.database_failed = asyncio.Event()
+        self._not_serving: asyncio.Future[None] | None = None
 
     async def start(self) -> BoundAddresses:
         """Open the store and start serving; returns the bound addresses."""
         settings = self.settings
+        self._loop = asyncio.get_running_loop()
         self._conn = await asyncio.to_thread(_open_store, settings)
-        self._writer = StoreWriter(self._conn)
+        self._writer = StoreWriter(self._conn, on_fatal=self._fatal)
         self._writer.start()
-        self._reader = StoreReader(self._conn)
+        self._reader = StoreReader(self._conn, on_fatal=self._fatal)
         # Ad-hoc SQL gets threads of its own, so slow operator queries never starve the List RPCs.
-        self._sql_reader = StoreReader(self._conn, threads=2, timeout_s=settings.sql.timeout_seconds + 5)
+        self._sql_reader = StoreReader(
+            self._conn, threads=2, timeout_s=settings.sql.timeout_seconds + 5, on_fatal=self._fatal
+        )
         codec = PageTokenCodec(_page_token_key(self._conn))
         # The analysis process (post-ack analysis) loads its classifier while this process loads
         # the one the Analyze RPC uses.
@@ -223,6 +231,25 @@ class Core:
             "core serving", grpc=bound.grpc, metrics=bound.metrics, database=settings.storage.database_path
         )
         return bound
+
+    def _fatal(self, exc: BaseException) -> None:
+        """From any thread: DuckDB gave up on the database."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the core has stopped
+                loop.call_soon_threadsafe(self._database_failed, str(exc).splitlines()[0])
+
+    def _database_failed(self, error: str) -> None:
+        if self.database_failed.is_set() or self._stopped:
+            return
+        _log.error(
+            "the database failed and cannot be used until it is opened again; stopping, to be "
+            "restarted (nothing acknowledged is lost: the WAL is replayed at the next start)",
+            error=error,
+        )
+        # NOT_SERVING at once, before the stop drains: load balancers and shims stop sending.
+        self._not_serving = asyncio.ensure_future(self._health.enter_graceful_shutdown())
+        self.database_failed.set()
 
     def _start_metrics(self) -> str | None:
         if not self.settings.metrics.enabled:
@@ -304,12 +331,16 @@ async def serve_core(settings: Settings, ready_file: str | None = None, *, backg
             return 1
     if background:
         cpu_priority.to_background()
-    await stop.wait()
+    stopping = asyncio.ensure_future(stop.wait())
+    failing = asyncio.ensure_future(core.database_failed.wait())
+    await asyncio.wait((stopping, failing), return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    failing.cancel()
     if background and not cpu_priority.to_foreground():
         _log.info("stopping at background CPU priority (leaving it needs CAP_SYS_NICE or RLIMIT_NICE 20)")
     _log.info("shutting down", grace_seconds=settings.shutdown.timeout_seconds)
     await core.stop()
-    return 0
+    return 1 if core.database_failed.is_set() else 0
 
 
 def run_core(settings: Settings, ready_file: str | None = None, *, background: bool = False) -> int:

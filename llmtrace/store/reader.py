@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 import duckdb
 
+from llmtrace.store.failure import OnFatal, is_fatal
+
 T = TypeVar("T")
 
 Row = dict[str, Any]
@@ -31,10 +33,16 @@ class StoreReader:
     """Runs read queries on per-call cursors of the core's database connection."""
 
     def __init__(
-        self, conn: duckdb.DuckDBPyConnection, *, threads: int = 4, timeout_s: float = DEFAULT_TIMEOUT_S
+        self,
+        conn: duckdb.DuckDBPyConnection,
+        *,
+        threads: int = 4,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        on_fatal: OnFatal | None = None,
     ) -> None:
         self._conn = conn
         self._timeout_s = timeout_s
+        self._on_fatal = on_fatal
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="duckdb-read")
 
     async def run(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
@@ -47,7 +55,11 @@ class StoreReader:
             cursor.interrupt()
 
         def call() -> T:
-            cursor = self._conn.cursor()
+            try:
+                cursor = self._conn.cursor()
+            except duckdb.Error as exc:
+                self._report(exc)
+                raise
             cursors.append(cursor)
             timer = threading.Timer(self._timeout_s, interrupt, (cursor,))
             timer.start()
@@ -56,6 +68,9 @@ class StoreReader:
             except duckdb.InterruptException as exc:
                 if timed_out.is_set():
                     raise ReadTimeoutError(f"query exceeded {self._timeout_s:g} s") from exc
+                raise
+            except duckdb.Error as exc:
+                self._report(exc)
                 raise
             finally:
                 timer.cancel()
@@ -68,6 +83,10 @@ class StoreReader:
                 with contextlib.suppress(duckdb.Error):
                     cursor.interrupt()
             raise
+
+    def _report(self, exc: duckdb.Error) -> None:
+        if self._on_fatal is not None and is_fatal(exc):
+            self._on_fatal(exc)
 
     async def fetch(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
         """Rows of `sql` as dicts keyed by column name."""

@@ -21,6 +21,7 @@ import duckdb
 import pyarrow as pa
 import structlog
 
+from llmtrace.store.failure import OnFatal, is_fatal
 from llmtrace.store.row_schema import FINDING_ROW_SCHEMA, SCORE_ROW_SCHEMA, SPAN_ROW_SCHEMA
 
 _log = structlog.get_logger(__name__)
@@ -85,8 +86,11 @@ _STOP = object()
 class StoreWriter:
     """Owns the only writing connection to the database."""
 
-    def __init__(self, conn: duckdb.DuckDBPyConnection, *, max_group: int = 64) -> None:
+    def __init__(
+        self, conn: duckdb.DuckDBPyConnection, *, max_group: int = 64, on_fatal: OnFatal | None = None
+    ) -> None:
         self._conn = conn
+        self._on_fatal = on_fatal
         self._max_group = max_group
         self._queue: queue.Queue[_Pending | object] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="duckdb-writer", daemon=True)
@@ -153,7 +157,8 @@ class StoreWriter:
     def _commit_analysis(self, group: list[_Pending]) -> None:
         try:
             self._insert_analysis(group)
-        except Exception:
+        except Exception as exc:
+            self._report(exc)
             _log.exception("analysis write failed")
             for pending in group:
                 _resolve_error(pending, RuntimeError("analysis write failed"))
@@ -177,7 +182,8 @@ class StoreWriter:
     def _commit_ingest(self, group: list[_Pending]) -> None:
         try:
             inserted = self._insert([p.batch for p in group if isinstance(p.batch, WriteBatch)])
-        except Exception:
+        except Exception as exc:
+            self._report(exc)
             if len(group) == 1:
                 _log.exception("store write failed")
                 _resolve_error(group[0], RuntimeError("store write failed"))
@@ -187,6 +193,10 @@ class StoreWriter:
             return
         for pending, stored in zip(group, inserted, strict=True):
             _resolve(pending, stored)
+
+    def _report(self, exc: Exception) -> None:
+        if self._on_fatal is not None and is_fatal(exc):
+            self._on_fatal(exc)
 
     def _insert(self, batches: list[WriteBatch]) -> list[Inserted]:
         spans = pa.concat_tables([b.spans for b in batches])  # zero-copy
