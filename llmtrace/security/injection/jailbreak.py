@@ -137,19 +137,7 @@ RULES: Final[tuple[Rule, ...]] = (
         veto=describes_dropping,
         branch_gates=(
             (
-                (
-                    "ignore",
-                    "bypass",
-                    "disable",
-                    "turn",
-                    "remove",
-                    "deactivate",
-                    "circumvent",
-                    "evade",
-                    "override",
-                    "lift",
-                    "drop",
-                ),
+                _DROP_RESTRICTION_VERBS,
                 (
                     "filter",
                     "filters",
