@@ -140,6 +140,7 @@ class Core:
         self._analyze_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="analyze-rpc")
         self._analysis: AnalysisWorker | None = None
         self._server: grpc.aio.Server | None = None
+        self._ingest: IngestServicer | None = None
         self._health = health.aio.HealthServicer()
         self._metrics_server: Any = None
         self._stopped = False
@@ -187,16 +188,10 @@ class Core:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        server.add_generic_rpc_handlers(
-            (
-                IngestServicer(
-                    self._writer,
-                    self._cpu,
-                    committed=self._analysis.offer,
-                    finding_ids=FindingIds(self._conn),
-                ).handlers(),
-            )
+        self._ingest = IngestServicer(
+            self._writer, self._cpu, committed=self._analysis.offer, finding_ids=FindingIds(self._conn)
         )
+        server.add_generic_rpc_handlers((self._ingest.handlers(),))
         analysis_service_pb2_grpc.add_AnalysisServiceServicer_to_server(
             AnalysisServicer(analyzer, self._analyze_pool), server
         )
@@ -270,6 +265,8 @@ class Core:
         grace = self.settings.shutdown.timeout_seconds
         started = time.monotonic()
         await self._health.enter_graceful_shutdown()
+        if self._ingest is not None:
+            self._ingest.begin_shutdown()
         if self._server is not None:
             # Stops accepting at once; returns when in-flight RPCs are done or `grace` is up.
             await self._server.stop(grace)

@@ -29,7 +29,7 @@ from llmtrace.api.v1 import (
     query_service_pb2,
     span_pb2,
 )
-from llmtrace.config.schema import SecurityAnalysisSettings
+from llmtrace.config.schema import SecurityAnalysisSettings, ShutdownSettings
 from llmtrace.store.finding_ids import FindingIdReadError, FindingIds
 from llmtrace.store.writer import StoreWriter
 from tests.conftest import RunningCore, core_settings, running_core
@@ -858,6 +858,36 @@ async def test_a_replay_with_other_findings_adds_nothing_to_the_stored_span(
         got = await _get(shared, span)
         kept = [f.type for f in got.findings]
         assert (kept, got.HasField("security_score")) in (([], False), (["late_kind"], True)), got
+
+
+async def test_an_idle_stream_ends_when_the_core_stops_instead_of_holding_it(tmp_path: Path) -> None:
+    # An SDK keeps its StreamSpans stream open between batches: the stop waited the whole grace
+    # period for it (8 s of 8 measured), leaving a rolling deploy little margin.
+    settings = dataclasses.replace(
+        core_settings(tmp_path / "db.duckdb"), shutdown=ShutdownSettings(timeout_seconds=20)
+    )
+    async with running_core(settings) as core:
+        queue: asyncio.Queue[ingest_service_pb2.StreamSpansRequest] = asyncio.Queue()
+
+        async def requests() -> AsyncIterator[ingest_service_pb2.StreamSpansRequest]:
+            while True:
+                yield await queue.get()
+
+        call = core.ingest.StreamSpans(requests())
+        span = make_span(tenant="acme")
+        await queue.put(ingest_service_pb2.StreamSpansRequest(sequence=1, spans=[span]))
+        ack = await call.read()
+        assert isinstance(ack, ingest_service_pb2.StreamSpansResponse)
+        assert ack.sequence == 1 and ack.accepted_spans == 1
+        started = time.monotonic()
+        await core.core.stop()
+        assert time.monotonic() - started < 5
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await call.read()
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "shutting down" in (ended.value.details() or "")
+    async with running_core(settings) as again:  # what was acknowledged is there
+        assert (await _get(again, span)).span_id == span.span_id
 
 
 async def test_a_request_cancelled_while_checked_gives_its_finding_ids_back(

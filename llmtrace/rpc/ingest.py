@@ -213,6 +213,13 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         self._cpu = cpu_executor
         self._committed = committed
         self._finding_ids = finding_ids
+        #: Set when the core begins to stop (`begin_shutdown`).
+        self._closing = asyncio.Event()
+
+    def begin_shutdown(self) -> None:
+        """End every StreamSpans stream at its next wait for a message: an SDK's stream stays open
+        between batches, and would hold the core's stop for its whole grace period."""
+        self._closing.set()
 
     async def _ingest(self, spans: Sequence[span_pb2.Span]) -> _Prepared:
         _check_batch_size(len(spans))
@@ -306,6 +313,27 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             accepted_spans=prepared.accepted, partial_success=_partial_success(prepared.rejections)
         )
 
+    async def _next_request(
+        self, requests: AsyncIterator[ingest_service_pb2.StreamSpansRequest], context: Context
+    ) -> ingest_service_pb2.StreamSpansRequest | None:
+        """The stream's next message; None at its end. While the core stops, a stream waiting for
+        one ends UNAVAILABLE: everything it sent is acknowledged or never read, and the client
+        sends what was not acknowledged again, to a core that is up."""
+        if not self._closing.is_set():
+            arrived = asyncio.ensure_future(anext(requests))
+            closing = asyncio.ensure_future(self._closing.wait())
+            await asyncio.wait((arrived, closing), return_when=asyncio.FIRST_COMPLETED)
+            closing.cancel()
+            if arrived.done():
+                try:
+                    return arrived.result()
+                except StopAsyncIteration:
+                    return None
+            arrived.cancel()
+        message = "the core is shutting down; send what was not acknowledged again"
+        await abort(context, RpcError(grpc.StatusCode.UNAVAILABLE, message, reason="SHUTTING_DOWN"))
+        return None  # not reached: abort raises
+
     def handlers(self) -> grpc.GenericRpcHandler:
         """The IngestService method handlers, IngestSpans taking raw bytes (see above)."""
         return grpc.method_handlers_generic_handler(
@@ -330,7 +358,11 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         context: Context,
     ) -> AsyncIterator[ingest_service_pb2.StreamSpansResponse]:
         """Acknowledge each request message, in order, once its spans are committed."""
-        async for request in request_iterator:
+        requests = aiter(request_iterator)
+        while True:
+            request = await self._next_request(requests, context)
+            if request is None:
+                return
             try:
                 prepared = await self._ingest(request.spans)
             except RpcError as err:

@@ -38,6 +38,8 @@ type IngestServiceClient interface {
 	IngestSpans(ctx context.Context, in *IngestSpansRequest, opts ...grpc.CallOption) (*IngestSpansResponse, error)
 	// StreamSpans stores batches sent on a long-lived stream. Each request message is
 	// answered by one response message, in order, once its spans are committed.
+	// When the core stops, a stream waiting for its next message ends UNAVAILABLE: send the
+	// messages not yet acknowledged again, on a new stream.
 	StreamSpans(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[StreamSpansRequest, StreamSpansResponse], error)
 }
 
@@ -87,6 +89,8 @@ type IngestServiceServer interface {
 	IngestSpans(context.Context, *IngestSpansRequest) (*IngestSpansResponse, error)
 	// StreamSpans stores batches sent on a long-lived stream. Each request message is
 	// answered by one response message, in order, once its spans are committed.
+	// When the core stops, a stream waiting for its next message ends UNAVAILABLE: send the
+	// messages not yet acknowledged again, on a new stream.
 	StreamSpans(grpc.BidiStreamingServer[StreamSpansRequest, StreamSpansResponse]) error
 	mustEmbedUnimplementedIngestServiceServer()
 }

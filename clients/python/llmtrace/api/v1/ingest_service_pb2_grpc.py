@@ -70,6 +70,8 @@ class IngestServiceServicer(object):
     def StreamSpans(self, request_iterator, context):
         """StreamSpans stores batches sent on a long-lived stream. Each request message is
         answered by one response message, in order, once its spans are committed.
+        When the core stops, a stream waiting for its next message ends UNAVAILABLE: send the
+        messages not yet acknowledged again, on a new stream.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

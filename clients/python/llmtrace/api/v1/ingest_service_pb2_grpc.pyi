@@ -45,6 +45,8 @@ class IngestServiceStub:
     StreamSpans: _grpc.StreamStreamMultiCallable[_ingest_service_pb2.StreamSpansRequest, _ingest_service_pb2.StreamSpansResponse]
     """StreamSpans stores batches sent on a long-lived stream. Each request message is
     answered by one response message, in order, once its spans are committed.
+    When the core stops, a stream waiting for its next message ends UNAVAILABLE: send the
+    messages not yet acknowledged again, on a new stream.
     """
 
 @_typing.type_check_only
@@ -64,6 +66,8 @@ class IngestServiceAsyncStub(IngestServiceStub):
     StreamSpans: _aio.StreamStreamMultiCallable[_ingest_service_pb2.StreamSpansRequest, _ingest_service_pb2.StreamSpansResponse]  # type: ignore[assignment]
     """StreamSpans stores batches sent on a long-lived stream. Each request message is
     answered by one response message, in order, once its spans are committed.
+    When the core stops, a stream waiting for its next message ends UNAVAILABLE: send the
+    messages not yet acknowledged again, on a new stream.
     """
 
 class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -92,6 +96,8 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_ingest_service_pb2.StreamSpansResponse], _abc.AsyncIterator[_ingest_service_pb2.StreamSpansResponse]]:
         """StreamSpans stores batches sent on a long-lived stream. Each request message is
         answered by one response message, in order, once its spans are committed.
+        When the core stops, a stream waiting for its next message ends UNAVAILABLE: send the
+        messages not yet acknowledged again, on a new stream.
         """
 
 def add_IngestServiceServicer_to_server(servicer: IngestServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
