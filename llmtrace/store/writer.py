@@ -159,7 +159,7 @@ class StoreWriter:
             self._insert_analysis(group)
         except Exception as exc:
             self._report(exc)
-            _log.exception("analysis write failed")
+            _log_failure("analysis write failed", exc)
             for pending in group:
                 _resolve_error(pending, RuntimeError("analysis write failed"))
             return
@@ -185,7 +185,7 @@ class StoreWriter:
         except Exception as exc:
             self._report(exc)
             if len(group) == 1:
-                _log.exception("store write failed")
+                _log_failure("store write failed", exc)
                 _resolve_error(group[0], RuntimeError("store write failed"))
                 return
             for pending in group:
@@ -275,6 +275,15 @@ class StoreWriter:
 
 
 _SPAN_KEY = ["tenant", "trace_id", "span_id"]
+
+
+def _log_failure(event: str, exc: Exception) -> None:
+    # DuckDB's own errors (a full disk, a database it gave up on) say all there is in one line,
+    # and repeat for every batch while they last: no traceback for them.
+    if isinstance(exc, duckdb.Error):
+        _log.error(event, error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    else:
+        _log.exception(event)
 
 
 def _keys(table: pa.Table) -> list[tuple[str, bytes, bytes]]:
