@@ -318,3 +318,62 @@ def test_bearer_token_is_found_but_not_a_variable() -> None:
     assert found("Authorization: Bearer <your-access-token-goes-here>") == []
     # A JWT used as a bearer token is reported as a JWT.
     assert detectors(f"Authorization: Bearer {JWT}") == ["jwt"]
+
+
+# Connection strings and URLs with a password in the userinfo. None is real.
+@pytest.mark.parametrize(
+    ("text", "password"),
+    [
+        ("postgres://app:S3cr3t-pa55@db.internal:5432/prod", "S3cr3t-pa55"),
+        ("postgresql://app:S3cr3t-pa55@db:5432/prod?sslmode=require", "S3cr3t-pa55"),
+        ("mysql://root:Tr0ub4dor-3@mysql.svc:3306/shop", "Tr0ub4dor-3"),
+        ("mongodb://admin:Zx9qLm2Wv7@mongo-0.mongo:27017/app?authSource=admin", "Zx9qLm2Wv7"),
+        ('"uri": "mongodb+srv://admin:Zx9q:Lm2!Wv7@cluster0.ab1cd.mongodb.net/app"', "Zx9q:Lm2!Wv7"),
+        ("REDIS_URL=redis://:s3cr3tRedisPw@cache:6379/0", "s3cr3tRedisPw"),
+        ("amqp://user:Rb7Tq2Xk9p@rabbit:5672/vhost", "Rb7Tq2Xk9p"),
+        ("git clone https://bob:Hk3mP9vQ2x@git.corp.io/team/repo.git", "Hk3mP9vQ2x"),
+        ("postgres://app:S3cr3t-pa55@${DB_HOST}:5432/prod", "S3cr3t-pa55"),  # a templated host
+    ],
+)
+def test_url_credentials_are_found_and_only_the_password_masked(text: str, password: str) -> None:
+    findings = found(f"Connect with {text} and run the migration.")
+    assert [f.detector for f in findings] == ["regex.secret.url_credentials"]
+    finding = findings[0]
+    assert finding.type == "secret_leakage"
+    assert finding.severity is Severity.HIGH
+    assert password not in finding.excerpt
+    # Scheme, user and host stay: the excerpt still says which database.
+    head, _, rest = text.partition(password)
+    assert f"{head}[PASSWORD]{rest[:12]}" in finding.excerpt
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "write to user@example.com for access",
+        "git clone git@github.com:org/repo.git",
+        "follow https://example.com/@handle today",
+        "https://example.com:8080/path?next=a@b.io",
+        "https://example.com:443@evil.example.com/login",  # a port, however odd
+        "postgres://app@db.internal/prod",  # a user, no password
+        "postgres://app:@db.internal/prod",
+        "postgres://user:password@localhost:5432/db",
+        "postgres://user:<password>@db:5432/prod",
+        "postgres://user:${DB_PASSWORD}@db:5432/prod",
+        "mysql://root:$MYSQL_PWD@db/shop",
+        "mongodb://admin:{{mongo_pass}}@mongo/app",
+        "redis://:****@cache:6379/0",
+        "amqp://guest:xxx@rabbit/vhost",
+        "amqp://guest:guest@localhost:5672/",
+        "postgres://app:your-db-password@db/prod",
+        "postgres://app:changeme@db/prod",
+        "postgres://app:[PASSWORD]@db/prod",  # already masked
+    ],
+)
+def test_url_credential_placeholders_and_near_misses_are_not_secrets(text: str) -> None:
+    assert found(text) == []
+
+
+def test_a_token_as_url_password_is_reported_as_the_token() -> None:
+    assert detectors(f"git clone https://x-access-token:{GITHUB}@github.com/org/repo") == ["github_token"]
+    assert detectors(f"remote https://oauth2:{GITLAB}@gitlab.com/g/p.git") == ["gitlab_token"]

@@ -7,9 +7,10 @@ searches and one digit-run scan.
 Placeholders: `[PRIVATE_KEY]`, `[JWT]`, `[AWS_ACCESS_KEY]`, `[GITHUB_TOKEN]`, `[SLACK_TOKEN]`,
 `[ANTHROPIC_KEY]`, `[OPENAI_KEY]`, `[STRIPE_KEY]`, `[GOOGLE_API_KEY]`, `[HUGGINGFACE_TOKEN]`,
 `[NPM_TOKEN]`, `[GITLAB_TOKEN]`, `[API_KEY]` / `[SECRET]` (for `name=value` assignments and
-`Bearer` tokens: the name is kept, the value masked), `[EMAIL]`, `[IBAN]` (mod-97 valid),
-`[CREDIT_CARD]` (Luhn valid), `[SSN]` (US: dashed, or undashed after "SSN" / "social security"),
-`[NINO]` (UK, valid prefix), `[PHONE]` (10 to 15 digits).
+`Bearer` tokens: the name is kept, the value masked), `[PASSWORD]` (the password in a URL's
+userinfo, `postgres://app:[PASSWORD]@db:5432/prod`: scheme, user and host are kept), `[EMAIL]`,
+`[IBAN]` (mod-97 valid), `[CREDIT_CARD]` (Luhn valid), `[SSN]` (US: dashed, or undashed after
+"SSN" / "social security"), `[NINO]` (UK, valid prefix), `[PHONE]` (10 to 15 digits).
 """
 
 from __future__ import annotations
@@ -55,6 +56,16 @@ _ASSIGNMENT = re.compile(_ASSIGNMENT_PATTERN)
 # For the rare text whose lower-casing changes its length (positions would not line up).
 _ASSIGNMENT_ANY_CASE = re.compile(_ASSIGNMENT_PATTERN, re.IGNORECASE)
 _BEARER = re.compile(r"(?i)\b(bearer\s+)(?!\[)[A-Za-z0-9._~+/=-]{12,}")
+#: A password in a URL's userinfo (`postgres://app:pw@db`, `redis://:pw@host`, `mongodb+srv://...`);
+#: secrets.py reports what this finds. The scheme is anchored where a run of scheme characters starts
+#: (a `\b` start would rescan a long `a.a.a...` run from every dot), the user stops at the first `:`,
+#: and the password at `@` or what ends a URL: each part is one character class, so matching is linear.
+URL_CREDENTIALS: Final = re.compile(
+    r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://[^\s:/?#@\[\]\"'<>`]*"
+    r":(?P<password>[^\s/?#@\"'<>`]+)@(?=[A-Za-z0-9\[$<{])"
+)
+# What documentation writes instead of a password; masking leaves it, so the example stays readable.
+_URL_PLACEHOLDER_WORDS: Final = frozenset({"password", "passwd", "pass", "pwd", "secret", "changeme"})
 # Anchored where a run of address characters starts (not at every word boundary inside it): on
 # "a.a.a.a..." a `\b` start tried every position to the end of the run, quadratic.
 _EMAIL = re.compile(
@@ -130,6 +141,25 @@ def _phone(match: re.Match[str]) -> str:
     # A bare run of digits is an id or an amount more often than a phone number.
     has_shape = text[0] == "+" or "(" in text or any(sep in text for sep in " .-")
     return "[PHONE]" if 10 <= digits <= 15 and has_shape else text
+
+
+def url_password_is_placeholder(password: str) -> bool:
+    """Whether a URL's password is a stand-in (`${DB_PASSWORD}`, `<password>`, `****`, `xxx`) or
+    already masked (`[GITLAB_TOKEN]`) rather than a password. secrets.py rejects these and more."""
+    return (
+        password[0] in "$<{"
+        or "[" in password
+        or not password.strip("*xX.")
+        or password.lower() in _URL_PLACEHOLDER_WORDS
+    )
+
+
+def _url_password(match: re.Match[str]) -> str:
+    password = match.group("password")
+    if url_password_is_placeholder(password):
+        return match.group()
+    start = match.start("password") - match.start()
+    return match.group()[:start] + "[PASSWORD]" + match.group()[start + len(password) :]
 
 
 def _placeholder_for(name: str) -> str:
@@ -216,6 +246,10 @@ def mask_sensitive(text: str) -> str:
         text = _BEARER.sub(r"\1[API_KEY]", text)
     if _any_in(lowered, _ASSIGNMENT_WORDS):
         text = _mask_assignments(text)
+    # After the assignments (`password: postgres://...` is masked whole, as `sensitive_spans` sees it),
+    # before e-mail addresses (`pw@db.internal` would read as one).
+    if "@" in text and "://" in text:
+        text = URL_CREDENTIALS.sub(_url_password, text)
     if "@" in text:
         text = _EMAIL.sub("[EMAIL]", text)
     if _DIGIT_RUN.search(text) is not None:
@@ -302,6 +336,10 @@ def sensitive_spans(text: str) -> list[Span]:
         aligned = len(lowered) == len(text)
         for m in (_ASSIGNMENT if aligned else _ASSIGNMENT_ANY_CASE).finditer(lowered if aligned else text):
             add(*m.span("value"), _placeholder_for(m.group("name")))
+    if "@" in text and "://" in text:
+        for m in URL_CREDENTIALS.finditer(text):
+            if not url_password_is_placeholder(m.group("password")):
+                add(*m.span("password"), "[PASSWORD]")
     if "@" in text:
         scan(_EMAIL, "[EMAIL]")
     if _DIGIT_RUN.search(text) is not None:

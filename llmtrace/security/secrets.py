@@ -9,7 +9,9 @@ Placeholders are not: values that are low in entropy or read like `YOUR_KEY_HERE
 `${API_KEY}`, `os.environ[...]`, and the documentation examples `AKIAIOSFODNN7EXAMPLE` / `...EXAMPLEKEY`.
 Severities: private keys, AWS secret keys, live Stripe keys and provider API tokens (GitHub, GitLab,
 Slack, OpenAI, Anthropic, Google, Hugging Face, npm) are critical; AWS access key ids, Stripe test-mode
-keys (they cannot touch live data), JWTs, bearer tokens and assigned keys or passwords are high.
+keys (they cannot touch live data), JWTs, bearer tokens, assigned keys or passwords, and passwords in
+a URL's userinfo (`postgres://app:S3cr3t@db/prod`, `redis://:pw@host`: a working connection string,
+`url_credentials`; the excerpt keeps scheme, user and host) are high.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from llmtrace.security.findings import (
     drop_overlapping,
     to_findings,
 )
+from llmtrace.security.masking import URL_CREDENTIALS, url_password_is_placeholder
 from llmtrace.security.normalize import normalize
 from llmtrace.security.validators import shannon_entropy
 
@@ -108,6 +111,7 @@ _KINDS: Final = {
     "bearer_token": ("[API_KEY]", "Bearer token"),
     "api_key_assignment": ("[API_KEY]", "Credential assigned to a key or token name"),
     "password_assignment": ("[PASSWORD]", "Password assigned in text"),
+    "url_credentials": ("[PASSWORD]", "Password in a URL (connection string)"),
 }
 
 
@@ -260,6 +264,25 @@ def _assignments(text: str, lowered: str) -> Iterator[Match]:
             yield _match(start, end, "api_key_assignment", Severity.HIGH, confidence)
 
 
+def _url_credentials(text: str) -> Iterator[Match]:
+    # The pattern masking.py masks with, so that every reported password is masked in excerpts too.
+    for m in URL_CREDENTIALS.finditer(text):
+        password = m.group("password")
+        if (
+            url_password_is_placeholder(password)
+            or _REFERENCE.match(password)
+            or _looks_placeholder(password)
+        ):
+            continue
+        # `https://host:443@evil.example` is a port and `guest:guest` a default: the bar of assigned
+        # passwords.
+        entropy = shannon_entropy(password)
+        if entropy < 2.5:
+            continue
+        start, end = m.span("password")
+        yield _match(start, end, "url_credentials", Severity.HIGH, 0.9 if entropy >= 3.0 else 0.8)
+
+
 def _bearers(text: str, lowered: str) -> Iterator[Match]:
     for m in _BEARER.finditer(lowered):
         start, end = m.span("value")
@@ -299,6 +322,9 @@ def find_secrets(text: str, location: str, *, normalized: bool = False) -> list[
         candidates.extend(_bearers(text, lowered))
     if any(word in lowered for word in _ASSIGNMENT_WORDS):
         candidates.extend(_assignments(text, lowered))
+    # After the assignments, as masking.py masks: `token: https://u:pw@host` is one assigned value.
+    if "@" in text and "://" in text:
+        candidates.extend(_url_credentials(text))
     if not candidates:
         return []
     return to_findings(text, drop_overlapping(candidates), location)
