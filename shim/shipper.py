@@ -27,6 +27,7 @@ from typing import Final
 import grpc
 import grpc.aio
 import structlog
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llmtrace.api.v1 import ingest_service_pb2, span_pb2
@@ -480,8 +481,12 @@ class Shipper:
             if exc.code() in _TRANSIENT:
                 self._note_failure(exc)
                 return exc.code()
-            # INVALID_ARGUMENT or RESOURCE_EXHAUSTED for the request as a whole: resending the
-            # same bytes cannot succeed, so keep them for repair instead of retrying forever.
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                halves = await asyncio.to_thread(_halves, payload)
+                if halves is not None:
+                    return await self._send_halves(halves, exc, verdict)
+            # INVALID_ARGUMENT, or one span larger than a message may be: resending the same
+            # bytes cannot succeed, so keep them for repair instead of retrying forever.
             if verdict is not None:
                 verdict.reached = True
             await self._dead_letter_all(payload, exc.code().name, exc.details() or "")
@@ -497,6 +502,21 @@ class Shipper:
                 metrics.SHIP_LATENCY.observe(now - at)
         if reply.partial_success.rejected_spans:
             await self._dead_letter_rejected(payload, reply.partial_success)
+        return None
+
+    async def _send_halves(
+        self, halves: tuple[bytes, bytes], exc: grpc.aio.AioRpcError, verdict: _Verdict | None
+    ) -> grpc.StatusCode | None:
+        """A batch larger than a message may be (`grpc.max_message_bytes` here, or a core's
+        smaller one) is sent in halves, down to single spans: its spans are valid, and were
+        dead-lettered whole."""
+        _log.warning("batch larger than a gRPC message: sent in halves", error=(exc.details() or "")[:200])
+        for half in halves:
+            failure = await self._send(half, None)
+            if failure is not None:
+                return failure  # the whole batch is sent again later; ingest is idempotent
+        if verdict is not None:
+            verdict.reached = True
         return None
 
     def _note_failure(self, exc: grpc.aio.AioRpcError) -> None:
@@ -533,6 +553,21 @@ class Shipper:
             return
         metrics.SPANS_DEAD_LETTERED.inc(len(records))
         log.warning("core rejected spans; kept in the dead-letter file")
+
+
+def _halves(payload: bytes) -> tuple[bytes, bytes] | None:
+    """An IngestSpans request split in two, in order; None for a single span (or unreadable)."""
+    try:
+        spans = ingest_service_pb2.IngestSpansRequest.FromString(payload).spans
+    except DecodeError:
+        return None
+    if len(spans) < 2:
+        return None
+    middle = len(spans) // 2
+    return (
+        ingest_service_pb2.IngestSpansRequest(spans=spans[:middle]).SerializeToString(),
+        ingest_service_pb2.IngestSpansRequest(spans=spans[middle:]).SerializeToString(),
+    )
 
 
 def _rejected_records(payload: bytes, partial: ingest_service_pb2.IngestPartialSuccess) -> list[DeadLetter]:

@@ -133,13 +133,20 @@ async def wait_for_spans(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     while True:
-        page = await core.query.ListSpans(
-            query_service_pb2.ListSpansRequest(
-                tenant=tenant, page_size=1000, view=query_service_pb2.SPAN_VIEW_FULL
+        spans: list[Span] = []
+        token = ""
+        while True:  # a page stops at 4 MiB, or at the core's message size, whatever page_size says
+            page = await core.query.ListSpans(
+                query_service_pb2.ListSpansRequest(
+                    tenant=tenant, page_size=1000, view=query_service_pb2.SPAN_VIEW_FULL, page_token=token
+                )
             )
-        )
-        if len(page.spans) >= expected or loop.time() > deadline:
-            return list(page.spans)
+            spans += page.spans
+            token = page.next_page_token
+            if not token:
+                break
+        if len(spans) >= expected or loop.time() > deadline:
+            return spans
         await asyncio.sleep(0.02)
 
 

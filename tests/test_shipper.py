@@ -91,6 +91,30 @@ async def test_rejected_spans_go_to_the_dead_letter_file(tmp_path: Path) -> None
     assert _sample("llmtrace_shim_spans_dead_lettered_total") == before + 1
 
 
+async def test_a_batch_larger_than_the_cores_messages_is_sent_in_halves(tmp_path: Path) -> None:
+    # The core answered RESOURCE_EXHAUSTED (its grpc.max_message_bytes is smaller than the batch)
+    # and all 60 valid spans went to the dead-letter file.
+    settings = _settings(tmp_path)
+    dead_before = _sample("llmtrace_shim_spans_dead_lettered_total")
+    small = core_settings(tmp_path / "db.duckdb")
+    small = dataclasses.replace(small, grpc=dataclasses.replace(small.grpc, max_message_bytes=1 << 20))
+    spans = [make_span(tenant="acme", prompt=f"{i} " + "words " * 5000) for i in range(60)]
+    huge = make_span(tenant="acme", prompt="x" * (1 << 20))  # alone larger than a message
+    async with running_core(small) as core:
+        shipper = _shipper(settings, core.bound.grpc)
+        await shipper.start()
+        for span in [*spans, huge]:
+            shipper.submit(span)
+        stored = await wait_for_spans(core, "acme", len(spans))
+        dead = Path(settings.dead_letter_path)
+        await _until(dead.exists)
+        await shipper.close(5)
+    assert sorted(s.span_id for s in stored) == sorted(s.span_id for s in spans)
+    lines = await asyncio.to_thread(lambda: dead.read_text().splitlines())
+    assert [json.loads(line)["span_id"] for line in lines] == [huge.span_id.hex()]
+    assert _sample("llmtrace_shim_spans_dead_lettered_total") == dead_before + 1
+
+
 async def test_spans_wait_in_the_spool_until_the_core_comes_back(tmp_path: Path) -> None:
     addr = _free_addr()
     settings = _settings(tmp_path)
