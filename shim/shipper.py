@@ -176,6 +176,9 @@ class Shipper:
         self._in_flight: _Batch | None = None
         # Sends still waiting for a slow core after their batch was copied to the spool.
         self._slow_sends: dict[_SendTask, _Verdict] = {}
+        #: Slow sends whose copy the spool refused (full, or unwritable), with their span counts:
+        #: their spans are lost only if the send fails.
+        self._uncopied: dict[_SendTask, int] = {}
         # The send of each such copy, by the copy's spool sequence number: replay waits for it
         # rather than send the batch a second time, and drops the copy once it got a verdict.
         self._originals: dict[int, tuple[_SendTask, _Verdict]] = {}
@@ -357,9 +360,11 @@ class Shipper:
             if send.result() is not None:
                 await self._to_spool(batch)
             return
-        seq = await self._to_spool(batch)
+        seq = await self._to_spool(batch, copy=True)
         if seq is not None:
             self._originals[seq] = (send, verdict)
+        else:
+            self._uncopied[send] = batch.spans
         self._slow_sends[send] = verdict
         send.add_done_callback(self._slow_send_done)
 
@@ -378,11 +383,20 @@ class Shipper:
 
     def _slow_send_done(self, send: _SendTask) -> None:
         self._slow_sends.pop(send, None)
-        if not send.cancelled() and send.exception() is not None:
+        uncopied = self._uncopied.pop(send, None)
+        failed = send.cancelled() or send.exception() is not None or send.result() is not None
+        if failed and uncopied is not None:
+            metrics.SPANS_DROPPED.inc(uncopied)
+            _log.error(
+                "a slow send failed and the spool had no room for its batch: spans dropped", spans=uncopied
+            )
+        elif not send.cancelled() and send.exception() is not None:
             _log.error("a slow send failed; its batch is in the spool", error=repr(send.exception()))
 
-    async def _to_spool(self, batch: _Batch) -> int | None:
-        """Append `batch` to the spool: its sequence number there, or None (dropped, counted)."""
+    async def _to_spool(self, batch: _Batch, *, copy: bool = False) -> int | None:
+        """Append `batch` to the spool: its sequence number there, or None (dropped, counted).
+        A `copy` of a batch still being sent is not dropped when refused: whether it is lost is
+        up to its send (`_slow_send_done`)."""
         if not batch.spans:
             return None
         error: OSError | None = None
@@ -394,6 +408,8 @@ class Shipper:
         if stored is not None:
             metrics.BATCHES.labels("spooled").inc()
             self._spooled.set()
+        elif copy:
+            _log.warning("no room in the spool for a copy of a slow batch", spans=batch.spans)
         elif error is not None:
             metrics.SPANS_DROPPED.inc(batch.spans)
             _log.error("cannot write the spool: spans dropped", spans=batch.spans, error=str(error))

@@ -336,6 +336,25 @@ class _SlowCore(_StandInCore):
         return reply.SerializeToString()
 
 
+async def test_a_slow_batch_without_room_for_its_copy_is_not_counted_dropped_when_delivered(
+    tmp_path: Path,
+) -> None:
+    # The refused copy counted the batch as dropped (and logged it) although its send went on
+    # and delivered it: drop alerts fired when nothing was lost.
+    settings = _settings(tmp_path, rpc_timeout_ms=60_000, spool_max_bytes=1)
+    dropped_before = _sample("llmtrace_shim_spans_dropped_total")
+    async with _SlowCore(delay_s=SLOW_SEND_S + 0.5) as core:
+        shipper = _shipper(settings, core.addr)
+        await shipper.start()
+        spans = [make_span(tenant="acme") for _ in range(3)]
+        for span in spans:
+            shipper.submit(span)
+        await _until(lambda: len(core.received) == 3, wait_s=SLOW_SEND_S + 10)
+        await asyncio.sleep(SLOW_SEND_S + 1)  # the answer arrives
+        await shipper.close(5)
+    assert _sample("llmtrace_shim_spans_dropped_total") == dropped_before
+
+
 async def test_a_slow_core_is_not_sent_the_copy_of_a_batch_it_answers(tmp_path: Path) -> None:
     # The copy spooled while the core is slow is for a SIGKILL; replaying it as well would
     # double the work of a core that is already behind.
