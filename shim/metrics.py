@@ -68,6 +68,12 @@ SPANS_DROPPED = Counter(
     "Spans lost: the spool's disk budget was full, or the spool or the dead-letter file could not "
     "be written.",
 )
+BATCHES_LOST = Counter(
+    "llmtrace_shim_batches_lost_total",
+    "Batches lost whole, their spans uncounted: a spooled batch found corrupt (moved to the spool's "
+    "corrupt/ directory) or missing, or a batch the core refused that cannot be decoded.",
+    ["reason"],
+)
 SPANS_DEAD_LETTERED = Counter(
     "llmtrace_shim_spans_dead_lettered_total",
     "Spans the core rejected as invalid, kept in the dead-letter file.",

@@ -144,6 +144,7 @@ class Shipper:
         self._slow_send_s = max(SLOW_SEND_S, settings.flush_interval_ms / 1000)
         self._core_addr = core_addr
         self._spool = spool
+        spool.on_lost = _spooled_batch_lost
         self._dead_letters = dead_letters
         self._channel = grpc.aio.insecure_channel(
             core_addr,
@@ -552,6 +553,7 @@ class Shipper:
         reason = f"{code}: {details}"
         records = await asyncio.to_thread(_all_records, payload, reason)
         if records is None:
+            metrics.BATCHES_LOST.labels("undecodable").inc()
             _log.error("a batch the core refused cannot be decoded: dropped", reason=reason[:500])
             return
         await self._write_dead_letters(records, reason)
@@ -569,6 +571,10 @@ class Shipper:
             return
         metrics.SPANS_DEAD_LETTERED.inc(len(records))
         log.warning("core rejected spans; kept in the dead-letter file")
+
+
+def _spooled_batch_lost(reason: str) -> None:
+    metrics.BATCHES_LOST.labels(f"spool_{reason}").inc()
 
 
 def _halves(payload: bytes) -> tuple[bytes, bytes] | None:

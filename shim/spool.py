@@ -31,6 +31,7 @@ import threading
 import time
 import zlib
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -90,6 +91,9 @@ class Spool:
         self._queue: deque[_Queued] = deque()
         self._bytes_used = 0
         self._next_seq = 1
+        #: Called with "corrupt" or "missing" for each spooled batch that cannot be replayed (the
+        #: shipper counts them: a loss is never silent).
+        self.on_lost: Callable[[str], None] | None = None
 
     @classmethod
     def open(cls, root: Path, max_bytes: int) -> Spool:
@@ -186,6 +190,7 @@ class Spool:
                     # Someone deleted it behind our back: nothing to replay.
                     _log.warning("spool_batch_missing", path=str(path))
                     self._drop_head()
+                    self._lost("missing")
                     continue
                 payload = _decode(data)
                 if payload is not None:
@@ -193,6 +198,7 @@ class Spool:
                 quarantine = self._quarantine(path)
                 _log.error("spool_batch_corrupt", path=str(path), moved_to=str(quarantine), size=len(data))
                 self._drop_head()
+                self._lost("corrupt")
             return None
 
     def remove(self, entry: SpoolEntry) -> None:
@@ -235,6 +241,10 @@ class Spool:
 
     def _batch_path(self, seq: int) -> Path:
         return self.directory / f"{seq:020d}{_BATCH_SUFFIX}"
+
+    def _lost(self, reason: str) -> None:
+        if self.on_lost is not None:
+            self.on_lost(reason)
 
     def _drop_head(self) -> None:
         self._bytes_used -= self._queue.popleft().size

@@ -115,6 +115,29 @@ async def test_a_batch_larger_than_the_cores_messages_is_sent_in_halves(tmp_path
     assert _sample("llmtrace_shim_spans_dead_lettered_total") == dead_before + 1
 
 
+async def test_a_corrupt_spooled_batch_is_counted_lost_and_the_rest_delivered(tmp_path: Path) -> None:
+    # It was quarantined and logged, but no metric counted it: a loss nobody alerts on.
+    settings = _settings(tmp_path)
+    lost = REGISTRY.get_sample_value("llmtrace_shim_batches_lost_total", {"reason": "spool_corrupt"}) or 0.0
+    shipper = _shipper(settings, _free_addr())  # no core: every batch goes to the spool
+    await shipper.start()
+    batches = [[make_span(tenant="acme") for _ in range(2)] for _ in range(3)]
+    for number, batch in enumerate(batches, 1):
+        for span in batch:
+            shipper.submit(span)
+        await _until(lambda number=number: _spool_files(settings) == number)
+    await shipper.close(1)
+    await asyncio.to_thread(_zero_out_batch, settings, 1)
+    async with running_core(core_settings(tmp_path / "db.duckdb")) as core:
+        shipper = _shipper(settings, core.bound.grpc)  # adopts the spool left behind
+        await shipper.start()
+        stored = await wait_for_spans(core, "acme", 4)
+        await shipper.close(5)
+    assert sorted(s.span_id for s in stored) == sorted(s.span_id for s in batches[0] + batches[2])
+    after = REGISTRY.get_sample_value("llmtrace_shim_batches_lost_total", {"reason": "spool_corrupt"})
+    assert after == lost + 1
+
+
 async def test_spans_wait_in_the_spool_until_the_core_comes_back(tmp_path: Path) -> None:
     addr = _free_addr()
     settings = _settings(tmp_path)
@@ -447,6 +470,12 @@ async def _dead_lettered(settings: ShipperSettings) -> list[str]:
     """Span ids (hex) in the dead-letter file, in order."""
     text = await asyncio.to_thread(Path(settings.dead_letter_path).read_text)
     return [json.loads(line)["span_id"] for line in text.splitlines()]
+
+
+def _zero_out_batch(settings: ShipperSettings, index: int) -> None:
+    """Overwrite the spooled batch at `index` (oldest first) with zeros, keeping its size."""
+    path = sorted(Path(settings.spool_dir).rglob("*.batch"))[index]
+    path.write_bytes(b"\x00" * len(path.read_bytes()))
 
 
 def _spool_files(settings: ShipperSettings) -> int:
