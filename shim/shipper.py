@@ -63,6 +63,8 @@ MAX_CORE_FAILURES: Final = 5
 #: How long a send may wait for the core's answer (at least; a longer flush interval raises it)
 #: before a copy of its batch is spooled: what a SIGKILL can lose while the core is slow.
 SLOW_SEND_S: Final = 1.0
+#: How often a shipper with nothing spooled looks for batches dead workers left behind.
+ADOPT_INTERVAL_S: Final = 5.0
 _HEALTH_CACHE_SECONDS: Final = 1.0
 
 
@@ -430,7 +432,12 @@ class Shipper:
     async def _replay_loop(self) -> None:
         delay = self._settings.retry_initial_ms / 1000
         while not self._closing:
-            await self._spooled.wait()
+            if not self._spooled.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._spooled.wait(), ADOPT_INTERVAL_S)
+                if not self._spooled.is_set():
+                    await self._adopt_orphans()
+                    continue
             try:
                 delivered = await self._replay_oldest()
             except asyncio.CancelledError:
@@ -444,6 +451,19 @@ class Shipper:
             # Full jitter keeps many shims from hammering a recovering core in step.
             await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - not cryptographic
             delay = min(delay * 2, self._settings.retry_max_ms / 1000)
+
+    async def _adopt_orphans(self) -> None:
+        """With nothing spooled, take over what dead workers left that no worker had room for."""
+        try:
+            async with self._spill_lock:
+                adopted = await asyncio.to_thread(self._spool.adopt_orphans)
+        except OSError as exc:
+            _log.warning("cannot look for orphaned spools", error=str(exc))
+            return
+        if adopted:
+            _log.info("replaying orphaned spooled batches", batches=adopted)
+            metrics.SPOOL_BYTES.set(self._spool.bytes_used)
+            self._spooled.set()
 
     async def _replay_oldest(self) -> bool:
         """Send the oldest spooled batch; True when the spool moved on (or is empty)."""

@@ -141,12 +141,17 @@ class Spool:
         """Take over the batches of every dead worker directory under `root`; return how many.
 
         `open` calls this; a long-lived caller may call it again to pick up workers that died since.
-        Orphans are taken oldest first, so their batches replay before newer ones.
+        Orphans are taken oldest first, so their batches replay before newer ones, whole, and only
+        while this spool is within its budget (an empty spool takes one however large).
         """
         with self._mutex:
             self._check_open()
             adopted = 0
             for candidate in sorted(self.root.glob(f"{_WORKER_PREFIX}*")):
+                if self._queue and self._bytes_used >= self.max_bytes:
+                    # Full: the rest is left to workers with room (the shipper looks again while
+                    # its spool is empty), not piled on one that would then drop its own spans.
+                    break
                 if candidate != self.directory and candidate.is_dir():
                     adopted += self._adopt(candidate)
             return adopted

@@ -138,6 +138,27 @@ async def test_a_corrupt_spooled_batch_is_counted_lost_and_the_rest_delivered(tm
     assert after == lost + 1
 
 
+async def test_an_idle_shipper_takes_over_a_spool_no_worker_had_room_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Orphans were adopted only when a worker started: those left over (every worker full at
+    # the time) waited for the next restart.
+    monkeypatch.setattr("shim.shipper.ADOPT_INTERVAL_S", 0.1, raising=False)
+    settings = _settings(tmp_path)
+    async with running_core(core_settings(tmp_path / "db.duckdb")) as core:
+        shipper = _shipper(settings, core.bound.grpc)
+        await shipper.start()
+        left = [make_span(tenant="acme") for _ in range(3)]
+        dead = await asyncio.to_thread(Spool.open, Path(settings.spool_dir), settings.spool_max_bytes)
+        await asyncio.to_thread(
+            dead.append, ingest_service_pb2.IngestSpansRequest(spans=left).SerializeToString()
+        )
+        await asyncio.to_thread(dead.close)  # its worker is gone: an orphan
+        stored = await wait_for_spans(core, "acme", 3)
+        await shipper.close(5)
+    assert sorted(s.span_id for s in stored) == sorted(s.span_id for s in left)
+
+
 async def test_spans_wait_in_the_spool_until_the_core_comes_back(tmp_path: Path) -> None:
     addr = _free_addr()
     settings = _settings(tmp_path)

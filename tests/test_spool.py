@@ -168,6 +168,29 @@ def test_budget_counts_adopted_batches(tmp_path: Path) -> None:
         assert spool.append(b"ab")
 
 
+def test_orphans_are_shared_out_by_budget_not_piled_on_the_first_worker(tmp_path: Path) -> None:
+    # After a restart the first worker to open took every orphan: four times its budget, so it
+    # dropped all of its own new spans until it had replayed them, while the others held none.
+    root = tmp_path / "spool"
+    stopped = [Spool.open(root, 10_000) for _ in range(4)]  # four workers, stopped with full spools
+    for label, old in zip("abcd", stopped, strict=True):
+        while old.append(label.encode() * 1000) is not None:
+            pass
+    for old in stopped:
+        old.close()
+    restarted = [Spool.open(root, 10_000) for _ in range(3)]
+    try:
+        assert [spool.bytes_used for spool in restarted] == [10_000, 10_000, 10_000]
+        assert restarted[0].append(b"new") is None  # full of its share
+        first = restarted[0]
+        assert drain(first)[0] == b"a" * 1000  # the oldest orphan went first
+        assert first.adopt_orphans() == 10  # once it has room, it takes what is left
+        assert drain(first) == [b"d" * 1000] * 10
+    finally:
+        for spool in restarted:
+            spool.close()
+
+
 def test_closed_spool_refuses_use(tmp_path: Path) -> None:
     spool = Spool.open(tmp_path, 10)
     spool.close()
