@@ -32,6 +32,9 @@ GC_YOUNG_THRESHOLD = 20_000
 
 _log = structlog.get_logger("llmtrace.shim")
 _POLL_S = 0.05
+#: Of the grace period, the share (at most `_FLUSH_MAX_S`) kept for flushing spans to the core.
+_FLUSH_SHARE = 0.25
+_FLUSH_MAX_S = 5.0
 
 
 def bind_socket(listen_addr: str) -> socket.socket:
@@ -95,7 +98,11 @@ class ShimWorker:
         if listener is not None:
             listener.close()
         connections: set[Any] = self.server.connections
-        deadline = started + grace
+        # The whole stop fits in `grace` (what a Kubernetes grace period is set from): requests
+        # drain until a share of it is left for the shipper's flush. A drain that used all of
+        # it gave the flush a second more, and a SIGKILL at the end lost what was in memory.
+        end = started + grace
+        deadline = end - min(grace * _FLUSH_SHARE, _FLUSH_MAX_S)
         while time.monotonic() < deadline:
             for conn in list(connections):
                 conn.close_if_idle()
@@ -106,7 +113,7 @@ class ShimWorker:
         for conn in list(connections):
             conn.abort()  # past the grace period: their spans are recorded as client_disconnected
         await asyncio.sleep(0)  # let cancelled handlers record their spans
-        ctx.flush_timeout = max(deadline - time.monotonic(), 1.0)
+        ctx.flush_timeout = max(end - time.monotonic(), 0.0)
         await self.server.after_stop()  # type: ignore[no-untyped-call]
         _log.info("shim stopped", seconds=round(time.monotonic() - started, 3))
 

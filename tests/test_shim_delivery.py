@@ -14,10 +14,12 @@ import aiohttp
 import grpc
 
 from llmtrace.api.v1 import query_service_pb2, query_service_pb2_grpc
-from llmtrace.config.schema import ShipperSettings
+from llmtrace.config.schema import ShipperSettings, ShutdownSettings
+from shim.server import ShimWorker, bind_socket
 from tests.conftest import core_settings, running_core, running_shim, shim_settings
 from tests.processes import LlmtraceProcess, write_yaml
-from tools.fake_upstream import run_fake_upstream
+from tests.test_shipper import _FakeCore
+from tools.fake_upstream import FakeUpstreamConfig, run_fake_upstream
 
 KEY = "sk-test-delivery-00000000000000"
 
@@ -122,6 +124,44 @@ async def test_core_killed_under_load_loses_nothing(tmp_path: Path) -> None:
         assert (rows, distinct) == (1000, 1000)
     finally:
         core.stop()
+
+
+async def test_a_stop_with_a_request_that_never_ends_fits_in_the_grace_period(tmp_path: Path) -> None:
+    # The drain took the whole grace period and the flush a second more: past a Kubernetes grace
+    # period set from shutdown.timeout_seconds, the SIGKILL lost what was still in memory.
+    # (The span of the cut request is spooled, its send to the hung core given up.)
+    grace = 2.0
+    config = FakeUpstreamConfig(chunk_delay_s=5.0)  # its next chunk comes after the grace period
+    # A core that never answers: the flush waits for it as long as it is allowed to.
+    async with run_fake_upstream(config) as upstream, _FakeCore(None) as core:
+        settings = shim_settings(tmp_path, upstream.base_url)
+        settings = dataclasses.replace(settings, shutdown=ShutdownSettings(timeout_seconds=grace))
+        sock = bind_socket(settings.listen_addr)
+        worker = await ShimWorker.start(settings, sock, core_addr=core.addr)
+        try:
+            async with aiohttp.ClientSession() as http:
+                body = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+                request = asyncio.ensure_future(
+                    http.post(
+                        f"http://{worker.address}/v1/chat/completions",
+                        json=body,
+                        headers={"Authorization": "Bearer sk-test-0123456789"},
+                    )
+                )
+                await _until(
+                    lambda: worker.app.ctx.proxy is not None and worker.app.ctx.proxy.in_flight == 1,
+                    wait_s=10,
+                )
+                started = asyncio.get_running_loop().time()
+                await worker.stop(grace)
+                assert asyncio.get_running_loop().time() - started < grace + 0.5
+                spooled = await asyncio.to_thread(
+                    lambda: list(Path(settings.shipper.spool_dir).rglob("*.batch"))
+                )
+                assert spooled  # the cut request's span waits there for the core
+                request.cancel()
+        finally:
+            sock.close()
 
 
 async def test_shim_sigterm_under_load_loses_nothing(tmp_path: Path) -> None:
