@@ -163,16 +163,21 @@ def test_benign_trigger_words_do_not_fire(text: str) -> None:
     assert found(text) == []
 
 
+#: Ordinary requests that `enforcement.mode: block` refused (override, sql_statement rules).
+BLOCKED_BY_MISTAKE = (
+    "Employees who ignore the safety rules will be fired. Rewrite this more politely.",
+    "Skip the last sentence, it's redundant.",
+    "To reset Windows, override the default settings in Group Policy.",
+    "How do I set aside the current text selection in VS Code?",
+    "Abandon the current request if the server does not answer within 5s - how in axios?",
+    "Here's my SQL: DROP TABLE users; -- is this dangerous?",
+)
+
+
 @pytest.mark.parametrize(
     "text",
     [
-        # Reported as blocked in `enforcement.mode: block` (override, sql_statement).
-        "Employees who ignore the safety rules will be fired. Rewrite this more politely.",
-        "Skip the last sentence, it's redundant.",
-        "To reset Windows, override the default settings in Group Policy.",
-        "How do I set aside the current text selection in VS Code?",
-        "Abandon the current request if the server does not answer within 5s - how in axios?",
-        "Here's my SQL: DROP TABLE users; -- is this dangerous?",
+        *BLOCKED_BY_MISTAKE,
         # The same kinds of sentence.
         "Ignore my previous message, I sent it by mistake.",
         "Don't ignore the safety rules when you work on the roof.",
