@@ -113,7 +113,7 @@ def init(settings: SecurityAnalysisSettings, parent_pid: int) -> None:
     build the analyzer is kept and reported by `ready`, which the core calls first.
     """
     global _analyzer, _init_error  # noqa: PLW0603 - one analyzer per process, by design
-    _die_with_parent()
+    die_with_parent()
     if os.getppid() != parent_pid:  # the core died before prctl took effect
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -130,7 +130,7 @@ def init(settings: SecurityAnalysisSettings, parent_pid: int) -> None:
         _init_error = f"{type(exc).__name__}: {exc}"
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # Linux only: the kernel kills this process when the core (the thread that started it, the
     # event loop's) ends, however it ends. Elsewhere a killed core can leave it behind until its
     # next call fails.

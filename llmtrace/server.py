@@ -31,6 +31,7 @@ from prometheus_client import start_http_server
 
 from llmtrace import cpu_priority
 from llmtrace.analysis_worker import AnalysisStartError, AnalysisWorker
+from llmtrace.analyze_pool import AnalyzePool, AnalyzeUnavailableError
 from llmtrace.api.v1 import (
     analysis_service_pb2,
     analysis_service_pb2_grpc,
@@ -44,8 +45,6 @@ from llmtrace.rpc.analysis import AnalysisServicer
 from llmtrace.rpc.ingest import IngestServicer
 from llmtrace.rpc.interceptors import ObservabilityInterceptor
 from llmtrace.rpc.query import PageSizes, QueryServicer
-from llmtrace.security.analyze import Analyzer
-from llmtrace.security.classifier.model import ModelError
 from llmtrace.store.database import DatabaseOpenError, open_database
 from llmtrace.store.finding_ids import FindingIds
 from llmtrace.store.migrations import MigrationError, apply_migrations, current_version, latest_version
@@ -108,20 +107,10 @@ def _page_token_key(conn: duckdb.DuckDBPyConnection) -> bytes:
     return bytes(rows[0][0])
 
 
-def _load_analyzer(settings: Settings) -> Analyzer:
-    """The configured analyzer, classifier loaded (seconds at most: a thread, not the loop).
+def _inline_full(settings: Settings) -> bool:
+    from shim.enforcement import asks_core  # noqa: PLC0415 - the shim's policy, read once here
 
-    A core that analyses ingested spans does not start without its classifier; with
-    `security_analysis.enabled` false, `Analyze` falls back to the regex and tool-call tiers.
-    """
-    analysis = settings.security_analysis
-    try:
-        return Analyzer.load(analysis.operating_point, analysis.model_path)
-    except ModelError as exc:
-        if analysis.enabled:
-            raise StartupError(f"cannot load the security classifier: {exc}") from exc
-        _log.warning("security classifier not loaded; Analyze runs without it", error=str(exc))
-        return Analyzer(operating_point=analysis.operating_point)
+    return asks_core(settings.enforcement)
 
 
 class Core:
@@ -136,9 +125,11 @@ class Core:
         # One thread: validation and Arrow building hold the GIL, so a second thread only adds
         # contention with the writer thread (measured: same throughput, slower commits).
         self._cpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-cpu")
-        # Analyze RPCs get threads of their own: a post-ingest batch never delays an inline verdict.
-        self._analyze_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="analyze-rpc")
+        # Analyze RPCs get processes of their own: they never take this interpreter from ingest,
+        # and a post-ingest batch never delays an inline verdict.
+        self._analyze_pool = AnalyzePool(settings.security_analysis)
         self._analysis: AnalysisWorker | None = None
+        self._analyze_warmup: asyncio.Future[None] | None = None
         self._server: grpc.aio.Server | None = None
         self._ingest: IngestServicer | None = None
         self._health = health.aio.HealthServicer()
@@ -163,20 +154,15 @@ class Core:
             self._conn, threads=2, timeout_s=settings.sql.timeout_seconds + 5, on_fatal=self._fatal
         )
         codec = PageTokenCodec(_page_token_key(self._conn))
-        # The analysis process (post-ack analysis) loads its classifier while this process loads
-        # the one the Analyze RPC uses.
         self._analysis = AnalysisWorker(settings.security_analysis, self._writer)
-        analysis_started = asyncio.ensure_future(self._analysis.start(self._reader))
         try:
-            analyzer = await asyncio.to_thread(_load_analyzer, settings)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await analysis_started  # its process, if any, is killed by `stop`
-            raise
-        try:
-            await analysis_started
+            await self._analysis.start(self._reader)
         except AnalysisStartError as exc:
             raise StartupError(str(exc)) from exc
+        if _inline_full(settings):
+            # The shim will call Analyze for every request, with a short deadline: have its
+            # processes ready now rather than fail the first calls open while they start.
+            self._analyze_warmup = asyncio.ensure_future(self._warm_analyze())
         max_bytes = settings.grpc.max_message_bytes
         server = grpc.aio.server(
             interceptors=[ObservabilityInterceptor()],
@@ -193,7 +179,7 @@ class Core:
         )
         server.add_generic_rpc_handlers((self._ingest.handlers(),))
         analysis_service_pb2_grpc.add_AnalysisServiceServicer_to_server(
-            AnalysisServicer(analyzer, self._analyze_pool), server
+            AnalysisServicer(self._analyze_pool, settings.security_analysis.operating_point), server
         )
         query_service_pb2_grpc.add_QueryServiceServicer_to_server(
             QueryServicer(
@@ -257,6 +243,17 @@ class Core:
         self._metrics_server = server
         return _join(host, server.server_port)
 
+    @property
+    def analyze_pids(self) -> list[int]:
+        """The pids of the processes answering Analyze calls (none before the first call)."""
+        return self._analyze_pool.pids
+
+    async def _warm_analyze(self) -> None:
+        try:
+            await self._analyze_pool.start()
+        except AnalyzeUnavailableError as exc:  # each Analyze call says so, and tries again
+            _log.error("cannot start the Analyze processes", error=str(exc))
+
     async def stop(self) -> None:
         """Drain and close; returns as soon as everything is flushed. Idempotent."""
         if self._stopped:
@@ -281,7 +278,9 @@ class Core:
             if reader is not None:
                 await asyncio.to_thread(reader.close)
         await asyncio.to_thread(self._cpu.shutdown, True)
-        self._analyze_pool.shutdown(wait=False, cancel_futures=True)
+        if self._analyze_warmup is not None:
+            self._analyze_warmup.cancel()
+        await self._analyze_pool.stop()
         if self._conn is not None:
             conn = self._conn
             with contextlib.suppress(duckdb.Error):

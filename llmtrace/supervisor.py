@@ -91,10 +91,9 @@ def core_in_background(settings: Settings) -> bool:
     """
     if settings.core_priority != "background":
         return False
-    from shim.enforcement import Policy  # noqa: PLC0415 - the shim's policy, read once here
+    from shim.enforcement import asks_core  # noqa: PLC0415 - the shim's policy, read once here
 
-    asks_core = settings.enforcement.depth == "full" and Policy.from_settings(settings.enforcement).active
-    return not asks_core
+    return not asks_core(settings.enforcement)
 
 
 def _shim_child(settings: Settings, sock: socket.socket, core_addr: str, ready: Any, parent_pid: int) -> None:

@@ -168,3 +168,8 @@ class Policy:
             return NO_ACTION
         acted.sort(key=lambda f: (-f.severity.rank, -f.confidence))
         return Decision(action, tuple(acted), tuple(categories[action]))
+
+
+def asks_core(enforcement: EnforcementSettings) -> bool:
+    """Whether inline enforcement calls the core's `Analyze` for every request (depth `full`)."""
+    return enforcement.depth == "full" and Policy.from_settings(enforcement).active

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,9 +20,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from llmtrace import limits
 from llmtrace.api.v1 import analysis_service_pb2 as apb
 from llmtrace.api.v1 import analysis_service_pb2_grpc, finding_pb2, query_service_pb2, span_pb2
-from llmtrace.config.schema import SecurityAnalysisSettings
+from llmtrace.config.schema import EnforcementSettings, SecurityAnalysisSettings
 from llmtrace.rpc.analysis import AnalysisServicer
-from llmtrace.security.analyze import Analyzer
 from llmtrace.server import Core, StartupError
 from tests.conftest import RunningCore, core_settings, running_core
 from tests.factories import expect_failure
@@ -263,15 +262,24 @@ async def test_a_missing_classifier_stops_an_analysing_core_only(tmp_path: Path)
         assert "ml_prompt_injection" not in {f.type for f in got.findings}
 
 
+class _HeldAnalysis:
+    """Stands in for the analysis processes: holds every call until released, then answers clean."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def analyze(self, request: bytes, operating_point: str) -> bytes:
+        await self.release.wait()
+        return apb.AnalyzeResponse(score=0).SerializeToString()
+
+
 async def test_analyze_refuses_quickly_when_too_many_calls_wait() -> None:
-    # A servicer admitting one call, whose only thread is held busy: the second call is refused at
+    # A servicer admitting one call, whose analysis is held busy: the second call is refused at
     # once with RESOURCE_EXHAUSTED (the shim fails open on it) instead of queueing without bound.
-    release = threading.Event()
-    executor = ThreadPoolExecutor(max_workers=1)
-    executor.submit(release.wait)
+    held = _HeldAnalysis()
     server = grpc.aio.server()
     analysis_service_pb2_grpc.add_AnalysisServiceServicer_to_server(
-        AnalysisServicer(Analyzer("balanced"), executor, max_pending=1), server
+        AnalysisServicer(held, "balanced", max_pending=1), server
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -283,9 +291,59 @@ async def test_analyze_refuses_quickly_when_too_many_calls_wait() -> None:
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await stub.Analyze(apb.AnalyzeRequest(tenant="t", text="hello"), timeout=5)
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            release.set()
-            assert (await first).score == 0
+            held.release.set()
+            assert (await first).operating_point == apb.OPERATING_POINT_BALANCED
     finally:
-        release.set()
+        held.release.set()
         await server.stop(None)
-        executor.shutdown()
+
+
+async def test_analyze_runs_in_a_process_of_its_own_and_survives_its_death(core: RunningCore) -> None:
+    # The analysis runs outside the core's interpreter (ingest never waits for its lock), in a
+    # process started on the first call. Killed, it fails at most the calls it held, as
+    # UNAVAILABLE (the shim fails open on it), and the next call starts a fresh one.
+    stub = _stub(core)
+    assert core.core.analyze_pids == []
+    first = await stub.Analyze(apb.AnalyzeRequest(tenant=TENANT, text=INJECTION))
+    assert first.flagged and "ml_prompt_injection" in {f.type for f in first.findings}
+    (pid,) = core.core.analyze_pids
+    assert pid != os.getpid()
+    os.kill(pid, signal.SIGKILL)
+    answers: list[apb.AnalyzeResponse] = []
+    for _ in range(50):
+        try:
+            answers.append(await stub.Analyze(apb.AnalyzeRequest(tenant=TENANT, text=INJECTION), timeout=60))
+            break
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+            assert "Analyze process died" in (exc.details() or "")
+    assert answers and answers[0].flagged
+    (fresh,) = core.core.analyze_pids
+    assert fresh != pid
+
+
+async def test_analyze_processes_start_with_the_core_when_enforcement_asks_it(tmp_path: Path) -> None:
+    settings = core_settings(tmp_path / "db.duckdb")
+    inline = dataclasses.replace(settings, enforcement=EnforcementSettings(mode="block", depth="full"))
+    async with running_core(inline) as running:
+        for _ in range(600):
+            if running.core.analyze_pids:
+                break
+            await asyncio.sleep(0.1)
+        assert len(running.core.analyze_pids) == 1
+
+
+async def test_a_caller_out_of_time_does_not_stop_the_processes_starting(core: RunningCore) -> None:
+    # The shim's inline check allows 200 ms, less than a process takes to start: its first call
+    # fails open, and the start goes on for the calls after it instead of being cancelled with it.
+    stub = _stub(core)
+    with pytest.raises(grpc.aio.AioRpcError) as late:
+        await stub.Analyze(apb.AnalyzeRequest(tenant=TENANT, text=INJECTION), timeout=0.05)
+    assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    for _ in range(600):
+        if core.core.analyze_pids:
+            break
+        await asyncio.sleep(0.1)
+    assert len(core.core.analyze_pids) == 1
+    answer = await stub.Analyze(apb.AnalyzeRequest(tenant=TENANT, text=INJECTION), timeout=1)
+    assert answer.flagged

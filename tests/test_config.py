@@ -236,6 +236,7 @@ ENV_CASES = {
     "LLMTRACE_SECURITY_ANALYSIS_BATCH_MAX_SPANS": ("security_analysis.batch_max_spans", "8", 8),
     "LLMTRACE_SECURITY_ANALYSIS_TIMEOUT_MS": ("security_analysis.timeout_ms", "250", 250),
     "LLMTRACE_SECURITY_ANALYSIS_MODEL_PATH": ("security_analysis.model_path", "/m.onnx", "/m.onnx"),
+    "LLMTRACE_SECURITY_ANALYSIS_ANALYZE_PROCESSES": ("security_analysis.analyze_processes", "2", 2),
     "LLMTRACE_ENFORCEMENT_MODE": ("enforcement.mode", "Block", "block"),
     "LLMTRACE_ENFORCEMENT_DEPTH": ("enforcement.depth", "full", "full"),
     "LLMTRACE_ENFORCEMENT_MIN_SEVERITY": ("enforcement.min_severity", "Critical", "critical"),

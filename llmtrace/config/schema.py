@@ -131,6 +131,8 @@ class SecurityAnalysisSettings:
     timeout_ms: int = 5_000
     # The ONNX classifier; empty means the model shipped in the package.
     model_path: str = ""
+    # Processes answering Analyze calls (started on the first call), each with its own analyzer.
+    analyze_processes: int = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -230,6 +230,9 @@ def _roles(value: object) -> None:
         raise InvalidValueError(f"unknown role {unknown[0]!r}; expected some of {', '.join(MESSAGE_ROLES)}")
 
 
+#: Processes `security_analysis.analyze_processes` may ask for (each holds a classifier).
+MAX_ANALYZE_PROCESSES: Final = 64
+
 #: Roles a chat message can have (boundary_defense.wrap_roles picks among them).
 MESSAGE_ROLES: Final = ("system", "developer", "user", "assistant", "tool", "function")
 
@@ -271,6 +274,7 @@ RULES: Final[dict[str, Rule]] = {
     "security_analysis.queue_max_spans": _positive,
     "security_analysis.batch_max_spans": _positive,
     "security_analysis.timeout_ms": _positive,
+    "security_analysis.analyze_processes": _at_most(MAX_ANALYZE_PROCESSES),
     "enforcement.mode": _one_of(ENFORCEMENT_MODES),
     "enforcement.depth": _one_of(ENFORCEMENT_DEPTHS),
     "enforcement.min_severity": _one_of(SEVERITIES),

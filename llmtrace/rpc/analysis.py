@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-from concurrent.futures import Executor
-from typing import Final
+from typing import Final, Protocol
 
 import grpc
 
 from llmtrace import limits
+from llmtrace.analyze_pool import AnalyzeUnavailableError
 from llmtrace.api.v1 import analysis_service_pb2, analysis_service_pb2_grpc
 from llmtrace.rpc.errors import RpcError, abort, invalid_argument
-from llmtrace.rpc.exchange_convert import content_chars, exchange_from_parts, findings_to_pb
-from llmtrace.security.analyze import Analyzer
-from llmtrace.security.exchange import Exchange
-from llmtrace.security.tiers import Verdict
+from llmtrace.rpc.exchange_convert import content_chars
 
 Context = grpc.aio.ServicerContext[object, object]
 
@@ -54,29 +50,27 @@ def _check(request: analysis_service_pb2.AnalyzeRequest) -> list[tuple[str, str]
     return out
 
 
-def _exchange(request: analysis_service_pb2.AnalyzeRequest) -> Exchange:
-    return exchange_from_parts(
-        text=request.text,
-        request=request.request if request.HasField("request") else None,
-        response=request.response if request.HasField("response") else None,
-    )
-
-
-#: Analyze calls admitted at once (running or waiting for one of the pool's threads).
+#: Analyze calls admitted at once (running or waiting for one of the analyzing processes).
 MAX_PENDING: Final = 64
 
 
-class AnalysisServicer(analysis_service_pb2_grpc.AnalysisServiceServicer):
-    """Answers `Analyze` with the configured analyzer, in a thread pool of its own."""
+class Analyzing(Protocol):
+    """Where the analysis runs (`llmtrace.analyze_pool.AnalyzePool`: processes of its own)."""
 
-    def __init__(self, analyzer: Analyzer, executor: Executor, max_pending: int = MAX_PENDING) -> None:
-        self._analyzer = analyzer
-        self._executor = executor
+    async def analyze(self, request: bytes, operating_point: str) -> bytes:
+        """A serialised `AnalyzeRequest` in, the serialised `AnalyzeResponse` out; raises
+        `AnalyzeUnavailableError` when nothing can answer."""
+        ...
+
+
+class AnalysisServicer(analysis_service_pb2_grpc.AnalysisServiceServicer):
+    """Answers `Analyze` at the configured operating point, off the core's interpreter."""
+
+    def __init__(self, analyzing: Analyzing, operating_point: str, max_pending: int = MAX_PENDING) -> None:
+        self._analyzing = analyzing
+        self._operating_point = operating_point
         self._max_pending = max_pending
         self._pending = 0
-
-    def _analyze(self, request: analysis_service_pb2.AnalyzeRequest, point: str) -> Verdict:
-        return self._analyzer.analyze(_exchange(request), point)
 
     async def Analyze(  # noqa: N802 - gRPC method name
         self, request: analysis_service_pb2.AnalyzeRequest, context: Context
@@ -85,7 +79,7 @@ class AnalysisServicer(analysis_service_pb2_grpc.AnalysisServiceServicer):
         violations = _check(request)
         if violations:
             await abort(context, invalid_argument(violations))
-        point = _POINT_NAMES.get(request.operating_point, self._analyzer.operating_point)
+        point = _POINT_NAMES.get(request.operating_point, self._operating_point)
         if self._pending >= self._max_pending:
             # Callers (the shim at depth `full`) fall back to their own regex tiers on a quick
             # refusal; a queue that grows without bound would only turn overload into timeouts
@@ -94,20 +88,15 @@ class AnalysisServicer(analysis_service_pb2_grpc.AnalysisServiceServicer):
             await abort(
                 context, RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, reason="ANALYSIS_BUSY")
             )
-        loop = asyncio.get_running_loop()
-        try:
-            # The analyzer is pure CPU: normalisation and regex tiers must not stall the event loop.
-            future = loop.run_in_executor(self._executor, self._analyze, request, point)
-        except RuntimeError as exc:  # submit refused: the executor is shut down, the core is stopping
-            await abort(context, RpcError(grpc.StatusCode.UNAVAILABLE, str(exc), reason="SHUTTING_DOWN"))
         self._pending += 1
         try:
-            verdict = await future
+            answer = await self._analyzing.analyze(request.SerializeToString(), point)
+        except AnalyzeUnavailableError as exc:
+            # The shim at depth `full` falls back to its own regex tiers on this.
+            error = RpcError(grpc.StatusCode.UNAVAILABLE, str(exc), reason="ANALYSIS_UNAVAILABLE")
+            await abort(context, error)
         finally:
             self._pending -= 1
-        return analysis_service_pb2.AnalyzeResponse(
-            findings=findings_to_pb(verdict.findings),
-            score=verdict.score,
-            flagged=verdict.flagged,
-            operating_point=_POINT_VALUES[point],
-        )
+        response = analysis_service_pb2.AnalyzeResponse.FromString(answer)
+        response.operating_point = _POINT_VALUES[point]
+        return response
