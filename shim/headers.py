@@ -8,6 +8,7 @@ reach a provider. Storage is an allow-list: credentials and cookies never reach 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable
 from typing import Final
 
@@ -72,12 +73,33 @@ _KEY_HEADERS: Final = ("authorization", "api-key", "x-api-key")
 MASK: Final = "***"
 
 
+#: A header name is a token (RFC 9110 §5.1, §5.6.2).
+_TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+#: Control characters a header value must not hold (HTAB is allowed; RFC 9110 §5.5).
+_VALUE_CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class HeaderError(ValueError):
+    """A request header that must not be forwarded: the client gets a 400."""
+
+
 def forwardable(headers: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
-    """The request headers to send upstream, repeated headers and their order kept."""
+    """The request headers to send upstream, repeated headers and their order kept.
+
+    Raises `HeaderError` for a name that is not a token (`Transfer-Encoding : chunked`, which
+    RFC 9112 §5.1 says to refuse: sent on over a pooled upstream connection that other tenants
+    share, a lenient upstream could read it as framing) or a value with control characters.
+    """
     pairs = list(headers)
     dropped = HOP_BY_HOP | _RECOMPUTED | _connection_listed(pairs)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in pairs:
+        if _TOKEN.fullmatch(name) is None:
+            raise HeaderError(f"invalid request header name {name[:64]!r}")
+        # isprintable() is the cheap common case; it is False for HTAB and for text that is
+        # fine too (e.g. U+00A0), which the exact check then lets through.
+        if not value.isprintable() and _VALUE_CONTROL.search(value) is not None:
+            raise HeaderError(f"the request header {name!r} holds a control character")
         lower = name.lower()
         if lower in dropped or lower.startswith(OUR_PREFIX):
             continue
@@ -148,7 +170,9 @@ def key_fingerprint(headers: Iterable[tuple[str, str]]) -> str:
             if token.lower().startswith("bearer "):
                 token = token[7:].strip()
             if token:
-                return hashlib.sha256(b"llmtrace-key-fingerprint:" + token.encode()).hexdigest()[:16]
+                # Bytes that are not UTF-8 arrive as lone surrogates: hash them as they came.
+                raw = token.encode("utf-8", "surrogateescape")
+                return hashlib.sha256(b"llmtrace-key-fingerprint:" + raw).hexdigest()[:16]
     return ""
 
 

@@ -45,6 +45,7 @@ from llmtrace.capture.request_parse import requested_model
 from llmtrace.capture.routes import route_of
 from llmtrace.capture.span import exchange_span
 from llmtrace.config.schema import Settings
+from llmtrace.credential_params import CREDENTIAL_PARAM
 from llmtrace.security.findings import Finding
 from shim import metrics
 from shim.boundary import BoundaryDefense
@@ -52,6 +53,8 @@ from shim.enforcement import BLOCK, category_of
 from shim.errors import ShimError
 from shim.guard import Guard, block_message
 from shim.headers import (
+    MASK,
+    HeaderError,
     forwardable,
     header_text,
     key_fingerprint,
@@ -163,9 +166,9 @@ class Proxy:
 
     async def handle(self, request: AnyRequest) -> HTTPResponse | None:
         """Sanic handler for every route the shim does not own."""
-        self.in_flight += 1
         started = time.perf_counter()
         exchange = Exchange(self, request, time.time_ns())
+        self.in_flight += 1  # after: a request counted must reach the `finally` that uncounts it
         try:
             return await exchange.run()
         except asyncio.CancelledError:
@@ -350,7 +353,10 @@ class Exchange:
                 return refusal
         query = request.query_string
         url = URL(proxy.upstream.base + request.path + ("?" + query if query else ""), encoded=True)
-        headers = forwardable(request.headers.items())
+        try:
+            headers = forwardable(request.headers.items())
+        except HeaderError as exc:
+            return self._answer(ShimError(400, "invalid_header", str(exc)))
         if "traceparent" in headers:
             headers["traceparent"] = self._identity.traceparent()  # same trace, our span as the parent
         try:
@@ -376,7 +382,7 @@ class Exchange:
             )
         except aiohttp.ClientError as exc:
             where = proxy.upstream.server_address
-            reason = str(exc) or type(exc).__name__
+            reason = _error_text(exc)
             return self._answer(
                 ShimError(502, "upstream_unreachable", f"cannot reach the upstream {where}: {reason}")
             )
@@ -514,7 +520,7 @@ class Exchange:
         # The upstream died or stalled mid-answer. Abort the client's connection so it sees an
         # incomplete response, exactly as it would talking to the upstream directly.
         kind = "upstream_timeout" if isinstance(exc, TimeoutError) else "upstream_stream_cut"
-        self.fail(kind, f"the upstream response ended early: {type(exc).__name__}: {exc}")
+        self.fail(kind, f"the upstream response ended early: {_error_text(exc)}")
         self._abort_client()
 
     def _abort_client(self) -> None:
@@ -718,6 +724,20 @@ class _RawAnswer:
     content_encoding: str
     chunks: list[bytes] = field(default_factory=list)
     size: int = 0
+
+
+def _error_text(exc: Exception) -> str:
+    """What went wrong upstream, for the client and the span, without the request's credentials.
+
+    aiohttp's own text of a malformed answer names the request URL, query and all
+    (`ClientResponseError`: "..., url='https://host/v1/models?key=...'"): its message alone is
+    kept, and credential-looking query parameters are masked in whatever is left.
+    """
+    if isinstance(exc, aiohttp.ClientResponseError):
+        text = f"{type(exc).__name__}: {exc.message}"
+    else:
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return CREDENTIAL_PARAM.sub(lambda m: m.group("head") + MASK, text)
 
 
 def _stop_event(api: str, message: str) -> bytes:

@@ -8,7 +8,15 @@ import socket
 from pathlib import Path
 
 from llmtrace.config.schema import EnforcementSettings
-from tests.conftest import Stack, core_settings, running_core, running_shim, running_stack, shim_settings
+from tests.conftest import (
+    Stack,
+    core_settings,
+    running_core,
+    running_shim,
+    running_stack,
+    shim_settings,
+    wait_for_spans,
+)
 from tests.raw_http import answering, exchange, post, scripted_upstream
 
 CHAT = b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}'
@@ -89,3 +97,54 @@ async def test_a_relayed_alt_svc_is_kept_as_the_upstream_sent_it(tmp_path: Path)
         status, headers, body = await exchange(shim.base_url, post("/v1/chat/completions", CHAT))
     assert (status, body) == (200, b"ok")
     assert _alt_svc(headers) == [b'alt-svc: h3=":443"; ma=60', b'alt-svc: h2="alt.example:443"']
+
+
+async def test_malformed_request_headers_are_refused_not_forwarded(stack: Stack) -> None:
+    # A name with a space before its colon (RFC 9112 §5.1: refuse it; forwarded over a pooled
+    # upstream connection, a lenient upstream could take it for framing) and a control character
+    # in a value (aiohttp refused it mid-forward: a 500 in Sanic's shape, the span a success).
+    requests = [
+        b"POST /v1/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 5\r\n"
+        b"Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Foo: a\x01b\r\n\r\n",
+    ]
+    for request in requests:
+        status, _, body = await exchange(stack.shim.base_url, request)
+        assert status == 400 and _error_code(body) == "invalid_header", (status, body)
+    assert not stack.upstream.requests
+    spans = await stack.spans(expected=len(requests))
+    assert [span.status.error_type for span in spans] == ["invalid_header"] * len(requests)
+    assert stack.shim.worker.app.ctx.proxy.in_flight == 0
+
+
+async def test_a_key_that_is_not_utf8_is_forwarded_fingerprinted_and_counted_out(stack: Stack) -> None:
+    # The fingerprint's encode() raised on the lone surrogate Sanic makes of such a byte: a 500,
+    # no span, and a request counted in flight forever, so every later stop waited its whole grace.
+    request = (
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer sk-\xff1\r\n\r\n"
+    )
+    status, _, _ = await exchange(stack.shim.base_url, request)
+    assert status == 200
+    (span,) = await stack.spans()
+    assert len(span.api_key_fingerprint) == 16
+    assert stack.shim.worker.app.ctx.proxy.in_flight == 0
+
+
+async def test_a_malformed_upstream_answer_names_no_query_credential(tmp_path: Path) -> None:
+    # aiohttp's text for a bad status line names the request's URL, query and all.
+    async with (
+        scripted_upstream(answering(b"HTTP/1.1 2x0 OK\r\nContent-Length: 0\r\n\r\n")) as upstream,
+        running_core(core_settings(tmp_path / "db.duckdb")) as core,
+        running_shim(shim_settings(tmp_path, upstream), core.bound.grpc) as shim,
+    ):
+        request = (
+            b"GET /v1/models?key=SUPERSECRET1&sig=SIGSECRET2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        status, _, body = await exchange(shim.base_url, request)
+        (span,) = await wait_for_spans(core)
+    assert status == 502 and _error_code(body) == "upstream_unreachable", body
+    assert span.status.error_type == "upstream_unreachable"
+    for secret in (b"SUPERSECRET1", b"SIGSECRET2"):
+        assert secret not in body
+        assert secret.decode() not in span.status.error_message
+        assert secret not in span.SerializeToString()
