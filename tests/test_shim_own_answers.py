@@ -114,7 +114,8 @@ async def test_malformed_request_headers_are_refused_not_forwarded(stack: Stack)
     assert not stack.upstream.requests
     spans = await stack.spans(expected=len(requests))
     assert [span.status.error_type for span in spans] == ["invalid_header"] * len(requests)
-    assert stack.shim.worker.app.ctx.proxy.in_flight == 0
+    proxy = stack.shim.worker.app.ctx.proxy
+    assert proxy is not None and proxy.in_flight == 0
 
 
 async def test_a_key_that_is_not_utf8_is_forwarded_fingerprinted_and_counted_out(stack: Stack) -> None:
@@ -127,7 +128,8 @@ async def test_a_key_that_is_not_utf8_is_forwarded_fingerprinted_and_counted_out
     assert status == 200
     (span,) = await stack.spans()
     assert len(span.api_key_fingerprint) == 16
-    assert stack.shim.worker.app.ctx.proxy.in_flight == 0
+    proxy = stack.shim.worker.app.ctx.proxy
+    assert proxy is not None and proxy.in_flight == 0
 
 
 async def test_a_malformed_upstream_answer_names_no_query_credential(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from typing import Final
 
 from llmtrace.security.findings import Finding, Match, Severity, drop_overlapping, to_findings
 from llmtrace.security.injection import find_injection
-from llmtrace.security.masking import mask_sensitive
+from llmtrace.security.masking import mask_sensitive, sensitive_spans
 from llmtrace.security.normalize import normalize
 
 ENCODING_ATTACK: Final = "encoding_attack"
@@ -33,7 +33,9 @@ MAX_BLOB_CHARS: Final = 8192
 _EXCERPT_MAX: Final = 60
 
 _BASE64: Final = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Za-z0-9+/=_-])")
-_HEX: Final = re.compile(r"(?<![0-9A-Fa-f])(?:(?:\\x|0x)?[0-9A-Fa-f]{2}[ :,-]?){12,}(?![0-9A-Fa-f])")
+# A run starts only where a run of hex characters does: with `x` and `\` allowed before it, every
+# `0x` of "0xab0xab...0xabc" started a match that scanned to the end of the run, quadratic.
+_HEX: Final = re.compile(r"(?<![0-9A-Fa-fxX\\])(?:(?:\\x|0x)?[0-9A-Fa-f]{2}[ :,-]?){12,}(?![0-9A-Fa-f])")
 _BINARY: Final = re.compile(r"(?<![01])(?:[01]{8}[ ,]?){4,}(?![01])")
 _HEX_DIGITS: Final = re.compile(r"(?:\\x|0x)|[^0-9A-Fa-f]")
 # Words of an attack as they look once encoded: the gates of the whole-text decoders.
@@ -169,17 +171,40 @@ def _whole_text(text: str, lowered: str) -> Iterator[tuple[str, str]]:
         yield "symbols", upside_down[::-1]
 
 
-def _excerpt_of(blob: str) -> str:
-    shown = blob[:_EXCERPT_MAX] + ("…" if len(blob) > _EXCERPT_MAX else "")
-    return mask_sensitive(" ".join(shown.split()))
+def _cut(text: str) -> str:
+    # Masked whole before this cut (a secret cut in half is no longer recognisable, and its head would show).
+    shown = " ".join(text.split())
+    return shown[:_EXCERPT_MAX] + ("…" if len(shown) > _EXCERPT_MAX else "")
 
 
-def _attack(text: str, start: int, end: int, decoder: str, inner: list[Finding]) -> Match:
+#: What stands for an encoded blob whose decoding holds a secret or PII, where the blob also holds
+#: something masking finds. It must be a bare typed placeholder: `to_findings` shows any other
+#: placeholder's span as the text itself, masked only where masking finds something in the text as
+#: it is, so the rest of the blob (decodable, secret included) would show.
+_BLOB_HIDDEN: Final = "[ENCODED_BLOB]"
+
+
+def _blob_excerpt(text: str, start: int, end: int, decoder: str, decoded: str) -> str:
+    """What an encoded blob's `encoding_attack` finding shows in its place.
+
+    The blob itself only when its decoding holds nothing masking finds: anyone can decode a blob, so
+    one that decodes to a card number or a key shown as it is shows the number or the key. Otherwise
+    the decoded text, masked.
+    """
+    masked = mask_sensitive(decoded)
+    if masked == decoded:
+        return _cut(mask_sensitive(text[start:end]))
+    if any(s < end and e > start for s, e, _ in sensitive_spans(text)):
+        return _BLOB_HIDDEN
+    return f"[{decoder}: {_cut(masked)}]"
+
+
+def _attack(start: int, end: int, decoder: str, inner: list[Finding], excerpt: str) -> Match:
     kinds = ", ".join(sorted({finding.type for finding in inner}))
     return Match(
         start=start,
         end=end,
-        placeholder=_excerpt_of(text[start:end]),
+        placeholder=excerpt,
         type=ENCODING_ATTACK,
         severity=Severity.HIGH,
         confidence=min(0.95, max(finding.confidence for finding in inner) + 0.05),
@@ -206,11 +231,14 @@ def find_encoded(text: str, location: str, *, normalized: bool = False) -> list[
     for decoder, start, end, decoded in _blobs(text):
         inner = find_injection(decoded, f"{location}[{decoder}]")
         if inner:
-            attacks.append(_attack(text, start, end, decoder, inner))
+            attacks.append(
+                _attack(start, end, decoder, inner, _blob_excerpt(text, start, end, decoder, decoded))
+            )
             inner_findings.extend(inner)
     # Whole-text decodings are of the text with its secrets and PII masked: ROT13 or reversing
     # would otherwise carry a key into the excerpt in a form no mask recognises, yet reversible.
     masked = mask_sensitive(text)
+    whole: Match | None = None
     for decoder, decoded in _whole_text(masked, lowered if masked is text else masked.lower()):
         if decoded in seen:
             continue
@@ -222,10 +250,25 @@ def find_encoded(text: str, location: str, *, normalized: bool = False) -> list[
             plain = {finding.detector for finding in find_injection(text, location, normalized=True)}
             inner = [finding for finding in inner if finding.detector not in plain]
         if inner:
-            attacks.append(_attack(text, 0, len(text), decoder, inner))
+            # The excerpt is the decoded text, masked again: a key written reversed or in ROT13 is
+            # not recognised in the text, so the text shown as it is would show it, reversibly.
+            whole = _attack(0, len(text), decoder, inner, _cut(mask_sensitive(decoded)))
             inner_findings.extend(inner)
             # One whole-text decoding that works is enough: the others see the same text scrambled.
             break
-    if not attacks:
+    if attacks:  # a whole-text attack spans the blobs: theirs are the more precise findings
+        return to_findings(text, drop_overlapping(attacks), location) + inner_findings
+    if whole is None:
         return []
-    return to_findings(text, drop_overlapping(attacks), location) + inner_findings
+    # Built here, not by `to_findings`: its excerpt would be the whole text, shown as it is wherever
+    # masking finds anything in it (an address next to a reversed key would bring the key along).
+    finding = Finding(
+        type=whole.type,
+        severity=whole.severity,
+        confidence=whole.confidence,
+        detector=whole.detector,
+        location=location,
+        excerpt=whole.placeholder,
+        description=whole.description,
+    )
+    return [finding, *inner_findings]

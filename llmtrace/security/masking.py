@@ -66,25 +66,38 @@ URL_CREDENTIALS: Final = re.compile(
 )
 # What documentation writes instead of a password; masking leaves it, so the example stays readable.
 _URL_PLACEHOLDER_WORDS: Final = frozenset({"password", "passwd", "pass", "pwd", "secret", "changeme"})
+# The PII patterns are compiled with `re.ASCII` (as pii.py's): `\b` and `\w` are ASCII, so that PII
+# written right against CJK text (`发到john@corp.com谢谢`, no spaces in those scripts) still has its
+# boundaries; with Unicode ones the address ran on into the following characters and did not match.
+_A: Final = re.ASCII
 # Anchored where a run of address characters starts (not at every word boundary inside it): on
 # "a.a.a.a..." a `\b` start tried every position to the end of the run, quadratic.
 _EMAIL = re.compile(
-    r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"
+    r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b", _A
 )
-_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
-_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
+# Upper or lower case: people paste `de89 3704 ...` (mod 97 does not care).
+_IBAN = re.compile(r"\b[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]{4}){2,7}(?: ?[A-Za-z0-9]{1,3})?\b", _A)
+# Digits in any grouping with spaces, hyphens, en dashes (U+2013, as word processors write `-`) or dots;
+# dots only in groups of four (or Amex's 4-6-5), checked after the match: `1700000000.123`, a timestamp,
+# is no card. One separator class, not alternatives per grouping: this runs at every digit.
+_CARD = re.compile(r"(?<![\d\u2013-])\d(?:[ .\u2013-]?\d){12,18}(?![\d\u2013-])", _A)
+_DOTTED_CARD = re.compile(r"\d{4}\.\d{4}\.\d{4}\.\d{1,7}|\d{4}\.\d{6}\.\d{5}", _A)
+# Inside a run whose dots do not group a card (`1.4532...`, `...0366.25`): cards between the dots.
+_UNDOTTED_CARD = re.compile(r"(?<![\d\u2013-])\d(?:[ \u2013-]?\d){12,18}(?![\d\u2013-])", _A)
+_CARD_SEPARATORS: Final = str.maketrans("", "", " -\u2013.")
 _SSN = re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])")
 # As pii.py finds them: undashed only just after words naming one (nine digits are otherwise an
 # id as often as not), National Insurance numbers by their prefix.
-_SSN_PLAIN = re.compile(r"(?<![\w-])(\d{3}) ?(\d{2}) ?(\d{4})(?![\w-])")
-_SSN_CONTEXT = re.compile(r"\b(?:ssn|social security)\b")
-_NINO = re.compile(r"\b([A-Z]{2})( ?)(\d{2})\2(\d{2})\2(\d{2})\2([A-D])\b")
+_SSN_PLAIN = re.compile(r"(?<![\w-])(\d{3}) ?(\d{2}) ?(\d{4})(?![\w-])", _A)
+_SSN_CONTEXT = re.compile(r"\b(?:ssn|social security)\b", _A)
+# Upper or lower case (`ab 12 34 56 c`); the prefix is validated in capitals.
+_NINO = re.compile(r"\b([A-Za-z]{2})( ?)(\d{2})\2(\d{2})\2(\d{2})\2([A-Da-d])\b", _A)
 _NINO_DIGITS = re.compile(r"\d\d ?\d\d ?\d\d")
 _PHONE = re.compile(
-    r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,4}(?!\w)"
+    r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,4}(?!\w)", _A
 )
 # The pre-check for every digit-based pattern: a run of 9+ digits with separators.
-_DIGIT_RUN = re.compile(r"\d[\d ().+-]{7,}\d")
+_DIGIT_RUN = re.compile(r"\d[\d ().+\u2013-]{7,}\d")
 
 _SECRET_NAMES: Final = ("password", "passwd", "secret")
 
@@ -99,9 +112,32 @@ def _iban_valid(candidate: str) -> bool:
     return int(number) % 97 == 1
 
 
+def _is_card(candidate: str) -> bool:
+    digits = candidate.translate(_CARD_SEPARATORS)
+    return 13 <= len(digits) <= 19 and luhn_valid(digits)
+
+
+def _card_spans(match: re.Match[str]) -> list[tuple[int, int]]:
+    """Where the card numbers in a `_CARD` match are: the whole match, or runs between its dots."""
+    text = match.group()
+    if "." in text and _DOTTED_CARD.fullmatch(text) is None:
+        pieces = [(match.start() + m.start(), m.group()) for m in _UNDOTTED_CARD.finditer(text)]
+    else:
+        pieces = [(match.start(), text)]
+    return [(start, start + len(piece)) for start, piece in pieces if _is_card(piece)]
+
+
 def _card(match: re.Match[str]) -> str:
-    digits = match.group().replace(" ", "").replace("-", "")
-    return "[CREDIT_CARD]" if 13 <= len(digits) <= 19 and luhn_valid(digits) else match.group()
+    spans = _card_spans(match)
+    if not spans:
+        return match.group()
+    parts: list[str] = []
+    position = match.start()
+    for start, end in spans:
+        parts += [match.string[position:start], "[CREDIT_CARD]"]
+        position = end
+    parts.append(match.string[position : match.end()])
+    return "".join(parts)
 
 
 def _iban(match: re.Match[str]) -> str:
@@ -117,7 +153,7 @@ def _iban(match: re.Match[str]) -> str:
 
 
 def _nino(match: re.Match[str]) -> str:
-    return "[NINO]" if nino_prefix_valid(match.group(1)) else match.group()
+    return "[NINO]" if nino_prefix_valid(match.group(1).upper()) else match.group()
 
 
 def _plain_ssn_spans(text: str) -> list[tuple[int, int]]:
@@ -189,10 +225,16 @@ def _mask_assignments(text: str) -> str:
     return "".join(out)
 
 
-def _may_hold_aws_secret(text: str) -> bool:
+def _may_hold_aws_secret(text: str, *, key_id: bool) -> bool:
+    """Whether `text` speaks of AWS: a word for it, or an access key id (`key_id`, the caller found one),
+    as secrets.py's `_aws` has it: a secret key is pasted next to its id."""
+    if len(text) < 40:
+        return False
+    if key_id:
+        return True
     # Literal pre-checks first ("aws", "AWS", "secret", "SECRET", ... all contain one of these):
     # this runs on every excerpt, most of them short and about something else.
-    if len(text) < 40 or not _any_in(text, ("ws", "WS", "ecret", "ECRET")):
+    if not _any_in(text, ("ws", "WS", "ecret", "ECRET")):
         return False
     return _AWS_SECRET_CONTEXT.search(text.lower()) is not None
 
@@ -217,9 +259,10 @@ def mask_sensitive(text: str) -> str:
         text = _PRIVATE_KEY.sub("[PRIVATE_KEY]", text)
     if "eyJ" in text:
         text = _JWT.sub("[JWT]", text)
+    key_ids = 0
     if _any_in(text, _AWS_PREFIXES):
-        text = _AWS.sub("[AWS_ACCESS_KEY]", text)
-    if _may_hold_aws_secret(text):
+        text, key_ids = _AWS.subn("[AWS_ACCESS_KEY]", text)
+    if _may_hold_aws_secret(text, key_id=key_ids > 0):
         text = _AWS_SECRET.sub("[AWS_SECRET_KEY]", text)
     if "gh" in text:
         text = _GITHUB.sub("[GITHUB_TOKEN]", text)
@@ -306,9 +349,14 @@ def sensitive_spans(text: str) -> list[Span]:
         scan(_PRIVATE_KEY, "[PRIVATE_KEY]")
     if "eyJ" in text:
         scan(_JWT, "[JWT]")
+    key_ids: list[re.Match[str]] = []
     if _any_in(text, _AWS_PREFIXES):
-        scan(_AWS, "[AWS_ACCESS_KEY]")
-    if _may_hold_aws_secret(text):
+        key_ids = list(_AWS.finditer(text))
+        for m in key_ids:
+            add(m.start(), m.end(), "[AWS_ACCESS_KEY]")
+    # The key id is context here, where it is not masked first (in `mask_sensitive` its placeholder
+    # says "AWS"): without it, a secret key pasted after its id was shown in excerpts.
+    if _may_hold_aws_secret(text, key_id=bool(key_ids)):
         scan(_AWS_SECRET, "[AWS_SECRET_KEY]")
     if "gh" in text:
         scan(_GITHUB, "[GITHUB_TOKEN]")
@@ -348,8 +396,8 @@ def sensitive_spans(text: str) -> list[Span]:
             if length:
                 add(m.start(), m.start() + length, "[IBAN]")
         for m in _CARD.finditer(text):
-            if _card(m) != m.group():
-                add(m.start(), m.end(), "[CREDIT_CARD]")
+            for start, end in _card_spans(m):
+                add(start, end, "[CREDIT_CARD]")
         scan(_SSN, "[SSN]")
         for start, end in _plain_ssn_spans(text):
             add(start, end, "[SSN]")

@@ -4,8 +4,8 @@ Every finding has type `pii_detected`; the detector name carries the kind (`rege
 Policy, kept deliberately simple and visible:
 
 * Text is normalised first (zero-width characters and homoglyphs cannot hide an address).
-* Nothing inside a fenced code block (```` ``` ```` or `~~~`) or a URL (`scheme://...`) is reported:
-  sample data in code and addresses in links are rarely someone's personal data.
+* Nothing inside a fenced code block (```` ``` ```` or `~~~`, closed) or a URL (`scheme://...`) is
+  reported: sample data in code and addresses in links are rarely someone's personal data.
 * Placeholders are suppressed: emails at reserved domains (`example.com`, `.test`, ...), NANP fictional
   numbers 555-0100 to 555-0199, SSNs known from advertising (123-45-6789, 078-05-1120), documentation
   IP ranges. Published test card numbers (4111 1111 1111 1111, ...) are Luhn valid, so they are reported,
@@ -36,10 +36,15 @@ from llmtrace.security.validators import (
     ssn_valid,
 )
 
+# Every pattern here is compiled with `re.ASCII`: `\d` is [0-9] (other scripts' digits are not numbers
+# that the validators or `ipaddress` can read) and `\w` / `\b` are ASCII, so that PII written right
+# against CJK text (`请联系john@corp.com谢谢`, no spaces in those scripts) still has its boundaries.
+_A: Final = re.ASCII
+
 # Numbers as written: digits with at most two separators between them. One scan of the text gives
 # the shape of its numbers, and each digit-based detector runs only when a number could be its kind
 # (text whose longest number is a date costs this scan and nothing more).
-_NUMERIC_RUN: Final = re.compile(r"\d(?:[ ().-]{0,2}\d)*")
+_NUMERIC_RUN: Final = re.compile(r"\d(?:[ ().-]{0,2}\d)*", _A)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +65,21 @@ class _NumericShape:
         return cls(most, six, quad)
 
 
-_CODE_FENCE: Final = re.compile(r"^[ \t]*(```|~~~)[^\n]*\n.*?(?:^[ \t]*\1[ \t]*$|\Z)", re.M | re.S)
-_URL: Final = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s<>\"'`]+")
+# Unicode dashes (U+2010 to U+2015) and the minus sign, as word processors write `-`: a card number or
+# an SSN written with en dashes is still one. Folded here, one character for one (positions and
+# excerpts line up), not in `normalize`: the classifier's features come from normalised text, and
+# these dashes are common in its training data (the shipped model would no longer be what it trains).
+_DASHES: Final = re.compile("[\u2010-\u2015\u2212]")
+
+# Fence lines, opening or closing; `_fences` pairs them (a line-by-line scan: a regex looking for each
+# opener's closer rescans the rest of the text once per unclosed opener, which is quadratic).
+_FENCE_LINE: Final = re.compile(r"^[ \t]*(```|~~~)([^\n]*)$", re.M)
+# A scheme starts where its run of scheme characters starts (as masking.URL_CREDENTIALS): with `\b`,
+# every letter after a `.` in `a.a.a.a...` started a scheme run scanned to its end (quadratic).
+_URL: Final = re.compile(r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://[^\s<>\"'`]+", _A)
 
 _EMAIL: Final = re.compile(
-    r"(?<![\w.%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![\w-])"
+    r"(?<![\w.%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![\w-])", _A
 )
 # RFC 2606/6761 reserved names, and names people type when they mean "some address".
 _PLACEHOLDER_DOMAINS: Final = frozenset(
@@ -76,19 +91,23 @@ _FILE_TLDS: Final = frozenset({"png", "jpg", "jpeg", "gif", "svg", "webp", "ico"
 _GIT_HOSTS: Final = frozenset({"github.com", "gitlab.com", "bitbucket.org"})
 
 # Runs of digits in groups; cards are searched for inside them (a run may hold more than one number).
-_DIGIT_GROUPS: Final = re.compile(r"(?<![\w.,-])\d+(?:[ -]\d+)*(?![\w])")
-_IBAN: Final = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
-_SSN_DASHED: Final = re.compile(r"(?<![\w-])(\d{3})-(\d{2})-(\d{4})(?![\w-])")
-_SSN_PLAIN: Final = re.compile(r"(?<![\w-])(\d{3}) ?(\d{2}) ?(\d{4})(?![\w-])")
-_SSN_CONTEXT: Final = re.compile(r"\b(?:ssn|social security)\b")
-_NINO: Final = re.compile(r"\b([A-Z]{2})( ?)(\d{2})\2(\d{2})\2(\d{2})\2([A-D])\b")
+_DIGIT_GROUPS: Final = re.compile(r"(?<![\w.,-])\d+(?:[ -]\d+)*(?![\w])", _A)
+# Upper or lower case (people paste `de89 3704 ...`); `_ibans` rejects mixed case, then validates.
+_IBAN: Final = re.compile(r"\b[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]{4}){2,7}(?: ?[A-Za-z0-9]{1,3})?\b", _A)
+_SSN_DASHED: Final = re.compile(r"(?<![\w-])(\d{3})-(\d{2})-(\d{4})(?![\w-])", _A)
+_SSN_PLAIN: Final = re.compile(r"(?<![\w-])(\d{3}) ?(\d{2}) ?(\d{4})(?![\w-])", _A)
+_SSN_CONTEXT: Final = re.compile(r"\b(?:ssn|social security)\b", _A)
+_NINO: Final = re.compile(r"\b([A-Z]{2})( ?)(\d{2})\2(\d{2})\2(\d{2})\2([A-D])\b", _A)
 _IPV4: Final = re.compile(
-    r"(?<![\w./-])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w-]|\.\d)"
+    r"(?<![\w./-])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w-]|\.\d)",
+    _A,
 )
-_VERSION_CONTEXT: Final = re.compile(r"(?:version|ver\.?|release|build)\s*$", re.I)
+# `version 1.2.3.4`, `Version: 1.2.3.4`, `build=1.2.3.4`.
+_VERSION_CONTEXT: Final = re.compile(r"(?:version|ver\.?|release|build)\s*[:=]?\s*$", re.I | _A)
 _IPV6: Final = re.compile(
     r"(?<![\w:.])(?:[0-9A-Fa-f]{1,4}:|:)(?::|[0-9A-Fa-f]{1,4}:){1,7}"
-    r"(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])"
+    r"(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])",
+    _A,
 )
 _DOC_NETWORKS: Final = (
     ipaddress.ip_network("192.0.2.0/24"),
@@ -99,13 +118,19 @@ _DOC_NETWORKS: Final = (
 
 # Phones: international (+country code), North American, and national with a trunk 0; a bare run
 # of digits counts only right after a word like "phone".
-_PHONE_INTL: Final = re.compile(r"(?<![\w+])\+[1-9]\d{0,2}(?:[ .-]?(?:\(\d{1,4}\)|\d{1,5})){1,6}(?![\w])")
+# International: `+`, the country code and the rest as digit runs, each after a separator or as a
+# `(...)` group; the digit count (10 to 15) is checked after the match. Runs are whole (a separator
+# between two runs is required): with `\d{1,5}` groups that could also follow each other directly,
+# every split of a long digit run was tried before failing (exponential).
+_PHONE_INTL: Final = re.compile(r"(?<![\w+])\+[1-9]\d*(?:[ .-]?\(\d{1,4}\)\d*|[ .-]\d+){0,6}(?![\w])", _A)
 _PHONE_NANP: Final = re.compile(
-    r"(?<![\w+.-])(?:1[ .-])?(?:\((\d{3})\) ?|(\d{3})[ .-])(\d{3})[ .-](\d{4})(?![\w]|[.-]?\d)"
+    r"(?<![\w+.-])(?:1[ .-])?(?:\((\d{3})\) ?|(\d{3})[ .-])(\d{3})[ .-](\d{4})(?![\w]|[.-]?\d)", _A
 )
-_PHONE_TRUNK: Final = re.compile(r"(?<![\w+.-])(?:\(0\d{1,4}\)|0\d{1,4})(?:[ -]\d{2,8}){1,4}(?![\w]|[.-]?\d)")
+_PHONE_TRUNK: Final = re.compile(
+    r"(?<![\w+.-])(?:\(0\d{1,4}\)|0\d{1,4})(?:[ -]\d{2,8}){1,4}(?![\w]|[.-]?\d)", _A
+)
 _PHONE_CONTEXT: Final = re.compile(
-    r"\b(?:phone|tel|telephone|mobile|cell|fax|whatsapp|call me)\b[^\d\n+]{0,15}(\+?\d[\d ().-]{5,18}\d)"
+    r"\b(?:phone|tel|telephone|mobile|cell|fax|whatsapp|call me)\b[^\d\n+]{0,15}(\+?\d[\d ().-]{5,18}\d)", _A
 )
 _PHONE_WORDS: Final = ("phone", "tel", "mobile", "cell", "fax", "whatsapp", "call me")
 
@@ -114,11 +139,40 @@ def _zones(text: str) -> list[tuple[int, int]]:
     """Spans (sorted) where PII is not reported: fenced code blocks and URLs."""
     spans: list[tuple[int, int]] = []
     if "```" in text or "~~~" in text:
-        spans.extend(m.span() for m in _CODE_FENCE.finditer(text))
+        spans.extend(_fences(text))
     if "://" in text:
         spans.extend(m.span() for m in _URL.finditer(text))
     spans.sort()
     return spans
+
+
+def _fences(text: str) -> Iterator[tuple[int, int]]:
+    """Fenced code blocks: from an opening fence line to the next bare fence line of the same kind.
+
+    An unclosed fence hides nothing (one ```` ``` ```` line must not hide every address after it), and
+    the fences after it pair up as if it were not there.
+    """
+    # (start, end, marker, whether the line is a bare fence that can close a block)
+    lines = [
+        (m.start(), m.end(), m.group(1), not m.group(2).strip(" \t")) for m in _FENCE_LINE.finditer(text)
+    ]
+    # Markers with no closing line after some opener: none after any later opener either, so each
+    # marker is given up at most once and the pairing stays linear.
+    unclosed: set[str] = set()
+    index = 0
+    while index < len(lines):
+        start, _, marker, _ = lines[index]
+        index += 1
+        if marker in unclosed:
+            continue
+        for close in range(index, len(lines)):
+            _, end, other, bare = lines[close]
+            if other == marker and bare:
+                yield start, end
+                index = close + 1
+                break
+        else:
+            unclosed.add(marker)
 
 
 def _in_zone(zones: list[tuple[int, int]], start: int, end: int) -> bool:
@@ -214,7 +268,7 @@ def _card_in_groups(run: str, groups: list[str], offsets: list[int], first: int)
 def _ibans(text: str) -> Iterator[Match]:
     for m in _IBAN.finditer(text):
         candidate = m.group()
-        length = IBAN_LENGTHS.get(candidate[:2])
+        length = IBAN_LENGTHS.get(candidate[:2].upper())
         if length is None:
             continue
         # Find where the `length`-th non-space character ends: the rest may be a following word.
@@ -226,7 +280,13 @@ def _ibans(text: str) -> Iterator[Match]:
                 break
         if seen != length or (cut < len(candidate) and candidate[cut] != " "):
             continue
-        if iban_valid(candidate[:cut].replace(" ", "")):
+        # All upper or all lower case (the following word may be either): a mixed-case run is a word
+        # or an id more often than an IBAN.
+        code = candidate[:cut]
+        upper = code.upper()
+        if code != upper and code != code.lower():
+            continue
+        if iban_valid(upper.replace(" ", "")):
             yield _match(m.start(), m.start() + cut, "iban", Severity.HIGH, 0.99)
 
 
@@ -265,7 +325,11 @@ def _ipv4s(text: str) -> Iterator[Match]:
         # `version 1.2.3.4` is a version.
         if _VERSION_CONTEXT.search(text, max(0, m.start() - 12), m.start()) is not None:
             continue
-        severity = _ip_severity(ipaddress.IPv4Address(m.group()))
+        try:
+            address = ipaddress.IPv4Address(m.group())
+        except ValueError:  # the pattern only matches what parses; a finding is not worth a crash
+            continue
+        severity = _ip_severity(address)
         if severity is not None:
             yield _match(m.start(), m.end(), "ipv4", severity, 0.9)
 
@@ -317,6 +381,10 @@ def find_pii(text: str, location: str, *, normalized: bool = False) -> list[Find
         return []
     if not normalized:
         text = normalize(text)
+    if not text.isascii():
+        # `sub` (one scan, replaced where found) rather than `str.translate`, which looks up every
+        # character: five times slower on prose with a dash or two.
+        text = _DASHES.sub("-", text)
     lowered = text.lower()
     # Lower-casing can change lengths (rare non-ASCII letters); positions must line up.
     if len(lowered) != len(text):

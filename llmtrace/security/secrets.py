@@ -36,40 +36,48 @@ from llmtrace.security.masking import URL_CREDENTIALS, url_password_is_placehold
 from llmtrace.security.normalize import normalize
 from llmtrace.security.validators import shannon_entropy
 
+# ASCII `\b`, `\s` and `\w` everywhere: a key pasted right against CJK or Cyrillic text (`令牌ghp_...`,
+# no space between words in those scripts) still starts at a word boundary.
+_A: Final = re.ASCII
+
 _PRIVATE_KEY: Final = re.compile(
     r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
     r"(?P<body>[A-Za-z0-9+/=\s\\:,.-]*?)"
-    r"(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|(?=[^A-Za-z0-9+/=\s\\:,.-])|\Z)"
+    r"(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|(?=[^A-Za-z0-9+/=\s\\:,.-])|\Z)",
+    _A,
 )
-_BASE64_RUN: Final = re.compile(r"[A-Za-z0-9+/]{40,}")
-_AWS_KEY_ID: Final = re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b")
+_BASE64_RUN: Final = re.compile(r"[A-Za-z0-9+/]{40,}", _A)
+_AWS_KEY_ID: Final = re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b", _A)
 # `=` may precede (an assignment) but not follow (base64 padding: a longer blob).
-_AWS_SECRET: Final = re.compile(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
-_AWS_SECRET_CONTEXT: Final = re.compile(r"aws|secret[_ ]?access[_ ]?key|secretaccesskey")
-_GITHUB: Final = re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b")
-_SLACK: Final = re.compile(r"\bxox[baprs]-[A-Za-z0-9-]{10,}")
-_JWT: Final = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
-_ANTHROPIC: Final = re.compile(r"\bsk-ant-[A-Za-z0-9_-]{20,}")
-_OPENAI: Final = re.compile(r"\bsk-(?!ant-)(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}")
+_AWS_SECRET: Final = re.compile(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])", _A)
+_AWS_SECRET_CONTEXT: Final = re.compile(r"aws|secret[_ ]?access[_ ]?key|secretaccesskey", _A)
+_GITHUB: Final = re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b", _A)
+_SLACK: Final = re.compile(r"\bxox[baprs]-[A-Za-z0-9-]{10,}", _A)
+_JWT: Final = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*", _A)
+#: Longest header segment (base64url characters) that is decoded: 8 KB.
+_JWT_HEADER_MAX: Final = 8192
+_ANTHROPIC: Final = re.compile(r"\bsk-ant-[A-Za-z0-9_-]{20,}", _A)
+_OPENAI: Final = re.compile(r"\bsk-(?!ant-)(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}", _A)
 # Stripe secret (`sk_`) and restricted (`rk_`) keys; publishable `pk_` keys are public by design.
-_STRIPE: Final = re.compile(r"\b[rs]k_(?:live|test)_[A-Za-z0-9]{20,255}\b")
+_STRIPE: Final = re.compile(r"\b[rs]k_(?:live|test)_[A-Za-z0-9]{20,255}\b", _A)
 # Google API keys (Maps, Gemini, Firebase, ...): `AIza` and exactly 35 more characters.
-_GOOGLE: Final = re.compile(r"(?<![A-Za-z0-9_-])AIza[A-Za-z0-9_-]{35}(?![A-Za-z0-9_-])")
+_GOOGLE: Final = re.compile(r"(?<![A-Za-z0-9_-])AIza[A-Za-z0-9_-]{35}(?![A-Za-z0-9_-])", _A)
 # Hugging Face user access tokens: `hf_` and 34 letters (digits allowed, and longer, to be safe).
-_HUGGINGFACE: Final = re.compile(r"\bhf_[A-Za-z0-9]{34,255}\b")
-_NPM: Final = re.compile(r"\bnpm_[A-Za-z0-9]{36}\b")
+_HUGGINGFACE: Final = re.compile(r"\bhf_[A-Za-z0-9]{34,255}\b", _A)
+_NPM: Final = re.compile(r"\bnpm_[A-Za-z0-9]{36}\b", _A)
 # GitLab personal, project and group access tokens: `glpat-` and 20 characters, or a longer payload
 # with the routable suffix (`.`, two characters of length, seven of CRC) of newer GitLab versions.
-_GITLAB: Final = re.compile(r"\bglpat-[A-Za-z0-9_-]{20,300}(?:\.[a-z0-9]{9})?(?![A-Za-z0-9_-])")
+_GITLAB: Final = re.compile(r"\bglpat-[A-Za-z0-9_-]{20,300}(?:\.[a-z0-9]{9})?(?![A-Za-z0-9_-])", _A)
 # Matched against the lower-cased text (as fast as case-sensitive; `(?i)` is several times slower).
 _ASSIGNMENT: Final = re.compile(
     r"(?P<name>api[_-]?key|apikey|access[_-]?token|auth[_-]?token|secret[_-]?key|client[_-]?secret"
     r"|private[_-]?key|passw(?:or)?d|secret|token)"
-    r"[\"']?\s*(?::=|=>|[:=])\s*[\"']?(?P<value>[^\s\"'`,;&()\[\]{}<>]{6,})"
+    r"[\"']?\s*(?::=|=>|[:=])\s*[\"']?(?P<value>[^\s\"'`,;&()\[\]{}<>]{6,})",
+    _A,
 )
 _ASSIGNMENT_WORDS: Final = ("key", "token", "secret", "passw")
 # `Authorization: Bearer <token>` (curl snippets, logged headers); matched on the lower-cased text.
-_BEARER: Final = re.compile(r"\bbearer\s+(?P<value>[a-z0-9._~+/=-]{20,})")
+_BEARER: Final = re.compile(r"\bbearer\s+(?P<value>[a-z0-9._~+/=-]{20,})", _A)
 # Parts of values people write instead of a real secret.
 _PLACEHOLDER_MARKERS: Final = (
     "your",
@@ -90,8 +98,8 @@ _PLACEHOLDER_MARKERS: Final = (
     "secret",
     "password",
 )
-_REFERENCE: Final = re.compile(r"^(?:[$%@]|process\.env|os\.environ|env\.|getenv|settings\.|config\.)")
-_IDENTIFIER_PATH: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+$")
+_REFERENCE: Final = re.compile(r"^(?:[$%@]|process\.env|os\.environ|env\.|getenv|settings\.|config\.)", _A)
+_IDENTIFIER_PATH: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+$", _A)
 
 # Per kind: the excerpt placeholder and the finding's description.
 _KINDS: Final = {
@@ -223,9 +231,15 @@ def _random_body(body: str, min_entropy: float = 3.5) -> bool:
 
 
 def _jwt_header_ok(segment: str) -> bool:
+    # A real header is a small flat object (an `x5c` certificate chain makes the largest, a few KB);
+    # anything longer is not decoded at all, so a hostile token costs bounded work.
+    if len(segment) > _JWT_HEADER_MAX:
+        return False
     try:
         header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except (binascii.Error, ValueError):  # not base64, not UTF-8, not JSON
+    # Not base64, not UTF-8, not JSON; or JSON nested deeper than the parser's recursion limit
+    # (`{"a":[[[[...`), which would otherwise end the whole analysis.
+    except (binascii.Error, ValueError, RecursionError):
         return False
     return isinstance(header, dict) and "alg" in header
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -32,8 +32,13 @@ MAX_STRINGS: Final = 256
 MAX_STRING_CHARS: Final = 65_536
 _MAX_DEPTH: Final = 32
 _EXCERPT_MAX: Final = 80
-#: Characters of a tool's name that a finding's description repeats.
+#: Characters of a tool's name that a finding's description repeats, and of an argument's name that a
+#: finding's location does.
 _TOOL_NAME_SHOWN: Final = 64
+_KEY_SHOWN: Final = 64
+#: How much more of a name than is shown is masked: a secret straddling the cut is masked whole
+#: (longer than anything masked but private keys, which are masked to the end when their END is cut).
+_NAME_MASK_MARGIN: Final = 8 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,13 +49,52 @@ class _Rule:
     confidence: float
     description: str
     pattern: re.Pattern[str]
+    #: A further test of a match, for what a regex would say only by backtracking.
+    accept: Callable[[re.Match[str]], bool] | None = None
 
 
-def _rule(kind: str, type_: str, severity: Severity, confidence: float, pattern: str) -> _Rule:
-    return _Rule(kind, type_, severity, confidence, kind.replace("_", " ").capitalize(), re.compile(pattern))
+def _rule(
+    kind: str,
+    type_: str,
+    severity: Severity,
+    confidence: float,
+    pattern: str,
+    *,
+    accept: Callable[[re.Match[str]], bool] | None = None,
+) -> _Rule:
+    description = kind.replace("_", " ").capitalize()
+    return _Rule(kind, type_, severity, confidence, description, re.compile(pattern), accept)
 
 
 _SYSTEM_DIRS: Final = r"(?:etc|usr|var|bin|sbin|boot|home|root|lib|lib64|opt|dev|sys|proc)"
+# `rm`, up to eight options, then a target that deletes a system: the root, home, everything here, a
+# system directory, quoted or not. Each option is one whitespace-delimited word, so matching is linear
+# (a class nested in a class, `-[a-z]*(?:r[a-z]*f|...)`, took seconds on "rm -rrrr..."); whether the
+# options say recursive and forced is `_forced_recursive`'s question, asked of the words.
+_RM_TARGET: Final = rf"(?:/\*?|(?:~|\$home|\$\{{home\}})/?\*?|\*|/{_SYSTEM_DIRS}/?)"
+# What may follow the target: the end of the command, or of a string it is quoted in (`sh -c 'rm -rf /'`).
+_RM_END: Final = r"(?=$|[\s;&|)'\"])"
+_RECURSIVE_DELETE: Final = (
+    r"\brm\s+(?P<before>(?:-[a-z-]*\s+){0,8})"
+    rf"(?P<quote>[\"']?){_RM_TARGET}(?P=quote){_RM_END}"
+    rf"(?P<after>(?:\s+-[a-z-]*{_RM_END}){{0,8}})"
+)
+
+
+def _long_option(word: str, name: str) -> bool:
+    # GNU options may be shortened to any unambiguous prefix: `--rec`, `--force`.
+    return word.startswith("--") and len(word) > 2 and name.startswith(word[2:])
+
+
+def _forced_recursive(match: re.Match[str]) -> bool:
+    """Whether an `rm`'s options, wherever they stand and however grouped (`-rf`, `-r -f`,
+    `--recursive --force`), say both recursive and forced."""
+    words = (match.group("before") + " " + match.group("after")).split()
+    short = "".join(word for word in words if not word.startswith("--"))
+    recursive = "r" in short or any(_long_option(word, "recursive") for word in words)
+    forced = "f" in short or any(_long_option(word, "force") for word in words)
+    return recursive and forced
+
 
 # Run on the lower-cased string, most specific first (overlapping later matches are dropped).
 _RULES: Final[tuple[_Rule, ...]] = (
@@ -66,8 +110,8 @@ _RULES: Final[tuple[_Rule, ...]] = (
         DANGEROUS_COMMAND,
         Severity.CRITICAL,
         0.9,
-        r"\brm\s+(?:-[a-z-]+\s+){0,4}-[a-z]*(?:r[a-z]*f|f[a-z]*r)[a-z]*\s+(?:-[a-z-]+\s+){0,4}"
-        rf"(?:/\*?(?=\s|$|[;&|'\"])|~/?\*?(?=\s|$|[;&|'\"])|\*(?=\s|$)|\$home\b|\$\{{home\}}|/{_SYSTEM_DIRS}/?(?=\s|$|[;&|'\"]))",
+        _RECURSIVE_DELETE,
+        accept=_forced_recursive,
     ),
     _rule(
         "format_disk",
@@ -115,7 +159,10 @@ _RULES: Final[tuple[_Rule, ...]] = (
         r"/etc/(?:shadow|gshadow|sudoers|master\.passwd)\b|(?:~|\$home|/home/[\w.-]+|/root)/\.ssh/[\w.-]*"
         r"|\bid_(?:rsa|dsa|ecdsa|ed25519)\b|\bauthorized_keys\b|/proc/(?:self|\d+)/(?:environ|mem|maps)\b"
         r"|\.aws/credentials\b|\.kube/config\b|\.docker/config\.json\b|\.git-credentials\b|(?:^|/)\.netrc\b"
-        r"|(?:^|/)\.pgpass\b|\.gnupg/|(?:^|[/\s'\"=])\.env(?:\.[\w-]+)?(?=$|[\s'\";,)])"
+        r"|(?:^|/)\.pgpass\b|\.gnupg/"
+        # `.env` files, not the templates committed next to them (`.env.example`); the start is looked
+        # behind at, not matched: the excerpt would lose the space before it ("cat.env").
+        r"|(?<![^/\s'\"=])\.env(?!\.(?:example|sample|template|dist)(?=$|[\s'\";,)]))(?:\.[\w-]+)?(?=$|[\s'\";,)])"
         r"|(?:^|/)(?:\.bash_history|\.zsh_history)\b|\bwp-config\.php\b|/var/run/secrets/",
     ),
     _rule(
@@ -166,12 +213,21 @@ def _strings(value: object, path: str, depth: int = 0) -> Iterator[tuple[str, st
         yield path, value
     elif isinstance(value, dict):
         for key, item in value.items():
-            child = f"{path}.{key}" if str(key).isidentifier() else f"{path}[{json.dumps(str(key))}]"
+            shown = _shown(str(key), _KEY_SHOWN)
+            child = f"{path}.{shown}" if shown.isidentifier() else f"{path}[{json.dumps(shown)}]"
             yield child, str(key)
             yield from _strings(item, child, depth + 1)
     elif isinstance(value, list):
         for index, item in enumerate(value):
             yield from _strings(item, f"{path}[{index}]", depth + 1)
+
+
+def _shown(name: str, limit: int) -> str:
+    """A name the model chose (an argument's, a tool's) as a finding may repeat it: masked (a key or a
+    card number can be a name), then cut (a name can be 100 KB)."""
+    cut = len(name) > limit + _NAME_MASK_MARGIN
+    shown = mask_sensitive(name[: limit + _NAME_MASK_MARGIN] if cut else name)
+    return shown if len(shown) <= limit and not cut else shown[:limit] + "…"
 
 
 def _placeholder(text: str) -> str:
@@ -180,10 +236,8 @@ def _placeholder(text: str) -> str:
     return shown[:_EXCERPT_MAX] + ("…" if len(shown) > _EXCERPT_MAX else "")
 
 
-def _check(text: str, location: str, tool: str) -> list[Finding]:
+def _check(text: str, location: str, tool_shown: str) -> list[Finding]:
     text = normalize(text[:MAX_STRING_CHARS])
-    # A tool's name is the model's to choose: a long one must not fill every finding.
-    tool_shown = tool if len(tool) <= _TOOL_NAME_SHOWN else tool[:_TOOL_NAME_SHOWN] + "…"
     lowered = text.lower()
     if len(lowered) != len(text):
         lowered = "".join(char.lower()[0] for char in text)
@@ -200,7 +254,7 @@ def _check(text: str, location: str, tool: str) -> list[Finding]:
         )
         for rule in _RULES
         for m in rule.pattern.finditer(lowered)
-        if m.end() > m.start()
+        if m.end() > m.start() and (rule.accept is None or rule.accept(m))
     ]
     return to_findings(text, drop_overlapping(matches), location) if matches else []
 
@@ -218,10 +272,13 @@ def find_tool_call_risks(name: str, arguments_json: str, location: str) -> list[
         parsed: object = json.loads(arguments_json)
     except (ValueError, RecursionError):  # not JSON (a truncated stream, a plain command string,
         parsed = arguments_json  # nesting deeper than the parser goes): check it as text
+    # A tool's name is the model's to choose: a long one must not fill every finding, nor a secret
+    # in one show in it.
+    tool_shown = _shown(name, _TOOL_NAME_SHOWN)
     findings: list[Finding] = []
     for count, (path, value) in enumerate(_strings(parsed, location)):
         if count >= MAX_STRINGS:
             break
         if value:
-            findings.extend(_check(value, path, name))
+            findings.extend(_check(value, path, tool_shown))
     return findings

@@ -69,8 +69,10 @@ RULES: Final[tuple[Rule, ...]] = (
         0.85,
         "DAN-style jailbreak persona",
         pattern=r"\bdo\s+anything\s+now\b|\b(?:you\s+are|you're|as|called|named|act\s+as|pretend\s+to\s+be)\s+dan\b"
-        r"|\bdan\s+(?:mode|prompt|jailbreak)\b|^\s*\[?dan\]?\s*:|\b(?:anti-?gpt|betterdan|evil-?bot|chaosgpt"
-        r"|basedgpt|devmode|dude\s+mode|stan\s+mode|aim\s+mode)\b|always\s+intelligent\s+and\s+machiavellian",
+        # `^[ \t]*`, not `^\s*`: under re.M, `\s*` ran from every line start across all the following
+        # whitespace-only lines (quadratic on many of them).
+        r"|\bdan\s+(?:mode|prompt|jailbreak)\b|^[ \t]*\[?dan\]?\s*:"
+        r"|\b(?:anti-?gpt|betterdan|evil-?bot|chaosgpt|basedgpt|devmode|dude\s+mode|stan\s+mode|aim\s+mode)\b|always\s+intelligent\s+and\s+machiavellian",
         gate=(
             (
                 "dan",

@@ -40,7 +40,9 @@ HEADER_RULES: Final[tuple[Rule, ...]] = (
         r"(?:prompt|message|instructions)\b"
         r"|\[(?:system|sys)(?:[ \t]+(?:message|prompt|note|override))?\]|</?system>"
         # Fake end-of-input markers ("%%% END USER INPUT %%%", ">>>> END OF BUFFER") behind a symbol run.
-        r"|[#%=*>\-<\[]{3,}[ \t]*(?:end|begin|start)[ \t]+(?:of[ \t]+)?(?:the[ \t]+)?"
+        # Tried only where the run starts (the lookbehind): from every position inside a long run,
+        # `{3,}` scanned the rest of the run again (quadratic; 40,000 `=` took seconds).
+        r"|(?<![#%=*>\-<\[])[#%=*>\-<\[]{3,}[ \t]*(?:end|begin|start)[ \t]+(?:of[ \t]+)?(?:the[ \t]+)?"
         r"(?:user[ \t]+(?:input|message|prompt|query|ambiguity)|buffer|input|prompt|context|conversation"
         r"|(?:extra[ \t]+|new[ \t]+|real[ \t]+)?(?:\w+[ \t]+)?instructions)\b",
         gate=(
