@@ -22,7 +22,7 @@ from sanic.config import Config
 from sanic.exceptions import BadURL, SanicException
 from sanic.response import HTTPResponse
 
-from llmtrace.config.schema import Settings
+from llmtrace.config.schema import Settings, ShipperSettings
 from shim.dead_letter import DeadLetterFile
 from shim.errors import ShimError, error_response
 from shim.metrics import render_metrics
@@ -98,19 +98,24 @@ async def _open_resources(app: Sanic[Config, ShimContext]) -> None:
         trust_env=False,
         cookie_jar=aiohttp.DummyCookieJar(),  # never keep one client's cookies for another
     )
-    spool = await asyncio.to_thread(
-        Spool.open, Path(settings.shipper.spool_dir), settings.shipper.spool_max_bytes
-    )
+    spool, dead_letters = await asyncio.to_thread(_open_spool, settings.shipper)
     shipper = Shipper(
         settings.shipper,
         ctx.core_addr,
         spool,
-        DeadLetterFile(Path(settings.shipper.dead_letter_path)),
+        dead_letters,
         max_message_bytes=settings.grpc.max_message_bytes,
     )
     await shipper.start()
     ctx.session, ctx.shipper = session, shipper
     ctx.proxy = Proxy(settings, shipper, session)
+
+
+def _open_spool(shipper: ShipperSettings) -> tuple[Spool, DeadLetterFile]:
+    # `~` expanded as for storage.database_path (and the supervisor's spool check): left as it is,
+    # `~/spool` from an environment variable, where no shell expanded it, made a `./~` directory.
+    spool = Spool.open(Path(shipper.spool_dir).expanduser(), shipper.spool_max_bytes)
+    return spool, DeadLetterFile(Path(shipper.dead_letter_path).expanduser())
 
 
 async def _close_resources(app: Sanic[Config, ShimContext]) -> None:

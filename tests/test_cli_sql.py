@@ -475,3 +475,47 @@ def test_decimal_and_uuid_reduce_like_the_wire() -> None:
     value = uuid.UUID(int=1)
     assert to_plain(value) == str(value)
     assert to_plain((1, b"x", {"k": dt.date(2024, 1, 1)})) == [1, b"x", {"k": "2024-01-01"}]
+
+
+def test_table_escapes_every_control_character(setup: Setup) -> None:
+    # Span text is untrusted: ESC ] 0 ; ... BEL retitled the terminal, written raw before.
+    query = "SELECT chr(27) || ']0;pwned' || chr(7) AS esc, 'a' || chr(155) || 'b' || chr(8232) AS c1"
+    out = _ok(sql(setup.file_config, query))
+    assert out.splitlines()[2] == "\\x1b]0;pwned\\x07 | a\\x9bb\\u2028"
+    assert all(c.isprintable() or c == "\n" for c in out)
+
+
+def test_table_escapes_column_names_and_measures_escaped_text() -> None:
+    result = Result(
+        columns=[Column("\x1b[2Jname", "VARCHAR"), Column("n", "BIGINT")],
+        rows=[["x\x00y\x7f\u2029", 1], ["\\", 22]],
+        truncated=False,
+    )
+    out = io.StringIO()
+    write_result(result, "table", out)
+    assert out.getvalue() == (
+        "\\x1b[2Jname      | n\n"
+        "-----------------+---\n"
+        "x\\x00y\\x7f\\u2029 |  1\n"
+        "\\\\               | 22\n"
+        "(2 rows)\n"
+    )
+
+
+@pytest.mark.parametrize("path", ["file", "rpc"])
+def test_query_or_tenant_that_is_not_utf8_exits_2(setup: Setup, path: str) -> None:
+    # Bytes a shell passes as they are (`$(printf "select '\xff'")`) arrive as lone surrogates:
+    # a DuckDB InvalidInputException or UnicodeEncodeError traceback before.
+    config = setup.file_config if path == "file" else setup.rpc_config
+    not_utf8 = b"\xff".decode("utf-8", "surrogateescape")
+    result = sql(config, f"SELECT '{not_utf8}' AS x")
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert "llmtrace: invalid query: character 9 is not valid UTF-8 text" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = llmtrace(
+        "sql", "--config", str(config), "--tenant", f"acme{not_utf8}", "SELECT 1", cwd=config.parent
+    )
+    assert result.returncode == 2, result.stderr
+    assert "invalid tenant 'acme\\udcff': not valid UTF-8 text" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -93,6 +93,14 @@ def run_sql(
     cap = settings.sql.max_rows if max_rows is None else max_rows
     if cap <= 0:
         return _fail(EXIT_REFUSED, f"max rows must be greater than 0, got {cap}")
+    # Argument bytes that are not UTF-8 arrive as lone surrogates (Python's surrogateescape), which
+    # DuckDB and gRPC cannot take: refused here rather than failing with a traceback there.
+    if not _is_utf8(query):
+        return _fail(
+            EXIT_REFUSED, f"invalid query: character {_first_not_utf8(query)} is not valid UTF-8 text"
+        )
+    if not _is_utf8(tenant):
+        return _fail(EXIT_REFUSED, f"invalid tenant {tenant!r}: not valid UTF-8 text")
     # The core's rule for tenants, so the file path refuses what the RPC would refuse.
     problem = tenant_problem(tenant)
     if problem is not None:
@@ -115,6 +123,19 @@ def run_sql(
             file=sys.stderr,
         )
     return EXIT_OK
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _first_not_utf8(text: str) -> int:
+    """The 1-based position of the first lone surrogate: shown rather than a query that may be long."""
+    return next(i for i, c in enumerate(text) if "\ud800" <= c <= "\udfff") + 1
 
 
 def _fail(code: int, message: str) -> int:
@@ -415,18 +436,30 @@ def _is_numeric(column: Column) -> bool:
     return column.type.startswith(_NUMERIC_PREFIXES) and not column.type.endswith("]")
 
 
-_TABLE_ESCAPES: Final = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+_NAMED_ESCAPES: Final = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+#: Every C0 and C1 control character, and the Unicode line and paragraph separators, shown as an
+#: escape: span text is untrusted LLM traffic, and ESC or BEL reaching a terminal runs its control
+#: sequences (retitling the window, rewriting what is on screen); a line break splits a row.
+_TABLE_ESCAPES: Final = str.maketrans(
+    {chr(c): f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+    | {"\u2028": "\\u2028", "\u2029": "\\u2029"}
+    | _NAMED_ESCAPES
+)
+
+
+def _table_text(text: str) -> str:
+    return text.translate(_TABLE_ESCAPES)
 
 
 def _table_cell(value: Plain) -> str:
     if value is None:
         return "NULL"
-    # One row per line: control characters are shown escaped.
-    return cell_text(value).translate(_TABLE_ESCAPES)
+    return _table_text(cell_text(value))
 
 
 def _write_table(result: Result, out: TextIO) -> None:
-    header = [c.name for c in result.columns]
+    # Column names too: a query names them (`SELECT 1 AS "<ESC>]0;..."`), or a stored key does.
+    header = [_table_text(c.name) for c in result.columns]
     cells = [[_table_cell(v) for v in row] for row in result.rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(header)]
     numeric = [_is_numeric(c) for c in result.columns]

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 
 from llmtrace.config.schema import Settings
-from llmtrace.config.values import public_choices
+from llmtrace.config.values import RULES, public_choices
 from llmtrace.credential_params import is_credential_param
 
 if TYPE_CHECKING:
@@ -42,17 +42,40 @@ _COUNT_WORDS: Final = frozenset(
         "context",
     }
 )
-_BEARER: Final = re.compile(r"(?i)\b(?P<head>bearer\s+)\S+")
+# A token never holds a quote: `-H "Authorization: Bearer sk-1"` keeps its closing one.
+_BEARER: Final = re.compile(r"(?i)\b(?P<head>bearer\s+)[^\s'\"]+")
 _CAMEL_BOUNDARY: Final = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+# Found from its `://` (the scheme before it stays as written): matched from the scheme's first
+# letter, every letter of a long run like "a-a-a-..." started a scan to its end, quadratic time.
+# Passwords hold `@`, `/`, `#` and `?` unencoded (`p@ss`), so the userinfo runs to the last `@`
+# before whitespace or the next URL; ending at the first showed the rest of the password. A path
+# with an `@` after a port (`https://host:8080/a@b`) is hidden too, which is harmless.
 _URL_PASSWORD: Final = re.compile(
-    r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@\s]*):(?P<password>[^@/?#\s]+)@"
+    r"(?P<head>(?<=[a-zA-Z0-9+.-])://[^:/?#@\s]*):(?P<password>(?:(?!://)\S)+)@"
 )
 # URLs that are themselves the credential, whatever key holds them: the path is the secret.
 _WEBHOOK_URL: Final = re.compile(
     r"(?i)(?P<head>https?://(?:hooks\.slack\.com|(?:[\w-]+\.)?discord(?:app)?\.com/api/webhooks"
     r"|[\w-]+\.webhook\.office\.com|outlook\.office\.com/webhook)/?)[^\s\"'<>]+"
 )
-_QUERY_PARAM: Final = re.compile(r"(?P<head>[?&;](?P<name>[^=&;#\s]+)=)(?P<value>[^&;#\s]*)")
+# After `#` as well: OAuth's implicit flow puts `#access_token=...` in the fragment. A name never
+# holds `?`, or each `?` of "????..." would start a scan to the end (quadratic time).
+_QUERY_PARAM: Final = re.compile(r"(?P<head>[?&;#](?P<name>[^=&;?#\s]+)=)(?P<value>[^&;#\s]*)")
+# `Authorization: Basic dXNlcjpw`, `x-api-key: sk-...`: headers copied into a list or a value (from
+# curl's `-H '...'`), where the name says the next word is a credential. An auth scheme stays shown,
+# as `Bearer` does, and so does the host after a URL's `user:password@`. The name starts a word and
+# is at most 64 characters, keeping the scan linear.
+_HEADER: Final = re.compile(
+    r"(?<![\w.-])(?P<name>[A-Za-z][\w.-]{0,63})[ \t]*:[ \t]*"
+    r"(?:(?i:basic|bearer|digest|token|negotiate|ntlm)[ \t]+)?(?=[^\s'\"@])"
+)
+# Matched apart, only after a secret name: the value of every harmless `name:` ("https:" in a URL)
+# scanned to the end of a long word would be quadratic again.
+_HEADER_VALUE: Final = re.compile(r"[^\s'\"@]+")
+#: Containers nested deeper than this are not shown. The YAML reader refuses such files
+#: (yaml_file.MAX_NESTING) first; this keeps `_redact`'s recursion bounded whatever it is given.
+_MAX_DEPTH: Final = 100
+_TOO_DEEP: Final = "***nested too deeply to show***"
 
 
 def redacted_dict(settings: Settings) -> dict[str, object]:
@@ -88,11 +111,12 @@ def looks_secret(key: str) -> bool:
 
 
 def redact_text(text: str) -> str:
-    """Hide URL passwords, webhook URLs, secret-looking query parameters and bearer tokens
-    inside a string."""
+    """Hide URL passwords, webhook URLs, secret-looking query parameters, bearer tokens and the
+    values of secret-looking headers (`x-api-key: ...`) inside a string."""
     text = _URL_PASSWORD.sub(lambda m: f"{m['head']}:{REDACTED}@", text)
     text = _WEBHOOK_URL.sub(lambda m: m["head"] + REDACTED, text)
     text = _BEARER.sub(lambda m: m["head"] + REDACTED, text)
+    text = _redact_headers(text)
     return _QUERY_PARAM.sub(
         lambda m: (
             m["head"] + REDACTED
@@ -114,18 +138,74 @@ def _as_dict(obj: DataclassInstance) -> dict[str, object]:
     return out
 
 
-def _redact(value: object, key: object = None, path: str = "") -> object:
+def _redact_headers(text: str) -> str:
+    parts: list[str] = []
+    pos = 0
+    while (match := _HEADER.search(text, pos)) is not None:
+        if looks_secret(match["name"]):
+            value = _HEADER_VALUE.match(text, match.end())
+            assert value is not None  # the lookahead saw its first character
+            parts += (text[pos : match.end()], REDACTED)
+            pos = value.end()
+        else:
+            # Go on from the name's end, not the match's: in `headers: x-api-key: sk-1` the
+            # value `x-api-key:` of a harmless name is itself the next header's name.
+            parts.append(text[pos : match.end("name")])
+            pos = match.end("name")
+    parts.append(text[pos:])
+    return "".join(parts)
+
+
+def _child_path(path: str | None, key: object) -> str | None:
+    """The key path of `key` under `path`, or None once no rule's path starts with it.
+
+    Only a rule can make a secret-looking key's value public (`public_choices`), and no rule lies
+    under a key that is not built: giving all of those the one path None lets `_redact` reuse its
+    answer for a node shared by YAML aliases wherever it appears.
+    """
+    if path is None:
+        return None
+    child = f"{path}.{key}" if path else str(key)
+    return child if child in _RULE_PATH_PREFIXES else None
+
+
+_RULE_PATH_PREFIXES: Final = frozenset(
+    ".".join(parts[:n]) for parts in (path.split(".") for path in RULES) for n in range(1, len(parts) + 1)
+)
+
+
+def _redact(
+    value: object,
+    key: object = None,
+    path: str | None = "",
+    memo: dict[tuple[int, str | None], object] | None = None,
+    depth: int = 0,
+) -> object:
     if (
         isinstance(key, str)
         and looks_secret(key)
         and value not in (None, "")
-        and value not in public_choices(path)  # `enforcement.secrets: block` is a policy
+        and (path is None or value not in public_choices(path))  # `enforcement.secrets: block`
     ):
         return REDACTED
-    if isinstance(value, Mapping):
-        return {k: _redact(v, k, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_redact(item, path=path) for item in value]
+    if not isinstance(value, Mapping | list | tuple | str):
+        return value
+    # YAML aliases share one node many times over: ten lists of ten aliases of the one below, a
+    # few levels deep, are billions of items if each is walked ("billion laughs"). Each node is
+    # redacted once and its copy shared likewise, which yaml.safe_dump then prints as aliases.
+    if memo is None:
+        memo = {}
+    seen = (id(value), path)  # every node lives in the tree being redacted: ids are not reused
+    if seen in memo:
+        return memo[seen]
+    redacted: object
     if isinstance(value, str):
-        return redact_text(value)
-    return value
+        redacted = redact_text(value)
+    elif depth >= _MAX_DEPTH:
+        redacted = _TOO_DEEP
+    elif isinstance(value, Mapping):
+        redacted = {k: _redact(v, k, _child_path(path, k), memo, depth + 1) for k, v in value.items()}
+    else:
+        redacted = [_redact(item, path=path, memo=memo, depth=depth + 1) for item in value]
+    memo[seen] = redacted
+    return redacted

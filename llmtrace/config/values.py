@@ -33,7 +33,9 @@ _TYPE_NAMES: Final[dict[type, str]] = {
 }
 _TRUE: Final = frozenset({"true", "1", "yes"})
 _FALSE: Final = frozenset({"false", "0", "no"})
-_HOSTNAME: Final = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?$")
+# Used with fullmatch, and `\Z` in the length check: `$` also matches before a final newline, so
+# "127.0.0.1\n" passed as a host name and the server then failed to listen.
+_HOSTNAME: Final = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?")
 _MAX_PORT: Final = 65535
 #: gRPC message sizes are signed 32-bit integers.
 _MAX_GRPC_MESSAGE_BYTES: Final = 2**31 - 1
@@ -77,10 +79,21 @@ def check_type(value: object, leaf: Leaf) -> Value:
     if leaf is float and isinstance(value, int | float) and not isinstance(value, bool):
         return _in_range(float(value))
     if leaf is str and isinstance(value, str):
-        return value
+        return _utf8(value)
     if leaf is tuple and isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
-        return tuple(value)
+        return tuple(_utf8(item) for item in value)
     raise InvalidValueError(f"expected {_TYPE_NAMES[leaf]}, got {describe(value)}")
+
+
+def _utf8(text: str) -> str:
+    # A lone surrogate (YAML's "\udcff" escape, or an environment variable or flag whose bytes are
+    # not UTF-8, which Python decodes with surrogateescape) cannot be encoded: DuckDB, gRPC and
+    # file names then fail with a traceback far from the setting.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidValueError(f"must be valid UTF-8 text, got {describe(text)}") from None
+    return text
 
 
 def parse_text(text: str, leaf: Leaf) -> Value:
@@ -132,13 +145,16 @@ def parse_host_port(value: str) -> tuple[str, int]:
             ipaddress.IPv6Address(host)
         except ValueError:
             raise ValueError(f"{expected}: {host!r} is not an IPv6 address") from None
+        # IPv6Address takes any characters in a scope (`::1%eth0\n`); no interface has those.
+        if not host.isprintable() or any(c.isspace() for c in host):
+            raise ValueError(f"{expected}: {host!r} is not an IPv6 address")
     else:
         host, sep, port_text = value.rpartition(":")
         if not sep or not host:
             raise ValueError(expected)
         if ":" in host:
             raise ValueError(f"{expected}: put IPv6 addresses in brackets, e.g. [::1]:{port_text}")
-        if not _HOSTNAME.match(host):
+        if not _HOSTNAME.fullmatch(host):
             raise ValueError(f"{expected}: {host!r} is not a host name or IP address")
     if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > _MAX_PORT:
         raise ValueError(f"{expected}: port must be a number from 0 to {_MAX_PORT}")

@@ -9,6 +9,11 @@ import yaml
 from llmtrace.config.schema import ConfigIssue
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+#: Deepest nesting of lists and mappings accepted. Aliases build depth the parser never sees
+#: (`l1: &l1 [*l0]`, `l2: &l2 [*l1]`, ...), and whatever walks the settings recursively (redaction,
+#: printing, pickling to workers) would fail with a RecursionError on thousands of levels.
+MAX_NESTING = 64
+_TOO_DEEP = "invalid YAML: nested too deeply"
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -53,7 +58,7 @@ def read_yaml_file(path: str) -> tuple[object, ConfigIssue | None]:
     except OSError as exc:
         return None, ConfigIssue(path, f"cannot read config file: {exc.strerror or exc}")
     try:
-        return yaml.load(text, Loader=_StrictLoader), None  # noqa: S506 - a SafeLoader subclass
+        document = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -61,4 +66,31 @@ def read_yaml_file(path: str) -> tuple[object, ConfigIssue | None]:
     except yaml.YAMLError as exc:
         return None, ConfigIssue(path, f"invalid YAML: {exc}")
     except RecursionError:  # the parser recurses per level of nesting
-        return None, ConfigIssue(path, "invalid YAML: nested too deeply")
+        return None, ConfigIssue(path, _TOO_DEEP)
+    if _nesting(document) > MAX_NESTING:
+        return None, ConfigIssue(path, _TOO_DEEP)
+    return document, None
+
+
+def _nesting(document: object) -> int:
+    """How deeply lists and mappings nest in `document`, without recursion.
+
+    A node that aliases share is measured once, so a "billion laughs" file (ten aliases of a list
+    of ten aliases of ...) costs its size in the file, not the billions of items it stands for.
+    """
+    heights: dict[int, int] = {}
+    stack: list[tuple[object, bool]] = [(document, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if not isinstance(node, dict | list):
+            continue
+        children = [
+            c for c in (node.values() if isinstance(node, dict) else node) if isinstance(c, dict | list)
+        ]
+        if children_done:
+            heights[id(node)] = 1 + max((heights[id(c)] for c in children), default=0)
+        elif id(node) not in heights:
+            heights[id(node)] = 0  # entered; PyYAML refuses recursive nodes, so no cycle comes back here
+            stack.append((node, True))
+            stack.extend((c, False) for c in children)
+    return heights.get(id(document), 0)
