@@ -17,6 +17,7 @@ from typing import Final
 
 import aiohttp
 import orjson
+import structlog
 from sanic import Request, Sanic
 from sanic.config import Config
 from sanic.exceptions import BadURL, SanicException
@@ -32,6 +33,8 @@ from shim.shipper import Shipper
 from shim.spool import Spool
 
 #: Sanic's response timeout must outlast ours (time to upstream headers), so 504 comes from us.
+_log = structlog.get_logger("llmtrace.shim")
+
 _SANIC_TIMEOUT_MARGIN_S: Final = 5.0
 _PROMETHEUS_TEXT: Final = "text/plain; version=0.0.4; charset=utf-8"
 _OWN_PATHS: Final = frozenset({"/health", "/metrics"})
@@ -85,6 +88,7 @@ def create_app(settings: Settings, *, core_addr: str | None = None) -> Sanic[Con
     app.add_route(_proxied, "/<path:path>", methods=METHODS, name="proxy", error_format="json")
     # error_format is given so Sanic does not parse our handlers' source to guess it.
     app.error_handler.add(SanicException, _sanic_error)
+    app.error_handler.add(Exception, unexpected_error)
     return app
 
 
@@ -197,3 +201,16 @@ def _sanic_error(request: ShimRequest, exception: Exception) -> HTTPResponse:
     if proxy is not None and request.path not in _OWN_PATHS:
         proxy.record_refused(request, error)  # refused calls leave a trace too
     return error_response(status, code, message)
+
+
+def unexpected_error(request: ShimRequest, exception: Exception) -> HTTPResponse:
+    """A bug of ours: a 500 in OpenAI's error shape instead of Sanic's, logged with the path
+    only (Sanic's own line names the whole URL, whose query may hold a provider key)."""
+    _log.error(
+        "unexpected error handling a request",
+        method=request.method,
+        path=request.path,
+        error_type=type(exception).__name__,
+        exc_info=exception,
+    )
+    return error_response(500, "internal_error", "the proxy failed to handle this request; see its log")
