@@ -5,13 +5,16 @@ concurrent `Analyze` calls on long texts held the interpreter lock from the inge
 event loop (measured: 16 callers with 64 KB texts took ingest from 5,300 to 1,400 spans/s, its
 p50 from 17 to 69 ms; tools/bench/analyze_load.py). Here each call is serialised, analysed in a
 child process ("spawn", `security_analysis.analyze_processes` of them) and its serialised answer
-comes back: the core's interpreter only copies bytes.
+comes back: the core's interpreter only copies bytes. Each process has a single-worker
+`ProcessPoolExecutor` of its own, and a call goes to the one holding the fewest calls.
 
 The processes start on the first call, or when the core starts if the shim's inline enforcement
-will call the core for every request (`enforcement.depth: full`), and then stay. They run at
-normal CPU priority (the post-ack analysis process steps back; an inline verdict must not),
-ignore SIGINT and die with the core (PR_SET_PDEATHSIG). A process that dies (killed, out of
-memory) fails the calls it held with `AnalyzeUnavailableError`; the next call starts fresh ones.
+will call the core for every request (`enforcement.depth: full`), and then stay. They ask for
+normal CPU priority (the post-ack analysis process steps back; an inline verdict must not: a
+core in the background hands down its idle class, which only CAP_SYS_NICE may leave; a warning
+says so), ignore SIGINT and die with the core (PR_SET_PDEATHSIG). A process that dies (killed,
+out of memory) fails only the calls it held, with `AnalyzeUnavailableError`, and is replaced
+when the next call comes to it; one found dead while idle is replaced before a call reaches it.
 
 The functions under "in the child" run in the child: this module imports no gRPC or DuckDB.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 from concurrent.futures import ProcessPoolExecutor
@@ -29,6 +33,7 @@ from typing import Final
 
 import structlog
 
+from llmtrace import cpu_priority
 from llmtrace.api.v1 import analysis_service_pb2
 from llmtrace.config.schema import SecurityAnalysisSettings
 from llmtrace.rpc.exchange_convert import exchange_from_parts, findings_to_pb
@@ -46,79 +51,123 @@ class AnalyzeUnavailableError(RuntimeError):
     """No process can answer: it would not start, or it died holding the call."""
 
 
+class _Slot:
+    """One Analyze process: its single-worker pool once started, and the calls it holds.
+
+    One pool per process, not one pool of N: a `ProcessPoolExecutor` that loses one process
+    fails every call in flight in all of them and stops the others."""
+
+    __slots__ = ("pending", "pool", "starting")
+
+    def __init__(self) -> None:
+        self.pool: ProcessPoolExecutor | None = None
+        self.starting: asyncio.Future[ProcessPoolExecutor] | None = None
+        self.pending = 0
+
+
 class AnalyzePool:
-    """The core's `Analyze` processes: started once, restarted after a crash, killed at stop."""
+    """The core's `Analyze` processes: started together, each restarted after its death, killed
+    at stop. A call goes to the process holding the fewest calls."""
 
     def __init__(self, settings: SecurityAnalysisSettings) -> None:
         self._settings = settings
-        self._pool: ProcessPoolExecutor | None = None
-        self._starting: asyncio.Future[ProcessPoolExecutor] | None = None
+        self._slots = [_Slot() for _ in range(settings.analyze_processes)]
+        self._begun = False
         self._stopped = False
 
     @property
     def pids(self) -> list[int]:
         """The pids of the running processes (none before the first call)."""
-        pool = self._pool
-        processes = (getattr(pool, "_processes", None) or {}) if pool is not None else {}
-        return sorted(process.pid for process in list(processes.values()) if process.pid is not None)
+        pids: list[int] = []
+        for slot in self._slots:
+            processes = (getattr(slot.pool, "_processes", None) or {}) if slot.pool is not None else {}
+            pids += [process.pid for process in list(processes.values()) if process.pid is not None]
+        return sorted(pids)
 
     async def start(self) -> None:
-        """Start the processes now rather than on the first call; raises `AnalyzeUnavailableError`."""
-        await self._ready()
+        """Start every process now rather than on the first call; raises `AnalyzeUnavailableError`."""
+        await asyncio.gather(*(self._ready(slot) for slot in self._slots))
 
     async def analyze(self, request: bytes, operating_point: str) -> bytes:
         """A serialised `AnalyzeRequest` in, the serialised `AnalyzeResponse` out."""
-        pool = await self._ready()
-        loop = asyncio.get_running_loop()
+        slot = min(self._slots, key=lambda s: s.pending)
+        slot.pending += 1
         try:
-            # Submitted from the event loop's thread, which then starts any new process: the
-            # thread its PR_SET_PDEATHSIG watches lives as long as the core.
+            pool = await self._ready(slot)
+            loop = asyncio.get_running_loop()
+            # Submitted from the event loop's thread, which then starts the process if it has
+            # not yet: the thread its PR_SET_PDEATHSIG watches lives as long as the core.
             return await loop.run_in_executor(pool, analyze_serialized, request, operating_point)
         except BrokenProcessPool as exc:
             _log.error("an Analyze process died; the next call starts a new one")
-            if self._pool is pool:
-                self._pool = None
-                _kill(pool)
+            await self._discard(slot, pool)
             raise AnalyzeUnavailableError("the Analyze process died while analysing; retry") from exc
         except RuntimeError as exc:
-            if "shutdown" in str(exc):  # submit refused: the core is stopping
+            if self._stopped:  # submit refused: the pool was shut down by `stop`
                 raise AnalyzeUnavailableError("the core is stopping") from exc
             raise
+        finally:
+            slot.pending -= 1
 
     async def stop(self) -> None:
         """Kill the processes (an Analyze call still running fails); idempotent."""
         self._stopped = True
-        if self._starting is not None:
-            self._starting.cancel()  # `_start` kills what it started
-        pool, self._pool = self._pool, None
-        if pool is not None:
+        pools: list[ProcessPoolExecutor] = []
+        for slot in self._slots:
+            if slot.starting is not None:
+                slot.starting.cancel()  # `_start` kills what it started
+            if slot.pool is not None:
+                pools.append(slot.pool)
+                slot.pool = None
+        for pool in pools:
             await asyncio.to_thread(_kill, pool)
 
-    async def _ready(self) -> ProcessPoolExecutor:
-        pool = self._pool
+    async def _ready(self, slot: _Slot) -> ProcessPoolExecutor:
+        pool = slot.pool
         if pool is not None:
-            return pool
+            if _alive(pool):
+                return pool
+            # Died while idle (killed, out of memory): replaced before this call is handed over,
+            # which it would otherwise fail although the process held nothing of it.
+            _log.error("an Analyze process died while idle; starting a new one")
+            await self._discard(slot, pool)
         if self._stopped:
             raise AnalyzeUnavailableError("the core is stopping")
-        if self._starting is None:
-            # A task of its own, shielded: a caller whose deadline is shorter than a start (the
-            # shim's inline check allows 200 ms) must not cancel it for the callers after it.
-            self._starting = asyncio.ensure_future(self._start())
-            self._starting.add_done_callback(self._started)
-        return await asyncio.shield(self._starting)
+        # The first start starts them all, so that none loads its classifier under load later.
+        for other in self._slots if not self._begun else (slot,):
+            self._begin_start(other)
+        self._begun = True
+        assert slot.starting is not None
+        # Shielded: a caller whose deadline is shorter than a start (the shim's inline check
+        # allows 200 ms) must not cancel it for the callers after it.
+        return await asyncio.shield(slot.starting)
 
-    def _started(self, task: asyncio.Future[ProcessPoolExecutor]) -> None:
-        self._starting = None
+    def _begin_start(self, slot: _Slot) -> None:
+        if slot.pool is None and slot.starting is None:
+            starting = slot.starting = asyncio.ensure_future(self._start())
+            starting.add_done_callback(lambda task: self._started(slot, task))
+
+    def _started(self, slot: _Slot, task: asyncio.Future[ProcessPoolExecutor]) -> None:
+        slot.starting = None
         if task.cancelled() or task.exception() is not None:
             return  # the next call tries again
+        pool = task.result()
         if self._stopped:
-            _kill(task.result())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                with contextlib.suppress(OSError, ValueError):
+                    process.kill()  # reaped by the pool's own thread; no join on the event loop
         else:
-            self._pool = task.result()
+            slot.pool = pool
+
+    async def _discard(self, slot: _Slot, pool: ProcessPoolExecutor) -> None:
+        if slot.pool is pool:
+            slot.pool = None
+            await asyncio.to_thread(_kill, pool)
 
     async def _start(self) -> ProcessPoolExecutor:
         pool = ProcessPoolExecutor(
-            max_workers=self._settings.analyze_processes,
+            max_workers=1,
             mp_context=_mp,
             initializer=init,
             initargs=(self._settings, os.getpid()),
@@ -138,8 +187,23 @@ class AnalyzePool:
             raise AnalyzeUnavailableError(f"the Analyze process cannot load its analyzer: {error}")
         if warning is not None:
             _log.warning(warning)
-        _log.debug("Analyze processes started", processes=self._settings.analyze_processes)
+        _log.debug("Analyze process started")
         return pool
+
+
+def _alive(pool: ProcessPoolExecutor) -> bool:
+    """Whether the pool's process still runs (a dead one may not have broken the pool yet).
+
+    Its sentinel, not `is_alive()`: that reads "alive" for a process the pool's own thread has
+    just reaped (waitpid then fails with ECHILD, taken for "not started yet").
+    """
+    if getattr(pool, "_broken", False):
+        return False
+    try:
+        sentinels = [process.sentinel for process in list((getattr(pool, "_processes", None) or {}).values())]
+    except ValueError:  # a process object already closed
+        return False
+    return not multiprocessing.connection.wait(sentinels, timeout=0)
 
 
 def _kill(pool: ProcessPoolExecutor) -> None:
@@ -176,10 +240,14 @@ def init(settings: SecurityAnalysisSettings, parent_pid: int) -> None:
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A core in the background (`core_priority`) hands its idle scheduling class down; an inline
-    # verdict must not wait for idle CPU. Allowed unprivileged since Linux 2.6.39; else kept.
+    # verdict must not wait for idle CPU. Leaving it needs CAP_SYS_NICE or an RLIMIT_NICE of 20.
     with contextlib.suppress(OSError, AttributeError):
-        if os.sched_getscheduler(0) == os.SCHED_IDLE:
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        if os.sched_getscheduler(0) == os.SCHED_IDLE and not cpu_priority.to_foreground():
+            _init_warning = (
+                "the Analyze process runs at idle CPU priority, inherited from a core in the "
+                "background: the kernel refused normal priority (needs CAP_SYS_NICE or an "
+                "RLIMIT_NICE of 20); its answers wait for CPU nobody else wants"
+            )
     try:
         _analyzer = Analyzer.load(settings.operating_point, settings.model_path)
     except ModelError as exc:

@@ -10,6 +10,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -298,10 +299,25 @@ async def test_analyze_refuses_quickly_when_too_many_calls_wait() -> None:
         await server.stop(None)
 
 
-async def test_analyze_runs_in_a_process_of_its_own_and_survives_its_death(core: RunningCore) -> None:
+def _wait_dead(pid: int) -> None:
+    """Until `pid` has exited: gone, or a zombie with no thread left (after SIGKILL the main
+    thread shows Z while the others are still being torn down, and the process has not exited)."""
+    for _ in range(500):
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            threads = len(list(Path(f"/proc/{pid}/task").iterdir()))
+        except FileNotFoundError:
+            return
+        if state in ("Z", "X") and threads <= 1:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"process {pid} still runs")
+
+
+async def test_analyze_runs_in_a_process_of_its_own_replaced_when_found_dead(core: RunningCore) -> None:
     # The analysis runs outside the core's interpreter (ingest never waits for its lock), in a
-    # process started on the first call. Killed, it fails at most the calls it held, as
-    # UNAVAILABLE (the shim fails open on it), and the next call starts a fresh one.
+    # process started on the first call. Killed while idle, it held no call: the next call gets
+    # a fresh process and its answer, not an error.
     stub = _stub(core)
     assert core.core.analyze_pids == []
     first = await stub.Analyze(apb.AnalyzeRequest(tenant=TENANT, text=INJECTION))
@@ -309,17 +325,41 @@ async def test_analyze_runs_in_a_process_of_its_own_and_survives_its_death(core:
     (pid,) = core.core.analyze_pids
     assert pid != os.getpid()
     os.kill(pid, signal.SIGKILL)
-    answers: list[apb.AnalyzeResponse] = []
-    for _ in range(50):
-        try:
-            answers.append(await stub.Analyze(apb.AnalyzeRequest(tenant=TENANT, text=INJECTION), timeout=60))
-            break
-        except grpc.aio.AioRpcError as exc:
-            assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
-            assert "Analyze process died" in (exc.details() or "")
-    assert answers and answers[0].flagged
+    _wait_dead(pid)
+    again = await stub.Analyze(apb.AnalyzeRequest(tenant=TENANT, text=INJECTION), timeout=60)
+    assert again.flagged
     (fresh,) = core.core.analyze_pids
     assert fresh != pid
+
+
+async def test_a_process_killed_mid_call_fails_only_its_own_calls(tmp_path: Path) -> None:
+    # Two processes, a long call on each; one is killed. Its call fails UNAVAILABLE (the shim
+    # fails open on it); the other process and its call go on.
+    settings = core_settings(tmp_path / "db.duckdb")
+    two = dataclasses.replace(settings, security_analysis=SecurityAnalysisSettings(analyze_processes=2))
+    async with running_core(two) as running:
+        stub = _stub(running)
+        await stub.Analyze(apb.AnalyzeRequest(tenant=TENANT, text="hello"), timeout=60)
+        for _ in range(600):  # the first call starts both
+            if len(running.core.analyze_pids) == 2:
+                break
+            await asyncio.sleep(0.1)
+        victim, survivor = running.core.analyze_pids
+        long_text = "The quarterly report covers revenue, churn and hiring. " * 18_000
+        calls = [
+            asyncio.ensure_future(
+                stub.Analyze(apb.AnalyzeRequest(tenant=TENANT, text=long_text), timeout=120)
+            )
+            for _ in range(2)
+        ]
+        await asyncio.sleep(0.05)
+        os.kill(victim, signal.SIGKILL)
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        failed = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+        assert len(failed) == 1, outcomes
+        assert failed[0].code() == grpc.StatusCode.UNAVAILABLE
+        assert "Analyze process died" in (failed[0].details() or "")
+        assert survivor in running.core.analyze_pids
 
 
 async def test_analyze_processes_start_with_the_core_when_enforcement_asks_it(tmp_path: Path) -> None:
