@@ -496,6 +496,7 @@ class Exchange:
             content_type=content_type,
             content_encoding=content_encoding,
             max_body_bytes=self._proxy.settings.capture.max_body_bytes,
+            method=self.meta.method,
         )
 
     def _take(self, chunk: bytes) -> None:

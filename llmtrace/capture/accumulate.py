@@ -105,7 +105,8 @@ class ChoiceAccumulator:
         return call
 
     def to_choice(self, index: int) -> model.Choice:
-        """The finished choice; parts in the order reasoning, text, refusal."""
+        """The finished choice; parts in the order reasoning, text, refusal (reasoning streams
+        before the answer; `response_json` orders a whole message the same way)."""
         parts: list[model.Part] = []
         if self.reasoning.pieces:
             parts.append(model.Part(model.PART_REASONING, text=self.reasoning.text()))

@@ -66,6 +66,7 @@ def read_raw_exchange(span: span_pb2.Span) -> None:
             content_type=raw.response_content_type,
             content_encoding=raw.response_content_encoding,
             max_body_bytes=max_body_bytes,
+            method=raw.method,
         )
         capture.feed(raw.response_body)
         response = capture.finish()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Callable
 
 from llmtrace import limits
@@ -64,9 +65,13 @@ def raw_text(body: bytes, max_body_bytes: int) -> tuple[str, bool]:
     """`body` as text cut to the capture limit, and whether it was cut.
 
     The cut is in bytes, which bounds the characters too (one character is at least one byte);
-    invalid UTF-8 becomes U+FFFD so the text is always valid for protobuf.
+    invalid UTF-8 becomes U+FFFD so the text is always valid for protobuf. A cut through a
+    character drops its first bytes rather than storing a U+FFFD that was never sent.
     """
     limit = max(0, min(max_body_bytes, limits.MAX_BODY_CHARS))
     if len(body) <= limit:
         return body.decode("utf-8", "replace"), False
-    return body[:limit].decode("utf-8", "replace"), True
+    # Not final: an incomplete sequence at the very end is left unconsumed (the character the cut
+    # went through), while invalid bytes anywhere before it still become U+FFFD.
+    text, _ = codecs.utf_8_decode(body[:limit], "replace", False)
+    return text, True

@@ -147,13 +147,18 @@ def _identity(body: JsonObject, response: model.ParsedResponse) -> None:
 
 
 def _chat_message(raw: JsonObject, budget: Budget) -> model.Message:
-    parts = _budget_parts(text_parts(raw.get("content")), budget)
+    parts: list[model.Part] = []
     # DeepSeek and older vLLM name the reasoning `reasoning_content`; vLLM 0.10+ and OpenRouter
-    # name it `reasoning` (the stream reader accepts both too).
+    # name it `reasoning` (the stream reader accepts both too). It comes first, as the model
+    # produced it and as `ChoiceAccumulator.to_choice` orders a streamed answer: reasoning, text,
+    # refusal (the same exchange, streamed or not, stores the same parts).
     reasoning = raw.get("reasoning_content") or raw.get("reasoning")
-    for text, part_type in ((reasoning, model.PART_REASONING), (raw.get("refusal"), model.PART_REFUSAL)):
-        if isinstance(text, str) and text:
-            parts.append(model.Part(part_type, text=budget.take(text)))
+    if isinstance(reasoning, str) and reasoning:
+        parts.append(model.Part(model.PART_REASONING, text=budget.take(reasoning)))
+    parts += _budget_parts(text_parts(raw.get("content")), budget)
+    refusal = raw.get("refusal")
+    if isinstance(refusal, str) and refusal:
+        parts.append(model.Part(model.PART_REFUSAL, text=budget.take(refusal)))
     calls = openai_tool_calls(raw.get("tool_calls")) or legacy_function_call(raw.get("function_call"))
     for call in calls:
         call.arguments = budget.take(call.arguments)

@@ -16,7 +16,7 @@ from llmtrace.capture.decode import Decoder
 from llmtrace.capture.estimate import estimate_usage
 from llmtrace.capture.jsonvalues import loads
 from llmtrace.capture.request_parse import raw_text
-from llmtrace.capture.response_json import READERS, read_embeddings_edges, read_error
+from llmtrace.capture.response_json import READERS, read_embeddings_edges, read_error, read_responses
 from llmtrace.capture.sse import SseParser
 from llmtrace.capture.stream_anthropic import AnthropicStream
 from llmtrace.capture.stream_base import StreamReader
@@ -70,6 +70,8 @@ class ResponseCapture:
         "_edges",
         "_json_chars",
         "_limit",
+        "_method",
+        "_opaque",
         "_overflow",
         "_received",
         "_request",
@@ -88,8 +90,11 @@ class ResponseCapture:
         content_encoding: str,
         *,
         max_body_bytes: int,
+        method: str = "",
     ) -> None:
         self._request = request
+        # The request's HTTP method; empty when the caller does not know it.
+        self._method = method.upper()
         self._status = status
         self._limit = max(0, min(max_body_bytes, limits.MAX_BODY_CHARS))
         self._decoder = Decoder(content_encoding)
@@ -101,6 +106,8 @@ class ResponseCapture:
         self._body = bytearray()
         self._tail = b""
         self._json_chars = 0
+        # `finish` found a body it could not parse as a JSON object (not JSON, or too large).
+        self._opaque = False
         self._sse: SseParser | None = None
         self._stream: StreamReader | None = None
         # The end of a compressed stream decoded past `MAX_DECODED_BYTES`; None until then.
@@ -212,6 +219,8 @@ class ResponseCapture:
             and not response.error_type
             and request.operation in _ESTIMATED_OPERATIONS
             and not self._undecoded
+            and self._method in ("", "POST")
+            and self._answered(response)
         ):
             stream = self._stream
             response.usage = estimate_usage(
@@ -221,6 +230,18 @@ class ResponseCapture:
                 output_chars=stream.budget.offered if stream is not None else self._json_chars,
             )
         return response
+
+    def _answered(self, response: model.ParsedResponse) -> bool:
+        """Whether the body held an answer whose tokens can be estimated. Only a POST generates
+        anything; the other exchanges on these routes (HEAD, a CORS preflight, a 204 or 304 with
+        no body, the stored-completions list that a GET returns) must not become usage."""
+        if response.id or response.model or response.choices:
+            return True  # a completion, embeddings list, or stream that named itself
+        if self._stream is not None:
+            return self._stream.deltas > 0
+        # A body that was not parsed (not JSON, or too large to) may still be an answer, as the
+        # estimate has always assumed; an empty one or a parsed non-answer is not.
+        return self._opaque
 
     @property
     def _undecoded(self) -> bool:
@@ -275,6 +296,7 @@ class ResponseCapture:
 
     def _finish_embeddings(self, response: model.ParsedResponse) -> None:
         if self._overflow or self._read_short:
+            self._opaque = True
             response.truncated = self._read_short
             read_embeddings_edges(bytes(self._body), self._tail, response)
         else:
@@ -287,10 +309,13 @@ class ResponseCapture:
             return
         data = None if self._overflow or self._read_short else loads(body)
         if isinstance(data, dict):
-            if read_error(data, response):
+            reader = READERS.get(self._request.api) if self._status < 400 else None
+            # A Responses API object that failed has `error` beside its id, model and usage: its
+            # reader keeps them all (and the error), as the stream reader does for `response.failed`.
+            own_error = reader is read_responses and data.get("object") == "response"
+            if not own_error and read_error(data, response):
                 return
-            reader = READERS.get(self._request.api)
-            if reader is not None and self._status < 400:
+            if reader is not None:
                 budget = Budget(self._limit)
                 reader(data, response, budget)
                 response.truncated = budget.truncated
@@ -298,6 +323,7 @@ class ResponseCapture:
                 return
             if self._request.api == model.API_MODELS and self._status < 400:
                 return  # the model list is not content
+        self._opaque = not isinstance(data, dict)
         text, cut = raw_text(body, self._limit)
         response.raw_body = text
         response.truncated = cut or self._overflow or self._read_short

@@ -7,6 +7,7 @@ from llmtrace.capture import model
 from llmtrace.capture.accumulate import TextAccumulator, ToolCallAccumulator
 from llmtrace.capture.estimate import text_tokens
 from llmtrace.capture.jsonvalues import as_dict, as_int, as_str, to_json_text
+from llmtrace.capture.parts import content_part
 from llmtrace.capture.stream_base import MAX_SLOTS, StreamReader, event_object
 from llmtrace.capture.usage import anthropic_usage
 
@@ -15,13 +16,15 @@ _DELTA_FIELDS = {"text_delta": "text", "thinking_delta": "thinking", "input_json
 
 
 class AnthropicStream(StreamReader):
-    """Content blocks by index: text and thinking blocks become parts, tool_use blocks tool calls."""
+    """Content blocks by index: tool_use blocks become tool calls, the others parts."""
 
     __slots__ = ("_blocks", "_output_counted", "_role", "_stop_reason")
 
     def __init__(self, budget_chars: int) -> None:
         super().__init__(budget_chars)
-        self._blocks: dict[int, tuple[str, TextAccumulator] | ToolCallAccumulator] = {}
+        # index -> a text or thinking block (part type, text), a tool call, or a block of no
+        # streamed content (redacted thinking, server tool results) as the part it stands for
+        self._blocks: dict[int, tuple[str, TextAccumulator] | ToolCallAccumulator | model.Part] = {}
         self._stop_reason = ""
         self._role = "assistant"
         # `message_delta` reported the output tokens (`message_start` says 1 before any output).
@@ -69,9 +72,19 @@ class AnthropicStream(StreamReader):
                     self.on_arguments(0, index, text)
             self._blocks[index] = call
             return
+        part_type = _BLOCK_PARTS.get(kind)
+        if part_type is None:
+            # Kept as the JSON reader keeps the same block (`content_part`): an `other` part
+            # naming its type for `redacted_thinking`, so streamed and whole answers agree.
+            part = content_part(block)
+            if part is not None:
+                if part.text:  # a plain-text document block
+                    part.text = self.budget.take(part.text)
+                self._blocks[index] = part
+            return
         accumulator = TextAccumulator()
-        accumulator.add(as_str(block.get(kind)) if kind in _BLOCK_PARTS else "", self.budget)
-        self._blocks[index] = (_BLOCK_PARTS.get(kind, model.PART_OTHER), accumulator)
+        accumulator.add(as_str(block.get(kind)), self.budget)
+        self._blocks[index] = (part_type, accumulator)
 
     def _delta(self, payload: dict[str, object]) -> None:
         delta = as_dict(payload.get("delta"))
@@ -88,7 +101,7 @@ class AnthropicStream(StreamReader):
             block.arguments.add(piece, self.budget)
             if self.on_arguments is not None:
                 self.on_arguments(0, index, piece)
-        elif block is not None:
+        elif isinstance(block, tuple):
             block[1].add(piece, self.budget)
             if self.on_text is not None and block[0] == model.PART_TEXT:
                 self.on_text(0, piece)
@@ -115,6 +128,8 @@ class AnthropicStream(StreamReader):
             block = self._blocks[index]
             if isinstance(block, ToolCallAccumulator):
                 message.tool_calls.append(block.to_model())
-            elif block[0] != model.PART_OTHER:
+            elif isinstance(block, model.Part):
+                message.parts.append(block)
+            else:
                 message.parts.append(model.Part(block[0], text=block[1].text()))
         return [model.Choice(0, message, self._stop_reason)]

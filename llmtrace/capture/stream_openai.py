@@ -27,8 +27,11 @@ class ChatStream(StreamReader):
         if not chunk:
             return
         self.set_identity(chunk.get("id"), chunk.get("model"))
-        if "error" in chunk:  # an error sent mid-stream ends the answer
-            self.set_error(chunk["error"])
+        error = chunk.get("error")
+        # An error sent mid-stream ends the answer. By its value, not its key: some
+        # OpenAI-compatible providers put `"error": null` in every chunk (as `read_error` does).
+        if error:
+            self.set_error(error)
             return
         usage = chunk.get("usage")
         if usage:
