@@ -239,7 +239,12 @@ def _query_file(settings: Settings, *, query: str, tenant: str, max_rows: int, f
         open_database,
     )
     from llmtrace.store.migrations import current_version  # noqa: PLC0415
-    from llmtrace.store.sql_sandbox import SqlRefused, SqlTimeout, execute_sandboxed  # noqa: PLC0415
+    from llmtrace.store.sql_sandbox import (  # noqa: PLC0415
+        RowEncoding,
+        SqlRefused,
+        SqlTimeout,
+        execute_sandboxed,
+    )
 
     path = Path(settings.storage.database_path).expanduser()
     if not path.is_file():
@@ -281,6 +286,8 @@ def _query_file(settings: Settings, *, query: str, tenant: str, max_rows: int, f
                 query=query,
                 max_rows=max_rows,
                 timeout_s=settings.sql.timeout_seconds,
+                # Reduced as fetched, so the time limit covers it as it does on the core.
+                encoding=RowEncoding(encode=lambda row: [to_plain(v) for v in row]),
             )
         except SqlRefused as exc:
             raise SqlCommandError(EXIT_REFUSED, f"query refused: {exc.message}") from None
@@ -292,7 +299,7 @@ def _query_file(settings: Settings, *, query: str, tenant: str, max_rows: int, f
         conn.close()
     return Result(
         columns=[Column(c.name, c.type) for c in result.columns],
-        rows=[[to_plain(v) for v in row] for row in result.rows],
+        rows=result.rows,
         truncated=result.truncated,
     )
 

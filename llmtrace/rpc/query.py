@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import duckdb
 import grpc
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
@@ -30,7 +31,7 @@ from llmtrace.rpc.row_convert import (
 from llmtrace.store import queries
 from llmtrace.store.listing import ListRequest, Page, list_page
 from llmtrace.store.reader import ReadTimeoutError, Row, StoreReader
-from llmtrace.store.sql_sandbox import SqlRefused, SqlTimeout, execute_sandboxed
+from llmtrace.store.sql_sandbox import RowEncoding, SqlRefused, SqlTimeout, execute_sandboxed
 
 Context = grpc.aio.ServicerContext[object, object]
 M = TypeVar("M", bound=Message)
@@ -292,12 +293,35 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         if request.max_rows < 0:
             raise invalid_argument([("max_rows", "must not be negative")])
         cap = min(request.max_rows or self._sql_max_rows, self._sql_max_rows)
-        try:
-            result = await self._sql_reader.run(
-                lambda cur: execute_sandboxed(
-                    cur, tenant=tenant, query=request.query, max_rows=cap, timeout_s=self._sql_timeout_s
-                )
+
+        def sql_row(values: tuple[object, ...]) -> query_service_pb2.SqlRow:
+            return query_service_pb2.SqlRow(values=[sql_value(v) for v in values])
+
+        # Rows are encoded as they are fetched, inside the query's time limit, and stop (the
+        # result truncated, as past max_rows) before the response would pass the message size.
+        encoding = RowEncoding(
+            encode=sql_row, size=_repeated_field_bytes, max_bytes=self._max_message_bytes - RESPONSE_HEADROOM
+        )
+
+        def run(cursor: duckdb.DuckDBPyConnection) -> query_service_pb2.ExecuteSqlResponse:
+            result = execute_sandboxed(
+                cursor,
+                tenant=tenant,
+                query=request.query,
+                max_rows=cap,
+                timeout_s=self._sql_timeout_s,
+                encoding=encoding,
             )
+            response = query_service_pb2.ExecuteSqlResponse(truncated=result.truncated)
+            for column in result.columns:
+                response.columns.add(name=column.name, type=column.type)
+            response.rows.extend(result.rows)
+            return response
+
+        try:
+            # All of it in the SQL reader's threads: neither encoding nor building the response
+            # runs in an unbounded thread of its own.
+            return await self._sql_reader.run(run)
         except SqlRefused as exc:
             code = (
                 grpc.StatusCode.PERMISSION_DENIED
@@ -310,18 +334,12 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         except SqlTimeout as exc:
             raise RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc), reason="SQL_TIMEOUT") from exc
 
-        def convert() -> query_service_pb2.ExecuteSqlResponse:
-            response = query_service_pb2.ExecuteSqlResponse(truncated=result.truncated)
-            for column in result.columns:
-                response.columns.add(name=column.name, type=column.type)
-            rows = [query_service_pb2.SqlRow(values=[sql_value(v) for v in values]) for values in result.rows]
-            # Rows past the size a response may have are cut, as rows past max_rows are.
-            count = fitting(rows, self._max_message_bytes - RESPONSE_HEADROOM)
-            response.rows.extend(rows[:count])
-            response.truncated |= count < len(rows)
-            return response
 
-        return await asyncio.to_thread(convert)
+def _repeated_field_bytes(row: query_service_pb2.SqlRow) -> int:
+    """What `row` adds to a response as an element of its repeated `rows` field (as `fitting`
+    counts it): the row, its field tag and its length as a varint."""
+    size = row.ByteSize()
+    return size + 1 + max(1, (size.bit_length() + 6) // 7)
 
 
 def _stats_query(request: query_service_pb2.GetStatsRequest) -> queries.StatsQuery:
