@@ -7,16 +7,16 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 import pytest_asyncio
 
-from llmtrace.api.v1 import common_pb2, finding_pb2, query_service_pb2
+from llmtrace.api.v1 import finding_pb2, query_service_pb2
 from llmtrace.config import SqlSettings
 from tests.conftest import RunningCore, core_settings, running_core
 from tests.factories import BASE_NS, MS, expect_failure, ingest_all, make_finding, make_span
+from tests.sql_rows import plain_rows
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -47,21 +47,6 @@ async def _sql(core: RunningCore, query: str, tenant: str = ACME, max_rows: int 
     return await core.query.ExecuteSql(Q.ExecuteSqlRequest(tenant=tenant, query=query, max_rows=max_rows))
 
 
-def _value(value: common_pb2.AnyValue) -> Any:
-    kind = value.WhichOneof("value")
-    if kind is None:
-        return None
-    if kind == "array_value":
-        return [_value(v) for v in value.array_value.values]
-    if kind == "kvlist_value":
-        return {kv.key: _value(kv.value) for kv in value.kvlist_value.values}
-    return getattr(value, kind)
-
-
-def _rows(response: Q.ExecuteSqlResponse) -> list[list[Any]]:
-    return [[_value(v) for v in row.values] for row in response.rows]
-
-
 def _columns(response: Q.ExecuteSqlResponse) -> list[tuple[str, str]]:
     return [(c.name, c.type) for c in response.columns]
 
@@ -81,7 +66,7 @@ async def test_select_over_spans(shared: RunningCore) -> None:
         ("duration_ms", "DOUBLE"),
         ("is_error", "BOOLEAN"),
     ]
-    assert _rows(response) == [
+    assert plain_rows(response) == [
         [
             f"000000000000000{i + 1}",
             f"model-{i}",
@@ -102,11 +87,11 @@ async def test_select_over_findings_and_traces(shared: RunningCore) -> None:
     )
 
     assert _columns(findings) == [("type", "VARCHAR"), ("severity", "VARCHAR"), ("confidence", "DOUBLE")]
-    assert _rows(findings) == [["pii_detected", "low", 0.25], ["prompt_injection", "high", 0.5]]
+    assert plain_rows(findings) == [["pii_detected", "low", 0.25], ["prompt_injection", "high", 0.5]]
     assert [name for name, _ in _columns(traces)] == ["span_count", "input_tokens", "models"]
     assert _columns(traces)[0][1] == "BIGINT"
     assert _columns(traces)[2][1] == "VARCHAR[]"
-    assert _rows(traces) == [
+    assert plain_rows(traces) == [
         [2, 300, ["model-0", "model-1"]],
         [1, 300, ["model-2"]],
         [1, 400, ["model-3"]],
@@ -122,7 +107,13 @@ async def test_aggregates_joins_and_ctes(shared: RunningCore) -> None:
         "LEFT JOIN flagged AS f ON f.span_id = s.span_id GROUP BY ALL ORDER BY 1",
     )
 
-    assert _rows(response) == [["model-0", 1], ["model-1", 0], ["model-2", 1], ["model-3", 0], ["model-4", 0]]
+    assert plain_rows(response) == [
+        ["model-0", 1],
+        ["model-1", 0],
+        ["model-2", 1],
+        ["model-3", 0],
+        ["model-4", 0],
+    ]
 
 
 async def test_result_value_types(shared: RunningCore) -> None:
@@ -134,7 +125,7 @@ async def test_result_value_types(shared: RunningCore) -> None:
         "42::HUGEINT AS small",
     )
 
-    assert _rows(response) == [
+    assert plain_rows(response) == [
         [
             None,
             True,
@@ -160,7 +151,7 @@ async def test_max_rows_truncates(shared: RunningCore) -> None:
     default = await _sql(shared, query)
 
     assert (len(three.rows), three.truncated) == (3, True)
-    assert _rows(three) == _rows(five)[:3]
+    assert plain_rows(three) == plain_rows(five)[:3]
     assert (len(five.rows), five.truncated) == (5, False)
     assert (len(default.rows), default.truncated) == (5, False)
 
@@ -183,9 +174,9 @@ async def test_each_tenant_sees_only_its_rows(shared: RunningCore) -> None:
         acme = await _sql(shared, f"SELECT DISTINCT tenant, count(*) OVER () FROM {view}", ACME)
         beta = await _sql(shared, f"SELECT DISTINCT tenant, count(*) OVER () FROM {view}", BETA)
         gamma = await _sql(shared, f"SELECT count(*) FROM {view}", "gamma")
-        assert _rows(acme) == [[ACME, acme_count]], view
-        assert _rows(beta) == [[BETA, beta_count]], view
-        assert _rows(gamma) == [[0]], view
+        assert plain_rows(acme) == [[ACME, acme_count]], view
+        assert plain_rows(beta) == [[BETA, beta_count]], view
+        assert plain_rows(gamma) == [[0]], view
 
     leak = await _sql(
         shared,
@@ -193,7 +184,7 @@ async def test_each_tenant_sees_only_its_rows(shared: RunningCore) -> None:
         "UNION ALL SELECT count(*) FROM (SELECT * FROM findings, traces) WHERE tenant = 'beta'",
         ACME,
     )
-    assert _rows(leak) == [[0], [0]]
+    assert plain_rows(leak) == [[0], [0]]
 
 
 REFUSALS: list[tuple[str, grpc.StatusCode]] = [
@@ -241,7 +232,7 @@ async def test_refusals_leave_no_trace(shared: RunningCore) -> None:
     for leftover in ("/tmp/llmtrace-test-x.csv", "/tmp/llmtrace-test-x.db"):
         assert not await asyncio.to_thread(Path(leftover).exists)
     count = await _sql(shared, "SELECT count(*) FROM spans")
-    assert _rows(count) == [[5]]
+    assert plain_rows(count) == [[5]]
 
 
 async def test_slow_query_hits_the_deadline(tmp_path: Path) -> None:
@@ -261,4 +252,4 @@ async def test_slow_query_hits_the_deadline(tmp_path: Path) -> None:
         assert failure.reason == "SQL_TIMEOUT"
         assert failure.message == "query exceeded 0.3 s"
         assert 0.3 <= elapsed < 5.0
-        assert _rows(after) == [[42]]
+        assert plain_rows(after) == [[42]]

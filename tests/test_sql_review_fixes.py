@@ -16,7 +16,7 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from llmtrace.api.v1 import common_pb2, query_service_pb2
+from llmtrace.api.v1 import query_service_pb2
 from llmtrace.cli.sql_command import run_sql
 from llmtrace.config import GrpcSettings, SqlSettings
 from llmtrace.store.database import open_database
@@ -30,6 +30,7 @@ from llmtrace.store.sql_sandbox import (
     interval_text,
 )
 from tests.conftest import RunningCore, core_settings, running_core
+from tests.sql_rows import plain_rows
 
 Q = query_service_pb2
 
@@ -50,21 +51,6 @@ HUGE_INTERVAL_TEXTS = ["178000000 years, 0:00:00", "1000000000 days, 0:00:00", "
 
 def _nested(depth: int) -> str:
     return "[" * depth + "1" + "]" * depth
-
-
-def _value(value: common_pb2.AnyValue) -> Any:
-    kind = value.WhichOneof("value")
-    if kind is None:
-        return None
-    if kind == "array_value":
-        return [_value(v) for v in value.array_value.values]
-    if kind == "kvlist_value":
-        return {kv.key: _value(kv.value) for kv in value.kvlist_value.values}
-    return getattr(value, kind)
-
-
-def _rows(response: Q.ExecuteSqlResponse) -> list[list[Any]]:
-    return [[_value(v) for v in row.values] for row in response.rows]
 
 
 async def _sql(core: RunningCore, query: str, max_rows: int = 0) -> Q.ExecuteSqlResponse:
@@ -94,7 +80,7 @@ async def test_slow_encoding_is_stopped_by_the_time_limit(core: RunningCore) -> 
         assert response.truncated
     # Before the fix: about 50 s. Generous for a slow CI machine, far below that.
     assert time.monotonic() - started < 10
-    assert _rows(await _sql(core, "SELECT 42")) == [[42]]
+    assert plain_rows(await _sql(core, "SELECT 42")) == [[42]]
 
 
 @pytest.mark.asyncio(loop_scope="module")
@@ -102,7 +88,7 @@ async def test_huge_intervals_are_values_not_internal_errors(core: RunningCore) 
     response = await _sql(core, HUGE_INTERVALS)
 
     assert [(c.name, c.type) for c in response.columns] == [(n, "INTERVAL") for n in "abc"]
-    assert _rows(response) == [HUGE_INTERVAL_TEXTS]
+    assert plain_rows(response) == [HUGE_INTERVAL_TEXTS]
 
 
 @pytest.mark.asyncio(loop_scope="module")
@@ -119,7 +105,7 @@ async def test_values_the_python_client_gets_wrong(core: RunningCore) -> None:
     )
 
     assert [c.type for c in response.columns][:4] == ["INTERVAL", "INTERVAL", "INTERVAL", "TIMESTAMP"]
-    assert _rows(response) == [
+    assert plain_rows(response) == [
         [
             "1 year, 0:00:00",
             "1 month, 17 days, 0:00:00",
@@ -141,7 +127,7 @@ async def test_values_the_python_client_gets_wrong(core: RunningCore) -> None:
 async def test_deep_lists_come_back_as_text(core: RunningCore) -> None:
     response = await _sql(core, f"SELECT {_nested(60)} AS deep, {_nested(MAX_NESTING)} AS ok")
 
-    deep, ok = _rows(response)[0]
+    deep, ok = plain_rows(response)[0]
     assert deep == _nested(60)
     assert ok == json.loads(_nested(MAX_NESTING))
     assert response.columns[0].type == "INTEGER" + "[]" * 60
@@ -156,7 +142,7 @@ async def test_rewritten_query_keeps_names_order_and_plain_columns(core: Running
     )
 
     assert [c.name for c in response.columns] == ["a", "a", 't"q', "iv"]
-    rows = _rows(response)
+    rows = plain_rows(response)
     assert [r[0] for r in rows] == list(range(2999, 1999, -1))
     assert response.truncated
     first = rows[0][0]
