@@ -108,12 +108,17 @@ def forwardable(headers: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
 
 
 def returnable(headers: Iterable[tuple[str, str]]) -> Header:
-    """The upstream response headers to send to the client (framing is the server's job)."""
+    """The upstream response headers to send to the client (framing is the server's job).
+
+    `X-LLMTrace-*` headers are the shim's to send: an upstream's (`X-LLMTrace-Flagged`, a findings
+    list of its own making) would read to the client as the proxy's verdict.
+    """
     pairs = list(headers)
     dropped = HOP_BY_HOP | _connection_listed(pairs)
     out = Header()
     for name, value in pairs:
-        if name.lower() not in dropped:
+        lower = name.lower()
+        if lower not in dropped and not lower.startswith(OUR_PREFIX):
             out.add(name, value)
     return out
 

@@ -545,7 +545,7 @@ class Exchange:
         early_stop = self._proxy.early_stop
         # A stop event can only follow a whole event: a plain stream that may be stopped goes out
         # up to its last blank line, the partial event after it with the next chunk.
-        events = _WholeEvents() if early_stop and not upstream.headers.get("content-encoding") else None
+        events = _WholeEvents() if early_stop and not _encoded(upstream) else None
         try:
             async for chunk in upstream.content.iter_any():
                 out = chunk if events is None else events.take(chunk)
@@ -613,7 +613,7 @@ class Exchange:
         # An event can be added only to a plain (uncompressed, unframed) stream. Any other is
         # cut, as an upstream that died would cut it: ended cleanly, it would read as a whole
         # answer (no error, no [DONE], no finish reason), and the client would use it as one.
-        if upstream.headers.get("content-encoding") or "content-length" in upstream.headers:
+        if _encoded(upstream) or "content-length" in upstream.headers:
             self._abort_client()
             return
         try:
@@ -725,6 +725,11 @@ class _RawAnswer:
     content_encoding: str
     chunks: list[bytes] = field(default_factory=list)
     size: int = 0
+
+
+def _encoded(upstream: aiohttp.ClientResponse) -> bool:
+    """Whether the answer's bytes are not its text as they are (`identity` means they are)."""
+    return upstream.headers.get("content-encoding", "").strip().lower() not in ("", "identity")
 
 
 def _error_text(exc: Exception) -> str:

@@ -38,10 +38,10 @@ def parse_request(path: str, body: bytes, content_type: str, *, max_body_bytes: 
     reader = _READERS.get(found.api)
     if reader is None and found.api == model.API_MODELS:
         return request  # a GET: any body is meaningless
-    if content_type.lower().startswith(_BINARY_TYPES):
+    data = loads(body) if reader is not None and _may_be_json(body, content_type) else None
+    if data is None and content_type.lower().startswith(_BINARY_TYPES):
         request.raw_body = f"[{len(body)} bytes of {content_type[: limits.MAX_NAME_CHARS]}]"
         return request
-    data = loads(body) if reader is not None else None
     if reader is not None and isinstance(data, dict):
         try:
             reader(data, request)
@@ -55,10 +55,19 @@ def parse_request(path: str, body: bytes, content_type: str, *, max_body_bytes: 
 def requested_model(path: str, body: bytes, content_type: str) -> str:
     """`parse_request(...).model` without reading the rest of the body (the access log's model,
     when nothing else needed the request read): a tenth of the cost for a chat request."""
-    if not body or _READERS.get(route_of(path).api) is None or content_type.lower().startswith(_BINARY_TYPES):
+    if not body or _READERS.get(route_of(path).api) is None or not _may_be_json(body, content_type):
         return ""
     data = loads(body)
     return as_str(data.get("model")) if isinstance(data, dict) else ""
+
+
+def _may_be_json(body: bytes, content_type: str) -> bool:
+    """Whether to read `body` as JSON on a JSON route. A binary type (an upload) is read only
+    when the body opens like a JSON object: an upstream that ignores the type would act on such
+    a body, and inline enforcement must see what the upstream sees, not a byte count."""
+    if not content_type.lower().startswith(_BINARY_TYPES):
+        return True
+    return body[:64].lstrip()[:1] == b"{"
 
 
 def raw_text(body: bytes, max_body_bytes: int) -> tuple[str, bool]:

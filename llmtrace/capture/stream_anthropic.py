@@ -83,8 +83,13 @@ class AnthropicStream(StreamReader):
                 self._blocks[index] = part
             return
         accumulator = TextAccumulator()
-        accumulator.add(as_str(block.get(kind)), self.budget)
+        initial_text = as_str(block.get(kind))
+        accumulator.add(initial_text, self.budget)
         self._blocks[index] = (part_type, accumulator)
+        # Anthropic's API starts a text block empty; a compatible upstream may start it with text,
+        # which the streaming checks must see as they see every delta.
+        if initial_text and self.on_text is not None and part_type == model.PART_TEXT:
+            self.on_text(0, initial_text)
 
     def _delta(self, payload: dict[str, object]) -> None:
         delta = as_dict(payload.get("delta"))
