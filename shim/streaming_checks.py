@@ -5,13 +5,17 @@ The response capture calls `on_text(choice, piece)` for every piece of answer te
 tool leaves as surely as one in the text); the proxy calls `scan()` once per network chunk, after
 the chunk went out to the client. Each text (a choice's answer, a call's arguments) is scanned on
 its own, never joined to another: each scan reads only its new text plus the last `OVERLAP`
-characters of it already scanned, so a value split across chunks (a card number in four pieces) is
-found when its last piece arrives, and the cost per chunk does not grow with the answer.
+characters of it already scanned (more, up to `JWT_KEEP`, while a JWT is still streaming: its
+regex needs the header and the payload in one scan), so a value split across chunks (a card number
+in four pieces) is found when its last piece arrives, and the cost per chunk does not grow with
+the answer.
 
 A finding is reported once: findings in the overlap alone were reported by an earlier scan, so of
 the findings in (overlap + new text), those beyond the ones the overlap alone holds (counted by
-type, detector and severity) are new. A severity upgrade (a private-key header, then its body) is
-a new finding.
+type, detector and severity) are new; but an overlap finding that the new text ends (a token
+followed by `_x`, a card by one more digit) no longer counts, so that a value of the same kind in
+the new text is not taken for it. A severity upgrade (a private-key header, then its body) is a new
+finding.
 """
 
 from __future__ import annotations
@@ -26,11 +30,25 @@ from llmtrace.capture.exchange import MAX_FINDINGS
 from llmtrace.security.findings import Finding, Severity
 from llmtrace.security.normalize import normalize
 from llmtrace.security.pii import find_pii
-from llmtrace.security.secrets import find_secrets
+from llmtrace.security.secrets import _JWT_HEADER_MAX, find_secrets
 
-#: Characters of already-scanned text each scan reads again. Covers any card, IBAN, phone, token
-#: or JWT split across chunks; a PEM private key is caught from its header and first key line.
+#: Characters of already-scanned text each scan reads again. Covers any card, IBAN, phone or token
+#: split across chunks; a PEM private key is caught from its header and first key line. A JWT can be
+#: longer: see `JWT_KEEP`.
 OVERLAP: Final = 512
+#: Furthest back a scan reads while a JWT-looking run (`eyJ` and base64url characters and dots) is
+#: still open at the end of the text: the JWT regex needs `eyJ`... through the second dot in one
+#: scan, so cutting the run at `OVERLAP` would lose any JWT whose header and payload pass it. Room
+#: for a header as long as the detector decodes (`_JWT_HEADER_MAX`) and as much payload; a longer
+#: run falls back to `OVERLAP`, so a stream of base64 cannot make every scan read more.
+JWT_KEEP: Final = 2 * _JWT_HEADER_MAX
+#: The characters of a JWT (its base64url segments and the dots between them).
+_JWT_CHARS: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-"
+_JWT_RUN: Final = re.compile(f"[{re.escape(_JWT_CHARS)}]*")
+#: Between the overlap and the new text when counting the new text's own findings: no value the
+#: detectors find runs across a blank line (a private key's body does, but then it is one finding
+#: either way).
+_SEAL: Final = "\n\n"
 
 _Key = tuple[str, str, Severity]
 #: (type, detector) of what a scan of a finished part or call finds, by ("content" or "call",
@@ -50,6 +68,28 @@ def _find(text: str, location: str) -> list[Finding]:
     return find_pii(normalized, location, normalized=True) + find_secrets(
         normalized, location, normalized=True
     )
+
+
+def _overlap(window: str) -> str:
+    """What of `window` the next scan reads again: its last `OVERLAP` characters, or from the `eyJ`
+    of a JWT-looking run that reaches its end and began before them (at most `JWT_KEEP` back)."""
+    cut = len(window) - OVERLAP
+    if cut <= 0:
+        return window
+    # A run that began before the cut fills everything after it: one linear match, and prose
+    # (spaces) fails it within a few characters.
+    if _JWT_RUN.fullmatch(window, cut) is None:
+        return window[cut:]
+    floor = max(0, len(window) - JWT_KEEP)
+    run = floor + len(window[floor:cut].rstrip(_JWT_CHARS))  # where the run begins
+    if run == floor and floor > 0:  # longer than JWT_KEEP: no JWT to keep whole
+        return window[cut:]
+    start = window.find("eyJ", run)
+    if start < 0 or start >= cut:
+        return window[cut:]
+    # One character before `eyJ` too: the JWT regex needs a word boundary there, and the text
+    # cut right at `eyJ` would make one that the answer lacks.
+    return window[max(start - 1, 0) :]
 
 
 @dataclass(slots=True)
@@ -123,21 +163,36 @@ class StreamCheck:
     @staticmethod
     def _scan(text: _Text) -> list[Finding]:
         tail = text.tail
-        window = tail + "".join(text.pending)
+        added = "".join(text.pending)
         text.pending.clear()
-        text.tail = window[-OVERLAP:]
+        window = tail + added
+        text.tail = _overlap(window)
         in_window = _find(window, text.location)
         if not in_window or not tail:
             return in_window
         # What the overlap holds on its own was reported by an earlier scan.
         seen = Counter(_key(f) for f in _find(tail, text.location))
         counts = Counter(_key(f) for f in in_window)
+        if not any(seen[key] for key in counts):
+            return in_window
+        # But one at the overlap's end may be gone from the window (a token followed by `_x` is no
+        # token): were all the overlap's findings subtracted, a value of the same kind in the new
+        # text would be taken for it and lost. Findings carry no offsets, so the new text's own
+        # findings are counted instead: those of the overlap and the new text sealed apart, less
+        # the overlap's. At most the rest of the window's (old ones, and values across the seam)
+        # were reported before.
+        sealed = Counter(_key(f) for f in _find(tail + _SEAL + added, text.location))
+        fresh: dict[_Key, int] = {}
+        for key, count in counts.items():
+            own = max(sealed[key] - seen[key], 0)
+            reported = max(min(seen[key], count - own), 0)
+            fresh[key] = count - reported
         new: list[Finding] = []
         # Findings come in text order per detector: the new ones of a key are its last ones.
         for finding in reversed(in_window):
             key = _key(finding)
-            if counts[key] > seen[key]:
-                counts[key] -= 1
+            if fresh[key] > 0:
+                fresh[key] -= 1
                 new.append(finding)
         new.reverse()
         return new
