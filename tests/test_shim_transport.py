@@ -11,6 +11,7 @@ import aiohttp
 import duckdb
 import pytest
 
+from llmtrace.config.schema import MetricsSettings
 from tests.conftest import OpenAIFactory, Stack, running_stack
 from tools.fake_upstream import FakeUpstreamConfig
 
@@ -205,3 +206,17 @@ async def test_head_and_unknown_routes_pass_through(stack: Stack) -> None:
     assert results[0] == results[1]
     spans = await stack.spans(expected=2)
     assert sorted(s.status.http_status_code for s in spans) == sorted([results[0][0][0], results[0][1][0]])
+
+
+async def test_metrics_off_leaves_the_path_to_the_upstream(tmp_path: Path) -> None:
+    # `metrics.enabled: false` said "do not serve metrics"; the proxy port served them anyway.
+    off = MetricsSettings(enabled=False, listen_addr="127.0.0.1:0")
+    headers = {"Authorization": f"Bearer {KEY}"}
+    async with (
+        running_stack(tmp_path, metrics=off) as stack,
+        aiohttp.ClientSession() as http,
+        http.get(stack.shim.base_url + "/metrics", headers=headers) as r,
+    ):
+        body = await r.text()
+    assert "llmtrace_shim_requests_total" not in body
+    assert [request.path for request in stack.upstream.requests] == ["/metrics"]
