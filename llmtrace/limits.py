@@ -39,6 +39,10 @@ MAX_TEXT_CHARS: Final = 8 * 1024
 MAX_BODY_CHARS: Final = 1024 * 1024
 #: Messages, choices, tools, attributes and findings per span (each list counted on its own).
 MAX_ITEMS: Final = 10_000
+#: Stop sequences of a request (the shim keeps the first 64), each at most MAX_NAME_CHARS.
+MAX_STOP_SEQUENCES: Final = 64
+#: Entries of a finding's metadata; keys at most MAX_NAME_CHARS, values MAX_TEXT_CHARS.
+MAX_FINDING_METADATA_ENTRIES: Final = 64
 #: Token counts above this are treated as corrupt (no request uses a billion tokens).
 MAX_TOKENS: Final = 1_000_000_000
 #: Cost above this (USD per span) is treated as corrupt.

@@ -19,9 +19,6 @@ from llmtrace.security.masking import mask_sensitive
 
 ERROR_STREAM_CUT = "upstream_stream_cut"
 _STREAM_CUT_MESSAGE = "the upstream stream ended before its final event"
-#: Stop sequences kept per request (they are short; the API allows four).
-MAX_STOP_SEQUENCES = 64
-
 _PART_TYPES = {
     model.PART_TEXT: span_pb2.CONTENT_PART_TYPE_TEXT,
     model.PART_IMAGE: span_pb2.CONTENT_PART_TYPE_IMAGE,
@@ -190,9 +187,11 @@ def _set_status(status: span_pb2.SpanStatus, response: model.ParsedResponse | No
             error_type = "upstream_error"
     if not error_type and http >= 400:
         error_type = str(http)  # as OpenTelemetry's `error.type` does for HTTP errors
-    if not error_type:
+    if not error_type and status.code != span_pb2.STATUS_CODE_ERROR:
         status.code = span_pb2.STATUS_CODE_OK
         return
+    # An ERROR the sender already gave stays one, even without a type and with a good answer:
+    # it knows what the answer cannot tell (the client gave up on it, say).
     status.code = span_pb2.STATUS_CODE_ERROR
     status.error_type = _name(error_type)
     # Upstream error messages may quote the request: masked unless content is kept in full.
@@ -249,7 +248,7 @@ def _set_parameters(out: span_pb2.RequestParameters, params: model.Parameters, m
     out.output_type = _name(params.output_type)
     if mode != BODIES_METADATA:  # stop sequences are text the client wrote
         masks = mode != BODIES_FULL
-        for stop in params.stop[:MAX_STOP_SEQUENCES]:
+        for stop in params.stop[: limits.MAX_STOP_SEQUENCES]:  # the core's limit
             out.stop_sequences.append(_name(mask_sensitive(stop) if masks else stop))
 
 

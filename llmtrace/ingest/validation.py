@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from llmtrace import limits
 from llmtrace.api.v1 import finding_pb2, span_pb2
@@ -30,6 +30,11 @@ _SHORT_FIELDS = (
     "server_address",
     "api_key_fingerprint",
 )
+
+
+#: Bad findings reported per span: the rest are not checked. 10,000 findings of a bad
+#: confidence made 30,000 violations, megabytes of response for one span of 361 KB.
+MAX_BAD_FINDINGS = 10
 
 
 def validate_span(span: span_pb2.Span, now_unix: float | None = None) -> list[Violation]:
@@ -161,11 +166,18 @@ def _check_cost(span: span_pb2.Span, out: list[Violation]) -> None:
 
 def _check_content(span: span_pb2.Span, out: list[Violation]) -> None:
     req, resp = span.request, span.response
+    if len(req.parameters.stop_sequences) > limits.MAX_STOP_SEQUENCES:
+        out.append(
+            ("request.parameters.stop_sequences", f"at most {limits.MAX_STOP_SEQUENCES} stop sequences")
+        )
     counts = (len(req.messages), len(req.tools), len(resp.choices))
     # Encoded size bounds every text length below it (a character takes at least one byte).
     if max(counts) <= limits.MAX_ITEMS and max(req.ByteSize(), resp.ByteSize()) <= limits.MAX_BODY_CHARS:
         # The size bound does not cover response.id, whose limit is far below the body's.
         _check_len(out, "response.id", resp.id, limits.MAX_NAME_CHARS)
+        # The short content strings are not checked one by one here: that cost about 10 µs of a
+        # span's 77 µs of ingest CPU (docs/benchmarks.md), and the size bound already holds each
+        # within 1 MiB. docs/limits.md says so.
         return
     if len(req.messages) > limits.MAX_ITEMS:
         out.append(("request.messages", f"at most {limits.MAX_ITEMS} messages"))
@@ -183,6 +195,37 @@ def _check_content(span: span_pb2.Span, out: list[Violation]) -> None:
     tools_chars = sum(len(t.parameters_json) + len(t.description) for t in req.tools)
     if tools_chars > limits.MAX_BODY_CHARS:
         out.append(("request.tools", f"definitions exceed {limits.MAX_BODY_CHARS} characters"))
+    _check_names(req, resp, out)
+
+
+def _check_names(req: span_pb2.LlmRequest, resp: span_pb2.LlmResponse, out: list[Violation]) -> None:
+    """The short strings of the content (roles, names, ids, MIME types, stop sequences...): each
+    at most MAX_NAME_CHARS. The content totals do not count them: once a side passed 1 MiB, a
+    3 MiB role was stored."""
+    _check_len(out, "request.parameters.output_type", req.parameters.output_type, limits.MAX_NAME_CHARS)
+    for i, stop in enumerate(req.parameters.stop_sequences[: limits.MAX_STOP_SEQUENCES]):
+        _check_len(out, f"request.parameters.stop_sequences[{i}]", stop, limits.MAX_NAME_CHARS)
+    for i, tool in enumerate(req.tools[: limits.MAX_ITEMS]):
+        _check_len(out, f"request.tools[{i}].type", tool.type, limits.MAX_NAME_CHARS)
+        _check_len(out, f"request.tools[{i}].name", tool.name, limits.MAX_NAME_CHARS)
+    for i, message in enumerate(req.messages[: limits.MAX_ITEMS]):
+        _check_message_names(f"request.messages[{i}]", message, out)
+    for i, choice in enumerate(resp.choices[: limits.MAX_ITEMS]):
+        _check_len(out, f"response.choices[{i}].finish_reason", choice.finish_reason, limits.MAX_NAME_CHARS)
+        if choice.HasField("message"):
+            _check_message_names(f"response.choices[{i}].message", choice.message, out)
+
+
+def _check_message_names(path: str, message: span_pb2.Message, out: list[Violation]) -> None:
+    _check_len(out, f"{path}.role", message.role, limits.MAX_NAME_CHARS)
+    _check_len(out, f"{path}.name", message.name, limits.MAX_NAME_CHARS)
+    _check_len(out, f"{path}.tool_call_id", message.tool_call_id, limits.MAX_NAME_CHARS)
+    for j, part in enumerate(message.parts):
+        _check_len(out, f"{path}.parts[{j}].mime_type", part.mime_type, limits.MAX_NAME_CHARS)
+    for j, call in enumerate(message.tool_calls):
+        _check_len(out, f"{path}.tool_calls[{j}].id", call.id, limits.MAX_NAME_CHARS)
+        _check_len(out, f"{path}.tool_calls[{j}].type", call.type, limits.MAX_NAME_CHARS)
+        _check_len(out, f"{path}.tool_calls[{j}].name", call.name, limits.MAX_NAME_CHARS)
 
 
 def _content_chars(messages: Iterable[span_pb2.Message]) -> int:
@@ -199,28 +242,55 @@ def _check_findings(span: span_pb2.Span, now: float, out: list[Violation]) -> No
     if len(span.findings) > limits.MAX_ITEMS:
         out.append(("findings", f"at most {limits.MAX_ITEMS} findings"))
         return
+    bad = 0
     for i, finding in enumerate(span.findings):
-        path = f"findings[{i}]"
-        if not finding.type:
-            out.append((f"{path}.type", "is required"))
-        _check_len(out, f"{path}.type", finding.type, limits.MAX_NAME_CHARS)
-        if finding.severity not in _SEVERITIES:
-            out.append((f"{path}.severity", "must be INFO, LOW, MEDIUM, HIGH or CRITICAL"))
-        if not 0.0 <= finding.confidence <= 1.0:
-            out.append((f"{path}.confidence", "must be in [0, 1]"))
-        if finding.span_id and finding.span_id != span.span_id:
-            out.append((f"{path}.span_id", "must be empty or the span's own span_id"))
-        if finding.trace_id and finding.trace_id != span.trace_id:
-            out.append((f"{path}.trace_id", "must be empty or the span's own trace_id"))
-        if finding.HasField("create_time"):
-            created = finding.create_time
-            if not 0 <= created.nanos < 1_000_000_000:
-                out.append((f"{path}.create_time.nanos", "must be in [0, 999999999]"))
-            elif not limits.MIN_START_UNIX_SECONDS <= created.seconds <= now + limits.MAX_FUTURE_SECONDS:
-                out.append((f"{path}.create_time", "must be after 2000-01-01 and at most a day ahead"))
-        _check_len(out, f"{path}.id", finding.id, limits.MAX_NAME_CHARS)
-        _check_len(out, f"{path}.description", finding.description, limits.MAX_TEXT_CHARS)
-        _check_len(out, f"{path}.excerpt", finding.excerpt, limits.MAX_TEXT_CHARS)
+        if bad == MAX_BAD_FINDINGS:
+            out.append(("findings", f"not checked past findings[{i - 1}]: fix the problems above first"))
+            return
+        before = len(out)
+        _check_finding(span, finding, f"findings[{i}]", now, out)
+        bad += len(out) > before
+
+
+def _check_finding(
+    span: span_pb2.Span, finding: finding_pb2.Finding, path: str, now: float, out: list[Violation]
+) -> None:
+    if not finding.type:
+        out.append((f"{path}.type", "is required"))
+    _check_len(out, f"{path}.type", finding.type, limits.MAX_NAME_CHARS)
+    if finding.severity not in _SEVERITIES:
+        out.append((f"{path}.severity", "must be INFO, LOW, MEDIUM, HIGH or CRITICAL"))
+    if not 0.0 <= finding.confidence <= 1.0:
+        out.append((f"{path}.confidence", "must be in [0, 1]"))
+    if finding.span_id and finding.span_id != span.span_id:
+        out.append((f"{path}.span_id", "must be empty or the span's own span_id"))
+    if finding.trace_id and finding.trace_id != span.trace_id:
+        out.append((f"{path}.trace_id", "must be empty or the span's own trace_id"))
+    if finding.HasField("create_time"):
+        created = finding.create_time
+        if not 0 <= created.nanos < 1_000_000_000:
+            out.append((f"{path}.create_time.nanos", "must be in [0, 999999999]"))
+        elif not limits.MIN_START_UNIX_SECONDS <= created.seconds <= now + limits.MAX_FUTURE_SECONDS:
+            out.append((f"{path}.create_time", "must be after 2000-01-01 and at most a day ahead"))
+    _check_len(out, f"{path}.id", finding.id, limits.MAX_NAME_CHARS)
+    _check_len(out, f"{path}.description", finding.description, limits.MAX_TEXT_CHARS)
+    _check_len(out, f"{path}.excerpt", finding.excerpt, limits.MAX_TEXT_CHARS)
+    _check_len(out, f"{path}.detector", finding.detector, limits.MAX_NAME_CHARS)
+    _check_len(out, f"{path}.location", finding.location, limits.MAX_NAME_CHARS)
+    if finding.metadata:
+        _check_metadata(finding.metadata, f"{path}.metadata", out)
+
+
+def _check_metadata(metadata: Mapping[str, str], path: str, out: list[Violation]) -> None:
+    if len(metadata) > limits.MAX_FINDING_METADATA_ENTRIES:
+        out.append((path, f"at most {limits.MAX_FINDING_METADATA_ENTRIES} entries"))
+        return
+    # One violation for each kind of problem: a map entry has no stable position to name, and
+    # its key (user data) is never quoted back.
+    if any(len(key) > limits.MAX_NAME_CHARS for key in metadata):
+        out.append((path, f"keys must be at most {limits.MAX_NAME_CHARS} characters"))
+    if any(len(value) > limits.MAX_TEXT_CHARS for value in metadata.values()):
+        out.append((path, f"values must be at most {limits.MAX_TEXT_CHARS} characters"))
 
 
 def _check_len(out: list[Violation], path: str, value: str, limit: int) -> None:

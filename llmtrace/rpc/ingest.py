@@ -11,6 +11,7 @@ import functools
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor, Future
+from typing import Any, Final
 
 import grpc
 import structlog
@@ -30,6 +31,20 @@ _log = structlog.get_logger(__name__)
 SERVICE_NAME = ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
 
 Context = grpc.aio.ServicerContext[object, object]
+
+# Rejection details are bounded: one span of 10,000 bad findings gave 30,000 violations, and a
+# 361 KB request a 5.5 MB response, past a default client's 4 MiB receive limit. That client saw
+# an error for a batch whose valid spans were committed, and sent it again forever (60 such
+# spans: a 111 MB response the core failed to send). Documented in docs/limits.md.
+#: Violations listed per rejected span; one more entry counts the rest.
+MAX_VIOLATIONS_PER_SPAN: Final = 10
+#: Bytes of rejection details (echoed ids and violations) per response, far below 4 MiB: past
+#: them, a rejected span's entry holds only its index, a few bytes for each of at most
+#: `limits.MAX_SPANS_PER_BATCH` spans. One span's details may go past the budget (by at most
+#: MAX_VIOLATIONS_PER_SPAN + 1 short violations).
+MAX_REJECTION_DETAIL_BYTES: Final = 1024 * 1024
+#: A malformed id is echoed cut to this many bytes: it may be megabytes long.
+MAX_ECHOED_ID_BYTES: Final = 32
 
 
 class _Prepared:
@@ -82,6 +97,7 @@ def _prepare_spans(
     valid: list[span_pb2.Span] = []
     keys: set[tuple[str, bytes, bytes]] = set()
     rejections: list[ingest_service_pb2.RejectedSpan] = []
+    detail_left = MAX_REJECTION_DETAIL_BYTES
     for index, span in enumerate(spans):
         violations = _read_raw(span) if span.HasField("raw_exchange") else []
         violations = violations or validate_span(span, now) or _finding_id_conflicts(span, owners)
@@ -91,22 +107,37 @@ def _prepare_spans(
                 keys.add(key)
                 valid.append(span)
             continue
-        rejections.append(
-            ingest_service_pb2.RejectedSpan(
-                index=index,
-                trace_id=span.trace_id,
-                span_id=span.span_id,
-                violations=[
-                    common_pb2.FieldViolation(field=f"spans[{index}].{field}", description=desc)
-                    for field, desc in violations
-                ],
-            )
-        )
+        rejection = ingest_service_pb2.RejectedSpan(index=index)
+        # Every rejected span keeps its entry (a sender dead-letters by `index`); its ids and
+        # violations only while the response's detail budget lasts (see MAX_REJECTION_DETAIL_BYTES).
+        if detail_left > 0:
+            rejection.trace_id = span.trace_id[:MAX_ECHOED_ID_BYTES]
+            rejection.span_id = span.span_id[:MAX_ECHOED_ID_BYTES]
+            rejection.violations.extend(_listed(index, violations))
+            detail_left -= rejection.ByteSize()
+        rejections.append(rejection)
     batch = build_write_batch(valid, int(now * 1_000_000)) if valid else None
     repeats = len(spans) - len(rejections) - len(valid)
     if for_analysis:
         valid = [_analysis_copy(span) for span in valid]
     return _Prepared(batch, valid, rejections, repeats)
+
+
+def _listed(index: int, violations: list[tuple[str, str]]) -> list[common_pb2.FieldViolation]:
+    """The violations of the span at `index` as sent back: the first MAX_VIOLATIONS_PER_SPAN,
+    then one entry counting the rest."""
+    listed = [
+        common_pb2.FieldViolation(field=f"spans[{index}].{field}", description=desc)
+        for field, desc in violations[:MAX_VIOLATIONS_PER_SPAN]
+    ]
+    if len(violations) > MAX_VIOLATIONS_PER_SPAN:
+        more = len(violations) - MAX_VIOLATIONS_PER_SPAN
+        listed.append(
+            common_pb2.FieldViolation(
+                field=f"spans[{index}]", description=f"... and {more} more problem(s), not listed"
+            )
+        )
+    return listed
 
 
 def _finding_id_conflicts(
@@ -190,13 +221,22 @@ def _partial_success(
 ) -> ingest_service_pb2.IngestPartialSuccess | None:
     if not rejections:
         return None
-    first = rejections[0].violations[0]
+    first = rejections[0].violations[0]  # the first rejection always fits the detail budget
     more = f" (and {len(rejections) - 1} more spans)" if len(rejections) > 1 else ""
+    listed = sum(1 for rejection in rejections if rejection.violations)
+    if listed < len(rejections):
+        more += f"; details are listed for the first {listed} only"
     return ingest_service_pb2.IngestPartialSuccess(
         rejected_spans=len(rejections),
         error_message=f"{len(rejections)} span(s) rejected: {first.field}: {first.description}{more}",
         rejections=rejections,
     )
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Retrieve the outcome of a task no one awaits any more, so that it is not logged."""
+    if not task.cancelled():
+        task.exception()
 
 
 class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
@@ -322,14 +362,22 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         if not self._closing.is_set():
             arrived = asyncio.ensure_future(anext(requests))
             closing = asyncio.ensure_future(self._closing.wait())
-            await asyncio.wait((arrived, closing), return_when=asyncio.FIRST_COMPLETED)
-            closing.cancel()
-            if arrived.done():
+            try:
+                await asyncio.wait((arrived, closing), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                # Also when the handler is cancelled in the wait (its client cancelled or went
+                # away): else each ended stream left a `closing` task until the core stopped,
+                # and an `arrived` task whose StopAsyncIteration was logged as never retrieved.
+                # That task may be done already (the stream's end arrives with the cancellation),
+                # so its outcome is retrieved whether or not it is cancelled here.
+                closing.cancel()
+                arrived.cancel()
+                arrived.add_done_callback(_retrieve)
+            if arrived.done() and not arrived.cancelled():
                 try:
                     return arrived.result()
                 except StopAsyncIteration:
                     return None
-            arrived.cancel()
         message = "the core is shutting down; send what was not acknowledged again"
         await abort(context, RpcError(grpc.StatusCode.UNAVAILABLE, message, reason="SHUTTING_DOWN"))
         return None  # not reached: abort raises
