@@ -14,6 +14,13 @@ _PROMPT_NOUN: Final = (
     r"(?:prompt|instructions|pre-?prompt|rules|guidelines|directives|configuration|programming))"
 )
 
+# "Your instructions for making bread", "your rules for formatting": the model's know-how about a
+# task, not its own orders. Still matched: "... for this conversation", "... on the chat".
+_NOT_ABOUT_A_TASK: Final = (
+    r"(?!\s+(?:for|on|about|regarding)\s+(?:how\b|[a-z]+ing\b|(?!(?:this|the|our|these|that)\b"
+    r"|(?:conversation|chat|session|task)\b)[a-z]+\b))"
+)
+
 # Gate vocabularies (whole words, see `rules.gate_open`).
 # Whole words of the first `reveal_prompt` alternative: its verbs and the last word of `_PROMPT_NOUN`.
 _REVEAL_VERBS: Final = (
@@ -123,8 +130,11 @@ RULES: Final[tuple[Rule, ...]] = (
         r"(?:back\s+)?(?:(?:all|everything|verbatim|exactly|word\s+for\s+word|in\s+full)\s+(?:of\s+)?)?"
         r"(?:your|all\s+(?:of\s+)?your|the\s+(?:above|initial|original|hidden|secret|full|exact|entire|complete"
         r"|previous|preceding|first|confidential)|the(?=\s+system\s+(?:prompt|message)))\s+"
-        r"(?:[a-z0-9]+,?\s+(?:and\s+)?){0,3}?" + _PROMPT_NOUN + r"\b"
-        r"|\b(?:print|output|show|give|share|reveal|display|repeat|tell\s+me)\w*\s+(?:me\s+)?(?:the\s+)?"
+        r"(?:[a-z0-9]+,?\s+(?:and\s+)?){0,3}?"
+        + _PROMPT_NOUN
+        + r"\b"
+        + _NOT_ABOUT_A_TASK
+        + r"|\b(?:print|output|show|give|share|reveal|display|repeat|tell\s+me)\w*\s+(?:me\s+)?(?:the\s+)?"
         r"(?:first|last|initial)\s+(?:\d+|few|hundred)\s+(?:characters|words|lines|tokens)\s+of\s+your\b"
         r"|\b(?:encode|translate|summari[sz]e|paraphrase|rewrite|spell|base64)\w*\s+your\s+(?:full\s+|entire\s+"
         r"|exact\s+)?(?:system\s+prompt|(?:initial|original|hidden|secret)\s+(?:prompt|instructions)"
@@ -218,7 +228,8 @@ RULES: Final[tuple[Rule, ...]] = (
         "Question about the model's own instructions",
         pattern=r"\bwhat\s+(?:are|were|is|was)\s+your\s+(?:exact\s+|initial\s+|original\s+|system\s+|hidden\s+"
         r"|secret\s+|first\s+)*(?:instructions|prompt|system\s+prompt|rules|directives|guidelines)\b"
-        r"|\bwhat\s+(?:were|have)\s+you\s+(?:been\s+)?(?:told|instructed|programmed)\s+(?:before|initially|"
+        + _NOT_ABOUT_A_TASK
+        + r"|\bwhat\s+(?:were|have)\s+you\s+(?:been\s+)?(?:told|instructed|programmed)\s+(?:before|initially|"
         r"at\s+the\s+(?:start|beginning)|to\s+(?:do|say|hide|keep))"
         r"|\bwhat\s+instructions\s+(?:are\s+you\s+following|have\s+you\s+been\s+given|were\s+you\s+given"
         r"|did\s+you\s+receive)"

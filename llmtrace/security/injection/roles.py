@@ -34,7 +34,10 @@ HEADER_RULES: Final[tuple[Rule, ...]] = (
         Severity.HIGH,
         0.8,
         "Fake system header or system-prompt delimiter",
-        pattern=r"^[ \t]*#{2,}[ \t]*(?:new[ \t]+)?(?:system|instructions?|assistant|developer|admin)"
+        # A markdown "## Instructions:" heading is a recipe's; "### Instruction:" (one, as in
+        # instruction-tuning formats) and "## New instructions:" are the fake headers.
+        pattern=r"^[ \t]*#{2,}[ \t]*(?:new[ \t]+(?:system|instructions?|assistant|developer|admin)"
+        r"|(?:system|instruction|assistant|developer|admin)(?!s))"
         r"(?:[ \t]+(?:prompt|message|override|instructions?))?[ \t]*:"
         r"|\b(?:begin|end|start)[ \t]+(?:of[ \t]+)?(?:the[ \t]+)?(?:new[ \t]+)?system[ \t]+"
         r"(?:prompt|message|instructions)\b"
@@ -91,7 +94,10 @@ ROLE_RULES: Final[tuple[Rule, ...]] = (
         "Fake system or assistant turn inside content",
         pattern=r"^[ \t]*(?:\[|<|\*\*)?(?:system|assistant|developer|admin|administrator|root)"
         r"(?:\]|>|\*\*)?[ \t]*:"
-        r"[ \t]*(?:you\b|ignore\b|disregard\b|new\s+(?:instructions|rules|task)|from\s+now|the\s+user\b"
+        # "you" as an order ("you are", "you must"), not in a note ("admin: you can find the logs").
+        r"[ \t]*(?:you(?:'re\b|\s+(?:are|must|will|should|shall|now|have\s+(?:to|been)|need\s+to"
+        r"|may\s+now)\b)"
+        r"|ignore\b|disregard\b|new\s+(?:instructions|rules|task)|from\s+now|the\s+user\b"
         r"|i\s+will\b|i'll\b|sure\b|certainly\b|understood\b|override\b|forget\b|do\s+not\b|don't\b"
         r"|reveal\b|access\s+granted|(?:developer|admin|god)\s+mode|all\s+(?:restrictions|filters|safety))",
         gate=(
