@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from llmtrace.config import REDACTED, ConfigError, ConfigIssue, Settings, load_config, redacted_dict
-from llmtrace.config.redact import redact_text
+from llmtrace.config.redact import looks_secret, redact_text
 from llmtrace.config.schema import ShipperSettings
 from llmtrace.config.yaml_file import MAX_NESTING
 
@@ -309,3 +309,15 @@ def test_shim_expands_home_in_spool_and_dead_letter_paths(
     asyncio.run(open_and_close())
     assert (home / "spool").is_dir()
     assert not (work / "~").exists()
+
+
+def test_a_token_as_a_urls_user_is_hidden_and_a_user_name_is_not() -> None:
+    token = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
+    shown = redact_text(f"https://{token}@github.com/org/repo.git")
+    assert token not in shown and shown.endswith("@github.com/org/repo.git")
+    assert redact_text("https://deploy@example.com/x") == "https://deploy@example.com/x"
+
+
+def test_camel_case_keys_with_acronyms_are_judged_by_their_words() -> None:
+    assert looks_secret("APIToken") and looks_secret("OAuthToken") and looks_secret("apiKey")
+    assert not looks_secret("HTTPProxy") and not looks_secret("maxTokens")

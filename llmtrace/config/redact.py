@@ -44,7 +44,8 @@ _COUNT_WORDS: Final = frozenset(
 )
 # A token never holds a quote: `-H "Authorization: Bearer sk-1"` keeps its closing one.
 _BEARER: Final = re.compile(r"(?i)\b(?P<head>bearer\s+)[^\s'\"]+")
-_CAMEL_BOUNDARY: Final = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+# Words of a camel-case key, acronyms included: `apiKey`, `APIToken` (API + Token).
+_CAMEL_BOUNDARY: Final = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 # Found from its `://` (the scheme before it stays as written): matched from the scheme's first
 # letter, every letter of a long run like "a-a-a-..." started a scan to its end, quadratic time.
 # Passwords hold `@`, `/`, `#` and `?` unencoded (`p@ss`), so the userinfo runs to the last `@`
@@ -53,6 +54,9 @@ _CAMEL_BOUNDARY: Final = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _URL_PASSWORD: Final = re.compile(
     r"(?P<head>(?<=[a-zA-Z0-9+.-])://[^:/?#@\s]*):(?P<password>(?:(?!://)\S)+)@"
 )
+# A token as a URL's whole userinfo (`https://ghp_...@github.com/org/repo`, how Git and many
+# registries take one): 20 or more token characters and no password. A user name is short.
+_URL_TOKEN_USER: Final = re.compile(r"(?P<head>(?<=[a-zA-Z0-9+.-])://)[A-Za-z0-9_\-]{20,}@")
 # URLs that are themselves the credential, whatever key holds them: the path is the secret.
 _WEBHOOK_URL: Final = re.compile(
     r"(?i)(?P<head>https?://(?:hooks\.slack\.com|(?:[\w-]+\.)?discord(?:app)?\.com/api/webhooks"
@@ -111,9 +115,10 @@ def looks_secret(key: str) -> bool:
 
 
 def redact_text(text: str) -> str:
-    """Hide URL passwords, webhook URLs, secret-looking query parameters, bearer tokens and the
+    """Hide URL passwords and tokens, webhook URLs, secret-looking query parameters, bearer tokens and the
     values of secret-looking headers (`x-api-key: ...`) inside a string."""
     text = _URL_PASSWORD.sub(lambda m: f"{m['head']}:{REDACTED}@", text)
+    text = _URL_TOKEN_USER.sub(lambda m: f"{m['head']}{REDACTED}@", text)
     text = _WEBHOOK_URL.sub(lambda m: m["head"] + REDACTED, text)
     text = _BEARER.sub(lambda m: m["head"] + REDACTED, text)
     text = _redact_headers(text)
