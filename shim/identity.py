@@ -19,7 +19,9 @@ from typing import Final
 from llmtrace.limits import MAX_AGENT_CHARS, tenant_problem
 
 DEFAULT_TENANT: Final = "default"
-_TRACEPARENT: Final = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:-.*)?$")
+# Lower-case hex only (W3C Trace Context's HEXDIGLC); fields after the flags only in a version
+# after 00, whose header may grow (version 00 has exactly four).
+_TRACEPARENT: Final = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[^\s]*)?")
 _ZERO_TRACE: Final = "0" * 32
 _ZERO_SPAN: Final = "0" * 16
 _MAX_SESSION_CHARS: Final = 256
@@ -105,10 +107,10 @@ def _session_trace_id(tenant: str, session: str) -> bytes:
 
 def _parse_traceparent(value: str) -> tuple[str, str, str] | None:
     # Invalid traceparents are ignored, as W3C Trace Context requires (start a new trace).
-    match = _TRACEPARENT.match(value.strip().lower())
+    match = _TRACEPARENT.fullmatch(value.strip(" \t"))
     if match is None:
         return None
-    version, trace_hex, parent_hex, flags = match.groups()
-    if version == "ff" or trace_hex == _ZERO_TRACE or parent_hex == _ZERO_SPAN:
+    version, trace_hex, parent_hex, flags, rest = match.groups()
+    if version == "ff" or (version == "00" and rest) or trace_hex == _ZERO_TRACE or parent_hex == _ZERO_SPAN:
         return None
     return trace_hex, parent_hex, flags

@@ -112,12 +112,21 @@ def test_identity_defaults_and_aliases() -> None:
         "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",  # all-zero parent
         "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  # forbidden version
         "not a traceparent",
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",  # upper-case hex
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",  # version 00 has 4 fields
     ],
 )
 def test_invalid_traceparent_starts_a_new_trace(value: str) -> None:
     identity = resolve_identity(Headers({"traceparent": value}))
     assert identity.parent_span_id == b"" and len(identity.trace_id) == 16
     assert identity.trace_id.hex() != "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def test_a_later_traceparent_version_may_carry_more_fields() -> None:
+    value = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-comes-next"
+    identity = resolve_identity(Headers({"traceparent": value}))
+    assert identity.trace_id.hex() == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert identity.parent_span_id.hex() == "00f067aa0ba902b7"
 
 
 def test_session_gives_a_stable_trace_per_tenant() -> None:
