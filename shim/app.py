@@ -202,7 +202,9 @@ def _sanic_error(request: ShimRequest, exception: Exception) -> HTTPResponse:
     proxy = request.app.ctx.proxy
     if proxy is not None and request.path not in _OWN_PATHS:
         proxy.record_refused(request, error)  # refused calls leave a trace too
-    return error_response(status, code, message)
+    # Sanic's own headers for the refusal: `Allow` on a 405, as RFC 9110 requires.
+    headers = {str(k): str(v) for k, v in (getattr(exception, "headers", None) or {}).items()}
+    return error_response(status, code, message, headers or None)
 
 
 def unexpected_error(request: ShimRequest, exception: Exception) -> HTTPResponse:

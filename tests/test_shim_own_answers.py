@@ -150,3 +150,15 @@ async def test_a_malformed_upstream_answer_names_no_query_credential(tmp_path: P
         assert secret not in body
         assert secret.decode() not in span.status.error_message
         assert secret not in span.SerializeToString()
+
+
+async def test_a_405_says_which_methods_are_allowed(stack: Stack) -> None:
+    # RFC 9110 §15.5.6: a 405 carries Allow. Sanic put it on its exception; our answer dropped it.
+    for request, allowed in (
+        (b"TRACE /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "GET"),
+        (b"POST /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", "GET"),
+    ):
+        status, headers, body = await exchange(stack.shim.base_url, request)
+        assert status == 405 and _error_code(body) == "method_not_allowed", body
+        (allow,) = [line for line in headers if line.lower().startswith(b"allow:")]
+        assert allowed in allow.decode()
