@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import gzip
 import os
 import time
 import uuid
@@ -300,3 +301,29 @@ async def test_fields_at_their_limits_are_accepted(shared: RunningCore, tenant: 
     stored = await _get(shared, span)
     assert stored.request.messages[0].role == name
     assert len(stored.findings[0].metadata) == limits.MAX_FINDING_METADATA_ENTRIES
+
+
+# --- 5. The compressed answers of one request share one decompression budget ------------------
+
+
+async def test_a_request_of_gzip_bombs_decompresses_about_one(shared: RunningCore, tenant: str) -> None:
+    # Each answer may decompress to MAX_SKIMMED_BYTES on its own; a request of such bombs held the
+    # single ingest thread for seconds each, every tenant's ingest waiting. Past the request's
+    # budget an answer is kept unread (stored, marked truncated, its text not read).
+    event = b'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\n\n'
+    decoded = event * (200 * MIB // len(event))  # one bomb fits the budget, two do not
+    bomb = gzip.compress(decoded)  # about 600 KB: under the 1 MiB a raw body may be
+    del decoded
+    spans = []
+    for _ in range(3):
+        span = _raw_span(tenant, span_pb2.STATUS_CODE_UNSPECIFIED, "", "")
+        raw = span.raw_exchange
+        raw.request_body = b'{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"Hi"}]}'
+        raw.response_content_type, raw.response_content_encoding = "text/event-stream", "gzip"
+        raw.response_body = bomb
+        spans.append(span)
+    assert (await _ingest(shared, *spans)).accepted_spans == 3
+    first, _, last = [await _get(shared, span) for span in spans]
+    assert first.response.choices and first.response.choices[0].message.parts[0].text.startswith("aaa")
+    assert not [part.text for choice in last.response.choices for part in choice.message.parts if part.text]
+    assert last.response.truncated

@@ -16,7 +16,7 @@ from llmtrace import limits
 from llmtrace.api.v1 import span_pb2
 from llmtrace.capture.content_filter import BODIES_FULL
 from llmtrace.capture.request_parse import parse_request
-from llmtrace.capture.response_parse import ResponseCapture
+from llmtrace.capture.response_parse import MAX_SKIMMED_BYTES, ResponseCapture
 from llmtrace.capture.span import add_content
 
 #: Largest body of either side the core reads (the capture limit's own ceiling): an exchange
@@ -47,7 +47,22 @@ def raw_exchange_problems(span: span_pb2.Span) -> list[tuple[str, str]]:
     return out
 
 
-def read_raw_exchange(span: span_pb2.Span) -> None:
+class DecodeBudget:
+    """Bytes that the compressed answers of one batch may decompress to, together.
+
+    Each answer may decompress to MAX_SKIMMED_BYTES on its own; 1 MiB of gzip can hold that much,
+    and reading it takes about a second and a half of CPU. A batch of such bombs held the core's
+    single ingest thread for half a minute, stalling every tenant's ingest; with one budget per
+    batch the answers past it are kept unread, marked truncated.
+    """
+
+    __slots__ = ("left",)
+
+    def __init__(self, total: int) -> None:
+        self.left = total
+
+
+def read_raw_exchange(span: span_pb2.Span, budget: DecodeBudget | None = None) -> None:
     """Fill the span's content from its raw exchange, then drop the raw exchange.
 
     Call only when `raw_exchange_problems` found none. Never raises for what the bodies hold:
@@ -67,9 +82,12 @@ def read_raw_exchange(span: span_pb2.Span) -> None:
             content_encoding=raw.response_content_encoding,
             max_body_bytes=max_body_bytes,
             method=raw.method,
+            max_decoded_bytes=MAX_SKIMMED_BYTES if budget is None else budget.left,
         )
         capture.feed(raw.response_body)
         response = capture.finish()
+        if budget is not None:
+            budget.left = max(budget.left - capture.decoded_bytes, 0)
     add_content(
         span,
         request,

@@ -70,6 +70,7 @@ class ResponseCapture:
         "_edges",
         "_json_chars",
         "_limit",
+        "_max_decoded",
         "_method",
         "_opaque",
         "_overflow",
@@ -91,8 +92,12 @@ class ResponseCapture:
         *,
         max_body_bytes: int,
         method: str = "",
+        max_decoded_bytes: int = MAX_SKIMMED_BYTES,
     ) -> None:
         self._request = request
+        # Most bytes decompressed from this body: MAX_SKIMMED_BYTES, or less where a caller
+        # shares one budget among many bodies (the core, per IngestSpans request).
+        self._max_decoded = min(max_decoded_bytes, MAX_SKIMMED_BYTES)
         # The request's HTTP method; empty when the caller does not know it.
         self._method = method.upper()
         self._status = status
@@ -140,6 +145,11 @@ class ResponseCapture:
         return True
 
     @property
+    def decoded_bytes(self) -> int:
+        """Bytes decompressed from a compressed body so far (0 for one sent as it is)."""
+        return self._decoded
+
+    @property
     def request(self) -> model.ParsedRequest:
         """The parsed request this response answers."""
         return self._request
@@ -157,7 +167,7 @@ class ResponseCapture:
                 return
             for piece in self._decoder.decode(chunk):
                 self._decoded += len(piece)
-                if self._decoded > MAX_SKIMMED_BYTES:
+                if self._decoded > self._max_decoded:
                     self._capped = True  # read no further; what was read is kept, marked truncated
                     return
                 if self._skimmed is not None or (self._decoded > MAX_DECODED_BYTES and not self._edges):

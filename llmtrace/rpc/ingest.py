@@ -19,7 +19,8 @@ from google.protobuf.message import DecodeError
 
 from llmtrace import limits
 from llmtrace.api.v1 import common_pb2, ingest_service_pb2, ingest_service_pb2_grpc, span_pb2
-from llmtrace.capture.raw import raw_exchange_problems, read_raw_exchange
+from llmtrace.capture.raw import DecodeBudget, raw_exchange_problems, read_raw_exchange
+from llmtrace.capture.response_parse import MAX_SKIMMED_BYTES
 from llmtrace.ingest.arrow_rows import build_write_batch
 from llmtrace.ingest.validation import validate_span
 from llmtrace.rpc import metrics
@@ -43,6 +44,9 @@ MAX_VIOLATIONS_PER_SPAN: Final = 10
 #: `limits.MAX_SPANS_PER_BATCH` spans. One span's details may go past the budget (by at most
 #: MAX_VIOLATIONS_PER_SPAN + 1 short violations).
 MAX_REJECTION_DETAIL_BYTES: Final = 1024 * 1024
+#: Bytes the compressed raw answers of one request may decompress to, together: one answer's
+#: own limit, so a request of gzip bombs costs about what one does (a second or two of CPU).
+MAX_DECODED_PER_REQUEST: Final = MAX_SKIMMED_BYTES
 #: A malformed id is echoed cut to this many bytes: it may be megabytes long.
 MAX_ECHOED_ID_BYTES: Final = 32
 
@@ -98,8 +102,10 @@ def _prepare_spans(
     keys: set[tuple[str, bytes, bytes]] = set()
     rejections: list[ingest_service_pb2.RejectedSpan] = []
     detail_left = MAX_REJECTION_DETAIL_BYTES
+    # One decompression budget for the whole request (llmtrace.capture.raw.DecodeBudget).
+    budget = DecodeBudget(MAX_DECODED_PER_REQUEST)
     for index, span in enumerate(spans):
-        violations = _read_raw(span) if span.HasField("raw_exchange") else []
+        violations = _read_raw(span, budget) if span.HasField("raw_exchange") else []
         violations = violations or validate_span(span, now) or _finding_id_conflicts(span, owners)
         if not violations:
             key = (span.tenant, span.trace_id, span.span_id)
@@ -182,13 +188,13 @@ def _analysis_copy(span: span_pb2.Span) -> span_pb2.Span:
     return own
 
 
-def _read_raw(span: span_pb2.Span) -> list[tuple[str, str]]:
+def _read_raw(span: span_pb2.Span, budget: DecodeBudget) -> list[tuple[str, str]]:
     """Fill a span sent with its raw exchange (the shim's) from the bodies; its problems if any."""
     problems = raw_exchange_problems(span)
     if problems:
         return problems
     try:
-        read_raw_exchange(span)
+        read_raw_exchange(span, budget)
     except Exception:  # a reader bug: the sender keeps the span (dead letter), the log says why
         _log.exception("cannot read a raw exchange", tenant=span.tenant)
         return [("raw_exchange", "cannot be read (see the core's log)")]
