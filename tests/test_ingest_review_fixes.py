@@ -23,11 +23,12 @@ import pytest
 import pytest_asyncio
 
 from llmtrace import limits
-from llmtrace.api.v1 import ingest_service_pb2, ingest_service_pb2_grpc, query_service_pb2, span_pb2
+from llmtrace.api.v1 import ingest_service_pb2, ingest_service_pb2_grpc, span_pb2
 from llmtrace.config.schema import SecurityAnalysisSettings
 from llmtrace.rpc.ingest import MAX_ECHOED_ID_BYTES, MAX_VIOLATIONS_PER_SPAN
 from tests.conftest import RunningCore, core_settings, running_core
 from tests.factories import make_finding, make_span
+from tests.test_ingest_rpc import _get, _ingest
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -49,17 +50,6 @@ async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Runn
 @pytest.fixture
 def tenant() -> str:
     return f"t-{uuid.uuid4().hex}"
-
-
-async def _ingest(core: RunningCore, *spans: span_pb2.Span) -> ingest_service_pb2.IngestSpansResponse:
-    return await core.ingest.IngestSpans(ingest_service_pb2.IngestSpansRequest(spans=spans))
-
-
-async def _get(core: RunningCore, span: span_pb2.Span) -> span_pb2.Span:
-    response = await core.query.GetSpan(
-        query_service_pb2.GetSpanRequest(tenant=span.tenant, span_id=span.span_id, trace_id=span.trace_id)
-    )
-    return response.span
 
 
 def _bad_findings_span(tenant: str, count: int) -> span_pb2.Span:
