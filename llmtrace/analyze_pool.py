@@ -194,8 +194,9 @@ class AnalyzePool:
 def _alive(pool: ProcessPoolExecutor) -> bool:
     """Whether the pool's process still runs (a dead one may not have broken the pool yet).
 
-    Its sentinel, not `is_alive()`: that reads "alive" for a process the pool's own thread has
-    just reaped (waitpid then fails with ECHILD, taken for "not started yet").
+    Its sentinel, readable once the process has exited whoever reaps it, not `is_alive()`: that
+    polls waitpid, which fails with ECHILD (taken for "not started yet", so "alive") once the
+    pool's own thread has reaped the process.
     """
     if getattr(pool, "_broken", False):
         return False
