@@ -178,16 +178,21 @@ def test_nesting_up_to_the_limit_is_accepted(tmp_path: Path) -> None:
         load_config(_write(tmp_path, deeper), env={})
 
 
-def test_validate_refuses_a_deep_alias_chain_without_a_traceback(tmp_path: Path) -> None:
-    lines = ["alerts:", "  l0: &l0 [x]"] + [f"  l{i}: &l{i} [*l{i - 1}]" for i in range(1, 3000)]
-    path = _write(tmp_path, "\n".join(lines) + "\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "llmtrace.cli.main", "validate", "--config", path],
+def _llmtrace(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`llmtrace ARGS` run from `cwd`, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "llmtrace.cli.main", *args],
         capture_output=True,
         text=True,
         check=False,
-        cwd=tmp_path,
+        cwd=cwd,
     )
+
+
+def test_validate_refuses_a_deep_alias_chain_without_a_traceback(tmp_path: Path) -> None:
+    lines = ["alerts:", "  l0: &l0 [x]"] + [f"  l{i}: &l{i} [*l{i - 1}]" for i in range(1, 3000)]
+    path = _write(tmp_path, "\n".join(lines) + "\n")
+    result = _llmtrace(tmp_path, "validate", "--config", path)
     assert result.returncode == 2
     assert result.stderr == f"llmtrace: invalid configuration: {path}: invalid YAML: nested too deeply\n"
 
@@ -246,13 +251,7 @@ def test_flag_bytes_that_are_not_utf8_are_an_error() -> None:
 
 def test_migrate_refuses_a_database_path_that_is_not_utf8(tmp_path: Path) -> None:
     config = _write(tmp_path, 'storage:\n  database_path: "\\udcff.duckdb"\n')
-    result = subprocess.run(
-        [sys.executable, "-m", "llmtrace.cli.main", "migrate", "--config", config],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=tmp_path,
-    )
+    result = _llmtrace(tmp_path, "migrate", "--config", config)
     assert result.returncode == 2
     assert "llmtrace: invalid configuration: storage.database_path: must be valid UTF-8 text" in result.stderr
     assert "Traceback" not in result.stderr

@@ -94,7 +94,8 @@ def test_choices_are_checked_separately() -> None:
     assert sorted(f.location for f in found) == ["response.choices[0]", "response.choices[1]"]
 
 
-def test_each_scan_reads_the_new_text_and_the_overlap_only(monkeypatch: pytest.MonkeyPatch) -> None:
+def scan_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The length of every text the streaming checks scan from now on, in order."""
     scanned: list[int] = []
     real = streaming_checks._find
 
@@ -103,6 +104,11 @@ def test_each_scan_reads_the_new_text_and_the_overlap_only(monkeypatch: pytest.M
         return real(text, location)
 
     monkeypatch.setattr(streaming_checks, "_find", spy)
+    return scanned
+
+
+def test_each_scan_reads_the_new_text_and_the_overlap_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    scanned = scan_sizes(monkeypatch)
     check = StreamCheck()
     piece = "lorem ipsum dolor sit amet "
     feed(check, [piece] * 2000)  # about 54 KB of answer

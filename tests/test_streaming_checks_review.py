@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any
 
 import pytest
 
 from llmtrace.security.findings import Severity
-from shim import streaming_checks
 from shim.streaming_checks import JWT_KEEP, OVERLAP, StreamCheck
-from tests.test_shim_streaming_checks import CARD, TOKEN, feed
+from tests.test_shim_streaming_checks import CARD, TOKEN, feed, scan_sizes
 
 #: Another valid GitHub token (36 characters after `ghp_`), and another card of high severity.
 TOKEN2 = "ghp_A7xk2Lm9Qp4Vz8Wn3Bt6Yc1Hd5Jf0Ga2Ks7Z"
@@ -47,14 +45,7 @@ def test_a_jwt_longer_than_the_overlap_streamed_in_small_pieces_is_found_once(ro
 
 
 def test_the_overlap_kept_for_an_open_jwt_run_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    scanned: list[int] = []
-    real = streaming_checks._find
-
-    def spy(text: str, location: str) -> Any:
-        scanned.append(len(text))
-        return real(text, location)
-
-    monkeypatch.setattr(streaming_checks, "_find", spy)
+    scanned = scan_sizes(monkeypatch)
     check = StreamCheck()
     piece = "AbCdEfGhIj" * 10
     # A JWT-looking run that never ends: kept back to its start up to JWT_KEEP characters, no more.
