@@ -42,8 +42,23 @@ def _write(tmp_path: Path, text: str) -> str:
         "a:" * 100_000,
         "x-api-key:" * 20_000,
         "bearer " * 30_000,
+        "a=" * 100_000,
+        "password='" * 30_000,  # quoted values that never close
+        "password=a " * 30_000,
     ],
-    ids=["scheme", "query", "password", "urls", "https", "colons", "headers", "bearer"],
+    ids=[
+        "scheme",
+        "query",
+        "password",
+        "urls",
+        "https",
+        "colons",
+        "headers",
+        "bearer",
+        "assignments",
+        "unclosed",
+        "secrets",
+    ],
 )
 def test_redaction_takes_linear_time_on_hostile_text(text: str) -> None:
     start = time.perf_counter()
@@ -101,6 +116,35 @@ def test_a_200_kb_config_validates_quickly(tmp_path: Path) -> None:
 )
 def test_header_values_and_url_fragments_are_hidden(text: str, shown: str) -> None:
     assert redact_text(text) == shown
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        # libpq connection strings, quoted values with spaces and escapes included.
+        ("host=db port=5432 password=pw-1 dbname=llm", f"host=db port=5432 password={REDACTED} dbname=llm"),
+        ("host=db password='a b\\' c' user=u", f"host=db password={REDACTED} user=u"),
+        ("host=db sslpassword=pw-2", f"host=db sslpassword={REDACTED}"),
+        # ODBC, .env lines and command-line flags.
+        ("Server=db;Uid=u;Pwd=pw-3;", f"Server=db;Uid=u;Pwd={REDACTED};"),
+        ("OPENAI_API_KEY=sk-4\nDEBUG=1", f"OPENAI_API_KEY={REDACTED}\nDEBUG=1"),
+        ("run --api-key=sk-5 --max_tokens=5", f"run --api-key={REDACTED} --max_tokens=5"),
+        ("token = tok-6 rest", f"token = {REDACTED} rest"),
+        # Not secrets: limits, paths, comparisons.
+        ("max_tokens=100 timeout=5 sslkey=/etc/k", "max_tokens=100 timeout=5 sslkey=/etc/k"),
+        ("a == b", "a == b"),
+        ("password=", "password="),
+    ],
+)
+def test_key_value_assignments_outside_urls_are_hidden(text: str, shown: str) -> None:
+    assert redact_text(text) == shown
+
+
+def test_a_connection_string_is_redacted_in_shown_config(tmp_path: Path) -> None:
+    path = _write(tmp_path, 'alerts:\n  note: "host=db user=llm password=DSN-SECRET dbname=x"\n')
+    dumped = yaml.safe_dump(redacted_dict(load_config(path, env={}).settings))
+    assert "DSN-SECRET" not in dumped
+    assert f"password={REDACTED}" in dumped
 
 
 def test_header_lists_are_redacted_in_validate_output(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
@@ -23,7 +24,7 @@ _SECRET_ANYWHERE: Final = frozenset(
     | {"webhook"}  # a Slack or PagerDuty webhook URL is itself the credential
     | {"authorization", "bearer"}
 )
-_SECRET_LAST: Final = frozenset({"key", "keys", "apikey", "token", "tokens", "dsn", "pass", "pem"})
+_SECRET_LAST: Final = frozenset({"key", "keys", "apikey", "token", "tokens", "dsn", "pass", "pwd", "pem"})
 # A last word that only says "the value of": `access_token_value` is judged by `token`.
 _VALUE_WORDS: Final = frozenset({"value", "values", "val"})
 # Words that make "tokens" a count of model tokens rather than credentials.
@@ -76,6 +77,16 @@ _HEADER: Final = re.compile(
 # Matched apart, only after a secret name: the value of every harmless `name:` ("https:" in a URL)
 # scanned to the end of a long word would be quadratic again.
 _HEADER_VALUE: Final = re.compile(r"[^\s'\"@]+")
+# `name=value` outside a URL's query: libpq and ODBC connection strings (`host=db password=pw`,
+# `Server=db;Pwd=pw`), `.env` lines (`OPENAI_API_KEY=sk-...`) and command-line flags
+# (`--api-key=sk-1`). The name starts a word and is at most 64 characters (linear scan); a name
+# after `?`, `&`, `;` or `#` is a query parameter, judged by `_QUERY_PARAM`.
+_ASSIGNMENT: Final = re.compile(r"(?<![\w.?&;#=])(?P<name>[A-Za-z_][\w.-]{0,63})[ \t]*=[ \t]*(?=[^\s=])")
+# A value as libpq reads one: quoted with `'` (backslash escapes) or up to whitespace or a
+# separator. An unterminated quote runs to the end of the text.
+_ASSIGNMENT_VALUE: Final = re.compile(r"'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?|[^\s'\";,&]+")
+# Connection-string names for a password that `looks_secret` reads as one word (`sslpassword`).
+_PASSWORD_SUFFIXES: Final = ("password", "passwd", "pwd")
 #: Containers nested deeper than this are not shown. The YAML reader refuses such files
 #: (yaml_file.MAX_NESTING) first; this keeps `_redact`'s recursion bounded whatever it is given.
 _MAX_DEPTH: Final = 100
@@ -102,6 +113,8 @@ def redacted_dict(settings: Settings) -> dict[str, object]:
     return redacted
 
 
+# Cached: hostile text repeats one name thousands of times, and each call splits it anew.
+@functools.lru_cache(maxsize=1024)
 def looks_secret(key: str) -> bool:
     """Whether a key's name suggests its value is a secret."""
     words = [w for w in re.split(r"[_\-.\s]+", _CAMEL_BOUNDARY.sub("_", key).lower()) if w]
@@ -122,6 +135,7 @@ def redact_text(text: str) -> str:
     text = _WEBHOOK_URL.sub(lambda m: m["head"] + REDACTED, text)
     text = _BEARER.sub(lambda m: m["head"] + REDACTED, text)
     text = _redact_headers(text)
+    text = _redact_assignments(text)
     return _QUERY_PARAM.sub(
         lambda m: (
             m["head"] + REDACTED
@@ -157,6 +171,26 @@ def _redact_headers(text: str) -> str:
             # value `x-api-key:` of a harmless name is itself the next header's name.
             parts.append(text[pos : match.end("name")])
             pos = match.end("name")
+    parts.append(text[pos:])
+    return "".join(parts)
+
+
+def _redact_assignments(text: str) -> str:
+    if "=" not in text:
+        return text
+    parts: list[str] = []
+    pos = 0
+    while (match := _ASSIGNMENT.search(text, pos)) is not None:
+        name = match["name"]
+        if looks_secret(name) or name.lower().endswith(_PASSWORD_SUFFIXES):
+            value = _ASSIGNMENT_VALUE.match(text, match.end())
+            if value is not None and value.end() > match.end():
+                parts += (text[pos : match.end()], REDACTED)
+                pos = value.end()
+                continue
+        # Go on from the name's end, as `_redact_headers` does: its value may name the next one.
+        parts.append(text[pos : match.end("name")])
+        pos = match.end("name")
     parts.append(text[pos:])
     return "".join(parts)
 
