@@ -85,7 +85,7 @@ def create_app(settings: Settings, *, core_addr: str | None = None) -> Sanic[Con
     app.add_route(_health, "/health", methods=["GET", "HEAD"], name="health", error_format="json")
     if settings.metrics.enabled:
         # Off, `/metrics` is not the proxy's: it is forwarded like any other path.
-        app.add_route(_metrics, "/metrics", methods=["GET"], name="metrics", error_format="json")
+        app.add_route(_metrics, "/metrics", methods=["GET", "HEAD"], name="metrics", error_format="json")
     app.add_route(_proxied, "/", methods=METHODS, name="proxy_root", error_format="json")
     app.add_route(_proxied, "/<path:path>", methods=METHODS, name="proxy", error_format="json")
     # error_format is given so Sanic does not parse our handlers' source to guess it.

@@ -33,12 +33,20 @@ def _error_code(body: bytes) -> str:
 
 
 async def test_health_and_metrics_carry_no_alt_svc(stack: Stack) -> None:
-    for path, head_only in (("/health", False), ("/health", True), ("/metrics", False)):
+    for path, head_only in (("/health", False), ("/health", True), ("/metrics", False), ("/metrics", True)):
         method = "HEAD" if head_only else "GET"
         request = f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
         status, headers, _ = await exchange(stack.shim.base_url, request)
         assert status == 200, (path, headers)
         assert _alt_svc(headers) == [], (method, path, headers)
+
+
+async def test_head_of_health_and_metrics_has_headers_and_no_body(stack: Stack) -> None:
+    for path in ("/health", "/metrics"):
+        request = f"HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        status, headers, body = await exchange(stack.shim.base_url, request)
+        assert status == 200 and body == b"", (path, status, body)
+        assert any(line.lower().startswith(b"content-type:") for line in headers), headers
 
 
 async def test_the_shims_error_answers_carry_no_alt_svc(stack: Stack) -> None:
