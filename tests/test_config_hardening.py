@@ -364,3 +364,19 @@ def test_a_token_as_a_urls_user_is_hidden_and_a_user_name_is_not() -> None:
 def test_camel_case_keys_with_acronyms_are_judged_by_their_words() -> None:
     assert looks_secret("APIToken") and looks_secret("OAuthToken") and looks_secret("apiKey")
     assert not looks_secret("HTTPProxy") and not looks_secret("maxTokens")
+
+
+# --- Worker count ------------------------------------------------------------------------------
+
+
+def test_a_worker_count_past_the_bound_is_refused_from_file_and_flag(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(_write(tmp_path, "workers: 100000\n"), env={})
+    assert "workers" in str(exc.value) and "at most 256" in str(exc.value)
+    with pytest.raises(ConfigError):
+        load_config(None, env={}, overrides={"workers": 257})
+    assert load_config(None, env={}, overrides={"workers": 256}).settings.workers == 256
+    # `llmtrace shim --workers N` is refused before anything starts, without a traceback.
+    result = _llmtrace(tmp_path, "shim", "--workers", "100000", "--listen-addr", "127.0.0.1:0")
+    assert result.returncode == 2, result.stderr
+    assert "workers" in result.stderr and "Traceback" not in result.stderr

@@ -248,6 +248,9 @@ def _roles(value: object) -> None:
 
 #: Processes `security_analysis.analyze_processes` may ask for (each holds a classifier).
 MAX_ANALYZE_PROCESSES: Final = 64
+#: Shim workers `workers` / `--workers` may ask for: each is a process of about 70 MiB, and a
+#: typo (`--workers 1000`) would otherwise fork until memory runs out.
+MAX_WORKERS: Final = 256
 
 #: Roles a chat message can have (boundary_defense.wrap_roles picks among them).
 MESSAGE_ROLES: Final = ("system", "developer", "user", "assistant", "tool", "function")
@@ -269,7 +272,7 @@ RULES: Final[dict[str, Rule]] = {
     "query.max_page_size": _positive,
     "query.default_page_size": _positive,
     "core_addr": _optional_host_port,
-    "workers": _positive,
+    "workers": _at_most(MAX_WORKERS),
     "core_priority": _one_of(CORE_PRIORITIES),
     "timeout_ms": _positive,
     "connection_timeout_ms": _positive,
