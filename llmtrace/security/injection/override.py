@@ -67,6 +67,26 @@ def not_aimed_at_model(lowered: str, start: int, matched: str) -> bool:
     return _OWN_TEXT.search(matched) is not None or not_imperative(lowered, start)
 
 
+# The word before a "New instructions:" header. A fake header opens a line, follows punctuation
+# ("Done. New instructions:") or an alarm word ("IMPORTANT NEW INSTRUCTIONS:"); after an article, a
+# possessive or a verb of passing orders on it is narrated ("the new instructions: preheat the
+# oven", "my manager sent new instructions: file the report").
+_WORD_BEFORE: Final = re.compile(r"([a-z0-9']+)[ \t]*\Z")
+_NARRATING: Final = frozenset(
+    {"the", "a", "an", "my", "his", "her", "their", "our", "its", "some", "any", "no"}
+    | {"sent", "send", "sends", "got", "get", "gets", "received", "receive", "gave", "give", "gives"}
+    | {"issued", "posted", "published", "read", "with", "of", "about", "under", "per"}
+)
+
+
+def narrated_header(lowered: str, start: int, matched: str) -> bool:
+    """Let a "new instructions:" match go when the word before it makes it part of a sentence."""
+    if not matched.endswith(":"):
+        return False  # the other branches ("your new task is", "from now on, you ...")
+    before = _WORD_BEFORE.search(lowered, max(0, start - 40), start)
+    return before is not None and before.group(1) in _NARRATING
+
+
 # Gate vocabularies (whole words, see `rules.gate_open`).
 _OVERRIDE_WORDS: Final = (
     "ignore",
@@ -263,6 +283,7 @@ RULES: Final[tuple[Rule, ...]] = (
         Severity.HIGH,
         0.75,
         "Injected replacement instructions",
+        veto=narrated_header,
         pattern=r"\b(?:new|updated|real|actual|revised)\s+(?:system\s+)?(?:instructions|directives|rules)\s*:"
         r"|\byour\s+(?:new|real|actual|true)\s+(?:task|instructions|purpose|goal|objective|role)\s+(?:is|are)\b"
         r"|\bfrom\s+now\s+on,?\s+(?:you|your)\b[^.\n]{0,80}?\b(?:no\s+longer|without\s+(?:any\s+)?"
