@@ -4,8 +4,17 @@ Finding types follow the predecessor's agent vocabulary: `dangerous_command` (re
 system or home directories, a download piped into a shell, `chmod 777`, `mkfs`, raw disk writes, fork
 bombs, reverse shells), `sensitive_file_access` (`/etc/shadow`, SSH keys, `.env` files, process
 environments, cloud credentials) and `suspicious_url` (`file://` and other SSRF schemes, the cloud
-metadata address, raw IP addresses, paste, tunnel and request-capture hosts). Loopback addresses are left
-alone: local development tools use them all the time.
+metadata address, raw IP addresses, paste, tunnel and request-capture hosts). Loopback addresses written
+the usual way are left alone: local development tools use them all the time.
+
+A download counts as run (`pipe_to_shell`) when it is piped into a shell or an interpreter reading its
+standard input (past `sudo` and its options, a path, `env`), read by one through process substitution
+(`bash <(curl …)`, `. <(curl …)`), run as the command of `sh -c "$(curl …)"` or `eval`, or handed to
+PowerShell's `Invoke-Expression`. A URL's host that is an IPv4 address in another notation, as browsers
+and curl read it (`2130706433`, `0x7f000001`, `0177.0.0.1`, `127.1`), is judged as the address it is,
+the way its dotted form would be; only loopback in such a notation is flagged where its dotted form is
+not (nothing but evasion writes it so). Invisible characters (zero-width, soft hyphen, BOM) inside a
+command or path are removed by `normalize` before matching; excerpts show the text without them.
 
 Every string in the arguments (JSON, parsed; raw text when it does not parse) is checked on its own, so
 a finding's location names the argument, e.g. `response.choices[0].message.tool_calls[0].arguments.cmd`.
@@ -13,6 +22,7 @@ a finding's location names the argument, e.g. `response.choices[0].message.tool_
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -51,6 +61,10 @@ class _Rule:
     pattern: re.Pattern[str]
     #: A further test of a match, for what a regex would say only by backtracking.
     accept: Callable[[re.Match[str]], bool] | None = None
+    #: Substrings of which the text must hold one for the rule to run (none: it always runs): a
+    #: pattern that cannot start from a literal is tried at every position, and most text holds no
+    #: `<(` or `$(` at all.
+    gate: tuple[str, ...] = ()
 
 
 def _rule(
@@ -61,9 +75,10 @@ def _rule(
     pattern: str,
     *,
     accept: Callable[[re.Match[str]], bool] | None = None,
+    gate: tuple[str, ...] = (),
 ) -> _Rule:
     description = kind.replace("_", " ").capitalize()
-    return _Rule(kind, type_, severity, confidence, description, re.compile(pattern), accept)
+    return _Rule(kind, type_, severity, confidence, description, re.compile(pattern), accept, gate)
 
 
 _SYSTEM_DIRS: Final = r"(?:etc|usr|var|bin|sbin|boot|home|root|lib|lib64|opt|dev|sys|proc)"
@@ -96,6 +111,114 @@ def _forced_recursive(match: re.Match[str]) -> bool:
     return recursive and forced
 
 
+# A download run as code. Every repetition is bounded and each is followed by a character it cannot
+# match (`-` options then whitespace, `\w+=` then `\S*`), so matching stays linear.
+_SHELL: Final = r"(?:(?:ba|z|da|k|tc|c)?sh|fish)"
+_INTERPRETER: Final = r"(?:python[\d.]*|perl|ruby|node|php)"
+_DOWNLOADER: Final = r"(?:curl|wget|fetch|iwr|irm|invoke-webrequest|invoke-restmethod|downloadstring)\b"
+# What runs its standard input: a shell, or an interpreter given no script (nothing, or `-`, after its
+# name: `python -m json.tool`, `perl -ne '…'`, `node parse.js` read the download as data), or
+# PowerShell's `iex`; after variables (`DEBUG=1`), `sudo` and its options (`-u root`), a path, `env`.
+_RUNS_STDIN: Final = (
+    r"(?:\w+=\S*\s+){0,4}"
+    r"(?:sudo(?:\s+-[\w-]+(?:[=\s]+(?!-)[\w.-]+)?){0,4}\s+)?"
+    r"(?:(?:/usr)?(?:/local)?/s?bin/)?(?:env\s+(?:\w+=\S*\s+){0,4})?(?:(?:/usr)?(?:/local)?/s?bin/)?"
+    rf"(?:{_SHELL}\b|{_INTERPRETER}(?=\s*(?:$|[\n;&|)'\"`]|-(?:\s|$)))|(?:iex|invoke-expression)\b)"
+)
+# Each way a download is run is its own pattern, gated on the characters it needs (see `_Rule.gate`).
+_PIPED_TO_RUN: Final = (
+    rf"\b{_DOWNLOADER}[^\n|;]{{0,300}}\|\s*{_RUNS_STDIN}"
+    rf"|\bbase64\s+(?:-d|--decode)\b[^\n|;]{{0,100}}\|\s*{_RUNS_STDIN}"
+)
+# Read as a script file through process substitution: `bash <(curl …)`, `source <(…)`, `. <(…)`.
+_SUBSTITUTED_SCRIPT: Final = (
+    rf"(?:\b(?:{_SHELL}|source|{_INTERPRETER})|(?<![^\s;&|(])\.)\s+(?:-[\w-]+\s+){{0,4}}"
+    rf"<\(\s*(?:sudo\s+)?{_DOWNLOADER}"
+)
+# Run as a command: `bash -c "$(curl …)"`, `node -e "$(curl …)"`, `eval "$(curl …)"`, `eval `curl …``.
+_SUBSTITUTED_COMMAND: Final = (
+    rf"\b(?:{_SHELL}\s+(?:-[\w-]+\s+){{0,3}}-[a-z]*c|{_INTERPRETER}\s+(?:-[\w-]+\s+){{0,3}}-[a-z]*[ce]|eval)"
+    rf"\s+[\"']?(?:\$\(|`)\s*(?:sudo\s+)?{_DOWNLOADER}"
+)
+# PowerShell: `iex ((New-Object Net.WebClient).DownloadString(…))`, `iex (iwr …)`.
+_INVOKED_EXPRESSION: Final = (
+    r"\b(?:iex|invoke-expression)\b[\s(]{0,8}(?:new-object\s+(?:system\.)?net\.webclient\s*\)\s*\.\s*"
+    r"downloadstring|(?:iwr|irm|invoke-webrequest|invoke-restmethod)\b)"
+)
+
+# A URL's host that may be an IPv4 address in a notation other than dotted decimal; `_ipv4` decides.
+# The match starts at `://` (the scheme is looked behind at): a pattern starting with a literal is
+# searched for fast, twenty times faster here than from `\b(?:https?|…)`; the excerpt still shows the
+# scheme, as context. Userinfo (`user:pw@`) and the host are bounded runs, so a failed match costs at
+# most their length.
+_IP_HOST_URL: Final = (
+    r"://(?:(?<=\bhttp://)|(?<=\bhttps://)|(?<=\bftp://)|(?<=\bws://)|(?<=\bwss://))"
+    r"(?P<userinfo>[^\s/?#@\[\]]{1,128}@)?(?P<host>[0-9a-fx.]{1,64})(?![\w.-])"
+)
+_METADATA_IP: Final = (169 << 24) | (254 << 16) | (169 << 8) | 254
+_LOOPBACK_NET: Final = 127
+_DIGITS: Final = {8: frozenset("01234567"), 10: frozenset("0123456789"), 16: frozenset("0123456789abcdef")}
+
+
+@functools.lru_cache(maxsize=256)  # both IP rules ask about the same host
+def _ipv4(host: str) -> int | None:
+    """The address a URL's host names when it is IPv4 in any notation browsers and curl accept (the
+    WHATWG URL standard's IPv4 parser): one to four parts, each decimal, octal (`0` first) or hex (`0x`
+    first), the last filling the bytes the others leave (`127.1`, `2130706433`); else None."""
+    parts = host.split(".")
+    if len(parts) > 1 and not parts[-1]:
+        parts.pop()  # a trailing dot names the same host
+    if len(parts) > 4:  # an address has four bytes
+        return None
+    numbers: list[int] = []
+    for part in parts:
+        if part.startswith("0x"):
+            digits, base = part[2:], 16
+        elif len(part) > 1 and part.startswith("0"):
+            digits, base = part[1:], 8
+        else:
+            digits, base = part, 10
+        if not part or not _DIGITS[base].issuperset(digits):
+            return None
+        numbers.append(int(digits, base) if digits else 0)
+    *leading, last = numbers
+    if any(number > 255 for number in leading) or last >= 256 ** (5 - len(numbers)):
+        return None
+    return last + sum(number << (8 * (3 - index)) for index, number in enumerate(leading))
+
+
+def _numeric_host(match: re.Match[str]) -> tuple[int, bool] | None:
+    """The address a matched URL's host names, and whether the host is in dotted decimal already."""
+    host = match.group("host")
+    address = _ipv4(host)
+    if address is None:
+        return None
+    dotted = ".".join(str((address >> shift) & 0xFF) for shift in (24, 16, 8, 0))
+    return address, host.removesuffix(".") == dotted
+
+
+def _metadata_host(match: re.Match[str]) -> bool:
+    """The metadata address as a host in another notation (in dotted decimal, anywhere, the other
+    `ssrf_scheme` rule's pattern finds it)."""
+    judged = _numeric_host(match)
+    return judged is not None and judged[0] == _METADATA_IP and not judged[1]
+
+
+def _other_ip_host(match: re.Match[str]) -> bool:
+    """Any other address as a host in another notation, or in dotted decimal behind userinfo (which the
+    `raw_ip_url` rule's own pattern does not read past); loopback in dotted decimal never, as there;
+    0.0.0.0/8 never (`http://0:8000/` is how Django's runserver names 0.0.0.0; nothing else is reachable
+    there)."""
+    judged = _numeric_host(match)
+    if judged is None:
+        return False
+    address, dotted = judged
+    network = address >> 24
+    if address == _METADATA_IP or network == 0:
+        return False
+    return not dotted or (match.group("userinfo") is not None and network != _LOOPBACK_NET)
+
+
 # Run on the lower-cased string, most specific first (overlapping later matches are dropped).
 _RULES: Final[tuple[_Rule, ...]] = (
     _rule(
@@ -121,13 +244,16 @@ _RULES: Final[tuple[_Rule, ...]] = (
         r"\bmkfs(?:\.\w+)?(?=\s)|\bdd\s+[^\n]{0,300}?\bof=/dev/(?:sd|hd|nvme|xvd|vd|disk|mmcblk)|>\s*/dev/(?:sd|nvme|hd)[a-z0-9]"
         r"|\bwipefs\s+-a|\bshred\s+[^\n]{0,300}?/dev/",
     ),
+    _rule("pipe_to_shell", DANGEROUS_COMMAND, Severity.HIGH, 0.85, _PIPED_TO_RUN, gate=("|",)),
+    _rule("pipe_to_shell", DANGEROUS_COMMAND, Severity.HIGH, 0.85, _SUBSTITUTED_SCRIPT, gate=("<(",)),
+    _rule("pipe_to_shell", DANGEROUS_COMMAND, Severity.HIGH, 0.85, _SUBSTITUTED_COMMAND, gate=("$(", "`")),
     _rule(
         "pipe_to_shell",
         DANGEROUS_COMMAND,
         Severity.HIGH,
         0.85,
-        r"\b(?:curl|wget|fetch)\b[^\n|;]{0,300}\|\s*(?:sudo\s+)?(?:ba|z|da|k)?sh\b"
-        r"|\bbase64\s+(?:-d|--decode)\b[^\n|;]{0,100}\|\s*(?:sudo\s+)?(?:ba|z|da|k)?sh\b",
+        _INVOKED_EXPRESSION,
+        gate=("iex", "invoke-expression"),
     ),
     _rule(
         "reverse_shell",
@@ -191,6 +317,8 @@ _RULES: Final[tuple[_Rule, ...]] = (
         r"|trycloudflare\.com|webhook\.site|requestbin\.\w+|pipedream\.net|burpcollaborator\.net|oastify\.com"
         r"|interact\.sh|oast\.\w+|canarytokens\.com|duckdns\.org|no-ip\.\w+)\b",
     ),
+    _rule("ssrf_scheme", SUSPICIOUS_URL, Severity.HIGH, 0.85, _IP_HOST_URL, accept=_metadata_host),
+    _rule("raw_ip_url", SUSPICIOUS_URL, Severity.MEDIUM, 0.6, _IP_HOST_URL, accept=_other_ip_host),
     _rule(
         "raw_ip_url",
         SUSPICIOUS_URL,
@@ -253,6 +381,7 @@ def _check(text: str, location: str, tool_shown: str) -> list[Finding]:
             description=f"{rule.description} in a call to {tool_shown}",
         )
         for rule in _RULES
+        if not rule.gate or any(map(lowered.__contains__, rule.gate))
         for m in rule.pattern.finditer(lowered)
         if m.end() > m.start() and (rule.accept is None or rule.accept(m))
     ]
