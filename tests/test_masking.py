@@ -53,6 +53,7 @@ _GITLAB = "gl" + "pat-" + "xY7-kP2_qR9sT4uV6wZ1"
         ("rm -rf / ; AB123456C", "rm -rf / ; [NINO]"),
         ("NI: AB 12 34 56 C ok", "NI: [NINO] ok"),
         ("my ssn is 536 22 1234 thanks", "my ssn is [SSN] thanks"),
+        ("call 415.555.0100 or 01.42.68.53.00", "call [PHONE] or [PHONE]"),
         (
             "postgres://app:S3cr3t-pa55@db.internal:5432/prod",
             "postgres://app:[PASSWORD]@db.internal:5432/prod",
@@ -89,6 +90,9 @@ def test_each_kind_is_masked(text: str, expected: str) -> None:
         "redis://:****@cache:6379/0",
         "amqp://guest:xxx@rabbit/vhost",
         "mongodb://admin:{{mongo_pass}}@mongo/app",
+        # IPv4 addresses with ten or more digits are addresses, not phone numbers.
+        "curl http://169.254.169.254/latest/meta-data",
+        "the gateway is 192.168.100.200",
         "",
     ],
 )

@@ -176,7 +176,14 @@ def _phone(match: re.Match[str]) -> str:
     digits = sum(char.isdigit() for char in text)
     # A bare run of digits is an id or an amount more often than a phone number.
     has_shape = text[0] == "+" or "(" in text or any(sep in text for sep in " .-")
-    return "[PHONE]" if 10 <= digits <= 15 and has_shape else text
+    return "[PHONE]" if 10 <= digits <= 15 and has_shape and not _is_ipv4(text) else text
+
+
+def _is_ipv4(text: str) -> bool:
+    """Whether `text` is a dotted-quad IPv4 address (`192.168.100.200`, `169.254.169.254`): ten or
+    more digits in dotted groups, but an address, which is not masked (see the module docstring)."""
+    parts = text.split(".")
+    return len(parts) == 4 and all(part.isdigit() and len(part) <= 3 and int(part) <= 255 for part in parts)
 
 
 def url_password_is_placeholder(password: str) -> bool:
