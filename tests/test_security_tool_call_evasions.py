@@ -8,19 +8,9 @@ import time
 
 import pytest
 
-from llmtrace.security.findings import Finding, Severity
+from llmtrace.security.findings import Severity
 from llmtrace.security.tool_calls import find_tool_call_risks
-
-LOCATION = "response.choices[0].message.tool_calls[0].function.arguments"
-
-
-def found(arguments: object, name: str = "run") -> list[Finding]:
-    return find_tool_call_risks(name, json.dumps(arguments), LOCATION)
-
-
-def detectors(arguments: object) -> list[str]:
-    return [f.detector.removeprefix("regex.tool.") for f in found(arguments)]
-
+from tests.test_security_tool_calls import LOCATION, found
 
 # --- a download executed by a shell or an interpreter ------------------------------------------------
 
