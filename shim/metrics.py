@@ -97,8 +97,9 @@ ENFORCEMENT_BLOCKED = Counter(
 )
 ENFORCEMENT_FAILOPEN = Counter(
     "llmtrace_shim_enforcement_failopen_total",
-    "Requests forwarded unchecked because the core's Analyze call failed (enforcement.depth: full), "
-    "by reason (deadline_exceeded, unavailable, ...).",
+    "Requests not checked as configured, by reason: the gRPC status of the core's failed Analyze call "
+    "(enforcement.depth: full; checked in the proxy instead), error (forwarded unchecked), "
+    "decode_limit or undecodable_body (a compressed body checked only as far as it could be read).",
     ["reason"],
 )
 ENFORCEMENT_SCAN_DURATION = Histogram(
@@ -129,7 +130,7 @@ BOUNDARY_MESSAGES = Counter(
 BOUNDARY_SKIPPED = Counter(
     "llmtrace_shim_boundary_skipped_total",
     "Chat requests with content to wrap forwarded unchanged because rewriting could alter other "
-    "values (boundary_defense), by reason: large_number, unsupported_json.",
+    "values (boundary_defense), by reason: large_number, unsupported_json, compressed.",
     ["reason"],
 )
 

@@ -41,7 +41,8 @@ from llmtrace.capture.content_filter import BODIES_FULL, normalize_mode
 from llmtrace.capture.exchange import ExchangeMeta
 from llmtrace.capture.model import API_CHAT_COMPLETIONS, API_MESSAGES
 from llmtrace.capture.raw import MAX_RAW_BODY_BYTES
-from llmtrace.capture.request_parse import requested_model
+from llmtrace.capture.request_parse import parse_encoded_request, request_codings, requested_model
+from llmtrace.capture.response_parse import MAX_SKIMMED_BYTES
 from llmtrace.capture.routes import route_of
 from llmtrace.capture.span import exchange_span
 from llmtrace.config.schema import Settings
@@ -82,6 +83,12 @@ FLAGGED_HEADER: Final = "X-LLMTrace-Flagged"
 FINDINGS_HEADER: Final = "X-LLMTrace-Findings"
 ERROR_BLOCKED: Final = "request_blocked"
 ERROR_STREAM_STOPPED: Final = "stream_stopped"
+#: Why a compressed request body could not be read whole (`llmtrace.enforcement.failopen`, and
+#: the failopen counter's reason, when the inline check could see only part of it, or none).
+UNREAD_UNDECODABLE: Final = "undecodable_body"
+UNREAD_DECODE_LIMIT: Final = "decode_limit"
+#: Why boundary defence left a chat request as it came, beside `boundary.Wrapped.skipped`'s reasons.
+BOUNDARY_SKIPPED_COMPRESSED: Final = "compressed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +167,11 @@ class Proxy:
             and not self.before_forward
             and not self.stream_checks
             else -1
+        )
+        # Most bytes a compressed request body is decoded to for reading: as much as a plain body
+        # may be (or the capture keeps), never past the core's own bound on one decompression.
+        self.decode_limit = min(
+            max(settings.max_request_size_bytes, settings.capture.max_body_bytes), MAX_SKIMMED_BYTES
         )
         # Bound once: a module-level structlog logger is a lazy proxy that rebinds per call.
         self.access_log = _access.bind() if settings.logging.access_log else None
@@ -273,12 +285,14 @@ class Exchange:
     __slots__ = (
         "_capture",
         "_check",
+        "_codings",
         "_identity",
         "_parsed",
         "_proxy",
         "_raw",
         "_reads_raw",
         "_request",
+        "_unread",
         "body",
         "extra_headers",
         "identity_error",
@@ -305,12 +319,24 @@ class Exchange:
             read_body = False
         self._identity = identity  # its traceparent is built only for a client that sent one
         self.body: bytes = request.body if read_body else b""
+        #: The codings of a compressed body (`Content-Encoding`), undone to read it; () if plain.
+        self._codings: tuple[str, ...] = (
+            request_codings(",".join(headers.getall("content-encoding")))
+            if "content-encoding" in headers
+            else ()
+        )
+        #: Why a compressed body could not be read whole (UNREAD_*); "" when it could.
+        self._unread = ""
         #: The answer kept unread for the core (None: read here, or no answer yet).
         self._raw: _RawAnswer | None = None
-        #: Whether this exchange's bodies go to the core unread (see `Proxy.raw_limit`).
-        self._reads_raw = len(self.body) <= proxy.raw_limit and not headers.get(
-            "content-type", ""
-        ).lower().startswith(_NOT_RAW_TYPES)
+        #: Whether this exchange's bodies go to the core unread (see `Proxy.raw_limit`). Not a
+        #: compressed request body: a raw exchange has no field for its encoding, so the core
+        #: would read the compressed bytes as the body.
+        self._reads_raw = (
+            len(self.body) <= proxy.raw_limit
+            and not self._codings
+            and not headers.get("content-type", "").lower().startswith(_NOT_RAW_TYPES)
+        )
         #: Response headers the shim adds (X-LLMTrace-Flagged, X-LLMTrace-Findings).
         self.extra_headers: dict[str, str] | None = None
         pairs = list(headers.items())
@@ -410,6 +436,12 @@ class Exchange:
             inspection = await guard.inspect(self.parsed_request, meta)
             if inspection.failed_open:
                 meta.set_attribute("llmtrace.enforcement.failopen", inspection.failed_open)
+            if self._unread:
+                # A compressed body checked only as far as it could be decoded (none of it, for
+                # an unknown or corrupt encoding): what could not be read is never blocked on.
+                metrics.ENFORCEMENT_FAILOPEN.labels(self._unread).inc()
+                if not inspection.failed_open:
+                    meta.set_attribute("llmtrace.enforcement.failopen", self._unread)
             if inspection.scanned:  # else the score stays unset: not analysed, rather than 0
                 meta.add_findings(inspection.findings)
                 meta.security_score = inspection.score
@@ -427,6 +459,10 @@ class Exchange:
                 return error.response(self.extra_headers)
         boundary = proxy.boundary
         if boundary is not None and self.body and route_of(self._request.path).api == API_CHAT_COMPLETIONS:
+            if self._codings:  # compressed: forwarded as it came, never rewritten
+                metrics.BOUNDARY_SKIPPED.labels(BOUNDARY_SKIPPED_COMPRESSED).inc()
+                meta.set_attribute("llmtrace.boundary_defense.skipped", BOUNDARY_SKIPPED_COMPRESSED)
+                return None
             wrapped = boundary.apply(self.body)
             if wrapped.skipped:
                 metrics.BOUNDARY_SKIPPED.labels(wrapped.skipped).inc()
@@ -628,13 +664,38 @@ class Exchange:
         enforcement needs it, else when the upstream's headers arrive (the response capture needs
         the request's API and stream flag), while the request is already on its way upstream."""
         if self._parsed is None:
-            self._parsed = parse_request(
-                self._request.path,
-                self.body,
-                self._request.headers.get("content-type", ""),
-                max_body_bytes=self._proxy.settings.capture.max_body_bytes,
-            )
+            if self._codings and self.body:
+                self._parsed = self._parse_encoded()
+            else:
+                self._parsed = parse_request(
+                    self._request.path,
+                    self.body,
+                    self._request.headers.get("content-type", ""),
+                    max_body_bytes=self._proxy.settings.capture.max_body_bytes,
+                )
         return self._parsed
+
+    def _parse_encoded(self) -> ParsedRequest:
+        """A compressed request body read from a decoded copy, up to `Proxy.decode_limit` of it
+        (the client's bytes are forwarded as they came)."""
+        max_body_bytes = self._proxy.settings.capture.max_body_bytes
+        parsed, decoded = parse_encoded_request(
+            self._request.path,
+            self.body,
+            self._request.headers.get("content-type", ""),
+            self._codings,
+            max_body_bytes=max_body_bytes,
+            max_decoded_bytes=self._proxy.decode_limit,
+        )
+        if decoded.cut:
+            self._unread = UNREAD_DECODE_LIMIT
+        elif decoded.failed:
+            self._unread = UNREAD_UNDECODABLE
+        if decoded.data or not decoded.failed:  # else the span keeps a note, not the body
+            self.meta.request_body_truncated = (
+                decoded.cut or decoded.failed or len(decoded.data) > max_body_bytes
+            )
+        return parsed
 
     def _answer(self, error: ShimError) -> HTTPResponse:
         self.meta.http_status = error.status

@@ -28,14 +28,28 @@ class Decoder:
     """Decodes one `content-encoding` chunk by chunk; `failed` once the bytes cannot be decoded.
 
     Supports identity, gzip, deflate (zlib-wrapped or raw, as servers send both) and br when the
-    `brotli` module is installed. Any other encoding sets `failed` at once.
+    `brotli` module is installed. Any other encoding sets `failed` at once. `max_members` bounds
+    the gzip members of one body (past it, `failed`): each costs Python work however small it is,
+    so a body of a million empty members would take seconds to read.
     """
 
-    __slots__ = ("_after_end", "_brotli", "_fed", "_started", "_zlib", "encoding", "failed")
+    __slots__ = (
+        "_after_end",
+        "_brotli",
+        "_fed",
+        "_max_members",
+        "_members",
+        "_started",
+        "_zlib",
+        "encoding",
+        "failed",
+    )
 
-    def __init__(self, content_encoding: str) -> None:
+    def __init__(self, content_encoding: str, *, max_members: int | None = None) -> None:
         self.encoding = content_encoding.strip().lower()
         self.failed = False
+        self._max_members = max_members
+        self._members = 1
         self._started = False
         # Input fed before any output, so that raw deflate can be retried from the first byte
         # (None once output came, or past `_RETRY_BYTES`).
@@ -52,6 +66,17 @@ class Decoder:
             self._brotli = _BROTLI.Decompressor()
         else:
             self.failed = True
+
+    @property
+    def complete(self) -> bool:
+        """Whether the bytes fed so far hold the whole of a stream (always, for identity)."""
+        if self.failed:
+            return False
+        if self._zlib is not None:
+            return bool(self._zlib.eof)
+        if self._brotli is not None:
+            return bool(self._brotli.is_finished())
+        return True
 
     def decode(self, chunk: bytes) -> Iterator[bytes]:
         """The decoded bytes of `chunk`, in pieces of at most about `STEP_BYTES`."""
@@ -78,6 +103,10 @@ class Decoder:
                     return
                 if data[:2] != _GZIP_MAGIC:
                     return  # bytes after the end of the stream: ignored, as clients do
+                self._members += 1
+                if self._max_members is not None and self._members > self._max_members:
+                    self.failed = True
+                    return
                 self._zlib = zlib.decompressobj(32 + zlib.MAX_WBITS)  # the next gzip member
             try:
                 out: bytes = self._zlib.decompress(data, STEP_BYTES)

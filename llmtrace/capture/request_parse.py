@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
 
 from llmtrace import limits
 from llmtrace.capture import model
+from llmtrace.capture.decode import Decoder
 from llmtrace.capture.jsonvalues import JsonObject, as_str, loads
 from llmtrace.capture.request_anthropic import read_messages
 from llmtrace.capture.request_openai import read_chat, read_completions, read_embeddings, read_responses
@@ -22,6 +25,13 @@ _READERS: dict[str, Callable[[JsonObject, model.ParsedRequest], None]] = {
 
 # Bodies of these types are binary (uploads, audio): their bytes are not kept as text.
 _BINARY_TYPES = ("multipart/", "application/octet-stream", "audio/", "image/", "video/")
+#: Most codings one request body is decoded through (`Content-Encoding: gzip, br` is two).
+_MAX_CODINGS: Final = 4
+#: Most gzip members one request body is read from: a client sends one (`Decoder`).
+_MAX_MEMBERS: Final = 16
+#: Compressed bytes handed to the decoder at a time: `zlib` copies what is left of its input at
+#: the end of each gzip member, so a whole body at once would cost the square of its size.
+_FEED_BYTES: Final = 64 * 1024
 
 
 def parse_request(path: str, body: bytes, content_type: str, *, max_body_bytes: int) -> model.ParsedRequest:
@@ -50,6 +60,80 @@ def parse_request(path: str, body: bytes, content_type: str, *, max_body_bytes: 
             request = model.ParsedRequest(api=found.api, operation=found.operation, provider=found.provider)
     request.raw_body, request.truncated = raw_text(body, max_body_bytes)
     return request
+
+
+def request_codings(content_encoding: str) -> tuple[str, ...]:
+    """The codings of a request body's `Content-Encoding`, in the order they were applied,
+    lower-cased: () for a plain body (no header, or only `identity`)."""
+    parts = (part.strip().lower() for part in content_encoding.split(","))
+    return tuple(part for part in parts if part and part != "identity")
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedBody:
+    """A compressed request body, decoded for reading (what is forwarded stays compressed)."""
+
+    data: bytes
+    #: It decoded to more than the limit: `data` is its first `max_bytes`.
+    cut: bool = False
+    #: Its codings could not be undone (unknown, corrupt or incomplete, too many of them or too
+    #: many gzip members): `data` is what came out before that.
+    failed: bool = False
+
+
+def decode_request_body(body: bytes, codings: tuple[str, ...], max_bytes: int) -> DecodedBody:
+    """`body` with its codings (`request_codings`) undone, never more than `max_bytes` of it,
+    a step of at most `decode.STEP_BYTES` at a time: a compression bomb costs about what reading
+    `max_bytes` of plain body costs. Never raises."""
+    if len(codings) > _MAX_CODINGS:
+        return DecodedBody(b"", failed=True)
+    data, cut = body, False
+    for coding in reversed(codings):
+        data, cut_here, complete = _undo(coding, data, max_bytes)
+        cut = cut or cut_here
+        # A coding under one that was cut sees only the start of its stream: not a failure.
+        if not cut and not complete:
+            return DecodedBody(data, failed=True)
+    return DecodedBody(data, cut=cut)
+
+
+def _undo(coding: str, data: bytes, max_bytes: int) -> tuple[bytes, bool, bool]:
+    """One coding undone: at most `max_bytes` of it, whether it was cut there, whether whole."""
+    decoder = Decoder(coding, max_members=_MAX_MEMBERS)
+    out = bytearray()
+    for start in range(0, len(data), _FEED_BYTES):
+        if decoder.failed:
+            break
+        for piece in decoder.decode(data[start : start + _FEED_BYTES]):
+            out += piece
+            if len(out) > max_bytes:  # the rest is never decoded
+                del out[max_bytes:]
+                return bytes(out), True, False
+    return bytes(out), False, decoder.complete
+
+
+def parse_encoded_request(
+    path: str,
+    body: bytes,
+    content_type: str,
+    codings: tuple[str, ...],
+    *,
+    max_body_bytes: int,
+    max_decoded_bytes: int,
+) -> tuple[model.ParsedRequest, DecodedBody]:
+    """`parse_request` of a compressed body, decoded up to `max_decoded_bytes`, and what decoding
+    it gave. A body cut there, or broken after some text, is read as far as it goes (marked
+    `truncated`); one that gave nothing is recorded as a note of its size and encoding."""
+    decoded = decode_request_body(body, codings, max_decoded_bytes)
+    if decoded.failed and not decoded.data:
+        request = parse_request(path, b"", content_type, max_body_bytes=max_body_bytes)
+        encoding = "".join(c if " " <= c <= "~" else "?" for c in ", ".join(codings))
+        request.raw_body = f"[{len(body)} bytes, Content-Encoding: {encoding[: limits.MAX_NAME_CHARS]}]"
+        return request, decoded
+    request = parse_request(path, decoded.data, content_type, max_body_bytes=max_body_bytes)
+    if decoded.cut or decoded.failed:
+        request.truncated = True
+    return request, decoded
 
 
 def requested_model(path: str, body: bytes, content_type: str) -> str:
