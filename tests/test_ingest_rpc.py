@@ -620,6 +620,8 @@ def _many(field: str, count: int) -> Mutator:
         elif field == "attributes":
             for i in range(count):
                 span.attributes.add(key=f"k{i}", value=common_pb2.AnyValue(int_value=i))
+        elif field == "long attribute key":
+            span.attributes.add(key="k" * (limits.MAX_NAME_CHARS + 1))
         else:
             assert field == "findings"
             span.findings.extend(make_finding(f"kind_{i}") for i in range(count))
@@ -640,6 +642,11 @@ def _big_content(field: str) -> Mutator:
         elif field == "response.choices":
             span.response.choices[0].message.parts[0].text = "a" * half
             span.response.choices.add(index=1).message.tool_calls.add(name="f", arguments="b" * half)
+        elif field == "attributes":
+            span.attributes.add(key="a", value=common_pb2.AnyValue(string_value="a" * half))
+            nested = common_pb2.AnyValue(array_value=common_pb2.ArrayValue(values=[common_pb2.AnyValue()]))
+            nested.array_value.values[0].string_value = "b" * half
+            span.attributes.add(key="b", value=nested)
         else:
             assert field == "request.tools"
             span.request.tools.add(name="f", description="d" * half, parameters_json="p" * half)
@@ -727,6 +734,8 @@ VALIDATION_CASES: list[tuple[str, Mutator, list[str]]] = [
     ("tools-too-many", _many("request.tools", limits.MAX_ITEMS + 1), ["request.tools"]),
     ("choices-too-many", _many("response.choices", limits.MAX_ITEMS), ["response.choices"]),
     ("attributes-too-many", _many("attributes", limits.MAX_ITEMS + 1), ["attributes"]),
+    ("attributes-too-big", _big_content("attributes"), ["attributes"]),
+    ("attribute-key-too-long", _many("long attribute key", 1), ["attributes[0].key"]),
     ("findings-too-many", _many("findings", limits.MAX_ITEMS + 1), ["findings"]),
     ("request-body-too-big", _set(request__body="b" * (limits.MAX_BODY_CHARS + 1)), ["request.body"]),
     ("response-body-too-big", _set(response__body="b" * (limits.MAX_BODY_CHARS + 1)), ["response.body"]),

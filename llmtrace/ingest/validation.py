@@ -67,11 +67,25 @@ def validate_span(span: span_pb2.Span, now_unix: float | None = None) -> list[Vi
     _check_usage(span.usage, out)
     _check_cost(span, out)
     _check_content(span, out)
-    if len(span.attributes) > limits.MAX_ITEMS:
-        out.append(("attributes", f"at most {limits.MAX_ITEMS} attributes"))
+    if span.attributes:
+        _check_attributes(span, out)
     if span.findings:
         _check_findings(span, now, out)
     return out
+
+
+def _check_attributes(span: span_pb2.Span, out: list[Violation]) -> None:
+    attributes = span.attributes
+    if len(attributes) > limits.MAX_ITEMS:
+        out.append(("attributes", f"at most {limits.MAX_ITEMS} attributes"))
+        return
+    # Keys are names; values, nested ones included, are bounded together like a body (the encoded
+    # size bounds every string in them): one attribute could otherwise hold a whole gRPC message.
+    long_keys = [i for i, kv in enumerate(attributes) if len(kv.key) > limits.MAX_NAME_CHARS]
+    for i in long_keys[:MAX_BAD_FINDINGS]:
+        out.append((f"attributes[{i}].key", f"must be at most {limits.MAX_NAME_CHARS} characters"))
+    if sum(kv.ByteSize() for kv in attributes) > limits.MAX_BODY_CHARS:
+        out.append(("attributes", f"exceed {limits.MAX_BODY_CHARS} bytes encoded"))
 
 
 def _check_ids(span: span_pb2.Span, out: list[Violation]) -> None:
