@@ -501,7 +501,7 @@ class Exchange:
             capture = self._capture = self._response_capture(upstream.status, content_type, content_encoding)
             if self._proxy.stream_checks and capture.streaming:
                 check = self._check = StreamCheck()
-                capture.listen(check.on_text, check.on_arguments)
+                capture.listen(check.on_text, check.on_arguments, check.on_reasoning)
         response = await self._request.respond(_Relayed(status=upstream.status, headers=out_headers))
         if response is None:  # Sanic returns None only when a response was already sent
             return

@@ -55,8 +55,8 @@ _Key = tuple[str, str, Severity]
 #: choice position, part or call position).
 _Found = dict[tuple[str, int, int], set[tuple[str, str]]]
 _CHOICE_LOCATION: Final = re.compile(r"response\.choices\[(\d+)\](?:\.tool_calls\[(\d+)\]\.arguments)?")
-#: Part types whose text the stream readers hand to the checks (not reasoning).
-_CHECKED_PARTS: Final = frozenset({model.PART_TEXT, model.PART_REFUSAL})
+#: Part types whose text the stream readers hand to the checks: all that a client shows.
+_CHECKED_PARTS: Final = frozenset({model.PART_TEXT, model.PART_REFUSAL, model.PART_REASONING})
 
 
 def _key(finding: Finding) -> _Key:
@@ -106,10 +106,13 @@ class _Text:
 class StreamCheck:
     """The PII and secret check of one streamed answer."""
 
-    __slots__ = ("_calls", "_choices", "_opened", "_pending", "critical", "findings")
+    __slots__ = ("_calls", "_choices", "_opened", "_pending", "_reasoning", "critical", "findings")
 
     def __init__(self) -> None:
         self._choices: dict[int, _Text] = {}
+        #: Reasoning text by choice index: apart from the answer it comes before, so that a value
+        #: is never made of reasoning's end and the answer's start.
+        self._reasoning: dict[int, _Text] = {}
         #: Arguments by (choice index, the stream's key of the call).
         self._calls: dict[tuple[int, int], _Text] = {}
         #: Tool calls started, by choice index.
@@ -128,6 +131,16 @@ class StreamCheck:
         text = self._choices.get(index)
         if text is None:
             text = self._choices[index] = _Text(f"response.choices[{index}]")
+        if not text.pending:
+            self._pending.append(text)
+        text.pending.append(piece)
+
+    def on_reasoning(self, index: int, piece: str) -> None:
+        """Take a piece of the reasoning text of choice `index` (located as its answer is: the
+        core's location of the part is found at the end, `core_locations`)."""
+        text = self._reasoning.get(index)
+        if text is None:
+            text = self._reasoning[index] = _Text(f"response.choices[{index}]")
         if not text.pending:
             self._pending.append(text)
         text.pending.append(piece)

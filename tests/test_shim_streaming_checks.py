@@ -430,6 +430,8 @@ def _core_response_locations(response: Any) -> set[tuple[str, str, str]]:
     [
         ([("text", f"card {CARD}")], "response.choices[0]"),
         ([("reasoning", "let me think"), ("text", f"card {CARD}")], "response.choices[0].content[1]"),
+        ([("reasoning", f"the card is {CARD}"), ("text", "done")], "response.choices[0].content[0]"),
+        ([("reasoning", f"token {TOKEN}")], "response.choices[0]"),
         ([("text", "fine"), ("refusal", f"no, {TOKEN}")], "response.choices[0].content[1]"),
         ([("text", f"card {CARD}"), ("refusal", "no")], "response.choices[0].content[0]"),
     ],
@@ -440,7 +442,10 @@ def test_stream_findings_take_the_cores_locations(parts: list[tuple[str, str]], 
 
     check = StreamCheck()
     for kind, text in parts:
-        if kind != "reasoning":  # the stream readers hand answer and refusal text to the checks
+        if kind == "reasoning":  # the stream readers hand reasoning to the checks apart
+            check.on_reasoning(0, text)
+            check.scan()
+        else:
             feed(check, [text])
     message = model.Message("assistant", [model.Part(kind, text=text) for kind, text in parts])
     response = model.ParsedResponse(choices=[model.Choice(0, message)])
@@ -726,3 +731,94 @@ async def test_a_benign_tool_call_is_not_flagged_and_its_neighbours_are_checked_
     [card] = [f for f in span.findings if f.location == "response.choices[0].tool_calls[1].arguments"]
     assert card.type == "pii_detected"
     assert _stream_findings("pii") == before + 1  # found by the streaming check, not only later
+
+
+# --- reasoning ------------------------------------------------------------------------------------
+
+
+def test_reasoning_is_checked_apart_from_the_answer() -> None:
+    check = StreamCheck()
+    check.on_reasoning(0, f"the user's token is {TOKEN[:20]}")
+    assert [f.detector for f in check.scan()] == []
+    check.on_reasoning(0, TOKEN[20:] + ", keep it secret")
+    assert [f.severity for f in check.scan()] == [Severity.CRITICAL]  # split across two pieces
+    # Reasoning's end and the answer's start never make one value.
+    check.on_reasoning(0, "and the other one is " + TOKEN[:20])
+    check.on_text(0, TOKEN[20:] + " is what I will not say")
+    assert check.scan() == []
+
+
+def _reasoning_chunk(reasoning: str) -> bytes:
+    payload = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "deepseek-reasoner",
+        "choices": [{"index": 0, "delta": {"reasoning_content": reasoning}, "finish_reason": None}],
+    }
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+async def test_a_secret_in_streamed_reasoning_stops_the_stream(tmp_path: Path) -> None:
+    streamed = await _stream_through_shim(
+        tmp_path,
+        [
+            _reasoning_chunk("The config holds "),
+            _reasoning_chunk(TOKEN[:18]),
+            _reasoning_chunk(TOKEN[18:] + ", which I should not repeat."),
+            _reasoning_chunk(TAIL),
+            _chat_finish(),
+        ],
+        EARLY_STOP,
+    )
+    events = [e for e in streamed.received.split("\n\n") if e.strip()]
+    assert events[-1].startswith('data: {"error"')
+    assert "secret_leakage" in json.loads(events[-1].removeprefix("data: "))["error"]["message"]
+    assert TAIL not in streamed.received
+    span = streamed.span
+    assert span.status.error_type == "stream_stopped"
+    [secret] = [f for f in span.findings if f.type == "secret_leakage"]
+    assert secret.severity == finding_pb2.SEVERITY_CRITICAL
+    assert secret.location == "response.choices[0]"  # the choice's one part: its reasoning
+    assert TOKEN not in secret.excerpt
+
+
+@pytest.mark.parametrize("api", ["responses", "anthropic"])
+def test_every_reader_hands_reasoning_to_the_checks(api: str) -> None:
+    from llmtrace.capture.request_parse import parse_request  # noqa: PLC0415
+    from llmtrace.capture.response_parse import ResponseCapture  # noqa: PLC0415
+
+    if api == "responses":
+        path = "/v1/responses"
+        events = [
+            _named(
+                "response.reasoning_summary_text.delta", {"output_index": 0, "summary_index": 0, "delta": "a"}
+            ),
+            _named("response.reasoning_text.delta", {"output_index": 0, "content_index": 0, "delta": "b"}),
+            _named("response.output_text.delta", {"output_index": 1, "content_index": 0, "delta": "answer"}),
+        ]
+    else:
+        path = "/v1/messages"
+        events = [
+            _named(
+                "content_block_start", {"index": 0, "content_block": {"type": "thinking", "thinking": "a"}}
+            ),
+            _named("content_block_delta", {"index": 0, "delta": {"type": "thinking_delta", "thinking": "b"}}),
+            _named("content_block_start", {"index": 1, "content_block": {"type": "text", "text": ""}}),
+            _named("content_block_delta", {"index": 1, "delta": {"type": "text_delta", "text": "answer"}}),
+        ]
+    request = parse_request(
+        path, b'{"model": "m", "stream": true}', "application/json", max_body_bytes=1 << 20
+    )
+    capture = ResponseCapture(
+        request, status=200, content_type="text/event-stream", content_encoding="", max_body_bytes=1 << 20
+    )
+    heard: list[tuple[str, str]] = []
+    assert capture.listen(
+        lambda _, piece: heard.append(("text", piece)),
+        None,
+        lambda _, piece: heard.append(("reasoning", piece)),
+    )
+    for event in events:
+        capture.feed(event)
+    assert heard == [("reasoning", "a"), ("reasoning", "b"), ("text", "answer")]

@@ -134,14 +134,17 @@ class ResponseCapture:
         self,
         on_text: Callable[[int, str], None],
         on_arguments: Callable[[int, int, str], None] | None = None,
+        on_reasoning: Callable[[int, str], None] | None = None,
     ) -> bool:
-        """Have `on_text(choice index, piece)` called with answer text, and `on_arguments(choice
-        index, call key, piece)` with tool-call arguments, as events are fed; False when the body
-        is not an understood stream (nothing will be called)."""
+        """Have `on_text(choice index, piece)` called with answer text, `on_arguments(choice
+        index, call key, piece)` with tool-call arguments and `on_reasoning(choice index, piece)`
+        with reasoning text, as events are fed; False when the body is not an understood stream
+        (nothing will be called)."""
         if self._stream is None:
             return False
         self._stream.on_text = on_text
         self._stream.on_arguments = on_arguments
+        self._stream.on_reasoning = on_reasoning
         return True
 
     @property
@@ -295,6 +298,7 @@ class ResponseCapture:
         stream.budget.exhaust()
         stream.on_text = None
         stream.on_arguments = None
+        stream.on_reasoning = None
         # The kept end starts anywhere: parse from its first whole line.
         starts = [found for found in (end.find(b"\n"), end.find(b"\r")) if found >= 0]
         parser = SseParser(max(len(end), 1))

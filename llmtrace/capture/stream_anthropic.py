@@ -88,8 +88,8 @@ class AnthropicStream(StreamReader):
         self._blocks[index] = (part_type, accumulator)
         # Anthropic's API starts a text block empty; a compatible upstream may start it with text,
         # which the streaming checks must see as they see every delta.
-        if initial_text and self.on_text is not None and part_type == model.PART_TEXT:
-            self.on_text(0, initial_text)
+        if initial_text:
+            self._hand_on(part_type, initial_text)
 
     def _delta(self, payload: dict[str, object]) -> None:
         delta = as_dict(payload.get("delta"))
@@ -108,8 +108,15 @@ class AnthropicStream(StreamReader):
                 self.on_arguments(0, index, piece)
         elif isinstance(block, tuple):
             block[1].add(piece, self.budget)
-            if self.on_text is not None and block[0] == model.PART_TEXT:
+            self._hand_on(block[0], piece)
+
+    def _hand_on(self, part_type: str, piece: str) -> None:
+        """Text and thinking to their listeners (the streaming checks)."""
+        if part_type == model.PART_TEXT:
+            if self.on_text is not None:
                 self.on_text(0, piece)
+        elif part_type == model.PART_REASONING and self.on_reasoning is not None:
+            self.on_reasoning(0, piece)
 
     def fill(self, response: model.ParsedResponse) -> None:
         """Copy what the stream said into `response`; output tokens are estimated when the

@@ -25,6 +25,7 @@ class StreamReader:
         "id",
         "model",
         "on_arguments",
+        "on_reasoning",
         "on_text",
         "slots",
         "usage",
@@ -49,6 +50,10 @@ class StreamReader:
         #: as it arrives; the key tells the calls of one choice apart (the stream's own index of
         #: the call, -1 for a legacy `function_call`). None when nobody listens.
         self.on_arguments: Callable[[int, int, str], None] | None = None
+        #: Called with (choice index, piece) for every piece of reasoning text (DeepSeek's
+        #: `reasoning_content`, Responses' reasoning deltas, Anthropic's thinking), which clients
+        #: show as they show the answer; None when nobody listens.
+        self.on_reasoning: Callable[[int, str], None] | None = None
 
     def on_event(self, event: bytes, data: bytes) -> None:
         """Take one SSE event."""

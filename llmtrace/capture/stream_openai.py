@@ -84,6 +84,8 @@ class ChatStream(StreamReader):
         if isinstance(reasoning, str) and reasoning:  # DeepSeek, vLLM and others stream reasoning here
             self.deltas += 1
             choice.reasoning.add(reasoning, self.budget)
+            if self.on_reasoning is not None:
+                self.on_reasoning(index, reasoning)
         for position, raw in enumerate(as_list(delta.get("tool_calls"))):
             item = as_dict(raw)
             call_index = as_int(item.get("index"))

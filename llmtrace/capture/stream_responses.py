@@ -78,7 +78,10 @@ class ResponsesStream(StreamReader):
             if isinstance(delta, str) and delta:
                 self.deltas += 1
                 self._text(kind, part_type, payload, delta)
-                if self.on_text is not None and part_type != model.PART_REASONING:
+                if part_type == model.PART_REASONING:
+                    if self.on_reasoning is not None:
+                        self.on_reasoning(0, delta)
+                elif self.on_text is not None:
                     self.on_text(0, delta)
         elif kind in _TOOL_CALL_DELTAS:
             delta = payload.get("delta")
