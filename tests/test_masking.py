@@ -263,5 +263,6 @@ def test_url_passwords_are_found_in_linear_time(text: str) -> None:
         sensitive_spans(text)
         find_secrets(text, "request.messages[0].content")
         rounds.append(time.perf_counter() - started)
-    # A few milliseconds here; quadratic, 100 KB takes seconds.
-    assert min(rounds) < 0.05, rounds
+    # Tens of milliseconds here (56 ms seen on a loaded 2-core machine); quadratic, 100 KB takes
+    # seconds.
+    assert min(rounds) < 0.5, rounds
