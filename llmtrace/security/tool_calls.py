@@ -112,28 +112,31 @@ def _forced_recursive(match: re.Match[str]) -> bool:
 
 
 # A download run as code. Every repetition is bounded and each is followed by a character it cannot
-# match (`-` options then whitespace, `\w+=` then `\S*`), so matching stays linear.
-_SHELL: Final = r"(?:(?:ba|z|da|k|tc|c)?sh|fish)"
+# match (`-` options then whitespace, `NAME=` then a value of at most 256 characters), so matching
+# stays linear: an unbounded value (`\S*`) ran to the end of `curl|a=curl|a=...` from every `curl`.
+_SHELL: Final = r"(?:(?:ba|z|da|k|tc|c)?sh|fish|pwsh|powershell(?:\.exe)?)"
 _INTERPRETER: Final = r"(?:python[\d.]*|perl|ruby|node|php)"
 _DOWNLOADER: Final = r"(?:curl|wget|fetch|iwr|irm|invoke-webrequest|invoke-restmethod|downloadstring)\b"
 # What runs its standard input: a shell, or an interpreter given no script (nothing, or `-`, after its
 # name: `python -m json.tool`, `perl -ne '…'`, `node parse.js` read the download as data), or
 # PowerShell's `iex`; after variables (`DEBUG=1`), `sudo` and its options (`-u root`), a path, `env`.
+_VARIABLES: Final = r"(?:\w{1,64}=[^\s|;&]{0,256}\s+){0,4}"
 _RUNS_STDIN: Final = (
-    r"(?:\w+=\S*\s+){0,4}"
+    _VARIABLES + r"(?:(?:exec|command)\s+)?"
     r"(?:sudo(?:\s+-[\w-]+(?:[=\s]+(?!-)[\w.-]+)?){0,4}\s+)?"
-    r"(?:(?:/usr)?(?:/local)?/s?bin/)?(?:env\s+(?:\w+=\S*\s+){0,4})?(?:(?:/usr)?(?:/local)?/s?bin/)?"
+    r"(?:(?:/usr)?(?:/local)?/s?bin/)?(?:env\s+" + _VARIABLES + r")?(?:(?:/usr)?(?:/local)?/s?bin/)?"
     rf"(?:{_SHELL}\b|{_INTERPRETER}(?=\s*(?:$|[\n;&|)'\"`]|-(?:\s|$)))|(?:iex|invoke-expression)\b)"
 )
 # Each way a download is run is its own pattern, gated on the characters it needs (see `_Rule.gate`).
 _PIPED_TO_RUN: Final = (
-    rf"\b{_DOWNLOADER}[^\n|;]{{0,300}}\|\s*{_RUNS_STDIN}"
-    rf"|\bbase64\s+(?:-d|--decode)\b[^\n|;]{{0,100}}\|\s*{_RUNS_STDIN}"
+    rf"\b{_DOWNLOADER}[^\n|;]{{0,300}}\|&?\s*{_RUNS_STDIN}"
+    rf"|\bbase64\s+(?:-d|--decode)\b[^\n|;]{{0,100}}\|&?\s*{_RUNS_STDIN}"
 )
-# Read as a script file through process substitution: `bash <(curl …)`, `source <(…)`, `. <(…)`.
+# Read as a script file through process substitution: `bash <(curl …)`, `source <(…)`, `. <(…)`,
+# or as standard input: `bash < <(curl …)` (how rvm's installer is run).
 _SUBSTITUTED_SCRIPT: Final = (
     rf"(?:\b(?:{_SHELL}|source|{_INTERPRETER})|(?<![^\s;&|(])\.)\s+(?:-[\w-]+\s+){{0,4}}"
-    rf"<\(\s*(?:sudo\s+)?{_DOWNLOADER}"
+    rf"(?:<\s*)?<\(\s*(?:sudo\s+)?{_DOWNLOADER}"  # `bash < <(curl …)`: the same, as standard input
 )
 # Run as a command: `bash -c "$(curl …)"`, `node -e "$(curl …)"`, `eval "$(curl …)"`, `eval `curl …``.
 _SUBSTITUTED_COMMAND: Final = (
