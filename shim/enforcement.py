@@ -142,6 +142,11 @@ class Policy:
         """Whether any finding could be flagged or blocked; when not, nothing is scanned inline."""
         return self.mode != LOG or any(action != LOG for action in self.actions.values())
 
+    @property
+    def can_block(self) -> bool:
+        """Whether some finding could block a request (`block` as the mode or a category's action)."""
+        return self.mode == BLOCK or any(action == BLOCK for action in self.actions.values())
+
     def actionable(self, finding: Finding) -> bool:
         """Whether `finding` clears both floors."""
         return finding.severity.rank >= self.min_severity.rank and finding.confidence >= self.min_confidence

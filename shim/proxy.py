@@ -41,7 +41,13 @@ from llmtrace.capture.content_filter import BODIES_FULL, normalize_mode
 from llmtrace.capture.exchange import ExchangeMeta
 from llmtrace.capture.model import API_CHAT_COMPLETIONS, API_MESSAGES
 from llmtrace.capture.raw import MAX_RAW_BODY_BYTES
-from llmtrace.capture.request_parse import parse_encoded_request, request_codings, requested_model
+from llmtrace.capture.request_parse import (
+    DecodedBody,
+    decode_request_body,
+    parse_decoded_request,
+    request_codings,
+    requested_model,
+)
 from llmtrace.capture.response_parse import MAX_SKIMMED_BYTES
 from llmtrace.capture.routes import route_of
 from llmtrace.capture.span import exchange_span
@@ -168,11 +174,16 @@ class Proxy:
             and not self.stream_checks
             else -1
         )
-        # Most bytes a compressed request body is decoded to for reading: as much as a plain body
-        # may be (or the capture keeps), never past the core's own bound on one decompression.
-        self.decode_limit = min(
-            max(settings.max_request_size_bytes, settings.capture.max_body_bytes), MAX_SKIMMED_BYTES
-        )
+        # Most bytes a compressed request body is decoded to for reading: what capture keeps,
+        # or, with the inline check, as much as a plain body may be (the upstream reads it all);
+        # never past the core's own bound on one decompression. A few hundred bytes can decode to
+        # that much: reading costs what the bytes decode to, not what the client sent.
+        wanted = settings.capture.max_body_bytes
+        if self.guard is not None:
+            wanted = max(settings.max_request_size_bytes, wanted)
+        self.decode_limit = min(wanted, MAX_SKIMMED_BYTES)
+        #: Whether a compressed body the check cannot read whole is refused rather than forwarded.
+        self.refuses_unread = self.guard is not None and self.guard.policy.can_block
         # Bound once: a module-level structlog logger is a lazy proxy that rebinds per call.
         self.access_log = _access.bind() if settings.logging.access_log else None
 
@@ -373,6 +384,10 @@ class Exchange:
         if not request.path.startswith("/"):  # "OPTIONS *": no upstream URL can be made of it
             message = "the request target must be a path starting with '/'"
             return self._answer(ShimError(400, "invalid_request_target", message))
+        if self._codings and self.body:
+            refusal = await self._read_encoded()
+            if refusal is not None:
+                return refusal
         if proxy.before_forward:
             refusal = await self._before_forward()
             if refusal is not None:
@@ -675,27 +690,62 @@ class Exchange:
                 )
         return self._parsed
 
+    async def _read_encoded(self) -> HTTPResponse | None:
+        """Read a compressed request body from a decoded copy, up to `Proxy.decode_limit` of it
+        (the client's bytes are forwarded as they came), off the event loop: a few hundred bytes
+        can decode to the limit. Where the policy can block, a body the check cannot read whole is
+        refused: forwarded, it would reach an upstream that reads it unchecked."""
+        proxy = self._proxy
+        decoded = await asyncio.to_thread(decode_request_body, self.body, self._codings, proxy.decode_limit)
+        self._note_decoded(decoded)
+        if self._unread and proxy.refuses_unread:
+            self._parsed = self._parse_decoded(DecodedBody(b"", failed=True))  # a note, not the body
+            if decoded.cut:
+                error = ShimError(
+                    413,
+                    "decoded_body_too_large",
+                    f"the request body decodes to more than {proxy.decode_limit} bytes "
+                    "(max_request_size_bytes), which the proxy's inline check cannot read whole",
+                )
+            else:
+                encoding = ", ".join(self._codings)[: limits.MAX_NAME_CHARS]
+                error = ShimError(
+                    415,
+                    "unsupported_content_encoding",
+                    f"the request body could not be decoded as Content-Encoding: {encoding!r} "
+                    "(gzip, deflate and br are read), so the proxy's inline check cannot read it",
+                )
+            return self._answer(error)
+        self._parsed = await asyncio.to_thread(self._parse_decoded, decoded)
+        return None
+
     def _parse_encoded(self) -> ParsedRequest:
-        """A compressed request body read from a decoded copy, up to `Proxy.decode_limit` of it
-        (the client's bytes are forwarded as they came)."""
-        max_body_bytes = self._proxy.settings.capture.max_body_bytes
-        parsed, decoded = parse_encoded_request(
-            self._request.path,
-            self.body,
-            self._request.headers.get("content-type", ""),
-            self._codings,
-            max_body_bytes=max_body_bytes,
-            max_decoded_bytes=self._proxy.decode_limit,
-        )
+        """`_read_encoded` on the event loop, for an answer given before it ran (a bad path)."""
+        decoded = decode_request_body(self.body, self._codings, self._proxy.decode_limit)
+        self._note_decoded(decoded)
+        return self._parse_decoded(decoded)
+
+    def _note_decoded(self, decoded: DecodedBody) -> None:
         if decoded.cut:
             self._unread = UNREAD_DECODE_LIMIT
         elif decoded.failed:
             self._unread = UNREAD_UNDECODABLE
         if decoded.data or not decoded.failed:  # else the span keeps a note, not the body
             self.meta.request_body_truncated = (
-                decoded.cut or decoded.failed or len(decoded.data) > max_body_bytes
+                decoded.cut
+                or decoded.failed
+                or len(decoded.data) > self._proxy.settings.capture.max_body_bytes
             )
-        return parsed
+
+    def _parse_decoded(self, decoded: DecodedBody) -> ParsedRequest:
+        return parse_decoded_request(
+            self._request.path,
+            self.body,
+            self._request.headers.get("content-type", ""),
+            self._codings,
+            decoded,
+            max_body_bytes=self._proxy.settings.capture.max_body_bytes,
+        )
 
     def _answer(self, error: ShimError) -> HTTPResponse:
         self.meta.http_status = error.status

@@ -285,7 +285,7 @@ async def test_boundary_defence_leaves_a_compressed_request_as_it_came(tmp_path:
 # --- compression bombs --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["log", "block"])
+@pytest.mark.parametrize("mode", ["log", "flag"])
 async def test_a_gzip_bomb_is_read_up_to_the_limit_and_forwarded(tmp_path: Path, mode: str) -> None:
     prefix = b'{"model": "gpt-4o", "padding": "'
     bomb = gzip_bomb(prefix)
@@ -294,9 +294,10 @@ async def test_a_gzip_bomb_is_read_up_to_the_limit_and_forwarded(tmp_path: Path,
     async with raw_stack(tmp_path, mode) as stack, aiohttp.ClientSession() as http:
         started = time.monotonic()
         async with http.post(stack.base_url + CHAT, data=io.BytesIO(bomb), headers=headers("gzip")) as reply:
-            assert reply.status == 200  # not blocked on what could not be read
+            assert reply.status == 200  # a policy that cannot block forwards it
             await reply.read()
-        assert time.monotonic() - started < 5  # 32 MiB decoded (max_request_size_bytes), no more
+        # Decoded up to capture.max_body_bytes in log mode, max_request_size_bytes with the check.
+        assert time.monotonic() - started < 5
         [(_, received)] = stack.upstream.requests
         assert received == bomb
         [span] = await stack.spans()
@@ -304,11 +305,24 @@ async def test_a_gzip_bomb_is_read_up_to_the_limit_and_forwarded(tmp_path: Path,
         assert span.request.body.startswith(prefix.decode())  # the decoded start, not gzip bytes
         assert len(span.request.body) <= 1 << 20  # capture.max_body_bytes
         marks = attributes(span)
-        if mode == "block":
+        if mode == "flag":
             assert marks["llmtrace.enforcement.failopen"] == "decode_limit"
             assert metric(FAILOPEN, reason="decode_limit") == before + 1
         else:
             assert "llmtrace.enforcement.failopen" not in marks
+
+
+async def test_a_bomb_is_refused_where_the_policy_can_block(tmp_path: Path) -> None:
+    async with raw_stack(tmp_path, "block") as stack, aiohttp.ClientSession() as http:
+        body = io.BytesIO(gzip_bomb(b'{"model": "gpt-4o", "padding": "'))
+        async with http.post(stack.base_url + CHAT, data=body, headers=headers("gzip")) as reply:
+            assert reply.status == 413
+            error = (await reply.json())["error"]
+        assert error["code"] == "decoded_body_too_large"
+        assert stack.upstream.requests == []  # an upstream would read what the check could not
+        [span] = await stack.spans()
+        assert span.status.http_status_code == 413
+        assert span.status.error_type == "decoded_body_too_large"
 
 
 # --- bodies that cannot be decoded -------------------------------------------------------------
@@ -318,10 +332,12 @@ UNDECODABLE: list[Any] = [
     pytest.param("gzip", b"\x1f\x8b\x08\x00not really gzip at all", id="bad-gzip"),
     pytest.param("zstd", b"(\xb5/\xfd\x00Xa\x00\x00hello", id="unknown-encoding"),
     pytest.param("gzip, gzip, gzip, gzip, gzip", gzip.compress(b"{}"), id="too-many-codings"),
+    # Junk after a member: an upstream may read it, or fail; the check cannot judge the body.
+    pytest.param("gzip", gzip.compress(b"{}") + b"junk" + gzip.compress(b"{}"), id="junk-between-members"),
 ]
 
 
-@pytest.mark.parametrize("mode", ["log", "block"])
+@pytest.mark.parametrize("mode", ["log", "flag"])
 @pytest.mark.parametrize(("encoding", "body"), UNDECODABLE)
 async def test_an_undecodable_body_is_forwarded_and_recorded(
     tmp_path: Path, mode: str, encoding: str, body: bytes
@@ -335,22 +351,77 @@ async def test_an_undecodable_body_is_forwarded_and_recorded(
         assert received == body
         assert header(lines, b"content-encoding") == encoding.encode()
         [span] = await stack.spans()
-        assert span.request.body == f"[{len(body)} bytes, Content-Encoding: {encoding}]"
+        if span.request.body.startswith("["):
+            assert span.request.body == f"[{len(body)} bytes, Content-Encoding: {encoding}]"
+        else:  # what decoded before the junk (`{}`: read as JSON, no messages)
+            assert span.request.truncated
         assert not span.request.messages
         assert span.status.code == span_pb2.STATUS_CODE_OK
         marks = attributes(span)
-        if mode == "block":
+        if mode == "flag":
             assert marks["llmtrace.enforcement.failopen"] == "undecodable_body"
             assert metric(FAILOPEN, reason="undecodable_body") == before + 1
         else:
             assert "llmtrace.enforcement.failopen" not in marks
 
 
+@pytest.mark.parametrize(("encoding", "body"), UNDECODABLE)
+async def test_an_undecodable_body_is_refused_where_the_policy_can_block(
+    tmp_path: Path, encoding: str, body: bytes
+) -> None:
+    async with raw_stack(tmp_path, "block") as stack, aiohttp.ClientSession() as http:
+        async with http.post(stack.base_url + CHAT, data=body, headers=headers(encoding)) as reply:
+            assert reply.status == 415
+            error = (await reply.json())["error"]
+        assert error["code"] == "unsupported_content_encoding"
+        assert set(error) >= {"message", "type", "param", "code"}
+        assert stack.upstream.requests == []
+        [span] = await stack.spans()
+        assert span.status.http_status_code == 415
+        assert span.request.body == f"[{len(body)} bytes, Content-Encoding: {encoding}]"
+
+
+async def test_a_repeated_content_encoding_header_is_not_a_way_around_the_check(tmp_path: Path) -> None:
+    # Two `Content-Encoding: gzip` lines mean gzip twice; an upstream that reads only the first
+    # would decode the injection below once and act on it. Refused: the body is not gzip twice.
+    body = gzip.compress(chat_body(INJECTION))
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        + f"Authorization: Bearer {KEY}\r\nContent-Type: application/json\r\n".encode()
+        + b"Content-Encoding: gzip\r\nContent-Encoding: gzip\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    async with raw_stack(tmp_path, "block") as stack:
+        host, port = stack.base_url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(request)
+        await writer.drain()
+        answer = await reader.read()
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 415"), answer[:200]
+        assert stack.upstream.requests == []
+
+
+async def test_zero_padding_between_gzip_members_is_read_through(tmp_path: Path) -> None:
+    # Python's gzip (and servers built on it) skip zeros between members and read on: so does the
+    # check, which finds the injection in the second member.
+    text = chat_body(INJECTION)
+    body = gzip.compress(text[:20]) + b"\0" * 8 + gzip.compress(text[20:])
+    assert gzip.decompress(body) == text
+    async with raw_stack(tmp_path, "block") as stack, aiohttp.ClientSession() as http:
+        async with http.post(stack.base_url + CHAT, data=body, headers=headers("gzip")) as reply:
+            assert reply.status == 403
+        assert stack.upstream.requests == []
+        [span] = await stack.spans()
+        assert "prompt_injection" in {f.type for f in span.findings}
+
+
 async def test_a_cut_gzip_body_is_read_as_far_as_it_goes(tmp_path: Path) -> None:
     # The stream breaks off inside the JSON: what decoded is kept, and the span says it was not
     # checked (an upstream cannot read a cut stream either).
     body = gzip.compress(chat_body(INJECTION + " " + "and more words " * 200))[:-40]
-    async with raw_stack(tmp_path, "block") as stack, aiohttp.ClientSession() as http:
+    async with raw_stack(tmp_path, "flag") as stack, aiohttp.ClientSession() as http:
         async with http.post(stack.base_url + CHAT, data=body, headers=headers("gzip")) as reply:
             assert reply.status == 200  # the JSON is cut too: nothing to check, forwarded
         [span] = await stack.spans()

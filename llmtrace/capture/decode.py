@@ -30,7 +30,10 @@ class Decoder:
     Supports identity, gzip, deflate (zlib-wrapped or raw, as servers send both) and br when the
     `brotli` module is installed. Any other encoding sets `failed` at once. `max_members` bounds
     the gzip members of one body (past it, `failed`): each costs Python work however small it is,
-    so a body of a million empty members would take seconds to read.
+    so a body of a million empty members would take seconds to read. `strict` (request bodies,
+    which the inline check must read as the upstream will): bytes after the end of a stream are
+    another gzip member, or zero padding between members (as Python's `gzip` skips it), or the
+    decoding `failed`; a response's trailing bytes are ignored, as clients ignore them.
     """
 
     __slots__ = (
@@ -40,14 +43,18 @@ class Decoder:
         "_max_members",
         "_members",
         "_started",
+        "_strict",
         "_zlib",
         "encoding",
         "failed",
     )
 
-    def __init__(self, content_encoding: str, *, max_members: int | None = None) -> None:
+    def __init__(
+        self, content_encoding: str, *, max_members: int | None = None, strict: bool = False
+    ) -> None:
         self.encoding = content_encoding.strip().lower()
         self.failed = False
+        self._strict = strict
         self._max_members = max_members
         self._members = 1
         self._started = False
@@ -73,7 +80,7 @@ class Decoder:
         if self.failed:
             return False
         if self._zlib is not None:
-            return bool(self._zlib.eof)
+            return bool(self._zlib.eof) and not (self._strict and self._after_end)
         if self._brotli is not None:
             return bool(self._brotli.is_finished())
         return True
@@ -98,11 +105,18 @@ class Decoder:
         while data:
             if self._zlib.eof:
                 data, self._after_end = self._after_end + data, b""
+                if self._strict:
+                    data = data.lstrip(b"\0")  # padding between members
+                    if not data:
+                        return
                 if len(data) < len(_GZIP_MAGIC) and _GZIP_MAGIC.startswith(data):
                     self._after_end = data
                     return
                 if data[:2] != _GZIP_MAGIC:
-                    return  # bytes after the end of the stream: ignored, as clients do
+                    # Bytes after the end of the stream: ignored, as clients do; in a request, the
+                    # upstream may read them (or fail), so the body cannot be judged whole.
+                    self.failed = self._strict
+                    return
                 self._members += 1
                 if self._max_members is not None and self._members > self._max_members:
                     self.failed = True

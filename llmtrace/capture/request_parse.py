@@ -99,7 +99,7 @@ def decode_request_body(body: bytes, codings: tuple[str, ...], max_bytes: int) -
 
 def _undo(coding: str, data: bytes, max_bytes: int) -> tuple[bytes, bool, bool]:
     """One coding undone: at most `max_bytes` of it, whether it was cut there, whether whole."""
-    decoder = Decoder(coding, max_members=_MAX_MEMBERS)
+    decoder = Decoder(coding, max_members=_MAX_MEMBERS, strict=True)
     out = bytearray()
     for start in range(0, len(data), _FEED_BYTES):
         if decoder.failed:
@@ -125,15 +125,30 @@ def parse_encoded_request(
     it gave. A body cut there, or broken after some text, is read as far as it goes (marked
     `truncated`); one that gave nothing is recorded as a note of its size and encoding."""
     decoded = decode_request_body(body, codings, max_decoded_bytes)
+    return parse_decoded_request(
+        path, body, content_type, codings, decoded, max_body_bytes=max_body_bytes
+    ), decoded
+
+
+def parse_decoded_request(
+    path: str,
+    body: bytes,
+    content_type: str,
+    codings: tuple[str, ...],
+    decoded: DecodedBody,
+    *,
+    max_body_bytes: int,
+) -> model.ParsedRequest:
+    """`parse_request` of what decoding the compressed `body` gave (`decode_request_body`)."""
     if decoded.failed and not decoded.data:
         request = parse_request(path, b"", content_type, max_body_bytes=max_body_bytes)
         encoding = "".join(c if " " <= c <= "~" else "?" for c in ", ".join(codings))
         request.raw_body = f"[{len(body)} bytes, Content-Encoding: {encoding[: limits.MAX_NAME_CHARS]}]"
-        return request, decoded
+        return request
     request = parse_request(path, decoded.data, content_type, max_body_bytes=max_body_bytes)
     if decoded.cut or decoded.failed:
         request.truncated = True
-    return request, decoded
+    return request
 
 
 def requested_model(path: str, body: bytes, content_type: str) -> str:
