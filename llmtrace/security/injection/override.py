@@ -79,12 +79,26 @@ _NARRATING: Final = frozenset(
 )
 
 
+# What follows the colon of an injected header and not of a narrated one: words aimed at the model
+# or at what it guards. "The new instructions: preheat the oven" has none of them.
+_AIMED_AT_MODEL: Final = re.compile(
+    r"\b(?:you|your|assistant|ai|model|chatbot|bot|system|prompt|ignore|disregard|forget|reveal|output"
+    r"|print|repeat|respond|reply|say|answer|secret|password|key|token|confidential|forward|send|http"
+    r"|https|link|url)\b"
+)
+
+
 def narrated_header(lowered: str, start: int, matched: str) -> bool:
-    """Let a "new instructions:" match go when the word before it makes it part of a sentence."""
-    if not matched.endswith(":"):
+    """Let a "new instructions:" match go when the word before it makes it part of a sentence and
+    nothing after it addresses the model. Only "new": "the updated/revised/real instructions:" and
+    system instructions are what an injection claims, whatever comes before them."""
+    if not matched.endswith(":") or not matched.startswith("new") or "system" in matched:
         return False  # the other branches ("your new task is", "from now on, you ...")
     before = _WORD_BEFORE.search(lowered, max(0, start - 40), start)
-    return before is not None and before.group(1) in _NARRATING
+    if before is None or before.group(1) not in _NARRATING:
+        return False
+    end = start + len(matched)
+    return _AIMED_AT_MODEL.search(lowered, end, end + 120) is None
 
 
 # Gate vocabularies (whole words, see `rules.gate_open`).
