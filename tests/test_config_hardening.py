@@ -125,6 +125,9 @@ def test_header_values_and_url_fragments_are_hidden(text: str, shown: str) -> No
         ("host=db port=5432 password=pw-1 dbname=llm", f"host=db port=5432 password={REDACTED} dbname=llm"),
         ("host=db password='a b\\' c' user=u", f"host=db password={REDACTED} user=u"),
         ("host=db sslpassword=pw-2", f"host=db sslpassword={REDACTED}"),
+        # Separators may be part of a password: hidden up to whitespace.
+        ("password=hun;ter2 user=u", f"password={REDACTED} user=u"),
+        ("token=a&b,c next", f"token={REDACTED} next"),
         # ODBC, .env lines and command-line flags.
         ("Server=db;Uid=u;Pwd=pw-3;", f"Server=db;Uid=u;Pwd={REDACTED};"),
         ("OPENAI_API_KEY=sk-4\nDEBUG=1", f"OPENAI_API_KEY={REDACTED}\nDEBUG=1"),

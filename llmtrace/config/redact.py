@@ -82,9 +82,10 @@ _HEADER_VALUE: Final = re.compile(r"[^\s'\"@]+")
 # (`--api-key=sk-1`). The name starts a word and is at most 64 characters (linear scan); a name
 # after `?`, `&`, `;` or `#` is a query parameter, judged by `_QUERY_PARAM`.
 _ASSIGNMENT: Final = re.compile(r"(?<![\w.?&;#=])(?P<name>[A-Za-z_][\w.-]{0,63})[ \t]*=[ \t]*(?=[^\s=])")
-# A value as libpq reads one: quoted with `'` (backslash escapes) or up to whitespace or a
-# separator. An unterminated quote runs to the end of the text.
-_ASSIGNMENT_VALUE: Final = re.compile(r"'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?|[^\s'\";,&]+")
+# A value as libpq reads one: quoted with `'` (backslash escapes), or up to whitespace: a
+# separator (`;`, `&`, `,`) may be part of a password, and hiding a following `;Uid=sa` costs
+# nothing. An unterminated quote runs to the end of the text.
+_ASSIGNMENT_VALUE: Final = re.compile(r"'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?|[^\s'\"]+")
 # Connection-string names for a password that `looks_secret` reads as one word (`sslpassword`).
 _PASSWORD_SUFFIXES: Final = ("password", "passwd", "pwd")
 #: Containers nested deeper than this are not shown. The YAML reader refuses such files
