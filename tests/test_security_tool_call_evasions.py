@@ -97,6 +97,8 @@ def test_a_download_run_by_a_shell_or_interpreter_is_found(command: str) -> None
         "python3 script.py",
         "node server.js",
         "iwr https://x.example/file.zip -OutFile file.zip",
+        "git fetch origin | sh",  # git's fetch is no download of code
+        "cat completions.txt | bash-completion",
     ],
 )
 def test_everyday_shell_use_does_not_fire(command: str) -> None:
@@ -124,6 +126,8 @@ def test_everyday_shell_use_does_not_fire(command: str) -> None:
         ("http://0251.0376.0251.0376/", "ssrf_scheme", Severity.HIGH),
         ("http://169.254.43518/latest/", "ssrf_scheme", Severity.HIGH),
         ("http://user:pw@2852039166/", "ssrf_scheme", Severity.HIGH),
+        ("http://[::ffff:a9fe:a9fe]/latest/meta-data/", "ssrf_scheme", Severity.HIGH),
+        ("http://[0:0:0:0:0:ffff:169.254.169.254]/", "ssrf_scheme", Severity.HIGH),
         # Private and public addresses, as the dotted form is judged.
         ("http://3232235777/", "raw_ip_url", Severity.MEDIUM),
         ("http://0x0a000001:8080/", "raw_ip_url", Severity.MEDIUM),

@@ -116,7 +116,9 @@ def _forced_recursive(match: re.Match[str]) -> bool:
 # stays linear: an unbounded value (`\S*`) ran to the end of `curl|a=curl|a=...` from every `curl`.
 _SHELL: Final = r"(?:(?:ba|z|da|k|tc|c)?sh|fish|pwsh|powershell(?:\.exe)?)"
 _INTERPRETER: Final = r"(?:python[\d.]*|perl|ruby|node|php)"
-_DOWNLOADER: Final = r"(?:curl|wget|fetch|iwr|irm|invoke-webrequest|invoke-restmethod|downloadstring)\b"
+_DOWNLOADER: Final = (
+    r"(?:curl|wget|(?<!git )fetch|iwr|irm|invoke-webrequest|invoke-restmethod|downloadstring)\b"
+)
 # What runs its standard input: a shell, or an interpreter given no script (nothing, or `-`, after its
 # name: `python -m json.tool`, `perl -ne '…'`, `node parse.js` read the download as data), or
 # PowerShell's `iex`; after variables (`DEBUG=1`), `sudo` and its options (`-u root`), a path, `env`.
@@ -125,7 +127,7 @@ _RUNS_STDIN: Final = (
     _VARIABLES + r"(?:(?:exec|command)\s+)?"
     r"(?:sudo(?:\s+-[\w-]+(?:[=\s]+(?!-)[\w.-]+)?){0,4}\s+)?"
     r"(?:(?:/usr)?(?:/local)?/s?bin/)?(?:env\s+" + _VARIABLES + r")?(?:(?:/usr)?(?:/local)?/s?bin/)?"
-    rf"(?:{_SHELL}\b|{_INTERPRETER}(?=\s*(?:$|[\n;&|)'\"`]|-(?:\s|$)))|(?:iex|invoke-expression)\b)"
+    rf"(?:{_SHELL}(?![\w-])|{_INTERPRETER}(?=\s*(?:$|[\n;&|)'\"`]|-(?:\s|$)))|(?:iex|invoke-expression)\b)"
 )
 # Each way a download is run is its own pattern, gated on the characters it needs (see `_Rule.gate`).
 _PIPED_TO_RUN: Final = (
@@ -306,7 +308,9 @@ _RULES: Final[tuple[_Rule, ...]] = (
         SUSPICIOUS_URL,
         Severity.HIGH,
         0.85,
-        r"\b(?:file|gopher|dict|ldap|jar|netdoc)://|\b169\.254\.169\.254\b|\bmetadata\.google\.internal\b",
+        r"\b(?:file|gopher|dict|ldap|jar|netdoc)://|\b169\.254\.169\.254\b|\bmetadata\.google\.internal\b"
+        # The metadata address as an IPv4-mapped IPv6 host (`http://[::ffff:a9fe:a9fe]/`).
+        r"|\[(?:0{0,4}:){2,5}ffff:(?:a9fe:a9fe|169\.254\.169\.254)\]",
     ),
     _rule(
         "exfil_host",
