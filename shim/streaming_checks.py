@@ -128,22 +128,12 @@ class StreamCheck:
 
     def on_text(self, index: int, piece: str) -> None:
         """Take a piece of the answer text of choice `index` (cheap: scanning waits for `scan`)."""
-        text = self._choices.get(index)
-        if text is None:
-            text = self._choices[index] = _Text(f"response.choices[{index}]")
-        if not text.pending:
-            self._pending.append(text)
-        text.pending.append(piece)
+        self._take(self._choices, index, piece)
 
     def on_reasoning(self, index: int, piece: str) -> None:
         """Take a piece of the reasoning text of choice `index` (located as its answer is: the
         core's location of the part is found at the end, `core_locations`)."""
-        text = self._reasoning.get(index)
-        if text is None:
-            text = self._reasoning[index] = _Text(f"response.choices[{index}]")
-        if not text.pending:
-            self._pending.append(text)
-        text.pending.append(piece)
+        self._take(self._reasoning, index, piece)
 
     def on_arguments(self, index: int, call: int, piece: str) -> None:
         """Take a piece of the arguments of tool call `call` (the stream's key) of choice `index`."""
@@ -153,6 +143,15 @@ class StreamCheck:
             self._opened[index] = position + 1
             location = f"response.choices[{index}].tool_calls[{position}].arguments"
             text = self._calls[(index, call)] = _Text(location)
+        self._queue(text, piece)
+
+    def _take(self, texts: dict[int, _Text], index: int, piece: str) -> None:
+        text = texts.get(index)
+        if text is None:
+            text = texts[index] = _Text(f"response.choices[{index}]")
+        self._queue(text, piece)
+
+    def _queue(self, text: _Text, piece: str) -> None:
         if not text.pending:
             self._pending.append(text)
         text.pending.append(piece)
