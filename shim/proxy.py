@@ -699,7 +699,7 @@ class Exchange:
         decoded = await asyncio.to_thread(decode_request_body, self.body, self._codings, proxy.decode_limit)
         self._note_decoded(decoded)
         if self._unread and proxy.refuses_unread:
-            self._parsed = self._parse_decoded(DecodedBody(b"", failed=True))  # a note, not the body
+            self._parsed = self._parse_encoded()  # a note, not the body
             if decoded.cut:
                 error = ShimError(
                     413,
@@ -720,10 +720,10 @@ class Exchange:
         return None
 
     def _parse_encoded(self) -> ParsedRequest:
-        """`_read_encoded` on the event loop, for an answer given before it ran (a bad path)."""
-        decoded = decode_request_body(self.body, self._codings, self._proxy.decode_limit)
-        self._note_decoded(decoded)
-        return self._parse_decoded(decoded)
+        """What the span keeps of a compressed body `_read_encoded` has not read (an answer given
+        before it ran, a client gone while it ran): a note of its size and encoding. Decoding it
+        here, on the event loop, would stall every other request for as long as a bomb takes."""
+        return self._parse_decoded(DecodedBody(b"", failed=True))
 
     def _note_decoded(self, decoded: DecodedBody) -> None:
         if decoded.cut:

@@ -462,3 +462,24 @@ def test_decoding_is_bounded() -> None:
     assert (len(read.data), read.cut, read.failed) == (1 << 20, True, False)
     # Two members, as a client may send: both read.
     assert decode_request_body(gzip.compress(b"ab") + gzip.compress(b"cd"), ("gzip",), 100).data == b"abcd"
+
+
+async def test_a_body_answered_before_it_is_read_is_kept_as_a_note_not_decoded(tmp_path: Path) -> None:
+    # `OPTIONS *` is answered (400) before the body is read; building its span must not decode a
+    # bomb on the event loop (nor would a client gone while the decode ran in its thread).
+    bomb = gzip_bomb(b'{"model": "gpt-4o", "padding": "')
+    request = (
+        b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Encoding: gzip\r\n"
+        + f"Content-Length: {len(bomb)}\r\n\r\n".encode()
+        + bomb
+    )
+    async with raw_stack(tmp_path, "block") as stack:
+        host, port = stack.base_url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(request)
+        await writer.drain()
+        answer = await reader.read()
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+        [span] = await stack.spans()
+        assert span.request.body == f"[{len(bomb)} bytes, Content-Encoding: gzip]"
