@@ -54,9 +54,15 @@ _Key = tuple[str, str, Severity]
 #: (type, detector) of what a scan of a finished part or call finds, by ("content" or "call",
 #: choice position, part or call position).
 _Found = dict[tuple[str, int, int], set[tuple[str, str]]]
-_CHOICE_LOCATION: Final = re.compile(r"response\.choices\[(\d+)\](?:\.tool_calls\[(\d+)\]\.arguments)?")
-#: Part types whose text the stream readers hand to the checks: all that a client shows.
-_CHECKED_PARTS: Final = frozenset({model.PART_TEXT, model.PART_REFUSAL, model.PART_REASONING})
+_CHOICE_LOCATION: Final = re.compile(
+    r"response\.choices\[(\d+)\](?:\.tool_calls\[(\d+)\]\.arguments|(?P<reasoning>\.reasoning))?"
+)
+#: Part types the answer text handed to the checks may come from, and the reasoning text: a finding
+#: of either is located among its own kind of parts only.
+_ANSWER_PARTS: Final = frozenset({model.PART_TEXT, model.PART_REFUSAL})
+_REASONING_PARTS: Final = frozenset({model.PART_REASONING})
+#: Where a finding in reasoning is until `core_locations` names the part (the stop event says it).
+_REASONING_SUFFIX: Final = ".reasoning"
 
 
 def _key(finding: Finding) -> _Key:
@@ -120,8 +126,9 @@ class StreamCheck:
         #: The texts that received something since the last scan.
         self._pending: list[_Text] = []
         #: The findings so far (the first `MAX_FINDINGS`), in the order found; location
-        #: `response.choices[i]`, or `response.choices[i].tool_calls[j].arguments` (`j` the call's
-        #: position among the choice's calls, in the order they started).
+        #: `response.choices[i]`, `response.choices[i].reasoning` (in its reasoning), or
+        #: `response.choices[i].tool_calls[j].arguments` (`j` the call's position among the
+        #: choice's calls, in the order they started); `core_locations` renames them all.
         self.findings: list[Finding] = []
         #: The first critical finding, once one appeared.
         self.critical: Finding | None = None
@@ -131,9 +138,9 @@ class StreamCheck:
         self._take(self._choices, index, piece)
 
     def on_reasoning(self, index: int, piece: str) -> None:
-        """Take a piece of the reasoning text of choice `index` (located as its answer is: the
-        core's location of the part is found at the end, `core_locations`)."""
-        self._take(self._reasoning, index, piece)
+        """Take a piece of the reasoning text of choice `index` (findings located
+        `response.choices[i].reasoning` until `core_locations` names the part)."""
+        self._take(self._reasoning, index, piece, _REASONING_SUFFIX)
 
     def on_arguments(self, index: int, call: int, piece: str) -> None:
         """Take a piece of the arguments of tool call `call` (the stream's key) of choice `index`."""
@@ -145,10 +152,10 @@ class StreamCheck:
             text = self._calls[(index, call)] = _Text(location)
         self._queue(text, piece)
 
-    def _take(self, texts: dict[int, _Text], index: int, piece: str) -> None:
+    def _take(self, texts: dict[int, _Text], index: int, piece: str, suffix: str = "") -> None:
         text = texts.get(index)
         if text is None:
-            text = texts[index] = _Text(f"response.choices[{index}]")
+            text = texts[index] = _Text(f"response.choices[{index}]{suffix}")
         self._queue(text, piece)
 
     def _queue(self, text: _Text, piece: str) -> None:
@@ -227,12 +234,14 @@ def core_locations(findings: list[Finding], response: model.ParsedResponse) -> l
         matched = _CHOICE_LOCATION.fullmatch(finding.location)
         position = positions.get(int(matched.group(1))) if matched is not None else None
         if matched is None or position is None:
-            out.append(finding)
+            location = finding.location.removesuffix(_REASONING_SUFFIX)
+            out.append(finding if location == finding.location else replace(finding, location=location))
             continue
         message = response.choices[position].message
         call = matched.group(2)
         if call is None:
-            location = _core_location(finding, position, message, found_in)
+            kinds = _REASONING_PARTS if matched.group("reasoning") else _ANSWER_PARTS
+            location = _core_location(finding, position, message, found_in, kinds)
         else:
             location = _core_call_location(finding, position, int(call), message, found_in)
         out.append(finding if location == finding.location else replace(finding, location=location))
@@ -247,12 +256,14 @@ def _finds(found_in: _Found, key: tuple[str, int, int], text: str) -> set[tuple[
     return kinds
 
 
-def _core_location(finding: Finding, k: int, message: model.Message, found_in: _Found) -> str:
+def _core_location(
+    finding: Finding, k: int, message: model.Message, found_in: _Found, kinds: frozenset[str]
+) -> str:
     base = f"response.choices[{k}]"
     texts = [(j, part) for j, part in enumerate(message.parts) if part.text]
     if len(texts) <= 1:
         return base
-    checked = [(j, part) for j, part in texts if part.type in _CHECKED_PARTS] or texts
+    checked = [(j, part) for j, part in texts if part.type in kinds] or texts
     if len(checked) > 1:  # which part: the one whose own scan makes the same finding
         for j, part in checked:
             if (finding.type, finding.detector) in _finds(found_in, ("content", k, j), part.text):

@@ -736,6 +736,32 @@ async def test_a_benign_tool_call_is_not_flagged_and_its_neighbours_are_checked_
 # --- reasoning ------------------------------------------------------------------------------------
 
 
+def test_reasoning_and_answer_findings_take_their_own_parts() -> None:
+    from llmtrace.capture import model  # noqa: PLC0415
+    from shim.streaming_checks import core_locations  # noqa: PLC0415
+
+    other_card = "4111 1111 1111 1111"
+    check = StreamCheck()
+    check.on_reasoning(0, f"the card on file is {CARD}")
+    check.on_text(0, f"use {other_card}")
+    check.scan()
+    parts = [
+        model.Part("reasoning", text=f"the card on file is {CARD}"),
+        model.Part("text", text=f"use {other_card}"),
+    ]
+    response = model.ParsedResponse(choices=[model.Choice(0, model.Message("assistant", parts))])
+    located = core_locations(check.findings, response)
+    assert sorted(f.location for f in located) == [
+        "response.choices[0].content[0]",
+        "response.choices[0].content[1]",
+    ]
+    assert {(f.type, f.detector, f.location) for f in located} <= _core_response_locations(response)
+    # A choice the finished answer lacks keeps the plain choice location.
+    assert [f.location for f in core_locations(check.findings[:1], model.ParsedResponse())] == [
+        "response.choices[0]"
+    ]
+
+
 def test_reasoning_is_checked_apart_from_the_answer() -> None:
     check = StreamCheck()
     check.on_reasoning(0, f"the user's token is {TOKEN[:20]}")
