@@ -45,6 +45,7 @@ def _write(tmp_path: Path, text: str) -> str:
         "a=" * 100_000,
         "password='" * 30_000,  # quoted values that never close
         "password=a " * 30_000,
+        "?a={" * 50_000,  # braced values that never close
     ],
     ids=[
         "scheme",
@@ -58,6 +59,7 @@ def _write(tmp_path: Path, text: str) -> str:
         "assignments",
         "unclosed",
         "secrets",
+        "braces",
     ],
 )
 def test_redaction_takes_linear_time_on_hostile_text(text: str) -> None:
@@ -128,6 +130,8 @@ def test_header_values_and_url_fragments_are_hidden(text: str, shown: str) -> No
         # Separators may be part of a password: hidden up to whitespace.
         ("password=hun;ter2 user=u", f"password={REDACTED} user=u"),
         ("token=a&b,c next", f"token={REDACTED} next"),
+        ("password=hun'ter2 next", f"password={REDACTED} next"),
+        ("Server=db;Pwd={hun;ter2};Uid=sa", f"Server=db;Pwd={REDACTED};Uid=sa"),
         # ODBC, .env lines and command-line flags.
         ("Server=db;Uid=u;Pwd=pw-3;", f"Server=db;Uid=u;Pwd={REDACTED};"),
         ("OPENAI_API_KEY=sk-4\nDEBUG=1", f"OPENAI_API_KEY={REDACTED}\nDEBUG=1"),

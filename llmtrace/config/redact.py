@@ -65,7 +65,11 @@ _WEBHOOK_URL: Final = re.compile(
 )
 # After `#` as well: OAuth's implicit flow puts `#access_token=...` in the fragment. A name never
 # holds `?`, or each `?` of "????..." would start a scan to the end (quadratic time).
-_QUERY_PARAM: Final = re.compile(r"(?P<head>[?&;#](?P<name>[^=&;?#\s]+)=)(?P<value>[^&;#\s]*)")
+# A value may be braced, as ODBC quotes one holding `;` (`Pwd={a;b}`): at most 256 characters, so
+# that many `={` never each scan to the end.
+_QUERY_PARAM: Final = re.compile(
+    r"(?P<head>[?&;#](?P<name>[^=&;?#\s]+)=)(?P<value>\{[^}]{0,256}\}?|[^&;#\s]*)"
+)
 # `Authorization: Basic dXNlcjpw`, `x-api-key: sk-...`: headers copied into a list or a value (from
 # curl's `-H '...'`), where the name says the next word is a credential. An auth scheme stays shown,
 # as `Bearer` does, and so does the host after a URL's `user:password@`. The name starts a word and
@@ -85,7 +89,7 @@ _ASSIGNMENT: Final = re.compile(r"(?<![\w.?&;#=])(?P<name>[A-Za-z_][\w.-]{0,63})
 # A value as libpq reads one: quoted with `'` (backslash escapes), or up to whitespace: a
 # separator (`;`, `&`, `,`) may be part of a password, and hiding a following `;Uid=sa` costs
 # nothing. An unterminated quote runs to the end of the text.
-_ASSIGNMENT_VALUE: Final = re.compile(r"'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?|[^\s'\"]+")
+_ASSIGNMENT_VALUE: Final = re.compile(r"'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?|\S+")
 # Connection-string names for a password that `looks_secret` reads as one word (`sslpassword`).
 _PASSWORD_SUFFIXES: Final = ("password", "passwd", "pwd")
 #: Containers nested deeper than this are not shown. The YAML reader refuses such files
