@@ -39,6 +39,7 @@ from tests.conftest import (
     shim_settings,
     wait_for_spans,
 )
+from tests.raw_http import exchange
 from tests.test_shim_enforcement import INJECTION, KEY, attributes, metric
 
 HAS_BROTLI = importlib.util.find_spec("brotli") is not None
@@ -393,13 +394,8 @@ async def test_a_repeated_content_encoding_header_is_not_a_way_around_the_check(
         + body
     )
     async with raw_stack(tmp_path, "block") as stack:
-        host, port = stack.base_url.removeprefix("http://").split(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(request)
-        await writer.drain()
-        answer = await reader.read()
-        writer.close()
-        assert answer.startswith(b"HTTP/1.1 415"), answer[:200]
+        status, _, body = await exchange(stack.base_url, request)
+        assert status == 415, body
         assert stack.upstream.requests == []
 
 
@@ -474,12 +470,7 @@ async def test_a_body_answered_before_it_is_read_is_kept_as_a_note_not_decoded(t
         + bomb
     )
     async with raw_stack(tmp_path, "block") as stack:
-        host, port = stack.base_url.removeprefix("http://").split(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(request)
-        await writer.drain()
-        answer = await reader.read()
-        writer.close()
-        assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+        status, _, body = await exchange(stack.base_url, request)
+        assert status == 400, body
         [span] = await stack.spans()
         assert span.request.body == f"[{len(bomb)} bytes, Content-Encoding: gzip]"
