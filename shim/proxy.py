@@ -453,7 +453,7 @@ class Exchange:
                 meta.set_attribute("llmtrace.enforcement.failopen", inspection.failed_open)
             if self._unread:
                 # A compressed body checked only as far as it could be decoded (none of it, for
-                # an unknown or corrupt encoding): what could not be read is never blocked on.
+                # an unknown or corrupt encoding); a policy that can block refused it already.
                 metrics.ENFORCEMENT_FAILOPEN.labels(self._unread).inc()
                 if not inspection.failed_open:
                     meta.set_attribute("llmtrace.enforcement.failopen", self._unread)
@@ -680,7 +680,7 @@ class Exchange:
         the request's API and stream flag), while the request is already on its way upstream."""
         if self._parsed is None:
             if self._codings and self.body:
-                self._parsed = self._parse_encoded()
+                self._parsed = self._encoded_note()
             else:
                 self._parsed = parse_request(
                     self._request.path,
@@ -699,7 +699,7 @@ class Exchange:
         decoded = await asyncio.to_thread(decode_request_body, self.body, self._codings, proxy.decode_limit)
         self._note_decoded(decoded)
         if self._unread and proxy.refuses_unread:
-            self._parsed = self._parse_encoded()  # a note, not the body
+            self._parsed = self._encoded_note()  # a note, not the body
             if decoded.cut:
                 error = ShimError(
                     413,
@@ -719,7 +719,7 @@ class Exchange:
         self._parsed = await asyncio.to_thread(self._parse_decoded, decoded)
         return None
 
-    def _parse_encoded(self) -> ParsedRequest:
+    def _encoded_note(self) -> ParsedRequest:
         """What the span keeps of a compressed body `_read_encoded` has not read (an answer given
         before it ran, a client gone while it ran): a note of its size and encoding. Decoding it
         here, on the event loop, would stall every other request for as long as a bomb takes."""

@@ -112,24 +112,6 @@ def _undo(coding: str, data: bytes, max_bytes: int) -> tuple[bytes, bool, bool]:
     return bytes(out), False, decoder.complete
 
 
-def parse_encoded_request(
-    path: str,
-    body: bytes,
-    content_type: str,
-    codings: tuple[str, ...],
-    *,
-    max_body_bytes: int,
-    max_decoded_bytes: int,
-) -> tuple[model.ParsedRequest, DecodedBody]:
-    """`parse_request` of a compressed body, decoded up to `max_decoded_bytes`, and what decoding
-    it gave. A body cut there, or broken after some text, is read as far as it goes (marked
-    `truncated`); one that gave nothing is recorded as a note of its size and encoding."""
-    decoded = decode_request_body(body, codings, max_decoded_bytes)
-    return parse_decoded_request(
-        path, body, content_type, codings, decoded, max_body_bytes=max_body_bytes
-    ), decoded
-
-
 def parse_decoded_request(
     path: str,
     body: bytes,
@@ -139,7 +121,9 @@ def parse_decoded_request(
     *,
     max_body_bytes: int,
 ) -> model.ParsedRequest:
-    """`parse_request` of what decoding the compressed `body` gave (`decode_request_body`)."""
+    """`parse_request` of what decoding the compressed `body` gave (`decode_request_body`). A body
+    cut at the limit, or broken after some text, is read as far as it goes (marked `truncated`);
+    one that gave nothing is recorded as a note of its size and encoding."""
     if decoded.failed and not decoded.data:
         request = parse_request(path, b"", content_type, max_body_bytes=max_body_bytes)
         encoding = "".join(c if " " <= c <= "~" else "?" for c in ", ".join(codings))
