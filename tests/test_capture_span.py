@@ -346,3 +346,74 @@ def test_redacted_mode_masks_participant_names() -> None:
     request = parse_request("/v1/chat/completions", json.dumps(body).encode(), "", max_body_bytes=LIMIT)
     span = build_span(meta(), request, None, bodies="redacted", max_body_bytes=LIMIT)
     assert span.request.messages[0].name == "[EMAIL]"
+
+
+def test_times_are_kept_to_the_nanosecond() -> None:
+    start = 1_760_000_000_123_456_789
+    span = build_span(
+        meta(start_unix_nano=start, end_unix_nano=start + 2_500_000_001, ttft_nano=300_000_007),
+        *chat_exchange(),
+        bodies="full",
+        max_body_bytes=LIMIT,
+    )
+    assert span.start_time.ToNanoseconds() == start
+    assert span.end_time.ToNanoseconds() == start + 2_500_000_001
+    assert span.time_to_first_token.ToNanoseconds() == 300_000_007
+
+
+def _attribute_pairs(span: span_pb2.Span) -> list[tuple[str, str | int]]:
+    return [
+        (a.key, a.value.int_value if a.value.WhichOneof("value") == "int_value" else a.value.string_value)
+        for a in span.attributes
+    ]
+
+
+def test_attributes_are_each_exchanges_own_across_many_exchanges() -> None:
+    # Attribute entries are encoded once and reused (span._AttributeEncodings): every span must
+    # still carry its own values, in order, also once more distinct values were seen than kept.
+    request, response = chat_exchange()
+    for i in range(5000):
+        status = 200 + i % 3
+        span = build_span(
+            meta(
+                http_status=status,
+                query=f"page={i % 2}",
+                request_headers={"openai-organization": f"org-{i % 5}"},
+                response_headers={"x-request-id": f"req-{i}", "openai-version": "2020-10-01"},
+                attributes={"llmtrace.enforcement.action": "flag", "llmtrace.count": i},
+            ),
+            request,
+            response,
+            bodies="redacted" if i % 2 else "full",
+            max_body_bytes=LIMIT,
+        )
+        assert _attribute_pairs(span) == [
+            ("http.request.method", "POST"),
+            ("url.path", "/v1/chat/completions"),
+            ("url.query", f"page={i % 2}"),
+            ("http.response.status_code", status),
+            ("http.request.header.openai-organization", f"org-{i % 5}"),
+            ("http.response.header.x-request-id", f"req-{i}"),
+            ("http.response.header.openai-version", "2020-10-01"),
+            ("llmtrace.capture.bodies", "redacted" if i % 2 else "full"),
+            ("llmtrace.enforcement.action", "flag"),
+            ("llmtrace.count", i),
+        ]
+
+
+def test_attributes_are_held_to_the_core_limits() -> None:
+    many: dict[str, str | int] = {f"llmtrace.extra.{i}": i for i in range(limits.MAX_ITEMS + 10)}
+    long_key = "llmtrace." + "k" * (limits.MAX_NAME_CHARS + 50)
+    long_value = "v" * (limits.MAX_TEXT_CHARS + 50)
+    for _ in range(2):  # the second time from kept encodings
+        span = build_span(
+            meta(response_headers={"x-long": long_value}, attributes={long_key: "x", **many}),
+            *chat_exchange(),
+            bodies="full",
+            max_body_bytes=LIMIT,
+        )
+        assert_valid(span)
+        assert len(span.attributes) == limits.MAX_ITEMS
+        pairs = dict(_attribute_pairs(span))
+        assert pairs["http.response.header.x-long"] == long_value[: limits.MAX_TEXT_CHARS]
+        assert pairs[long_key[: limits.MAX_NAME_CHARS]] == "x"
