@@ -92,12 +92,19 @@ class AnalyzePool:
         """A serialised `AnalyzeRequest` in, the serialised `AnalyzeResponse` out."""
         slot = min(self._slots, key=lambda s: s.pending)
         slot.pending += 1
+        # Counted until its process is done with it, not until the caller gives up: a call whose
+        # caller went away (the shim's inline check waits 200 ms) still holds its process, and
+        # the next call should go to another.
+        counted = True
         try:
             pool = await self._ready(slot)
             loop = asyncio.get_running_loop()
             # Submitted from the event loop's thread, which then starts the process if it has
             # not yet: the thread its PR_SET_PDEATHSIG watches lives as long as the core.
-            return await loop.run_in_executor(pool, analyze_serialized, request, operating_point)
+            work = pool.submit(analyze_serialized, request, operating_point)
+            counted = False
+            work.add_done_callback(lambda _: _release_from(loop, slot))
+            return await asyncio.wrap_future(work)
         except BrokenProcessPool as exc:
             _log.error("an Analyze process died; the next call starts a new one")
             await self._discard(slot, pool)
@@ -107,7 +114,8 @@ class AnalyzePool:
                 raise AnalyzeUnavailableError("the core is stopping") from exc
             raise
         finally:
-            slot.pending -= 1
+            if counted:
+                slot.pending -= 1
 
     async def stop(self) -> None:
         """Kill the processes (an Analyze call still running fails); idempotent."""
@@ -189,6 +197,16 @@ class AnalyzePool:
             _log.warning(warning)
         _log.debug("Analyze process started")
         return pool
+
+
+def _release_from(loop: asyncio.AbstractEventLoop, slot: _Slot) -> None:
+    """Uncount a call whose process is done with it, from the pool's thread."""
+
+    def release() -> None:
+        slot.pending -= 1
+
+    with contextlib.suppress(RuntimeError):  # the loop closed: the core has stopped
+        loop.call_soon_threadsafe(release)
 
 
 def _alive(pool: ProcessPoolExecutor) -> bool:

@@ -178,6 +178,21 @@ async def test_invalid_requests_name_the_fields(core: RunningCore) -> None:
     )
     assert too_big_answer.fields == ["response.choices"]
 
+    many = span_pb2.LlmRequest(messages=[_message("user", *("x" for _ in range(limits.MAX_ITEMS + 1)))])
+    too_many_parts = await expect_failure(stub.Analyze(apb.AnalyzeRequest(tenant=TENANT, request=many)))
+    assert too_many_parts.fields == ["request.messages"]
+    assert "content parts and tool calls" in too_many_parts.violations[0][1]
+
+    many_calls = span_pb2.LlmResponse()
+    for _ in range(2):
+        calls = many_calls.choices.add().message.tool_calls
+        for _ in range(limits.MAX_ITEMS // 2 + 1):
+            calls.add(name="f", arguments="{}")
+    too_many_calls = await expect_failure(
+        stub.Analyze(apb.AnalyzeRequest(tenant=TENANT, response=many_calls))
+    )
+    assert too_many_calls.fields == ["response.choices"]
+
     bad_point = await expect_failure(
         stub.Analyze(apb.AnalyzeRequest(tenant=TENANT, text="x", operating_point=7))  # type: ignore[arg-type]
     )
@@ -360,6 +375,40 @@ async def test_a_process_killed_mid_call_fails_only_its_own_calls(tmp_path: Path
         assert failed[0].code() == grpc.StatusCode.UNAVAILABLE
         assert "Analyze process died" in (failed[0].details() or "")
         assert survivor in running.core.analyze_pids
+
+
+async def test_a_call_whose_caller_gave_up_still_holds_its_process(tmp_path: Path) -> None:
+    # Two processes; a long call whose caller stops waiting after 0.3 s. Its process is still
+    # busy with it, so the next call must go to the other process and answer at once, not queue
+    # behind the abandoned one.
+    settings = core_settings(tmp_path / "db.duckdb")
+    two = dataclasses.replace(settings, security_analysis=SecurityAnalysisSettings(analyze_processes=2))
+    async with running_core(two) as running:
+        stub = _stub(running)
+        await stub.Analyze(apb.AnalyzeRequest(tenant=TENANT, text="hello"), timeout=60)
+        for _ in range(600):  # the first call starts both
+            if len(running.core.analyze_pids) == 2:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.gather(  # both warm
+            *(stub.Analyze(apb.AnalyzeRequest(tenant=TENANT, text="hi"), timeout=60) for _ in range(4))
+        )
+        sentence = "The quarterly report covers revenue, churn and hiring in the third quarter. "
+        long_request = span_pb2.LlmRequest(messages=[_message("user", *([sentence] * 9_000))])
+        started = time.monotonic()
+        abandoned = await expect_failure(
+            stub.Analyze(apb.AnalyzeRequest(tenant=TENANT, request=long_request), timeout=0.3)
+        )
+        assert abandoned.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+        quick = await stub.Analyze(apb.AnalyzeRequest(tenant=TENANT, text=INJECTION), timeout=20)
+        took = time.monotonic() - started
+        assert quick.flagged
+
+        # The long call alone, for comparison: the quick one did not wait for it.
+        alone = time.monotonic()
+        await stub.Analyze(apb.AnalyzeRequest(tenant=TENANT, request=long_request), timeout=120)
+        assert took < (time.monotonic() - alone) / 2
 
 
 async def test_analyze_processes_start_with_the_core_when_enforcement_asks_it(tmp_path: Path) -> None:

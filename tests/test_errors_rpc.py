@@ -442,6 +442,7 @@ def _stats(group_by: tuple[int, ...] = (), **fields: object) -> query_service_pb
 AT_LEAST_1S = "must be at least 1 second"
 VALID_TS = "must be a valid timestamp (years 1 to 9999)"
 AFTER_START = "must be after start_time"
+BAD_DURATION = "nanos must be within +-999,999,999 and have the sign of seconds"
 STATS_CASES: list[tuple[str, query_service_pb2.GetStatsRequest, str, str]] = [
     ("unknown-dimension", _stats((99,)), "group_by[0]", "unknown dimension"),
     ("unspecified-dimension", _stats((1, 0)), "group_by[1]", "unknown dimension"),
@@ -450,6 +451,9 @@ STATS_CASES: list[tuple[str, query_service_pb2.GetStatsRequest, str, str]] = [
     ("bucket-under-1s", _stats((4,), bucket_width=_dur(0, 999_999_999)), "bucket_width", AT_LEAST_1S),
     ("bucket-negative", _stats(bucket_width=_dur(-60)), "bucket_width", AT_LEAST_1S),
     ("bucket-huge", _stats((4,), bucket_width=_dur(2**62)), "bucket_width", "must be at most 100 years"),
+    ("bucket-mixed-signs", _stats((4,), bucket_width=_dur(5, -5)), "bucket_width", BAD_DURATION),
+    ("bucket-mixed-signs-negative", _stats((4,), bucket_width=_dur(-5, 5)), "bucket_width", BAD_DURATION),
+    ("bucket-nanos-over-1s", _stats((4,), bucket_width=_dur(5, 2_000_000_000)), "bucket_width", BAD_DURATION),
     ("end-equals-start", _stats(start_time=_ts(1000), end_time=_ts(1000)), "end_time", AFTER_START),
     ("end-before-start", _stats(start_time=_ts(1000, 1000), end_time=_ts(1000)), "end_time", AFTER_START),
     ("start-out-of-range", _stats(start_time=_ts(10**12)), "start_time", VALID_TS),

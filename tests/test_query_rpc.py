@@ -19,6 +19,7 @@ import pytest
 import pytest_asyncio
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from llmtrace import limits
 from llmtrace.api.v1 import finding_pb2, query_service_pb2, span_pb2
 from llmtrace.config.schema import SecurityAnalysisSettings
 from llmtrace.query import FieldKind, FieldSpec
@@ -960,3 +961,55 @@ async def test_stats_of_a_group_without_ttft_leaves_ttft_unset(shared: RunningCo
     assert response.total == _expected_stats(without)
     assert not response.total.HasField("ttft_p50")
     assert response.total.HasField("latency_p50")
+
+
+async def _ingest_groups(
+    core: RunningCore, tenant: str, count: int, agent_chars: int, model: str = "gpt-4o"
+) -> None:
+    """`count` spans of `tenant`, each its own agent (zero-padded numbers, so key order is numeric)
+    and its own one-second bucket."""
+    spans = []
+    for i in range(count):
+        span = make_span(tenant=tenant, model=model, start_ns=BASE_NS + i * 1_000_000_000)
+        span.agent = f"{i:06d}".ljust(agent_chars, "a")
+        spans.append(span)
+    await ingest_all(core.ingest, spans, batch_size=2000)
+
+
+async def test_stats_with_more_groups_than_a_response_holds_says_it_cut_them(shared: RunningCore) -> None:
+    tenant = "stats-many-groups"
+    await _ingest_groups(shared, tenant, 10_003, agent_chars=8)
+
+    for dims, fields in (
+        ([Q.STATS_DIMENSION_AGENT], {}),
+        ([Q.STATS_DIMENSION_TIME], {"bucket_width": duration_pb2.Duration(seconds=1)}),
+    ):
+        request = Q.GetStatsRequest(tenant=tenant, **fields)  # type: ignore[arg-type]
+        request.group_by.extend(cast("list[query_service_pb2.StatsDimension.ValueType]", dims))
+        response = await shared.query.GetStats(request)
+
+        assert response.truncated
+        assert len(response.groups) == 10_000
+        assert response.total.span_count == 10_003  # the total still covers every span
+        assert sum(g.stats.span_count for g in response.groups) == 10_000
+        if dims == [Q.STATS_DIMENSION_AGENT]:
+            assert [g.agent[:6] for g in response.groups[:3]] == ["000000", "000001", "000002"]
+
+    narrow = await shared.query.GetStats(
+        Q.GetStatsRequest(tenant=tenant, group_by=[Q.STATS_DIMENSION_AGENT], filter='agent = "000007*"')
+    )
+    assert not narrow.truncated and len(narrow.groups) == 1
+
+
+async def test_stats_groups_are_cut_to_what_a_default_client_reads(shared: RunningCore) -> None:
+    tenant = "stats-long-agents"
+    # About 750 bytes a group: 9,000 of them are 6.5 MB.
+    await _ingest_groups(shared, tenant, 9_000, agent_chars=limits.MAX_AGENT_CHARS, model="m" * 400)
+
+    request = Q.GetStatsRequest(tenant=tenant, group_by=[Q.STATS_DIMENSION_AGENT, Q.STATS_DIMENSION_MODEL])
+    response = await shared.query.GetStats(request)  # a default client: 4 MiB at most
+
+    assert response.truncated
+    assert 0 < len(response.groups) < 9_000
+    assert response.ByteSize() <= 4 * 1024 * 1024
+    assert response.total.span_count == 9_000

@@ -90,6 +90,11 @@ def content_chars(messages: Iterable[span_pb2.Message]) -> int:
     )
 
 
+def content_items(messages: Iterable[span_pb2.Message]) -> int:
+    """Content parts and tool calls in `messages`: each is analysed as a text of its own."""
+    return sum(len(message.parts) + len(message.tool_calls) for message in messages)
+
+
 #: The one mapping between domain severities and the wire enum (core and shim both use it).
 SEVERITY_TO_PB: Final[dict[Severity, finding_pb2.Severity.ValueType]] = {
     Severity.INFO: finding_pb2.SEVERITY_INFO,

@@ -13,14 +13,14 @@ from typing import Any, TypeVar
 
 import duckdb
 import grpc
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from llmtrace import limits
 from llmtrace.api.v1 import common_pb2, query_service_pb2, query_service_pb2_grpc
 from llmtrace.query import PageTokenCodec, QueryError
 from llmtrace.rpc.errors import RpcError, abort, invalid_argument, not_found
-from llmtrace.rpc.response_size import RESPONSE_HEADROOM, fitting, page_length, too_large
+from llmtrace.rpc.response_size import PAGE_BYTES, RESPONSE_HEADROOM, fitting, page_length, too_large
 from llmtrace.rpc.row_convert import (
     finding_from_row,
     python_to_any_value,
@@ -275,13 +275,24 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         q = _stats_query(request)
         rows = await queries.stats(self._reader, q)
         response = query_service_pb2.GetStatsResponse(total=stats_from_row(rows[0]))
-        for row in rows[1:]:
-            group = response.groups.add(stats=stats_from_row(row))
+        groups = rows[1 : queries.MAX_STATS_GROUPS + 1]
+        response.truncated = len(rows) - 1 > len(groups)
+        # Cut where the response would pass what a default client reads (long agent names make
+        # a group of hundreds of bytes), as list pages are.
+        room = min(PAGE_BYTES, self._max_message_bytes - RESPONSE_HEADROOM)
+        size = 0
+        for row in groups:
+            group = query_service_pb2.StatsGroup(stats=stats_from_row(row))
             group.model = row.get("g_model") or ""
             group.provider = row.get("g_provider") or ""
             group.agent = row.get("g_agent") or ""
             if row.get("g_time") is not None:
                 group.bucket_start.FromDatetime(row["g_time"])
+            size += _repeated_field_bytes(group)
+            if size > room:
+                response.truncated = True
+                break
+            response.groups.append(group)
         return response
 
     @_reports_errors
@@ -335,9 +346,9 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
             raise RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc), reason="SQL_TIMEOUT") from exc
 
 
-def _repeated_field_bytes(row: query_service_pb2.SqlRow) -> int:
-    """What `row` adds to a response as an element of its repeated `rows` field (as `fitting`
-    counts it): the row, its field tag and its length as a varint."""
+def _repeated_field_bytes(row: Message) -> int:
+    """What `row` adds to a response as an element of a repeated field (as `fitting` counts
+    it): the row, its field tag and its length as a varint."""
     size = row.ByteSize()
     return size + 1 + max(1, (size.bit_length() + 6) // 7)
 
@@ -354,6 +365,10 @@ def _stats_query(request: query_service_pb2.GetStatsRequest) -> queries.StatsQue
         group_by.append(name)
     width = _DEFAULT_BUCKET_US
     if request.HasField("bucket_width"):
+        if not _valid_duration(request.bucket_width):
+            raise invalid_argument(
+                [("bucket_width", "nanos must be within +-999,999,999 and have the sign of seconds")]
+            )
         width = request.bucket_width.ToMicroseconds()
         if width < 1_000_000:
             raise invalid_argument([("bucket_width", "must be at least 1 second")])
@@ -364,6 +379,12 @@ def _stats_query(request: query_service_pb2.GetStatsRequest) -> queries.StatsQue
     if start is not None and end is not None and end <= start:
         raise invalid_argument([("end_time", "must be after start_time")])
     return queries.StatsQuery(tenant, request.filter, tuple(group_by), width, start, end)
+
+
+def _valid_duration(value: duration_pb2.Duration) -> bool:
+    """Whether `value` is a Duration as protobuf defines one (nanos within a second, same sign)."""
+    nanos, seconds = value.nanos, value.seconds
+    return -1_000_000_000 < nanos < 1_000_000_000 and not (seconds > 0 > nanos or seconds < 0 < nanos)
 
 
 def _datetime(value: timestamp_pb2.Timestamp, field: str) -> dt.datetime:

@@ -9,9 +9,11 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Final
 
 import duckdb
 
+from llmtrace import limits
 from llmtrace.query import compile_filter
 from llmtrace.store.catalogs import (
     FINDING_FIELDS,
@@ -262,13 +264,19 @@ async def analysed_scores(
     }
 
 
+#: Groups `stats` returns at most; it fetches one more, so that a caller can tell it cut them.
+MAX_STATS_GROUPS: Final = limits.MAX_ITEMS
+
+
 async def stats(reader: StoreReader, q: StatsQuery) -> list[Row]:
-    """Aggregates: the first row is the overall total, then one row per group (ordered by keys).
+    """Aggregates: the first row is the overall total, then one row per group (ordered by keys),
+    at most `MAX_STATS_GROUPS` + 1 of them (one-second buckets over a month would be millions).
 
     The total and the groups are two plain aggregations run side by side: DuckDB computes
     `count(DISTINCT ...)` under GROUPING SETS about twice as slowly as in two separate scans.
     Every dimension puts each span in exactly one group, so the total's additive aggregates are
-    the sums over the groups and its own scan computes only distinct traces and percentiles.
+    the sums over the groups and its own scan computes only distinct traces and percentiles;
+    only when the groups were cut does a third scan sum them.
     """
     where = compile_filter(q.filter, SPAN_FIELDS)
     conds = ["s.tenant = ?", where.sql]
@@ -292,15 +300,20 @@ async def stats(reader: StoreReader, q: StatsQuery) -> list[Row]:
     names = ", ".join(f"g_{g}" for g in q.group_by)
     group_sql = (
         f"SELECT {keys}, {_STATS_AGGREGATES} FROM {relation} WHERE {condition} "
-        f"GROUP BY {names} ORDER BY {names}"
+        f"GROUP BY {names} ORDER BY {names} LIMIT {MAX_STATS_GROUPS + 1}"
     )
     holistic_sql = f"SELECT {_HOLISTIC_AGGREGATES} FROM {relation} WHERE {condition}"
     holistic, groups = await asyncio.gather(
         reader.fetch(holistic_sql, params), reader.fetch(group_sql, [*key_params, *params])
     )
     total = dict(holistic[0])
-    for name in _ADDITIVE:
-        total[name] = sum(group[name] for group in groups)
+    if len(groups) > MAX_STATS_GROUPS:
+        additive_sql = f"SELECT {_ADDITIVE_AGGREGATES} FROM {relation} WHERE {condition}"
+        additive = await reader.fetch(additive_sql, params)
+        total.update(additive[0])
+    else:
+        for name in _ADDITIVE:
+            total[name] = sum(group[name] for group in groups)
     return [total, *groups]
 
 

@@ -1274,7 +1274,11 @@ type GetStatsResponse struct {
 	// Aggregate over all matching spans.
 	Total *Stats `protobuf:"bytes,1,opt,name=total,proto3" json:"total,omitempty"`
 	// One entry per group, ordered by the group keys; empty without group_by.
-	Groups        []*StatsGroup `protobuf:"bytes,2,rep,name=groups,proto3" json:"groups,omitempty"`
+	Groups []*StatsGroup `protobuf:"bytes,2,rep,name=groups,proto3" json:"groups,omitempty"`
+	// More groups matched than one response holds (at most 10,000, and 4 MiB less some room):
+	// `groups` has the first of them in key order. `total` always covers every matching span.
+	// Narrow the time range or the filter, or widen `bucket_width`, to see the rest.
+	Truncated     bool `protobuf:"varint,3,opt,name=truncated,proto3" json:"truncated,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1321,6 +1325,13 @@ func (x *GetStatsResponse) GetGroups() []*StatsGroup {
 		return x.Groups
 	}
 	return nil
+}
+
+func (x *GetStatsResponse) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
+	}
+	return false
 }
 
 // ExecuteSqlRequest is one read-only query.
@@ -1657,10 +1668,11 @@ const file_llmtrace_api_v1_query_service_proto_rawDesc = "" +
 	"\bprovider\x18\x02 \x01(\tR\bprovider\x12\x14\n" +
 	"\x05agent\x18\x03 \x01(\tR\x05agent\x12=\n" +
 	"\fbucket_start\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\vbucketStart\x12,\n" +
-	"\x05stats\x18\x05 \x01(\v2\x16.llmtrace.api.v1.StatsR\x05stats\"u\n" +
+	"\x05stats\x18\x05 \x01(\v2\x16.llmtrace.api.v1.StatsR\x05stats\"\x93\x01\n" +
 	"\x10GetStatsResponse\x12,\n" +
 	"\x05total\x18\x01 \x01(\v2\x16.llmtrace.api.v1.StatsR\x05total\x123\n" +
-	"\x06groups\x18\x02 \x03(\v2\x1b.llmtrace.api.v1.StatsGroupR\x06groups\"\\\n" +
+	"\x06groups\x18\x02 \x03(\v2\x1b.llmtrace.api.v1.StatsGroupR\x06groups\x12\x1c\n" +
+	"\ttruncated\x18\x03 \x01(\bR\ttruncated\"\\\n" +
 	"\x11ExecuteSqlRequest\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x14\n" +
 	"\x05query\x18\x02 \x01(\tR\x05query\x12\x19\n" +

@@ -656,6 +656,12 @@ class GetStatsResponse(_message.Message):
 
     TOTAL_FIELD_NUMBER: _builtins.int
     GROUPS_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    truncated: _builtins.bool
+    """More groups matched than one response holds (at most 10,000, and 4 MiB less some room):
+    `groups` has the first of them in key order. `total` always covers every matching span.
+    Narrow the time range or the filter, or widen `bucket_width`, to see the rest.
+    """
     @_builtins.property
     def total(self) -> Global___Stats:
         """Aggregate over all matching spans."""
@@ -669,10 +675,11 @@ class GetStatsResponse(_message.Message):
         *,
         total: Global___Stats | None = ...,
         groups: _abc.Iterable[Global___StatsGroup] | None = ...,
+        truncated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["total", b"total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups", "total", b"total", "truncated", b"truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
