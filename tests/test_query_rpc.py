@@ -985,7 +985,7 @@ async def test_stats_with_more_groups_than_a_response_holds_says_it_cut_them(sha
         ([Q.STATS_DIMENSION_TIME], {"bucket_width": duration_pb2.Duration(seconds=1)}),
     ):
         request = Q.GetStatsRequest(tenant=tenant, **fields)  # type: ignore[arg-type]
-        request.group_by.extend(cast("list[query_service_pb2.StatsDimension.ValueType]", dims))
+        request.group_by.extend(dims)
         response = await shared.query.GetStats(request)
 
         assert response.truncated
