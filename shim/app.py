@@ -36,6 +36,8 @@ from shim.spool import Spool
 _log = structlog.get_logger("llmtrace.shim")
 
 _SANIC_TIMEOUT_MARGIN_S: Final = 5.0
+#: Longest upstream response header line (and status line) relayed.
+_MAX_UPSTREAM_HEADER_BYTES: Final = 64 * 1024
 _PROMETHEUS_TEXT: Final = "text/plain; version=0.0.4; charset=utf-8"
 _OWN_PATHS: Final = frozenset({"/health", "/metrics"})
 _app_numbers = itertools.count(1)
@@ -103,6 +105,10 @@ async def _open_resources(app: Sanic[Config, ShimContext]) -> None:
         # HTTPS_PROXY / NO_PROXY are honoured, resolved once per worker (shim.proxy.Upstream).
         trust_env=False,
         cookie_jar=aiohttp.DummyCookieJar(),  # never keep one client's cookies for another
+        # aiohttp refuses a response header line over 8,190 bytes, where clients talking to the
+        # upstream directly read it (long `Link` or policy headers): relayed as they came.
+        max_line_size=_MAX_UPSTREAM_HEADER_BYTES,
+        max_field_size=_MAX_UPSTREAM_HEADER_BYTES,
     )
     spool, dead_letters = await asyncio.to_thread(_open_spool, settings.shipper)
     shipper = Shipper(
@@ -200,8 +206,10 @@ def _sanic_error(request: ShimRequest, exception: Exception) -> HTTPResponse:
         )
     error = ShimError(status, code, message)
     proxy = request.app.ctx.proxy
-    if proxy is not None and request.path not in _OWN_PATHS:
-        proxy.record_refused(request, error)  # refused calls leave a trace too
+    # Refused calls leave a trace too; one whose handler ran (cancelled by Sanic's response
+    # timeout) has it already, from the handler.
+    if proxy is not None and request.path not in _OWN_PATHS and not proxy.handled(request):
+        proxy.record_refused(request, error)
     # Sanic's own headers for the refusal: `Allow` on a 405, as RFC 9110 requires.
     headers = {str(k): str(v) for k, v in (getattr(exception, "headers", None) or {}).items()}
     return error_response(status, code, message, headers or None)

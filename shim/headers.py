@@ -33,6 +33,11 @@ HOP_BY_HOP: Final = frozenset(
 )
 #: Recomputed by the client library from the bytes actually sent.
 _RECOMPUTED: Final = frozenset({"host", "content-length"})
+#: Answered by the shim itself: it holds the whole body before forwarding, so a forwarded
+#: `Expect: 100-continue` would only make the client library wait for a `100 Continue` that an
+#: upstream may never send (RFC 9110 §10.1.1 lets it answer at once), with the body unsent.
+_ANSWERED_HERE: Final = frozenset({"expect"})
+_NEVER_FORWARDED: Final = HOP_BY_HOP | _RECOMPUTED | _ANSWERED_HERE
 OUR_PREFIX: Final = "x-llmtrace-"
 
 #: Headers worth keeping in a span: they explain the call and carry no secret.
@@ -77,6 +82,9 @@ MASK: Final = "***"
 _TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 #: Control characters a header value must not hold (HTAB is allowed; RFC 9110 §5.5).
 _VALUE_CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+#: Bytes that are not UTF-8 reach us as lone surrogates (Sanic decodes with surrogateescape);
+#: aiohttp cannot write them back as they came (its encoder drops them, or fails).
+_NOT_UTF8: Final = re.compile("[\ud800-\udfff]")
 
 
 class HeaderError(ValueError):
@@ -88,18 +96,26 @@ def forwardable(headers: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
 
     Raises `HeaderError` for a name that is not a token (`Transfer-Encoding : chunked`, which
     RFC 9112 §5.1 says to refuse: sent on over a pooled upstream connection that other tenants
-    share, a lenient upstream could read it as framing) or a value with control characters.
+    share, a lenient upstream could read it as framing) or a value with control characters or
+    bytes that are not UTF-8.
     """
     pairs = list(headers)
-    dropped = HOP_BY_HOP | _RECOMPUTED | _connection_listed(pairs)
+    listed = _connection_listed(pairs)
+    dropped = _NEVER_FORWARDED | listed if listed else _NEVER_FORWARDED
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in pairs:
         if _TOKEN.fullmatch(name) is None:
             raise HeaderError(f"invalid request header name {name[:64]!r}")
         # isprintable() is the cheap common case; it is False for HTAB and for text that is
         # fine too (e.g. U+00A0), which the exact check then lets through.
-        if not value.isprintable() and _VALUE_CONTROL.search(value) is not None:
-            raise HeaderError(f"the request header {name!r} holds a control character")
+        if not value.isprintable():
+            if _VALUE_CONTROL.search(value) is not None:
+                raise HeaderError(f"the request header {name!r} holds a control character")
+            if _NOT_UTF8.search(value) is not None:
+                raise HeaderError(
+                    f"the request header {name!r} holds bytes that are not UTF-8, "
+                    "which the proxy cannot forward as they came"
+                )
         lower = name.lower()
         if lower in dropped or lower.startswith(OUR_PREFIX):
             continue

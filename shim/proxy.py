@@ -29,7 +29,7 @@ import structlog
 from prometheus_client import Counter, Histogram
 from sanic import Request
 from sanic.compat import Header
-from sanic.exceptions import ServerError
+from sanic.exceptions import ServerError, ServiceUnavailable
 from sanic.http import Http, Stage
 from sanic.response import BaseHTTPResponse, HTTPResponse
 from yarl import URL
@@ -89,6 +89,7 @@ FLAGGED_HEADER: Final = "X-LLMTrace-Flagged"
 FINDINGS_HEADER: Final = "X-LLMTrace-Findings"
 ERROR_BLOCKED: Final = "request_blocked"
 ERROR_STREAM_STOPPED: Final = "stream_stopped"
+ERROR_RESPONSE_TIMEOUT: Final = "response_timeout"
 #: Why a compressed request body could not be read whole (`llmtrace.enforcement.failopen`, and
 #: the failopen counter's reason, when the inline check could see only part of it, or none).
 UNREAD_UNDECODABLE: Final = "undecodable_body"
@@ -190,18 +191,35 @@ class Proxy:
     async def handle(self, request: AnyRequest) -> HTTPResponse | None:
         """Sanic handler for every route the shim does not own."""
         started = time.perf_counter()
+        request.ctx.llmtrace_handled = True  # this request's span is the handler's to record
         exchange = Exchange(self, request, time.time_ns())
         self.in_flight += 1  # after: a request counted must reach the `finally` that uncounts it
         try:
             return await exchange.run()
         except asyncio.CancelledError:
-            # Sanic cancels the handler when the client goes away; leaving the `async with`
-            # closes the upstream connection, which cancels the upstream request too.
-            exchange.fail("client_disconnected", "the client closed the connection")
+            # Sanic cancels the handler when the client goes away, or when its own response
+            # timeout passes (a backstop behind ours; it answers 503 itself, and this span is
+            # that answer's: `shim.app` records no other). Leaving the `async with` closes the
+            # upstream connection, which cancels the upstream request too.
+            if _sanic_response_timeout(request):
+                exchange.meta.http_status = 503
+                exchange.fail(ERROR_RESPONSE_TIMEOUT, "the proxy's response timeout passed")
+            else:
+                exchange.fail("client_disconnected", "the client closed the connection")
+            raise
+        except Exception as exc:
+            # A bug of ours: the client gets a 500 (`shim.app.unexpected_error`), the span says so.
+            exchange.meta.http_status = 500
+            exchange.fail("internal_error", f"the proxy failed to handle this request: {type(exc).__name__}")
             raise
         finally:
             self.in_flight -= 1
             exchange.finish(time.perf_counter() - started)
+
+    @staticmethod
+    def handled(request: AnyRequest) -> bool:
+        """Whether `handle` took `request` (and so records its span, whatever happens to it)."""
+        return getattr(request.ctx, "llmtrace_handled", False) is True
 
     def record_refused(self, request: AnyRequest, error: ShimError) -> None:
         """Record a span for a request refused before our handler ran (Sanic's body limit)."""
@@ -269,6 +287,12 @@ class _WholeEvents:
         """The bytes held back when the stream ends (a last event without its blank line)."""
         rest, self._held = self._held, b""
         return rest
+
+
+def _sanic_response_timeout(request: AnyRequest) -> bool:
+    """Whether Sanic cancelled the handler for its response timeout (it sets the exception first)."""
+    stream = request.stream
+    return isinstance(stream, Http) and isinstance(stream.exception, ServiceUnavailable)
 
 
 def _after_head(request: AnyRequest) -> None:
@@ -421,6 +445,10 @@ class Exchange:
                     f"(timeout_ms={proxy.settings.timeout_ms}): {type(exc).__name__}",
                 )
             )
+        except aiohttp.ClientResponseError as exc:  # it answered, with a head that cannot be read
+            where = proxy.upstream.server_address
+            message = f"the upstream {where} sent a response the proxy cannot read: {_error_text(exc)}"
+            return self._answer(ShimError(502, "upstream_bad_response", message))
         except aiohttp.ClientError as exc:
             where = proxy.upstream.server_address
             reason = _error_text(exc)
@@ -498,7 +526,7 @@ class Exchange:
         # Values as Sanic writes them back (UTF-8, other bytes as surrogates): byte for byte.
         raw = [(k.decode("latin-1"), v.decode("utf-8", "surrogateescape")) for k, v in upstream.raw_headers]
         meta.response_headers = stored_response_headers(raw)
-        meta.upstream_request_id = (
+        meta.upstream_request_id = header_text(
             upstream.headers.get("x-request-id") or upstream.headers.get("request-id") or ""
         )
         out_headers = returnable(raw)
@@ -506,7 +534,7 @@ class Exchange:
             for name, value in self.extra_headers.items():
                 out_headers[name] = value
         content_type = upstream.headers.get("content-type", "")
-        if content_type.startswith("text/event-stream"):
+        if content_type[:17].lower() == "text/event-stream":
             out_headers["X-Accel-Buffering"] = "no"  # tell nginx & co. not to buffer the stream
         content_encoding = upstream.headers.get("content-encoding", "")
         check: StreamCheck | None = None

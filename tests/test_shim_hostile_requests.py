@@ -111,8 +111,11 @@ async def test_header_bytes_that_are_not_utf8_still_leave_a_span(
         f"Content-Length: {len(body)}\r\n\r\n{body}"
     )
     status, answer = await _raw(stack, head)
-    assert status == 200, answer
+    # Refused rather than forwarded altered (aiohttp's header writer drops such bytes), and kept.
+    assert status == 400 and answer["error"]["code"] == "invalid_header", answer
+    assert not stack.upstream.requests
     (span,) = await stack.spans()
+    assert span.status.error_type == "invalid_header"
     assert span.user_agent == "caf\ufffd-client"  # a byte that is not UTF-8 reads as U+FFFD
     assert span.request_model == "gpt-4o"
     assert _errors(caplog) == []

@@ -135,3 +135,134 @@ async def test_the_upstreams_alt_svc_is_kept_and_none_is_added(tmp_path: Path) -
             ):
                 headers = _headers(await _raw_get(shim.base_url))
             assert [h for h in headers if h.lower().startswith(b"alt-svc")] == expected
+
+
+@pytest.mark.parametrize("reads_bodies", ["core", "shim"])
+async def test_an_upstream_request_id_that_is_not_utf8_keeps_the_span(
+    tmp_path: Path, reads_bodies: str
+) -> None:
+    async def script(writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Request-Id: req_\xff1\r\n"
+            b"Content-Length: 2\r\n\r\n{}"
+        )
+
+    # With the streaming checks on, the shim reads the bodies itself (shim.proxy.Proxy.raw_limit).
+    changes = (
+        {"streaming_analysis": StreamingAnalysisSettings(enabled=True)} if reads_bodies == "shim" else {}
+    )
+    async with (
+        scripted_upstream(script) as upstream,
+        running_core(core_settings(tmp_path / "db.duckdb")) as core,
+        running_shim(shim_settings(tmp_path, upstream, **changes), core.bound.grpc) as shim,
+    ):
+        raw = await _raw_get(shim.base_url)
+        (span,) = await wait_for_spans(core)
+    assert b"X-Request-Id: req_\xff1" in _headers(raw)  # relayed as it came
+    assert span.upstream_request_id == "req_\ufffd1"
+    assert span.status.http_status_code == 200
+
+
+async def test_expect_100_continue_is_answered_by_the_proxy_not_forwarded(tmp_path: Path) -> None:
+    # The upstream answers at once without a `100 Continue` (RFC 9110 allows it). Forwarded, the
+    # header made the upstream request wait for one with the body unsent, until Sanic's own
+    # response timeout answered 503 and two spans were recorded for the one call.
+    async def script(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+
+    settings_changes = {"timeout_ms": 1000, "connection_timeout_ms": 1000}
+    async with (
+        scripted_upstream(script) as upstream,
+        running_core(core_settings(tmp_path / "db.duckdb")) as core,
+        running_shim(shim_settings(tmp_path, upstream, **settings_changes), core.bound.grpc) as shim,
+    ):
+        started = time.monotonic()
+        raw = await raw_response(shim.base_url, post("/v1/chat/completions", CHAT, "Expect: 100-continue"))
+        took = time.monotonic() - started
+        spans = await wait_for_spans(core)
+        await asyncio.sleep(0.5)  # a second span would come with the next flush
+        spans = await wait_for_spans(core)
+    assert raw.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK") or raw.startswith(
+        b"HTTP/1.1 200 OK"
+    )
+    assert raw.endswith(b"\r\n\r\n{}")
+    assert took < 1.0
+    assert len(spans) == 1 and spans[0].status.http_status_code == 200
+
+
+async def test_a_response_header_longer_than_aiohttps_default_is_relayed(tmp_path: Path) -> None:
+    long_value = b"a" * 20_000
+
+    async def script(writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Long: "
+            + long_value
+            + b"\r\nContent-Length: 2\r\n\r\n{}"
+        )
+
+    async with (
+        scripted_upstream(script) as upstream,
+        running_core(core_settings(tmp_path / "db.duckdb")) as core,
+        running_shim(shim_settings(tmp_path, upstream), core.bound.grpc) as shim,
+    ):
+        raw = await _raw_get(shim.base_url)
+        (span,) = await wait_for_spans(core)
+    assert raw.startswith(b"HTTP/1.1 200 OK")
+    assert b"X-Long: " + long_value in _headers(raw)
+    assert span.status.http_status_code == 200
+
+
+async def test_an_unreadable_response_head_is_a_502_that_says_so(tmp_path: Path) -> None:
+    async def script(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 100_000 + b"\r\nContent-Length: 2\r\n\r\n{}")
+
+    async with (
+        scripted_upstream(script) as upstream,
+        running_core(core_settings(tmp_path / "db.duckdb")) as core,
+        running_shim(shim_settings(tmp_path, upstream), core.bound.grpc) as shim,
+    ):
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(shim.base_url + "/v1/chat/completions", data=CHAT) as r,
+        ):
+            status, body = r.status, await r.json()
+        (span,) = await wait_for_spans(core)
+    assert status == 502
+    assert body["error"]["code"] == "upstream_bad_response"
+    assert "cannot read" in body["error"]["message"]
+    assert span.status.error_type == "upstream_bad_response"
+
+
+async def test_an_event_stream_type_in_capitals_is_still_not_to_be_buffered(tmp_path: Path) -> None:
+    async def script(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: Text/Event-Stream\r\nContent-Length: 0\r\n\r\n")
+
+    async with (
+        scripted_upstream(script) as upstream,
+        running_core(core_settings(tmp_path / "db.duckdb")) as core,
+        running_shim(shim_settings(tmp_path, upstream), core.bound.grpc) as shim,
+    ):
+        raw = await _raw_get(shim.base_url)
+    assert b"X-Accel-Buffering: no" in _headers(raw)
+
+
+async def test_sanics_response_timeout_leaves_one_span_with_its_503(tmp_path: Path) -> None:
+    # Sanic's response timeout is a backstop behind ours (set above timeout_ms); lowered here so
+    # that it fires first. Its 503 and the handler it cancels used to record two spans.
+    async def script(writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(3)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+
+    async with (
+        scripted_upstream(script) as upstream,
+        running_core(core_settings(tmp_path / "db.duckdb")) as core,
+        running_shim(shim_settings(tmp_path, upstream), core.bound.grpc) as shim,
+    ):
+        shim.worker.app.config.RESPONSE_TIMEOUT = 1  # read by each new connection
+        raw = await _raw_get(shim.base_url)
+        spans = await wait_for_spans(core)
+        await asyncio.sleep(0.5)  # a second span would come with the next flush
+        spans = await wait_for_spans(core)
+    assert raw.startswith(b"HTTP/1.1 503")
+    assert b"response_timeout" in raw
+    assert [(s.status.http_status_code, s.status.error_type) for s in spans] == [(503, "response_timeout")]

@@ -7,6 +7,8 @@ import json
 import socket
 from pathlib import Path
 
+import pytest
+
 from llmtrace.config.schema import EnforcementSettings
 from tests.conftest import (
     Stack,
@@ -126,16 +128,22 @@ async def test_malformed_request_headers_are_refused_not_forwarded(stack: Stack)
     assert proxy is not None and proxy.in_flight == 0
 
 
-async def test_a_key_that_is_not_utf8_is_forwarded_fingerprinted_and_counted_out(stack: Stack) -> None:
+async def test_a_key_that_is_not_utf8_is_refused_fingerprinted_and_counted_out(stack: Stack) -> None:
     # The fingerprint's encode() raised on the lone surrogate Sanic makes of such a byte: a 500,
     # no span, and a request counted in flight forever, so every later stop waited its whole grace.
+    # Forwarded, the byte was dropped by aiohttp's header writer ("sk-1" reached the upstream):
+    # such a header is refused instead, as one that cannot be sent as it came.
     request = (
-        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer sk-\xff1\r\n\r\n"
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer sk-\xff1\r\n"
+        b"X-Title: caf\xe9\r\n\r\n"
     )
-    status, _, _ = await exchange(stack.shim.base_url, request)
-    assert status == 200
+    status, _, body = await exchange(stack.shim.base_url, request)
+    assert status == 400 and _error_code(body) == "invalid_header", body
+    assert b"not UTF-8" in body
+    assert not stack.upstream.requests
     (span,) = await stack.spans()
     assert len(span.api_key_fingerprint) == 16
+    assert span.status.error_type == "invalid_header"
     proxy = stack.shim.worker.app.ctx.proxy
     assert proxy is not None and proxy.in_flight == 0
 
@@ -152,8 +160,8 @@ async def test_a_malformed_upstream_answer_names_no_query_credential(tmp_path: P
         )
         status, _, body = await exchange(shim.base_url, request)
         (span,) = await wait_for_spans(core)
-    assert status == 502 and _error_code(body) == "upstream_unreachable", body
-    assert span.status.error_type == "upstream_unreachable"
+    assert status == 502 and _error_code(body) == "upstream_bad_response", body
+    assert span.status.error_type == "upstream_bad_response"
     for secret in (b"SUPERSECRET1", b"SIGSECRET2"):
         assert secret not in body
         assert secret.decode() not in span.status.error_message
@@ -170,3 +178,24 @@ async def test_a_405_says_which_methods_are_allowed(stack: Stack) -> None:
         assert status == 405 and _error_code(body) == "method_not_allowed", body
         (allow,) = [line for line in headers if line.lower().startswith(b"allow:")]
         assert allowed in allow.decode()
+
+
+async def test_a_bug_of_ours_is_a_500_and_a_span_that_says_so(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whatever fails unexpectedly inside the handler (here the HTTP client itself): the client
+    # gets a 500 in OpenAI's shape and the span records it, rather than a status of 0 and no error.
+    proxy = stack.shim.worker.app.ctx.proxy
+    assert proxy is not None
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(proxy.session, "request", broken)
+    status, _, body = await exchange(stack.shim.base_url, post("/v1/chat/completions", CHAT))
+    assert status == 500 and _error_code(body) == "internal_error", body
+    (span,) = await stack.spans()
+    assert span.status.http_status_code == 500
+    assert span.status.error_type == "internal_error"
+    assert "RuntimeError" in span.status.error_message
+    assert proxy.in_flight == 0
