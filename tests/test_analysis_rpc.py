@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import re
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -347,18 +349,25 @@ async def test_analyze_runs_in_a_process_of_its_own_replaced_when_found_dead(cor
     assert fresh != pid
 
 
-async def test_a_process_killed_mid_call_fails_only_its_own_calls(tmp_path: Path) -> None:
-    # Two processes, a long call on each; one is killed. Its call fails UNAVAILABLE (the shim
-    # fails open on it); the other process and its call go on.
+@contextlib.asynccontextmanager
+async def _two_analyze_processes(tmp_path: Path) -> AsyncIterator[RunningCore]:
+    """A core with two Analyze processes, both started."""
     settings = core_settings(tmp_path / "db.duckdb")
     two = dataclasses.replace(settings, security_analysis=SecurityAnalysisSettings(analyze_processes=2))
     async with running_core(two) as running:
-        stub = _stub(running)
-        await stub.Analyze(apb.AnalyzeRequest(tenant=TENANT, text="hello"), timeout=60)
+        await _stub(running).Analyze(apb.AnalyzeRequest(tenant=TENANT, text="hello"), timeout=60)
         for _ in range(600):  # the first call starts both
             if len(running.core.analyze_pids) == 2:
                 break
             await asyncio.sleep(0.1)
+        yield running
+
+
+async def test_a_process_killed_mid_call_fails_only_its_own_calls(tmp_path: Path) -> None:
+    # Two processes, a long call on each; one is killed. Its call fails UNAVAILABLE (the shim
+    # fails open on it); the other process and its call go on.
+    async with _two_analyze_processes(tmp_path) as running:
+        stub = _stub(running)
         victim, survivor = running.core.analyze_pids
         long_text = "The quarterly report covers revenue, churn and hiring. " * 18_000
         calls = [
@@ -381,15 +390,8 @@ async def test_a_call_whose_caller_gave_up_still_holds_its_process(tmp_path: Pat
     # Two processes; a long call whose caller stops waiting after 0.3 s. Its process is still
     # busy with it, so the next call must go to the other process and answer at once, not queue
     # behind the abandoned one.
-    settings = core_settings(tmp_path / "db.duckdb")
-    two = dataclasses.replace(settings, security_analysis=SecurityAnalysisSettings(analyze_processes=2))
-    async with running_core(two) as running:
+    async with _two_analyze_processes(tmp_path) as running:
         stub = _stub(running)
-        await stub.Analyze(apb.AnalyzeRequest(tenant=TENANT, text="hello"), timeout=60)
-        for _ in range(600):  # the first call starts both
-            if len(running.core.analyze_pids) == 2:
-                break
-            await asyncio.sleep(0.1)
         await asyncio.gather(  # both warm
             *(stub.Analyze(apb.AnalyzeRequest(tenant=TENANT, text="hi"), timeout=60) for _ in range(4))
         )

@@ -4,17 +4,40 @@ client gets through the shim is what it would get directly, or a clean 502 with 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from llmtrace.config.schema import StreamingAnalysisSettings
-from tests.conftest import core_settings, running_core, running_shim, shim_settings, wait_for_spans
-from tests.raw_http import post, raw_response, scripted_upstream
+from tests.conftest import (
+    RunningCore,
+    RunningShim,
+    core_settings,
+    running_core,
+    running_shim,
+    shim_settings,
+    wait_for_spans,
+)
+from tests.raw_http import Script, post, raw_response, scripted_upstream
 
 CHAT = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
+
+
+@contextlib.asynccontextmanager
+async def _proxying(
+    tmp_path: Path, script: Script, **changes: object
+) -> AsyncIterator[tuple[RunningCore, RunningShim]]:
+    """A core, and a shim in front of an upstream that answers with `script`."""
+    async with (
+        scripted_upstream(script) as upstream,
+        running_core(core_settings(tmp_path / "db.duckdb")) as core,
+        running_shim(shim_settings(tmp_path, upstream, **changes), core.bound.grpc) as shim,
+    ):
+        yield core, shim
 
 
 async def _raw_get(base_url: str) -> bytes:
@@ -33,11 +56,7 @@ async def test_header_values_that_are_not_ascii_arrive_byte_for_byte(tmp_path: P
             b"X-Latin: caf\xe9\r\nX-Raw: \xff\xfeab\r\nContent-Length: 2\r\n\r\n{}"
         )
 
-    async with (
-        scripted_upstream(script) as upstream,
-        running_core(core_settings(tmp_path / "db.duckdb")) as core,
-        running_shim(shim_settings(tmp_path, upstream), core.bound.grpc) as shim,
-    ):
+    async with _proxying(tmp_path, script) as (core, shim):
         headers = _headers(await _raw_get(shim.base_url))
         (span,) = await wait_for_spans(core)
     # Sanic re-encoded latin-1-decoded values as UTF-8: every byte from 0x80 up came out twice.
@@ -51,11 +70,7 @@ async def test_an_answer_without_a_content_type_gets_none_added(tmp_path: Path) 
     async def script(writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
 
-    async with (
-        scripted_upstream(script) as upstream,
-        running_core(core_settings(tmp_path / "db.duckdb")) as core,
-        running_shim(shim_settings(tmp_path, upstream), core.bound.grpc) as shim,
-    ):
+    async with _proxying(tmp_path, script) as (_core, shim):
         raw = await _raw_get(shim.base_url)
     assert raw.endswith(b"\r\n\r\nhello")
     assert not [h for h in _headers(raw) if h.lower().startswith(b"content-type")]
@@ -69,11 +84,7 @@ async def test_switching_protocols_is_a_clean_502_with_a_span(
         await writer.drain()
         await asyncio.sleep(0.5)
 
-    async with (
-        scripted_upstream(script) as upstream,
-        running_core(core_settings(tmp_path / "db.duckdb")) as core,
-        running_shim(shim_settings(tmp_path, upstream), core.bound.grpc) as shim,
-    ):
+    async with _proxying(tmp_path, script) as (core, shim):
         async with (
             aiohttp.ClientSession() as http,
             http.post(shim.base_url + "/v1/chat/completions", json={}) as r,
@@ -151,11 +162,7 @@ async def test_an_upstream_request_id_that_is_not_utf8_keeps_the_span(
     changes = (
         {"streaming_analysis": StreamingAnalysisSettings(enabled=True)} if reads_bodies == "shim" else {}
     )
-    async with (
-        scripted_upstream(script) as upstream,
-        running_core(core_settings(tmp_path / "db.duckdb")) as core,
-        running_shim(shim_settings(tmp_path, upstream, **changes), core.bound.grpc) as shim,
-    ):
+    async with _proxying(tmp_path, script, **changes) as (core, shim):
         raw = await _raw_get(shim.base_url)
         (span,) = await wait_for_spans(core)
     assert b"X-Request-Id: req_\xff1" in _headers(raw)  # relayed as it came
@@ -171,11 +178,7 @@ async def test_expect_100_continue_is_answered_by_the_proxy_not_forwarded(tmp_pa
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
 
     settings_changes = {"timeout_ms": 1000, "connection_timeout_ms": 1000}
-    async with (
-        scripted_upstream(script) as upstream,
-        running_core(core_settings(tmp_path / "db.duckdb")) as core,
-        running_shim(shim_settings(tmp_path, upstream, **settings_changes), core.bound.grpc) as shim,
-    ):
+    async with _proxying(tmp_path, script, **settings_changes) as (core, shim):
         started = time.monotonic()
         raw = await raw_response(shim.base_url, post("/v1/chat/completions", CHAT, "Expect: 100-continue"))
         took = time.monotonic() - started
@@ -200,11 +203,7 @@ async def test_a_response_header_longer_than_aiohttps_default_is_relayed(tmp_pat
             + b"\r\nContent-Length: 2\r\n\r\n{}"
         )
 
-    async with (
-        scripted_upstream(script) as upstream,
-        running_core(core_settings(tmp_path / "db.duckdb")) as core,
-        running_shim(shim_settings(tmp_path, upstream), core.bound.grpc) as shim,
-    ):
+    async with _proxying(tmp_path, script) as (core, shim):
         raw = await _raw_get(shim.base_url)
         (span,) = await wait_for_spans(core)
     assert raw.startswith(b"HTTP/1.1 200 OK")
@@ -216,11 +215,7 @@ async def test_an_unreadable_response_head_is_a_502_that_says_so(tmp_path: Path)
     async def script(writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 100_000 + b"\r\nContent-Length: 2\r\n\r\n{}")
 
-    async with (
-        scripted_upstream(script) as upstream,
-        running_core(core_settings(tmp_path / "db.duckdb")) as core,
-        running_shim(shim_settings(tmp_path, upstream), core.bound.grpc) as shim,
-    ):
+    async with _proxying(tmp_path, script) as (core, shim):
         async with (
             aiohttp.ClientSession() as http,
             http.post(shim.base_url + "/v1/chat/completions", data=CHAT) as r,
@@ -237,11 +232,7 @@ async def test_an_event_stream_type_in_capitals_is_still_not_to_be_buffered(tmp_
     async def script(writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: Text/Event-Stream\r\nContent-Length: 0\r\n\r\n")
 
-    async with (
-        scripted_upstream(script) as upstream,
-        running_core(core_settings(tmp_path / "db.duckdb")) as core,
-        running_shim(shim_settings(tmp_path, upstream), core.bound.grpc) as shim,
-    ):
+    async with _proxying(tmp_path, script) as (_core, shim):
         raw = await _raw_get(shim.base_url)
     assert b"X-Accel-Buffering: no" in _headers(raw)
 
@@ -253,11 +244,7 @@ async def test_sanics_response_timeout_leaves_one_span_with_its_503(tmp_path: Pa
         await asyncio.sleep(3)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
 
-    async with (
-        scripted_upstream(script) as upstream,
-        running_core(core_settings(tmp_path / "db.duckdb")) as core,
-        running_shim(shim_settings(tmp_path, upstream), core.bound.grpc) as shim,
-    ):
+    async with _proxying(tmp_path, script) as (core, shim):
         shim.worker.app.config.RESPONSE_TIMEOUT = 1  # read by each new connection
         raw = await _raw_get(shim.base_url)
         spans = await wait_for_spans(core)
