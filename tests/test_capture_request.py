@@ -367,3 +367,28 @@ def test_json_orjson_refuses_is_read_by_the_standard_parser() -> None:
 def test_requested_model_is_what_the_full_read_finds(path: str, body: bytes, content_type: str) -> None:
     full = parse_request(path, body, content_type, max_body_bytes=1 << 20)
     assert requested_model(path, body, content_type) == full.model
+
+
+def test_a_null_field_does_not_hide_its_alternative() -> None:
+    # Servers that write every field send `"max_completion_tokens": null` beside `max_tokens`.
+    got = parse(
+        "/v1/chat/completions",
+        {
+            "model": "m",
+            "max_completion_tokens": None,
+            "max_tokens": 256,
+            "messages": [],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": None}}],
+        },
+    )
+    assert got.parameters.max_tokens == 256
+    responses = parse(
+        "/v1/responses",
+        {
+            "model": "m",
+            "input": [
+                {"type": "function_call", "call_id": "c1", "name": "f", "arguments": None, "input": {"a": 1}}
+            ],
+        },
+    )
+    assert responses.messages[0].tool_calls[0].arguments == '{"a":1}'

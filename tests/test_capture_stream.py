@@ -861,3 +861,176 @@ def test_listeners_hear_tool_call_arguments_apart_from_the_text() -> None:
     texts, arguments = _listened(anthropic, anthropic_events())
     assert texts == [(0, "Let me "), (0, "check.")]  # not the thinking
     assert arguments == [(0, 2, '{"ci'), (0, 2, 'ty": "P"}')]  # the empty piece is not a delta
+
+
+# --- fields written as null, and whitespace, by servers other than the providers' own ----------
+
+
+def test_streamed_reasoning_beside_a_null_reasoning_content_is_kept() -> None:
+    # vLLM 0.10+ names it `reasoning`; a server that writes every field sends the other as null.
+    events: list[tuple[str | None, object]] = [
+        (
+            None,
+            chat_chunk(
+                {"role": "assistant", "content": None, "reasoning_content": None, "reasoning": "2+2=4."}
+            ),
+        ),
+        (None, chat_chunk({"content": "4", "reasoning_content": ""}, "stop")),
+    ]
+    got = capture(request_for("/v1/chat/completions", CHAT_REQUEST), [sse(events, done=True)])
+    parts = got.choices[0].message.parts
+    assert [(p.type, p.text) for p in parts] == [(model.PART_REASONING, "2+2=4."), (model.PART_TEXT, "4")]
+
+
+def test_anthropic_message_delta_usage_with_nulls_keeps_the_start_counts() -> None:
+    start = {
+        "type": "message_start",
+        "message": {
+            "id": "msg_1",
+            "role": "assistant",
+            "model": "claude",
+            "content": [],
+            "usage": {
+                "input_tokens": 12,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 2048,
+                "output_tokens": 1,
+            },
+        },
+    }
+    nulls = {"input_tokens": None, "cache_creation_input_tokens": None, "cache_read_input_tokens": None}
+    events: list[tuple[str | None, object]] = [
+        ("message_start", start),
+        (
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        ),
+        (
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}},
+        ),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn"},
+                "usage": {**nulls, "output_tokens": 9},
+            },
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    request = request_for(
+        "/v1/messages", {"model": "claude", "stream": True, "max_tokens": 9, "messages": []}
+    )
+    got = capture(request, [sse(events, done=False)])
+    assert got.usage is not None and not got.usage.estimated
+    assert (got.usage.input_tokens, got.usage.cache_read_input_tokens, got.usage.output_tokens) == (
+        2060,
+        2048,
+        9,
+    )
+    assert got.usage.total_tokens == 2069
+
+
+def test_anthropic_streamed_tool_use_without_arguments_reads_as_the_json_answer_does() -> None:
+    events: list[tuple[str | None, object]] = [
+        (
+            "message_start",
+            {"type": "message_start", "message": {"id": "m", "role": "assistant", "model": "c"}},
+        ),
+        (
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "tool_use", "id": "toolu_1", "name": "now", "input": {}},
+            },
+        ),
+        (
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "input_json_delta", "partial_json": ""},
+            },
+        ),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        (
+            "message_delta",
+            {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 5}},
+        ),
+    ]
+    request = request_for("/v1/messages", {"model": "c", "stream": True, "max_tokens": 9, "messages": []})
+    streamed = capture(request, [sse(events, done=False)])
+    whole = {
+        "id": "m",
+        "type": "message",
+        "role": "assistant",
+        "model": "c",
+        "content": [{"type": "tool_use", "id": "toolu_1", "name": "now", "input": {}}],
+        "stop_reason": "tool_use",
+        "usage": {"input_tokens": 1, "output_tokens": 5},
+    }
+    json_answer = capture(request, [json.dumps(whole).encode()], content_type=JSON)
+    assert streamed.choices[0].message.tool_calls[0].arguments == "{}"
+    assert json_answer.choices[0].message.tool_calls[0].arguments == "{}"
+
+
+def test_responses_reasoning_text_is_kept_in_json_as_in_a_stream() -> None:
+    final = {
+        "id": "resp_1",
+        "object": "response",
+        "model": "gpt-oss-120b",
+        "status": "completed",
+        "output": [
+            {
+                "type": "reasoning",
+                "id": "rs_1",
+                "summary": [],
+                "content": [{"type": "reasoning_text", "text": "User asks 2+2."}],
+            },
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "4"}]},
+        ],
+    }
+    request = request_for("/v1/responses", {"model": "gpt-oss-120b", "input": "2+2?", "stream": True})
+    whole = capture(request, [json.dumps(final).encode()], content_type=JSON)
+    streamed = capture(
+        request,
+        [
+            sse(
+                [
+                    (
+                        "response.reasoning_text.delta",
+                        {
+                            "type": "response.reasoning_text.delta",
+                            "output_index": 0,
+                            "content_index": 0,
+                            "delta": "User asks 2+2.",
+                        },
+                    ),
+                    (
+                        "response.output_text.delta",
+                        {
+                            "type": "response.output_text.delta",
+                            "output_index": 1,
+                            "content_index": 0,
+                            "delta": "4",
+                        },
+                    ),
+                    ("response.completed", {"type": "response.completed", "response": final}),
+                ],
+                done=False,
+            )
+        ],
+    )
+    for got in (whole, streamed):
+        texts = [(p.type, p.text) for p in got.choices[0].message.parts]
+        assert texts == [(model.PART_REASONING, "User asks 2+2."), (model.PART_TEXT, "4")], texts
+
+
+def test_an_event_whose_data_has_a_second_leading_space_is_read() -> None:
+    # SSE takes off one space after `data:`; JSON allows the rest (the openai SDK reads it).
+    chunk = json.dumps(chat_chunk({"content": "ok"}, "stop"))
+    body = f"data:  {chunk}\n\ndata: [DONE]\n\n".encode()
+    got = capture(request_for("/v1/chat/completions", CHAT_REQUEST), [body])
+    assert got.id == "chatcmpl-1" and got.choices[0].message.parts[0].text == "ok"

@@ -48,6 +48,16 @@ def as_int(value: object) -> int | None:
     return None
 
 
+def first_given(obj: dict[str, Any], *keys: str) -> object:
+    """The value of the first of `keys` that `obj` holds other than null (None when none does):
+    a server that writes every field sends `"max_completion_tokens": null` beside `max_tokens`."""
+    for key in keys:
+        value = obj.get(key)
+        if value is not None:
+            return value
+    return None
+
+
 def as_count(value: object) -> int:
     """`value` as a non-negative count (token counts), 0 when absent or invalid."""
     number = as_int(value)

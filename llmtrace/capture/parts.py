@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmtrace.capture import model
-from llmtrace.capture.jsonvalues import as_dict, as_list, as_str, to_json_text
+from llmtrace.capture.jsonvalues import as_dict, as_list, as_str, first_given, to_json_text
 
 # Part types that carry text, by their name in any of the three APIs.
 _TEXT_TYPES = frozenset({"text", "input_text", "output_text", "summary_text"})
@@ -79,7 +79,7 @@ def openai_tool_calls(value: object) -> list[model.ToolCall]:
                 id=as_str(call.get("id")),
                 type=as_str(call.get("type")) or "function",
                 name=as_str(function.get("name")),
-                arguments=to_json_text(function.get("arguments", function.get("input"))),
+                arguments=to_json_text(first_given(function, "arguments", "input")),
             )
         )
     return calls

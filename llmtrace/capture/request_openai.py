@@ -16,6 +16,7 @@ from llmtrace.capture.jsonvalues import (
     as_int,
     as_list,
     as_str,
+    first_given,
     to_json_text,
 )
 from llmtrace.capture.parts import content_part, legacy_function_call, openai_tool_calls, text_parts
@@ -25,7 +26,7 @@ def read_chat(body: JsonObject, request: model.ParsedRequest) -> None:
     """`POST /v1/chat/completions`."""
     _common(body, request)
     params = request.parameters
-    params.max_tokens = as_int(body.get("max_completion_tokens", body.get("max_tokens")))
+    params.max_tokens = as_int(first_given(body, "max_completion_tokens", "max_tokens"))
     params.output_type = _output_type(as_dict(body.get("response_format")).get("type"))
     for item in as_list(body.get("messages")):
         raw = as_dict(item)
@@ -110,7 +111,7 @@ def response_item(value: object) -> model.Message | None:
     if kind == "message":
         return model.Message(as_str(item.get("role")) or "user", text_parts(item.get("content")))
     if kind in ("function_call", "custom_tool_call"):
-        arguments = to_json_text(item.get("arguments", item.get("input")))
+        arguments = to_json_text(first_given(item, "arguments", "input"))
         call = model.ToolCall(as_str(item.get("call_id")), "function", as_str(item.get("name")), arguments)
         return model.Message("assistant", tool_calls=[call])
     if kind in ("function_call_output", "custom_tool_call_output"):
@@ -118,8 +119,16 @@ def response_item(value: object) -> model.Message | None:
         parts = text_parts(output) if isinstance(output, str | list) else []
         return model.Message("tool", parts, tool_call_id=as_str(item.get("call_id")))
     if kind == "reasoning":
+        # The summary as one part (lines joined), then the reasoning itself where the model gives
+        # it (`reasoning_text` content: open-weight models), a part each, as the stream reader
+        # (`stream_responses`) makes them.
         summary = [as_str(as_dict(s).get("text")) for s in as_list(item.get("summary"))]
-        return model.Message("assistant", [model.Part(model.PART_REASONING, text="\n".join(summary))])
+        parts = [model.Part(model.PART_REASONING, text="\n".join(summary))]
+        content = [as_str(as_dict(c).get("text")) for c in as_list(item.get("content"))]
+        if content and not summary:
+            parts = []
+        parts += [model.Part(model.PART_REASONING, text=text) for text in content]
+        return model.Message("assistant", parts)
     part = content_part(item)  # a bare part, or an item type we do not model (web search call, ...)
     return model.Message(as_str(item.get("role")) or "user", [part] if part else [])
 
@@ -142,7 +151,7 @@ def _common(body: JsonObject, request: model.ParsedRequest) -> None:
 
 
 def _tool(kind: str, spec: dict[str, Any]) -> model.ToolDefinition:
-    schema = spec.get("parameters", spec.get("format"))
+    schema = first_given(spec, "parameters", "format")
     return model.ToolDefinition(
         type=kind,
         name=as_str(spec.get("name")),

@@ -139,7 +139,11 @@ class AnthropicStream(StreamReader):
         for index in sorted(self._blocks):
             block = self._blocks[index]
             if isinstance(block, ToolCallAccumulator):
-                message.tool_calls.append(block.to_model())
+                call = block.to_model()
+                # A tool_use input is an object: one streamed as nothing (no deltas, or only
+                # empty ones) is `{}`, as the JSON reader writes the same call.
+                call.arguments = call.arguments or "{}"
+                message.tool_calls.append(call)
             elif isinstance(block, model.Part):
                 message.parts.append(block)
             else:

@@ -98,4 +98,5 @@ class StreamReader:
 
 def event_object(data: bytes) -> dict[str, object]:
     """The JSON object in an event's data; empty when it is not one."""
-    return as_dict(loads(data)) if data[:1] == b"{" else {}
+    # `data:  {...}`: SSE takes off one space after the colon; JSON allows the rest.
+    return as_dict(loads(data)) if data[:1] == b"{" or data.lstrip()[:1] == b"{" else {}

@@ -80,7 +80,8 @@ class ChatStream(StreamReader):
             choice.refusal.add(refusal, self.budget)
             if self.on_text is not None:
                 self.on_text(index, refusal)
-        reasoning = delta.get("reasoning_content", delta.get("reasoning"))
+        # `or`: a server that writes every field sends `"reasoning_content": null` beside `reasoning`.
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
         if isinstance(reasoning, str) and reasoning:  # DeepSeek, vLLM and others stream reasoning here
             self.deltas += 1
             choice.reasoning.add(reasoning, self.budget)

@@ -8,7 +8,7 @@ included. OpenAI's `prompt_tokens` / `input_tokens` already include cached token
 from __future__ import annotations
 
 from llmtrace.capture import model
-from llmtrace.capture.jsonvalues import as_count, as_dict
+from llmtrace.capture.jsonvalues import as_count, as_dict, as_int
 
 
 def openai_usage(value: object) -> model.Usage | None:
@@ -39,15 +39,17 @@ def anthropic_usage(value: object, into: model.Usage | None = None) -> model.Usa
         return into
     result = into if into is not None else model.Usage()
     # Input counts are kept apart while merging, in the cache fields and `_base_input`.
+    # A count only replaces the earlier one when it is a count: a later event's `null` (the
+    # fields are optional in `message_delta`; some servers write them all) says nothing.
     base = _base_input(result)
-    if "input_tokens" in usage:
-        base = as_count(usage.get("input_tokens"))
-    if "cache_read_input_tokens" in usage:
-        result.cache_read_input_tokens = as_count(usage.get("cache_read_input_tokens"))
-    if "cache_creation_input_tokens" in usage:
-        result.cache_creation_input_tokens = as_count(usage.get("cache_creation_input_tokens"))
-    if "output_tokens" in usage:
-        result.output_tokens = as_count(usage.get("output_tokens"))
+    if (count := _given(usage, "input_tokens")) is not None:
+        base = count
+    if (count := _given(usage, "cache_read_input_tokens")) is not None:
+        result.cache_read_input_tokens = count
+    if (count := _given(usage, "cache_creation_input_tokens")) is not None:
+        result.cache_creation_input_tokens = count
+    if (count := _given(usage, "output_tokens")) is not None:
+        result.output_tokens = count
     result.input_tokens = base + result.cache_read_input_tokens + result.cache_creation_input_tokens
     result.total_tokens = result.input_tokens + result.output_tokens
     return result
@@ -56,3 +58,9 @@ def anthropic_usage(value: object, into: model.Usage | None = None) -> model.Usa
 def _base_input(usage: model.Usage) -> int:
     """Anthropic's own `input_tokens` (uncached input) out of a merged usage."""
     return max(usage.input_tokens - usage.cache_read_input_tokens - usage.cache_creation_input_tokens, 0)
+
+
+def _given(usage: dict[str, object], key: str) -> int | None:
+    """The count under `key` when there is one (a number), else None."""
+    value = usage.get(key)
+    return as_count(value) if as_int(value) is not None else None
