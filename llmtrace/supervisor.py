@@ -71,6 +71,9 @@ def _first_to_go_when_memory_runs_out() -> None:
         Path("/proc/self/oom_score_adj").write_text(f"{CORE_OOM_SCORE_ADJ}\n")
 
 
+#: Where prometheus_client's multiprocess mode keeps the workers' values (`workers` > 1).
+_PROMETHEUS_DIR_VAR: Final = "PROMETHEUS_MULTIPROC_DIR"
+
 def _core_child(settings: Settings, ready_file: str, parent_pid: int) -> None:
     _die_with_parent()
     if _orphaned(parent_pid):
@@ -160,7 +163,14 @@ class Supervisor:
         process = _mp.Process(
             target=_core_child, args=(settings, str(ready), os.getpid()), name="llmtrace-core"
         )
-        process.start()
+        # The workers' shared metrics directory is theirs: a core restarted after it was set
+        # would write its own metrics there, and the proxy's /metrics would show them.
+        multiproc_dir = os.environ.pop(_PROMETHEUS_DIR_VAR, None)
+        try:
+            process.start()
+        finally:
+            if multiproc_dir is not None:
+                os.environ[_PROMETHEUS_DIR_VAR] = multiproc_dir
         if self._core is None:
             self._core = _Child("core", process)
         else:
@@ -199,6 +209,12 @@ class Supervisor:
         while ready < count:
             if self._stopping:
                 raise _StopRequested
+            # A worker that failed while starting (its error is in the log above) would otherwise
+            # be waited for until the deadline.
+            for child in self._workers:
+                if (code := child.process.exitcode) is not None:
+                    message = f"shim worker {child.name} exited while starting (exit code {code})"
+                    raise SupervisorError(message)
             if time.monotonic() > deadline:
                 raise SupervisorError("a shim worker did not start in time")
             # Short waits, so that a SIGTERM during start-up is acted on at once.
@@ -228,7 +244,7 @@ class Supervisor:
                 raise SupervisorError(f"cannot listen on {self._settings.listen_addr}: {exc}") from exc
             workers = self._settings.workers
             if workers > 1:
-                os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self._tmp)
+                os.environ[_PROMETHEUS_DIR_VAR] = str(self._tmp)
             for index in range(workers):
                 self._start_worker(index)
             self._wait_workers_ready(workers)
@@ -334,7 +350,7 @@ def _join(child: _Child, timeout: float) -> None:
 
 
 def _mark_dead(pid: int | None) -> None:
-    if pid is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if pid is not None and os.environ.get(_PROMETHEUS_DIR_VAR):
         from prometheus_client import multiprocess  # noqa: PLC0415
 
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
@@ -356,12 +372,20 @@ def _write_ready(path: str, data: dict[str, Any]) -> None:
 
 
 def _spool_dir_problem(spool_dir: str) -> str:
-    """Why the spool cannot live at `spool_dir` ("" if it can): a file in the way would otherwise
-    surface as a traceback from inside a worker."""
+    """Why the spool cannot live at `spool_dir` ("" if it can), creating it: a file in the way or
+    a directory that cannot be made would otherwise surface as a traceback from inside a worker."""
     path = Path(spool_dir).expanduser()
     for candidate in (path, *path.parents):
         if candidate.exists():
-            return "" if candidate.is_dir() else f"{candidate} is not a directory"
+            if not candidate.is_dir():
+                return f"{candidate} is not a directory"
+            break
+    try:  # made here as the worker would make it (owner-only), to report why it cannot be
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create it: {exc.strerror or exc}"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return "not writable by this user"
     return ""
 
 

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,27 @@ async def test_several_workers_share_the_port_and_sum_their_metrics(tmp_path: Pa
             serve.kill()
 
 
+async def test_a_restarted_core_keeps_out_of_the_workers_metrics(tmp_path: Path) -> None:
+    # With several workers the supervisor points prometheus_client at a shared directory; a core
+    # restarted after that inherited it and its metrics showed on the proxy's /metrics.
+    async with run_fake_upstream() as upstream:
+        config = _config(tmp_path, upstream.base_url, workers=2)
+        serve = LlmtraceProcess.start(tmp_path, "serve", "serve", "--config", str(config))
+        try:
+            ready = await asyncio.to_thread(serve.wait_ready)
+            os.kill(ready["core_pid"], signal.SIGKILL)
+            async with aiohttp.ClientSession() as http:
+                await _chat(http, ready["http"], "after the restart")
+                assert await _wait_for_count(tmp_path, ready["grpc"], 1) == 1, serve.log()
+                async with http.get(f"http://{ready['http']}/metrics") as r:
+                    metrics = await r.text()
+            assert "llmtrace_shim_requests_total" in metrics
+            assert "llmtrace_core_" not in metrics and "llmtrace_analysis_" not in metrics
+            assert serve.stop(signal.SIGTERM) == 0, serve.log()
+        finally:
+            serve.kill()
+
+
 async def test_shim_alone_spools_until_the_core_appears(tmp_path: Path) -> None:
     async with run_fake_upstream() as upstream:
         grpc_port = _free_port()
@@ -247,3 +269,27 @@ async def test_a_file_where_the_spool_goes_is_a_clear_error(tmp_path: Path, comm
     log = result.stdout.decode(errors="replace")
     assert result.returncode == 1, log
     assert "shipper.spool_dir" in log and "is not a directory" in log and "Traceback" not in log
+
+
+@pytest.mark.parametrize("command", ["serve", "shim"])
+async def test_a_spool_directory_that_cannot_be_made_is_a_clear_error_at_once(
+    tmp_path: Path, command: str
+) -> None:
+    # /proc refuses a new directory to anyone, root included. Before, the worker raised from
+    # inside (a traceback) and `serve` waited 120 s for it before giving up without the reason.
+    config = _config(tmp_path, "http://127.0.0.1:9")
+    started = time.monotonic()
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [*CLI, command, "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=cli_env(LLMTRACE_SHIPPER_SPOOL_DIR="/proc/llmtrace-spool"),
+        cwd=tmp_path,
+        timeout=90,
+        check=False,
+    )
+    log = result.stdout.decode(errors="replace")
+    assert result.returncode == 1, log
+    assert "shipper.spool_dir" in log and "cannot create it" in log and "Traceback" not in log
+    assert time.monotonic() - started < 30

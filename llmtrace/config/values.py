@@ -181,6 +181,34 @@ def _http_url(value: object) -> None:
         raise InvalidValueError(expected)
 
 
+def _upstream_url(value: object) -> None:
+    _http_url(value)
+    assert isinstance(value, str)
+    parts = urlsplit(value)
+    if "@" in parts.netloc:
+        # aiohttp refuses a request with both URL credentials and an Authorization header, which
+        # every SDK call carries: every call would fail.
+        raise InvalidValueError(
+            "must not hold credentials (user:password@): calls carry their own Authorization header"
+        )
+    if parts.query or parts.fragment or value.rstrip("/").endswith(("?", "#")):
+        raise InvalidValueError(
+            "must not hold a query or fragment: each request's path and query are appended to it"
+        )
+
+
+#: Most a millisecond setting may be (31 years, as `MAX_FLOAT` seconds): gRPC takes a deadline
+#: of 1e10 seconds or more as already passed.
+MAX_MILLISECONDS: Final = 10**12
+
+
+def _milliseconds(value: object) -> None:
+    _positive(value)
+    assert isinstance(value, int | float)
+    if value > MAX_MILLISECONDS:
+        raise InvalidValueError(f"must be at most {MAX_MILLISECONDS} (31 years), got {value}")
+
+
 def _positive(value: object) -> None:
     assert isinstance(value, int | float)
     if not value > 0 or not math.isfinite(value):
@@ -259,7 +287,7 @@ MESSAGE_ROLES: Final = ("system", "developer", "user", "assistant", "tool", "fun
 #: What each key must satisfy beyond its type. Keys not listed accept any value of their type.
 RULES: Final[dict[str, Rule]] = {
     "listen_addr": _host_port,
-    "upstream_url": _http_url,
+    "upstream_url": _upstream_url,
     "grpc.listen_addr": _host_port,
     "grpc.max_message_bytes": _grpc_message_bytes,
     "metrics.listen_addr": _host_port,
@@ -274,31 +302,31 @@ RULES: Final[dict[str, Rule]] = {
     "core_addr": _optional_host_port,
     "workers": _at_most(MAX_WORKERS),
     "core_priority": _one_of(CORE_PRIORITIES),
-    "timeout_ms": _positive,
-    "connection_timeout_ms": _positive,
+    "timeout_ms": _milliseconds,
+    "connection_timeout_ms": _milliseconds,
     "max_request_size_bytes": _positive,
     "capture.bodies": _one_of(CAPTURE_BODIES),
     "capture.max_body_bytes": _body_bytes,
     "shipper.batch_max_spans": _at_most(MAX_SPANS_PER_BATCH),
     "shipper.batch_max_bytes": _positive,
-    "shipper.flush_interval_ms": _positive,
+    "shipper.flush_interval_ms": _milliseconds,
     "shipper.queue_max_spans": _positive,
     "shipper.spool_dir": _non_empty,
     "shipper.spool_max_bytes": _positive,
     "shipper.dead_letter_path": _non_empty,
-    "shipper.retry_initial_ms": _positive,
-    "shipper.retry_max_ms": _positive,
-    "shipper.rpc_timeout_ms": _positive,
+    "shipper.retry_initial_ms": _milliseconds,
+    "shipper.retry_max_ms": _milliseconds,
+    "shipper.rpc_timeout_ms": _milliseconds,
     "security_analysis.operating_point": _one_of(OPERATING_POINTS),
     "security_analysis.queue_max_spans": _positive,
     "security_analysis.batch_max_spans": _positive,
-    "security_analysis.timeout_ms": _positive,
+    "security_analysis.timeout_ms": _milliseconds,
     "security_analysis.analyze_processes": _at_most(MAX_ANALYZE_PROCESSES),
     "enforcement.mode": _one_of(ENFORCEMENT_MODES),
     "enforcement.depth": _one_of(ENFORCEMENT_DEPTHS),
     "enforcement.min_severity": _one_of(SEVERITIES),
     "enforcement.min_confidence": _unit_interval,
-    "enforcement.full_timeout_ms": _positive,
+    "enforcement.full_timeout_ms": _milliseconds,
     "enforcement.injection": _one_of(CATEGORY_ACTIONS),
     "enforcement.jailbreak": _one_of(CATEGORY_ACTIONS),
     "enforcement.pii": _one_of(CATEGORY_ACTIONS),
