@@ -74,6 +74,7 @@ def _first_to_go_when_memory_runs_out() -> None:
 #: Where prometheus_client's multiprocess mode keeps the workers' values (`workers` > 1).
 _PROMETHEUS_DIR_VAR: Final = "PROMETHEUS_MULTIPROC_DIR"
 
+
 def _core_child(settings: Settings, ready_file: str, parent_pid: int) -> None:
     _die_with_parent()
     if _orphaned(parent_pid):
