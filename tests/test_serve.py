@@ -252,31 +252,20 @@ async def test_an_unwritable_ready_file_stops_everything_with_an_error(tmp_path:
 
 
 @pytest.mark.parametrize("command", ["serve", "shim"])
-async def test_a_file_where_the_spool_goes_is_a_clear_error(tmp_path: Path, command: str) -> None:
-    # Before, the worker's spool raised NotADirectoryError: a traceback, and `serve` restarted it.
-    (tmp_path / "afile").write_text("")
-    config = _config(tmp_path, "http://127.0.0.1:9")
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [*CLI, command, "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=cli_env(LLMTRACE_SHIPPER_SPOOL_DIR=str(tmp_path / "afile" / "spool")),
-        cwd=tmp_path,
-        timeout=90,
-        check=False,
-    )
-    log = result.stdout.decode(errors="replace")
-    assert result.returncode == 1, log
-    assert "shipper.spool_dir" in log and "is not a directory" in log and "Traceback" not in log
-
-
-@pytest.mark.parametrize("command", ["serve", "shim"])
-async def test_a_spool_directory_that_cannot_be_made_is_a_clear_error_at_once(
-    tmp_path: Path, command: str
+@pytest.mark.parametrize(
+    ("spool_dir", "problem"),
+    [
+        # Before, the worker's spool raised NotADirectoryError: a traceback, and `serve` restarted it.
+        ("afile/spool", "is not a directory"),
+        # /proc refuses a new directory to anyone, root included. Before, the worker raised from
+        # inside (a traceback) and `serve` waited 120 s for it before giving up without the reason.
+        ("/proc/llmtrace-spool", "cannot create it"),
+    ],
+)
+async def test_a_spool_directory_that_cannot_be_used_is_a_clear_error_at_once(
+    tmp_path: Path, command: str, spool_dir: str, problem: str
 ) -> None:
-    # /proc refuses a new directory to anyone, root included. Before, the worker raised from
-    # inside (a traceback) and `serve` waited 120 s for it before giving up without the reason.
+    (tmp_path / "afile").write_text("")
     config = _config(tmp_path, "http://127.0.0.1:9")
     started = time.monotonic()
     result = await asyncio.to_thread(
@@ -284,12 +273,12 @@ async def test_a_spool_directory_that_cannot_be_made_is_a_clear_error_at_once(
         [*CLI, command, "--config", str(config)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        env=cli_env(LLMTRACE_SHIPPER_SPOOL_DIR="/proc/llmtrace-spool"),
+        env=cli_env(LLMTRACE_SHIPPER_SPOOL_DIR=str(tmp_path / spool_dir)),
         cwd=tmp_path,
         timeout=90,
         check=False,
     )
     log = result.stdout.decode(errors="replace")
     assert result.returncode == 1, log
-    assert "shipper.spool_dir" in log and "cannot create it" in log and "Traceback" not in log
+    assert "shipper.spool_dir" in log and problem in log and "Traceback" not in log
     assert time.monotonic() - started < 30
