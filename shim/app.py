@@ -25,7 +25,7 @@ from sanic.response import HTTPResponse
 
 from llmtrace.config.schema import Settings, ShipperSettings
 from shim.dead_letter import DeadLetterFile
-from shim.errors import ShimError, error_response
+from shim.errors import ShimError, error_response, sanic_error_code
 from shim.metrics import render_metrics
 from shim.proxy import METHODS, Proxy
 from shim.responses import ShimResponse
@@ -188,15 +188,7 @@ async def _metrics(request: ShimRequest) -> HTTPResponse:
 def _sanic_error(request: ShimRequest, exception: Exception) -> HTTPResponse:
     """Sanic's own refusals (body too large, slow upload, bad HTTP) in OpenAI's error shape."""
     status = getattr(exception, "status_code", 500) or 500
-    code = {
-        400: "bad_request",
-        404: "not_found",
-        405: "method_not_allowed",
-        408: "request_timeout",
-        413: "request_too_large",
-        417: "expectation_failed",
-        503: "response_timeout",
-    }.get(status, "shim_error")
+    code = sanic_error_code(status)
     message = str(exception) or code
     if status == 413 and "header" in message.lower():
         message = "request headers exceed the size limit"

@@ -29,6 +29,23 @@ _STATUS_TYPE: Final = {
 }
 
 
+#: The codes of Sanic's own refusals, by status (`shim_error` for any other).
+_SANIC_CODES: Final = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "request_too_large",
+    417: "expectation_failed",
+    503: "response_timeout",
+}
+
+
+def sanic_error_code(status: int) -> str:
+    """The error code of a Sanic refusal with `status`, as the client and the span see it."""
+    return _SANIC_CODES.get(status, "shim_error")
+
+
 @dataclass(frozen=True, slots=True)
 class ShimError(Exception):
     """An answer the shim gives itself: status, a stable code, and a message for humans."""

@@ -29,7 +29,7 @@ import structlog
 from prometheus_client import Counter, Histogram
 from sanic import Request
 from sanic.compat import Header
-from sanic.exceptions import ServerError, ServiceUnavailable
+from sanic.exceptions import SanicException, ServerError, ServiceUnavailable
 from sanic.http import Http, Stage
 from sanic.response import BaseHTTPResponse, HTTPResponse
 from yarl import URL
@@ -57,7 +57,7 @@ from llmtrace.security.findings import Finding
 from shim import metrics
 from shim.boundary import BoundaryDefense
 from shim.enforcement import BLOCK, category_of
-from shim.errors import ShimError
+from shim.errors import ShimError, sanic_error_code
 from shim.guard import Guard, block_message
 from shim.headers import (
     MASK,
@@ -206,6 +206,11 @@ class Proxy:
                 exchange.fail(ERROR_RESPONSE_TIMEOUT, "the proxy's response timeout passed")
             else:
                 exchange.fail("client_disconnected", "the client closed the connection")
+            raise
+        except SanicException as exc:
+            # Sanic answers it (`shim.app`, its status in OpenAI's shape); the span says the same.
+            exchange.meta.http_status = exc.status_code
+            exchange.fail(sanic_error_code(exc.status_code), str(exc) or type(exc).__name__)
             raise
         except Exception as exc:
             # A bug of ours: the client gets a 500 (`shim.app.unexpected_error`), the span says so.
