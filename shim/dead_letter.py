@@ -9,6 +9,8 @@ One line per span::
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import os
 import threading
 from collections.abc import Sequence
@@ -61,13 +63,23 @@ class DeadLetterFile:
             # O_APPEND makes each write land at the end even when several workers share the file.
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
             try:
+                # Whole lines or nothing: a write cut short (disk full) would leave a fragment
+                # that the next record is glued to. The flock keeps other workers' appends out
+                # while a failed one is cut back.
+                fcntl.flock(fd, fcntl.LOCK_EX)
                 if os.fstat(fd).st_mode & 0o777 != _FILE_MODE:
                     os.fchmod(fd, _FILE_MODE)  # the umask may have changed the creation mode
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                start = os.fstat(fd).st_size
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, start)
+                    raise
             finally:
-                os.close(fd)
+                os.close(fd)  # releases the flock
             self._count += len(records)
 
 

@@ -35,7 +35,7 @@ from llmtrace.capture.raw import raw_exchange_problems, read_raw_exchange
 from llmtrace.config.schema import ShipperSettings
 from shim import metrics
 from shim.dead_letter import DeadLetter, DeadLetterFile
-from shim.spool import Spool
+from shim.spool import Spool, SpoolEntry
 
 _log = structlog.get_logger("llmtrace.shim.shipper")
 
@@ -326,19 +326,18 @@ class Shipper:
             batch = self._in_flight = self._cut_batch()
             try:
                 if len(self._spool) or (self._closing and self._core_ok is False):
-                    await self._to_spool(batch)  # keep order behind what is already spooled
+                    await self._spool_in_order(batch)
                 else:
                     await self._deliver(batch)
                 self._in_flight = None
-                while len(self._queue) > self._settings.queue_max_spans:
-                    await self._to_spool(self._cut_batch())  # the core is slow: spill, bound memory
+                await self._spill_backlog()
             except asyncio.CancelledError:
                 raise  # `close` spools the batch in flight
             except Exception:
                 # Never let one batch end shipping: what is queued behind it must still move.
                 _log.exception("shipping a batch failed; it goes to the spool", spans=batch.spans)
                 if self._in_flight is not None:
-                    self._in_flight = None
+                    batch, self._in_flight = self._in_flight, None
                     try:
                         await self._to_spool(batch)
                     except Exception:
@@ -357,19 +356,71 @@ class Shipper:
         try:
             done, _ = await asyncio.wait({send}, timeout=self._slow_send_s)
         except asyncio.CancelledError:
-            send.cancel()
+            if verdict.reached:
+                # Stored already, only its dead letters left to write: close waits for that
+                # instead of spooling the batch a second time.
+                self._slow_sends[send] = verdict
+                self._in_flight = None
+            else:
+                send.cancel()  # close spools the batch in flight
             raise
         if done:
             if send.result() is not None:
-                await self._to_spool(batch)
+                await self._spool_write(batch, drop=True)
             return
-        seq = await self._to_spool(batch, copy=True)
+        # From here close settles the send (cancels it unless it has its verdict) and its copy.
+        self._slow_sends[send] = verdict
+        seq = await self._spool_write(batch, drop=False)
+        self._in_flight = None  # the send and its copy hold the batch now
         if seq is not None:
             self._originals[seq] = (send, verdict)
         else:
+            _log.warning("the spool refused a copy of a slow batch", spans=batch.spans)
             self._uncopied[send] = batch.spans
-        self._slow_sends[send] = verdict
-        send.add_done_callback(self._slow_send_done)
+        send.add_done_callback(self._slow_send_done)  # runs soon even if the send is done already
+
+    async def _spool_in_order(self, batch: _Batch) -> None:
+        """Spool `batch` behind what is spooled already, so replay keeps the order. A spool that
+        refuses it (full, or unwritable) while the core answers is no reason to lose it: it is
+        sent directly instead, ahead of the spool."""
+        core_answers = self._core_ok is True
+        if await self._spool_write(batch, drop=not core_answers) is None and core_answers:
+            _log.warning("the spool refused a batch; sent to the core directly", spans=batch.spans)
+            await self._deliver(batch)
+
+    async def _spill_backlog(self) -> None:
+        """Spool what the core is not keeping up with: spans over the memory budget
+        (`queue_max_spans`, `queue_max_bytes`), and spans that have waited longer than a slow
+        send may, which a SIGKILL would otherwise lose."""
+        while self._queue:
+            over = (
+                len(self._queue) > self._settings.queue_max_spans
+                or self._queue_bytes > self._settings.queue_max_bytes
+            )
+            stale = time.monotonic() - self._queue[0][1] > self._slow_send_s
+            if not (over or stale):
+                return
+            batch = self._in_flight = self._cut_batch()
+            if over:
+                await self._spool_write(batch, drop=True)
+            else:
+                await self._spool_in_order(batch)
+            self._in_flight = None
+
+    async def _spool_write(self, batch: _Batch, *, drop: bool) -> int | None:
+        """`_to_spool`, finished even when close cancels the batcher meanwhile: the batch ends up
+        on disk or in `_in_flight` for close to spool, never both (it would be replayed twice)."""
+        write = asyncio.ensure_future(self._to_spool(batch, drop=drop))
+        self._in_flight = None
+        try:
+            stored = await asyncio.shield(write)
+        except asyncio.CancelledError:
+            if await write is None and not drop:
+                self._in_flight = batch  # refused and not counted: close tries once more
+            raise
+        if stored is None and not drop:
+            self._in_flight = batch
+        return stored
 
     async def _drop_answered_copies(self) -> None:
         """At close: delete the spooled copies of slow sends that got their verdict meanwhile,
@@ -396,10 +447,10 @@ class Shipper:
         elif not send.cancelled() and send.exception() is not None:
             _log.error("a slow send failed; its batch is in the spool", error=repr(send.exception()))
 
-    async def _to_spool(self, batch: _Batch, *, copy: bool = False) -> int | None:
-        """Append `batch` to the spool: its sequence number there, or None (dropped, counted).
-        A `copy` of a batch still being sent is not dropped when refused: whether it is lost is
-        up to its send (`_slow_send_done`)."""
+    async def _to_spool(self, batch: _Batch, *, drop: bool = True) -> int | None:
+        """Append `batch` to the spool: its sequence number there, or None when refused (full,
+        or unwritable). A refused batch is counted dropped and logged, unless `drop` is False:
+        then the caller still holds it (a copy of a batch being sent, or one it can send)."""
         if not batch.spans:
             return None
         error: OSError | None = None
@@ -411,8 +462,8 @@ class Shipper:
         if stored is not None:
             metrics.BATCHES.labels("spooled").inc()
             self._spooled.set()
-        elif copy:
-            _log.warning("no room in the spool for a copy of a slow batch", spans=batch.spans)
+        elif not drop:
+            pass
         elif error is not None:
             metrics.SPANS_DROPPED.inc(batch.spans)
             _log.error("cannot write the spool: spans dropped", spans=batch.spans, error=str(error))
@@ -479,16 +530,14 @@ class Shipper:
             send, verdict = original
             await asyncio.wait({send})
             if verdict.reached:
-                async with self._spill_lock:
-                    await asyncio.to_thread(self._spool.remove, entry)
-                # Only now: a remove that fails is tried again, the copy never sent.
                 del self._originals[entry.seq]
-                metrics.SPOOL_BYTES.set(self._spool.bytes_used)
+                await self._remove_delivered(entry)
                 return True
             del self._originals[entry.seq]
         failure = await self._send(entry.payload, None)
         if failure is not None:
             if failure not in _CORE_FAILED:
+                self._head_failures = (-1, 0)  # "in a row": the core was away, not failing on it
                 return False
             # The core failed on this batch itself (a bug answers INTERNAL): after a few tries it
             # goes to the dead-letter file rather than block everything spooled behind it.
@@ -499,10 +548,18 @@ class Shipper:
                 return False
             reason = f"the core failed on this batch {failures} times"
             await self._dead_letter_all(entry.payload, failure.name, reason)
-        async with self._spill_lock:
-            await asyncio.to_thread(self._spool.remove, entry)
-        metrics.SPOOL_BYTES.set(self._spool.bytes_used)
+        await self._remove_delivered(entry)
         return True
+
+    async def _remove_delivered(self, entry: SpoolEntry) -> None:
+        """Delete a delivered batch from the spool. One whose file cannot be deleted leaves the
+        queue all the same (`Spool.remove`): the next run sends it again, stored once."""
+        try:
+            async with self._spill_lock:
+                await asyncio.to_thread(self._spool.remove, entry)
+        except OSError as exc:
+            _log.error("cannot delete a delivered batch from the spool", error=str(exc))
+        metrics.SPOOL_BYTES.set(self._spool.bytes_used)
 
     # -- one RPC ------------------------------------------------------------------------------
 

@@ -167,8 +167,13 @@ class Spool:
                 return None
             seq = self._next_seq
             tmp = self.directory / f"{seq:020d}{_TMP_SUFFIX}"
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+                fd = os.open(tmp, flags, _FILE_MODE)
+            except FileNotFoundError:
+                self._recreate_directory()
+                fd = os.open(tmp, flags, _FILE_MODE)
+            try:
                 with os.fdopen(fd, "wb") as out:
                     os.fchmod(out.fileno(), _FILE_MODE)  # the umask may have narrowed or widened it
                     out.write(_HEADER.pack(_MAGIC, len(payload), zlib.crc32(payload)))
@@ -207,13 +212,21 @@ class Spool:
             return None
 
     def remove(self, entry: SpoolEntry) -> None:
-        """Delete a delivered batch; `entry` must be the one `peek` returned (the oldest)."""
+        """Delete a delivered batch; `entry` must be the one `peek` returned (the oldest).
+
+        A file that cannot be deleted (a read-only disk) still leaves the queue, and the error is
+        raised for the caller to log: the batch was delivered, and keeping it at the head would
+        have it sent again and again, with everything behind it waiting. A later run adopts the
+        file and sends it once more (ingest is idempotent).
+        """
         with self._mutex:
             self._check_open()
             if not self._queue or self._queue[0].seq != entry.seq:
                 raise ValueError("only the oldest spooled batch (from peek) can be removed")
-            self._batch_path(entry.seq).unlink(missing_ok=True)
-            self._drop_head()
+            try:
+                self._batch_path(entry.seq).unlink(missing_ok=True)
+            finally:
+                self._drop_head()
 
     def discard(self, seq: int) -> None:
         """Delete the batch `seq` wherever it is in the queue (a copy no longer needed); a batch
@@ -239,6 +252,17 @@ class Spool:
             finally:
                 os.close(self._lock_fd)
                 self._lock_fd = None
+
+    def _recreate_directory(self) -> None:
+        """Make our directory again after someone deleted it (what it held is counted lost when
+        replay misses it), with a fresh lock: new batches can be spooled, and a later run adopts
+        them should this process die."""
+        _log.warning("spool_directory_recreated", directory=str(self.directory))
+        _make_dir(self.directory, parents=True)
+        lock_fd = _create_lock(self.directory)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+        self._lock_fd = lock_fd
 
     def _check_open(self) -> None:
         if self._lock_fd is None:

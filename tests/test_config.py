@@ -220,6 +220,7 @@ ENV_CASES = {
     "LLMTRACE_SHIPPER_BATCH_MAX_BYTES": ("shipper.batch_max_bytes", "65536", 65536),
     "LLMTRACE_SHIPPER_FLUSH_INTERVAL_MS": ("shipper.flush_interval_ms", "50", 50),
     "LLMTRACE_SHIPPER_QUEUE_MAX_SPANS": ("shipper.queue_max_spans", "1000", 1000),
+    "LLMTRACE_SHIPPER_QUEUE_MAX_BYTES": ("shipper.queue_max_bytes", "1048576", 1048576),
     "LLMTRACE_SHIPPER_SPOOL_DIR": ("shipper.spool_dir", "/var/spool/llmtrace", "/var/spool/llmtrace"),
     "LLMTRACE_SHIPPER_SPOOL_MAX_BYTES": ("shipper.spool_max_bytes", "1048576", 1048576),
     "LLMTRACE_SHIPPER_DEAD_LETTER_PATH": ("shipper.dead_letter_path", "/tmp/dl.jsonl", "/tmp/dl.jsonl"),

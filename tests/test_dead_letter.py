@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import os
 import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -113,3 +115,43 @@ def test_file_and_new_directories_are_owner_only(tmp_path: Path, umask: int) -> 
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE(path.parent.parent.stat().st_mode) == 0o700
     assert len(read_lines(path)) == 2
+
+
+_CUT_SHORT = """
+import resource, signal, sys
+from pathlib import Path
+from shim.dead_letter import DeadLetterFile
+from tests.factories import make_span
+from tests.test_dead_letter import letter
+
+path = Path(sys.argv[1])
+dead = DeadLetterFile(path)
+dead.append([letter(make_span(tenant="acme"), [("f", "first")])])
+# A disk that fills up in the middle of the next record: the write stops 100 bytes in.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size + 100, hard))
+try:
+    dead.append([letter(make_span(tenant="acme"), [("f", "second")])])
+except OSError:
+    print("refused")
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+dead.append([letter(make_span(tenant="acme"), [("f", "third")])])
+"""
+
+
+def test_a_write_cut_short_leaves_no_fragment_for_the_next_record_to_stick_to(tmp_path: Path) -> None:
+    path = tmp_path / "dead.jsonl"
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", _CUT_SHORT, str(path)],
+        check=False,
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "refused"
+    lines = read_lines(path)  # every line parses
+    assert [line["violations"][0]["description"] for line in lines] == ["first", "third"]

@@ -103,8 +103,9 @@ class ShipperSettings:
     # A batch goes out when full or when its oldest span has waited this long; also the most a
     # SIGKILLed shim can lose.
     flush_interval_ms: int = 200
-    # Spans waiting in memory; beyond this, batches go to the spool.
+    # Spans waiting in memory, and their bytes; beyond either, batches go to the spool.
     queue_max_spans: int = 20_000
+    queue_max_bytes: int = 64 * 1024 * 1024
     spool_dir: str = "./llmtrace-spool"
     spool_max_bytes: int = 1024 * 1024 * 1024
     # Spans the core rejects as invalid are appended here (JSON lines), never retried.

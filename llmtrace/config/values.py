@@ -311,6 +311,7 @@ RULES: Final[dict[str, Rule]] = {
     "shipper.batch_max_bytes": _positive,
     "shipper.flush_interval_ms": _milliseconds,
     "shipper.queue_max_spans": _positive,
+    "shipper.queue_max_bytes": _positive,
     "shipper.spool_dir": _non_empty,
     "shipper.spool_max_bytes": _positive,
     "shipper.dead_letter_path": _non_empty,
