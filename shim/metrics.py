@@ -129,8 +129,9 @@ BOUNDARY_MESSAGES = Counter(
 )
 BOUNDARY_SKIPPED = Counter(
     "llmtrace_shim_boundary_skipped_total",
-    "Chat requests with content to wrap forwarded unchanged because rewriting could alter other "
-    "values (boundary_defense), by reason: large_number, unsupported_json, compressed.",
+    "Chat requests forwarded unwrapped (boundary_defense), by reason: large_number or unsupported_json "
+    "(content to wrap, but rewriting could alter other values), compressed (every compressed chat "
+    "request: not opened to look for content to wrap).",
     ["reason"],
 )
 

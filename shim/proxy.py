@@ -737,8 +737,9 @@ class Exchange:
                 error = ShimError(
                     413,
                     "decoded_body_too_large",
-                    f"the request body decodes to more than {proxy.decode_limit} bytes "
-                    "(max_request_size_bytes), which the proxy's inline check cannot read whole",
+                    f"the request body decodes to more than {proxy.decode_limit} bytes (the larger "
+                    "of max_request_size_bytes and capture.max_body_bytes), which the proxy's inline "
+                    "check cannot read whole",
                 )
             else:
                 encoding = ", ".join(self._codings)[: limits.MAX_NAME_CHARS]

@@ -5,12 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from prometheus_client import REGISTRY
+
+# Imported for the metrics they define (REGISTRY then holds them all).
+import llmtrace.analysis_worker
+import llmtrace.rpc.metrics  # noqa: F401
+import shim.metrics  # noqa: F401
 from llmtrace.server import Core
 from tests.conftest import RunningCore, Stack, core_settings
 
@@ -143,3 +150,27 @@ async def test_readme_sql_examples_run(tmp_path: Path) -> None:
     assert csv_lines[0] == "trace_id,spans,tokens"
     assert csv_lines[1].split(",")[1] == "2"
     assert json.loads(outputs[2]) == [{"agent": "sdk-example", "avg_ms": 850.0}]
+
+
+def _metric_names(text: str) -> set[str]:
+    """Metric names in `text`, without the `_total` Prometheus adds to counters."""
+    names = re.findall(r"\bllmtrace_(?:core|shim|analysis)_\w+", text)
+    return {name.removesuffix("_total") for name in names}
+
+
+def test_every_metric_is_documented_and_every_documented_metric_exists() -> None:
+    # A dashboard built from the docs must find each metric they name, and an operator must be
+    # able to learn what each exported metric means.
+    # The modules that define the metrics are imported at the top.
+    exported = {
+        family.name.removesuffix("_total")
+        for family in REGISTRY.collect()
+        if family.name.startswith("llmtrace_")
+    }
+    documented = set().union(
+        *(_metric_names(path.read_text()) for path in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
+    )
+    # Histograms expose _bucket, _sum and _count series of their own name.
+    documented = {re.sub(r"_(?:bucket|sum|count)$", "", name) for name in documented}
+    assert exported - documented == set(), "metrics no doc names"
+    assert documented - exported == set(), "names in the docs that no code exports"

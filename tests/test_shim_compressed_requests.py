@@ -320,6 +320,8 @@ async def test_a_bomb_is_refused_where_the_policy_can_block(tmp_path: Path) -> N
             assert reply.status == 413
             error = (await reply.json())["error"]
         assert error["code"] == "decoded_body_too_large"
+        # It names the limit that applies: the larger of the two keys (here the request size).
+        assert "max_request_size_bytes and capture.max_body_bytes" in error["message"]
         assert stack.upstream.requests == []  # an upstream would read what the check could not
         [span] = await stack.spans()
         assert span.status.http_status_code == 413
