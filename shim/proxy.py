@@ -294,6 +294,24 @@ class _WholeEvents:
         return rest
 
 
+#: The event that ends a stream: `[DONE]` (OpenAI chat and completions), `message_stop`
+#: (Anthropic), the Responses API's last events.
+_CLOSING_EVENT: Final = re.compile(
+    rb"(?m)^(?:data: ?\[DONE\]|event: ?(?:message_stop|response\.(?:completed|incomplete|failed)))[ \t]*\r?$"
+)
+
+
+def _split_closing(events: bytes) -> tuple[bytes, bytes]:
+    """Whole SSE events cut where the stream's closing event begins: (before it, from it on)."""
+    found = _CLOSING_EVENT.search(events)
+    if found is None:
+        return events, b""
+    start = 0
+    for end in _EVENT_END.finditer(events, 0, found.start()):
+        start = end.end()
+    return events[:start], events[start:]
+
+
 def _sanic_response_timeout(request: AnyRequest) -> bool:
     """Whether Sanic cancelled the handler for its response timeout (it sets the exception first)."""
     stream = request.stream
@@ -632,7 +650,7 @@ class Exchange:
         events = _WholeEvents() if early_stop and not _encoded(upstream) else None
         try:
             async for chunk in upstream.content.iter_any():
-                out = chunk if events is None else events.take(chunk)
+                out, closing = (chunk, b"") if events is None else _split_closing(events.take(chunk))
                 if out:
                     if not await self._send_or_fail(response, out):
                         return
@@ -641,6 +659,10 @@ class Exchange:
                 capture.feed(chunk)
                 if self._record_stream_findings(check.scan()) and early_stop and check.critical is not None:
                     await self._stop_stream(upstream, response, check)
+                    return
+                # The closing event goes out only after what came with it was checked: a stop
+                # after `[DONE]` would go unseen (SDKs stop reading there).
+                if closing and not await self._send_or_fail(response, closing):
                     return
         except (TimeoutError, aiohttp.ClientError) as exc:
             self._upstream_broke(exc)

@@ -474,6 +474,49 @@ async def test_an_early_stop_never_lands_inside_a_half_sent_event(tmp_path: Path
     assert TAIL not in streamed.received
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "writes", "closing"),
+    [
+        (
+            "/v1/chat/completions",
+            None,
+            [_chunk(f"the token is {TOKEN}") + b"\n\ndata: [DONE]\n\n"],
+            "[DONE]",
+        ),
+        (
+            "/v1/messages",
+            {
+                "model": "claude-x",
+                "stream": True,
+                "max_tokens": 10,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+            [
+                b'event: message_start\ndata: {"type": "message_start", "message": {"id": "msg_1", '
+                b'"type": "message", "role": "assistant", "model": "claude-x", "content": []}}\n\n'
+                b'event: content_block_start\ndata: {"type": "content_block_start", "index": 0, '
+                b'"content_block": {"type": "text", "text": ""}}\n\n'
+                b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, '
+                b'"delta": {"type": "text_delta", "text": "the token is ' + TOKEN.encode() + b'"}}\n\n'
+                b'event: message_stop\ndata: {"type": "message_stop"}\n\n'
+            ],
+            "message_stop",
+        ),
+    ],
+)
+async def test_an_early_stop_comes_before_the_closing_event_that_arrived_with_it(
+    tmp_path: Path, path: str, body: dict[str, Any] | None, writes: list[bytes], closing: str
+) -> None:
+    # A short answer from a fast upstream arrives in one read, its closing event included: the
+    # stop event must come before it, or SDKs, which stop reading at the end, never see it.
+    streamed = await _stream_through_shim(
+        tmp_path, writes, StreamingAnalysisSettings(enabled=True, early_stop_on_critical=True), path, body
+    )
+    assert "llmtrace_stream_stopped" in streamed.received
+    assert closing not in streamed.received
+    assert streamed.span.status.error_type == "stream_stopped"
+
+
 # --- tool-call arguments -------------------------------------------------------------------------
 
 CALL_ARGUMENTS = "response.choices[0].tool_calls[0].arguments"
