@@ -52,6 +52,10 @@ _ROT13_WORDS: Final = tuple(codecs.encode(word, "rot13") for word in _ATTACK_WOR
 _REVERSED_WORDS: Final = tuple(word[::-1] for word in _ATTACK_WORDS)
 # A word of letters with the digits and signs leetspeak puts in place of letters.
 _LEET_WORD: Final = re.compile(r"(?=[a-z0-9@$]*[a-z])[a-z@$]*[013457@$][a-z0-9@$]*")
+# Runs of the characters a leetspeak word is made of, each read once: `_LEET_WORD` over the whole
+# text tries every position of a long run, each attempt reading to its end (quadratic).
+_LEET_RUN: Final = re.compile(r"(?<![a-z0-9@$])[a-z0-9@$]+")
+_LEET_WORD_MAX: Final = 64
 _LEET_TABLE: Final = str.maketrans("013457@$", "oieastas")
 _MIN_LEET_WORDS: Final = 2
 
@@ -159,16 +163,26 @@ def _whole_text(text: str, lowered: str) -> Iterator[tuple[str, str]]:
         yield "rot13", codecs.encode(text, "rot13")
     if any(word in lowered for word in _REVERSED_WORDS):
         yield "reversed", text[::-1]
-    if _LEET_HINT.search(lowered) is not None:
-        leet_words = _LEET_WORD.findall(lowered)
-        if len(leet_words) >= _MIN_LEET_WORDS:
-            yield "leetspeak", lowered.translate(_LEET_TABLE)
+    if _LEET_HINT.search(lowered) is not None and _leet_words(lowered) >= _MIN_LEET_WORDS:
+        yield "leetspeak", lowered.translate(_LEET_TABLE)
     if not text.isascii() and _SYMBOL.search(text) is not None:
         yield "symbols", text.translate(_SYMBOL_TABLE)
         upside_down = text.translate(_UPSIDE_DOWN_TABLE)
         yield "symbols", upside_down
         # Upside-down text is often written backwards as well.
         yield "symbols", upside_down[::-1]
+
+
+def _leet_words(lowered: str) -> int:
+    """Words written in leetspeak (up to `_MIN_LEET_WORDS`; longer runs are no words)."""
+    count = 0
+    for run in _LEET_RUN.finditer(lowered):
+        word = run.group()
+        if len(word) <= _LEET_WORD_MAX and _LEET_WORD.search(word) is not None:
+            count += 1
+            if count >= _MIN_LEET_WORDS:
+                break
+    return count
 
 
 def _cut(text: str) -> str:

@@ -119,7 +119,8 @@ def _maskables(text: str, matches: Sequence[Match]) -> list[_Maskable]:
     spans = sensitive_spans(text)
     if not spans:
         return own
-    own = sorted(_masked_evidence(text, item, spans) for item in own)
+    ends = [end for _, end, _ in spans]  # spans are sorted and disjoint: so are their ends
+    own = sorted(_masked_evidence(text, item, spans, ends) for item in own)
     starts = [m[0] for m in own]
     merged = list(own)
     pending = list(spans)
@@ -141,14 +142,21 @@ def _maskables(text: str, matches: Sequence[Match]) -> list[_Maskable]:
     return merged
 
 
-def _masked_evidence(text: str, item: _Maskable, spans: Sequence[_Maskable]) -> _Maskable:
+def _masked_evidence(
+    text: str, item: _Maskable, spans: Sequence[_Maskable], ends: Sequence[int]
+) -> _Maskable:
     """A match shown as evidence (not a typed placeholder such as `[EMAIL]`), masked with the
     spans found on the whole text: a secret recognised only with context from outside the match
     (an AWS secret key far from the word "aws"), or straddling the match's edge, is not shown."""
     start, end, placeholder = item
     if _TYPED_PLACEHOLDER.fullmatch(placeholder):
         return item
-    inside = [(max(s, start), min(e, end), p) for s, e, p in spans if s < end and e > start]
+    inside: list[_Maskable] = []
+    index = bisect.bisect_right(ends, start)  # the first span ending after `start`
+    while index < len(spans) and spans[index][0] < end:
+        s, e, p = spans[index]
+        inside.append((max(s, start), min(e, end), p))
+        index += 1
     if not inside:
         return item
     parts: list[str] = []

@@ -150,19 +150,19 @@ def _echoed_words(prompt: _Prompt, hits: frozenset[_Shingle]) -> int:
     return covered
 
 
-def _longest_run(answer_shingles: list[_Shingle], hits: frozenset[_Shingle]) -> tuple[int, int]:
-    # (first shingle, shingle count) of the longest stretch of consecutive echoed answer shingles.
-    best_start = best_len = 0
-    run_start = run_len = 0
-    for j, shingle in enumerate(answer_shingles):
-        if shingle in hits:
-            if run_len == 0:
-                run_start = j
+def _longest_run(echoed_at: list[int]) -> tuple[int, int]:
+    # (first shingle, shingle count) of the longest stretch of consecutive echoed answer shingles,
+    # from their positions in the answer (ascending): the first such stretch on a tie.
+    best_start = best_len = run_start = run_len = 0
+    previous = -2
+    for j in echoed_at:
+        if j == previous + 1:
             run_len += 1
-            if run_len > best_len:
-                best_start, best_len = run_start, run_len
         else:
-            run_len = 0
+            run_start, run_len = j, 1
+        if run_len > best_len:
+            best_start, best_len = run_start, run_len
+        previous = j
     return best_start, best_len
 
 
@@ -182,32 +182,49 @@ def find_prompt_echo(
     if len(lowered) != len(text):  # a few characters grow when lower-cased: keep offsets aligned
         lowered = "".join(char.lower()[0] for char in text)
     answer_words = _split(lowered)
-    by_k: dict[int, list[_Shingle]] = {}
+    by_k: dict[int, tuple[list[_Shingle], frozenset[_Shingle]]] = {}
+    # Where each answer shingle stands, by k: made on the first echo, read by every later one.
+    positions: dict[int, dict[_Shingle, list[int]]] = {}
+    word_spans: list[tuple[int, int]] = []
     matches: list[Match] = []
     for index, system_prompt in enumerate(system_prompts):
         prompt = _prompt(system_prompt) if system_prompt else None
         if prompt is None or len(answer_words) < prompt.k:
             continue
-        answer_shingles = by_k.get(prompt.k)
-        if answer_shingles is None:
-            answer_shingles = by_k[prompt.k] = list(_shingles(answer_words, prompt.k))
-        hits = prompt.shingles.intersection(answer_shingles)
+        if prompt.k not in by_k:
+            shingles = list(_shingles(answer_words, prompt.k))
+            by_k[prompt.k] = (shingles, frozenset(shingles))
+        answer_shingles, answer_set = by_k[prompt.k]
+        # Set against set costs the smaller one: many prompts over one long answer stay linear.
+        hits = prompt.shingles & answer_set
         if not hits:
             continue
         which = "the system prompt" if len(system_prompts) == 1 else f"system prompt {index + 1}"
-        matches.append(_match(lowered, answer_shingles, hits, prompt, which=which))
+        if not word_spans:
+            word_spans = [m.span() for m in _WORD.finditer(lowered)]
+        if prompt.k not in positions:
+            where: dict[_Shingle, list[int]] = {}
+            for j, shingle in enumerate(answer_shingles):
+                where.setdefault(shingle, []).append(j)
+            positions[prompt.k] = where
+        echoed_at = sorted(j for shingle in hits for j in positions[prompt.k][shingle])
+        matches.append(_match(word_spans, echoed_at, hits, prompt, which=which))
     if not matches:
         return []
     return to_findings(text, drop_overlapping(matches), location)
 
 
 def _match(
-    lowered: str, answer_shingles: list[_Shingle], hits: frozenset[_Shingle], prompt: _Prompt, *, which: str
+    spans: Sequence[tuple[int, int]],
+    echoed_at: list[int],
+    hits: frozenset[_Shingle],
+    prompt: _Prompt,
+    *,
+    which: str,
 ) -> Match:
     echoed = _echoed_words(prompt, hits)
     share = min(1.0, echoed / prompt.words)
-    first, length = _longest_run(answer_shingles, hits)
-    spans = [m.span() for m in _WORD.finditer(lowered)]
+    first, length = _longest_run(echoed_at)
     start, end = spans[first][0], spans[first + length + prompt.k - 2][1]
     return Match(
         start=start,

@@ -18,7 +18,9 @@ Policy, kept deliberately simple and visible:
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
+import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -175,9 +177,21 @@ def _fences(text: str) -> Iterator[tuple[int, int]]:
             unclosed.add(marker)
 
 
-def _in_zone(zones: list[tuple[int, int]], start: int, end: int) -> bool:
-    # Zones are few (a handful of fences and links), a scan is cheaper than bisecting.
-    return any(zone_start < end and start < zone_end for zone_start, zone_end in zones)
+class _Zones:
+    """Code fences and links, asked whether a span touches any: in log time, as a text can hold
+    thousands of links (a scan per candidate was quadratic)."""
+
+    __slots__ = ("_reach", "_starts")
+
+    def __init__(self, zones: list[tuple[int, int]]) -> None:
+        ordered = sorted(zones)
+        self._starts = [start for start, _ in ordered]
+        # The furthest end of the zones up to each one: zones may nest or overlap.
+        self._reach = list(itertools.accumulate((end for _, end in ordered), max))
+
+    def touch(self, start: int, end: int) -> bool:
+        before = bisect.bisect_left(self._starts, end)  # the zones that begin before `end`
+        return before > 0 and self._reach[before - 1] > start
 
 
 def _match(start: int, end: int, kind: str, severity: Severity, confidence: float) -> Match:
@@ -410,6 +424,6 @@ def find_pii(text: str, location: str, *, normalized: bool = False) -> list[Find
         candidates.extend(_phones(text, lowered, shape.most_digits))
     if not candidates:
         return []
-    zones = _zones(text)
-    kept = drop_overlapping(c for c in candidates if not _in_zone(zones, c.start, c.end))
+    zones = _Zones(_zones(text))
+    kept = drop_overlapping(c for c in candidates if not zones.touch(c.start, c.end))
     return to_findings(text, kept, location)

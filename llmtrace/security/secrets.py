@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import json
 import re
 from collections.abc import Iterator
@@ -53,7 +54,9 @@ _AWS_SECRET: Final = re.compile(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0
 _AWS_SECRET_CONTEXT: Final = re.compile(r"aws|secret[_ ]?access[_ ]?key|secretaccesskey", _A)
 _GITHUB: Final = re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b", _A)
 _SLACK: Final = re.compile(r"\bxox[baprs]-[A-Za-z0-9-]{10,}", _A)
-_JWT: Final = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*", _A)
+# Only at the start of a run of base64url characters: tried at every "eyJ" of a long run without a
+# dot, each attempt would read to its end (quadratic).
+_JWT: Final = re.compile(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{4,}+\.[A-Za-z0-9_-]{4,}+\.[A-Za-z0-9_-]*", _A)
 #: Longest header segment (base64url characters) that is decoded: 8 KB.
 _JWT_HEADER_MAX: Final = 8192
 _ANTHROPIC: Final = re.compile(r"\bsk-ant-[A-Za-z0-9_-]{20,}", _A)
@@ -166,7 +169,8 @@ def _aws(text: str, lowered: str) -> Iterator[Match]:
     # Forty base64 characters are common (hashes, ids); only near an AWS context do they count.
     for m in _AWS_SECRET.finditer(text):
         value = m.group()
-        near_key = any(abs(m.start() - position) < 200 for position in key_ids)
+        nearest = bisect.bisect_left(key_ids, m.start() - 199)  # key ids are in text order
+        near_key = nearest < len(key_ids) and key_ids[nearest] < m.start() + 200
         window = lowered[max(0, m.start() - 80) : m.start()]
         if not near_key and _AWS_SECRET_CONTEXT.search(window) is None:
             continue

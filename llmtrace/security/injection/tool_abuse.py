@@ -154,8 +154,10 @@ SHELL_SQL_RULES: Final[tuple[Rule, ...]] = (
         # own: "1 UNION SELECT password", "title'; DROP TABLE users; --". A bare statement is a payload
         # only when the model or its tools are told to run it ("execute DROP TABLE users;"): SQL pasted
         # with a question ("here's my SQL: DROP TABLE users; -- is this dangerous?") is not an attack.
-        pattern=r"(?:['\"]|\b\d+)\s*\)*\s*union\s+(?:all\s+)?select\b"
-        r"|(?:['\"]|\b\d+)\s*\)*\s*;\s*(?:drop\s+(?:table|database|schema)\b|delete\s+from\b|truncate\s+table\b"
+        # `\s*(?:\)\s*)*`, not `\s*\)*\s*`: a long run of spaces must have one way to be read,
+        # or each failed attempt tries every split of it (quadratic).
+        pattern=r"(?:['\"]|\b\d+)\s*(?:\)\s*)*union\s+(?:all\s+)?select\b"
+        r"|(?:['\"]|\b\d+)\s*(?:\)\s*)*;\s*(?:drop\s+(?:table|database|schema)\b|delete\s+from\b|truncate\s+table\b"
         r"|insert\s+into\b|update\s+\w+\s+set\b|exec(?:ute)?\s+(?:master\.+(?:dbo)?\.*)?xp_\w+)"
         r"|\b" + _RUN_VERB + r"\s+[^.?!\n]{0,40}?\bdrop\s+(?:table|database|schema)\s+"
         r"(?:if\s+exists\s+)?[\w`\"\[\].]+",
