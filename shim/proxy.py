@@ -45,6 +45,7 @@ from llmtrace.capture.request_parse import (
     DecodedBody,
     decode_request_body,
     parse_decoded_request,
+    reads_json,
     request_codings,
     requested_model,
 )
@@ -88,6 +89,7 @@ _NOT_RAW_TYPES: Final = ("multipart/", "application/octet-stream", "audio/", "im
 FLAGGED_HEADER: Final = "X-LLMTrace-Flagged"
 FINDINGS_HEADER: Final = "X-LLMTrace-Findings"
 ERROR_BLOCKED: Final = "request_blocked"
+ERROR_UNREADABLE_BODY: Final = "unreadable_body"
 ERROR_STREAM_STOPPED: Final = "stream_stopped"
 ERROR_RESPONSE_TIMEOUT: Final = "response_timeout"
 #: Why a compressed request body could not be read whole (`llmtrace.enforcement.failopen`, and
@@ -499,6 +501,16 @@ class Exchange:
         proxy, meta = self._proxy, self.meta
         guard = proxy.guard
         if guard is not None and self.body:
+            if proxy.refuses_unread and self._unreadable_json():
+                error = ShimError(
+                    400,
+                    ERROR_UNREADABLE_BODY,
+                    "the request body is not a JSON object the proxy's inline check can read "
+                    "(UTF-8, UTF-16 or UTF-32, nothing after the object); it was not forwarded",
+                )
+                meta.http_status = error.status
+                self.fail(error.code, error.message)
+                return error.response()
             inspection = await guard.inspect(self.parsed_request, meta)
             if inspection.failed_open:
                 meta.set_attribute("llmtrace.enforcement.failopen", inspection.failed_open)
@@ -727,6 +739,18 @@ class Exchange:
         except (ConnectionError, ServerError):
             return
         await self._end(response)
+
+    def _unreadable_json(self) -> bool:
+        """Whether the body of a JSON API route could not be read as a JSON object. An upstream
+        may read it all the same (Go's decoder ignores what follows the object; some read any
+        content type), so where a finding could block, it is refused, unchecked, not forwarded.
+        (A compressed body the check cannot read is refused apart, with 415 or 413.)"""
+        return (
+            not self._codings
+            and bool(self.parsed_request.raw_body)
+            and self._request.method not in ("GET", "HEAD")
+            and reads_json(self._request.path)
+        )
 
     @property
     def parsed_request(self) -> ParsedRequest:

@@ -364,6 +364,66 @@ async def test_a_lone_surrogate_escape_is_still_checked_and_blocked(tmp_path: Pa
         assert "prompt_injection" in {f.type for f in span.findings}
 
 
+def _chat_bytes() -> bytes:
+    return json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": INJECTION}]}).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        # Python's json reads bytes with a byte-order mark, and UTF-16 (FastAPI, vLLM do).
+        (b"\xef\xbb\xbf" + _chat_bytes(), "application/json"),
+        (_chat_bytes().decode().encode("utf-16"), "application/json; charset=utf-16"),
+        (_chat_bytes().decode().encode("utf-32-le"), "application/json"),
+        # A binary type read as JSON by an upstream that ignores types: spaces first.
+        (b" " * 200 + _chat_bytes(), "application/octet-stream"),
+    ],
+    ids=["utf8-bom", "utf16", "utf32", "octet-stream-after-spaces"],
+)
+async def test_json_an_upstream_reads_is_checked_and_blocked(
+    tmp_path: Path, body: bytes, content_type: str
+) -> None:
+    async with (
+        running_stack(tmp_path, enforcement=EnforcementSettings(mode="block")) as stack,
+        aiohttp.ClientSession() as http,
+    ):
+        headers = {**HEADERS, "Content-Type": content_type}
+        async with http.post(
+            stack.shim.base_url + "/v1/chat/completions", data=body, headers=headers
+        ) as reply:
+            assert reply.status == 403
+            assert (await reply.json())["error"]["code"] == "request_blocked"
+        assert stack.upstream.requests == []
+
+
+async def test_a_body_the_check_cannot_read_is_refused_where_a_finding_could_block(tmp_path: Path) -> None:
+    # Go's JSON decoder (gin, Ollama) reads the first object and ignores what follows it.
+    body = _chat_bytes() + b"\n}"
+    async with (
+        running_stack(tmp_path, enforcement=EnforcementSettings(mode="block")) as stack,
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.post(
+            stack.shim.base_url + "/v1/chat/completions", data=body, headers=HEADERS
+        ) as reply:
+            assert reply.status == 400
+            error = (await reply.json())["error"]
+        assert error["code"] == "unreadable_body"
+        assert error["type"] == "invalid_request_error"
+        assert stack.upstream.requests == []
+        [span] = await stack.spans()
+        assert span.status.http_status_code == 400
+        assert span.status.error_type == "unreadable_body"
+    async with (
+        running_stack(tmp_path / "flag", enforcement=EnforcementSettings(mode="flag")) as stack,
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.post(stack.shim.base_url + "/v1/chat/completions", data=body, headers=HEADERS):
+            pass
+        [received] = stack.upstream.requests  # a policy that cannot block forwards it
+        assert received.body == body
+
+
 async def test_an_unparseable_body_gets_no_score_rather_than_zero(tmp_path: Path) -> None:
     # The core's own analysis off, so the score read back is the shim's alone.
     settings = dataclasses.replace(

@@ -104,9 +104,10 @@ def loads(data: bytes | str) -> object | None:
     except orjson.JSONDecodeError:
         pass
     if isinstance(data, bytes):
-        # Bytes that are not UTF-8 (a stray byte in one delta) are read with U+FFFD in their place,
-        # rather than losing the whole value.
-        data = data.decode("utf-8", "replace")
+        # Read as Python's json reads bytes (what many upstreams run): a byte-order mark, UTF-16
+        # or UTF-32 told by its zero bytes. Bytes that are not valid in it (a stray byte in one
+        # delta) are read with U+FFFD in their place, rather than losing the whole value.
+        data = data.decode(json.detect_encoding(data), "replace")
     try:
         value = json.loads(data)
     except (ValueError, RecursionError):  # JSONDecodeError is a ValueError

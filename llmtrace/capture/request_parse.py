@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -144,13 +145,22 @@ def requested_model(path: str, body: bytes, content_type: str) -> str:
     return as_str(data.get("model")) if isinstance(data, dict) else ""
 
 
+# Whitespace of any length, as a JSON reader skips it, maybe after a byte-order mark.
+_OPENS_OBJECT: Final = re.compile(rb"(?:\xef\xbb\xbf)?[ \t\r\n]*\{")
+
+
+def reads_json(path: str) -> bool:
+    """Whether the request body of `path` is a JSON object the capture reads (a known API route)."""
+    return _READERS.get(route_of(path).api) is not None
+
+
 def _may_be_json(body: bytes, content_type: str) -> bool:
     """Whether to read `body` as JSON on a JSON route. A binary type (an upload) is read only
     when the body opens like a JSON object: an upstream that ignores the type would act on such
     a body, and inline enforcement must see what the upstream sees, not a byte count."""
     if not content_type.lower().startswith(_BINARY_TYPES):
         return True
-    return body[:64].lstrip()[:1] == b"{"
+    return _OPENS_OBJECT.match(body) is not None
 
 
 def raw_text(body: bytes, max_body_bytes: int) -> tuple[str, bool]:
