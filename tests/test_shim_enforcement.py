@@ -396,6 +396,83 @@ async def test_json_an_upstream_reads_is_checked_and_blocked(
         assert stack.upstream.requests == []
 
 
+_NESTED = [
+    (
+        "/v1/messages",
+        {
+            "model": "claude-x",
+            "max_tokens": 10,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "tool_use", "id": "t1", "name": "search", "input": {}}],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": "t1",
+                            "content": [
+                                {
+                                    "type": "search_result",
+                                    "source": "https://example.com",
+                                    "title": "Result",
+                                    "content": [{"type": "text", "text": INJECTION}],
+                                }
+                            ],
+                        }
+                    ],
+                },
+            ],
+        },
+    ),
+    (
+        "/v1/messages",
+        {
+            "model": "claude-x",
+            "max_tokens": 10,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "document",
+                            "source": {"type": "content", "content": [{"type": "text", "text": INJECTION}]},
+                        }
+                    ],
+                }
+            ],
+        },
+    ),
+    (
+        "/v1/responses",
+        {
+            "model": "gpt-4o",
+            "input": [
+                {"type": "local_shell_call", "call_id": "c1", "action": {"type": "exec", "command": ["ls"]}},
+                {"type": "local_shell_call_output", "call_id": "c1", "output": INJECTION},
+            ],
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), _NESTED, ids=["search-result", "content-document", "shell-output"])
+async def test_text_inside_content_of_types_not_modelled_is_checked(
+    tmp_path: Path, path: str, body: dict[str, Any]
+) -> None:
+    async with (
+        running_stack(tmp_path, enforcement=EnforcementSettings(mode="block")) as stack,
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.post(stack.shim.base_url + path, json=body, headers=HEADERS) as reply:
+            assert reply.status == 403
+        assert stack.upstream.requests == []
+        [span] = await stack.spans()
+        assert INJECTION in "".join(part.text for m in span.request.messages for part in m.parts)
+
+
 async def test_a_body_the_check_cannot_read_is_refused_where_a_finding_could_block(tmp_path: Path) -> None:
     # Go's JSON decoder (gin, Ollama) reads the first object and ignores what follows it.
     body = _chat_bytes() + b"\n}"

@@ -54,7 +54,29 @@ def content_part(item: object) -> model.Part | None:
         file = as_dict(part.get("file")) or part
         uri = as_str(file.get("file_id")) or as_str(file.get("file_url")) or as_str(file.get("filename"))
         return model.Part(model.PART_FILE, uri=uri)
-    return model.Part(model.PART_OTHER, mime=kind)
+    # A type not modelled (a search result, a shell call's output, ...): the text inside it, which
+    # the model reads, is kept and checked like any other.
+    return model.Part(model.PART_OTHER, mime=kind, text=nested_text(part))
+
+
+#: The fields of an unmodelled part whose strings a model reads (never `data`: base64 payloads).
+_TEXT_FIELDS = ("title", "text", "content", "output")
+_NESTING_MAX = 16
+
+
+def nested_text(value: object, depth: int = 0) -> str:
+    """The strings under the text-bearing fields of `value` (parts nest in parts), one per line."""
+    if isinstance(value, str):
+        return value
+    if depth >= _NESTING_MAX:
+        return ""
+    if isinstance(value, list):
+        return "\n".join(text for item in value if (text := nested_text(item, depth + 1)))
+    if not isinstance(value, dict):
+        return ""
+    return "\n".join(
+        text for key in _TEXT_FIELDS if key in value and (text := nested_text(value[key], depth + 1))
+    )
 
 
 def _anthropic_source(kind: str, source: dict[str, Any]) -> model.Part:
@@ -63,6 +85,8 @@ def _anthropic_source(kind: str, source: dict[str, Any]) -> model.Part:
     mime = as_str(source.get("media_type"))
     if source.get("type") == "text":  # a plain-text document: its text is content
         return model.Part(model.PART_TEXT, text=as_str(source.get("data")))
+    if source.get("type") == "content":  # a document of content blocks
+        return model.Part(model.PART_TEXT, text=nested_text(source.get("content")))
     return model.Part(part_type, uri=uri, mime=mime)
 
 
