@@ -143,9 +143,13 @@ class AnalysisWorker:
         self._settings = settings
         self._writer = writer
         self._capacity = max(0, settings.queue_max_spans)
+        self._max_bytes = max(0, settings.queue_max_bytes)
         self._batch = max(1, settings.batch_max_spans)
         self._timeout_s = max(0.001, settings.timeout_ms / 1000)
-        self._queue: deque[span_pb2.Span] = deque()
+        # Spans with their serialized size: the queue is bounded in bytes too, since a span may
+        # hold megabytes of content and ten thousand of them would not fit in memory.
+        self._queue: deque[tuple[span_pb2.Span, int]] = deque()
+        self._queue_bytes = 0
         self._ready = asyncio.Event()
         # One process: analysis gets one core at most, at a lower priority than ingest.
         self._pool: ProcessPoolExecutor | None = None
@@ -189,15 +193,21 @@ class AnalysisWorker:
         """
         if not self.enabled or self._closed or not spans:
             return 0
-        room = self._capacity - len(self._queue)
-        taken = spans if room >= len(spans) else spans[: max(0, room)]
-        shed = len(spans) - len(taken)
-        if taken:
-            for span in taken:
-                span.request.ClearField("body")
-                span.response.ClearField("body")
-            self._queue.extend(taken)
-            QUEUE_SPANS.set(len(self._queue))
+        shed = 0
+        for span in spans:
+            if len(self._queue) >= self._capacity:
+                shed += 1
+                continue
+            span.request.ClearField("body")
+            span.response.ClearField("body")
+            size = span.ByteSize()
+            if self._queue_bytes + size > self._max_bytes and self._queue:
+                shed += 1  # an empty queue takes one span however large: it is analysed alone
+                continue
+            self._queue.append((span, size))
+            self._queue_bytes += size
+        QUEUE_SPANS.set(len(self._queue))
+        if self._queue:
             self._ready.set()
         if shed:
             SPANS_SHED.inc(shed)
@@ -211,6 +221,7 @@ class AnalysisWorker:
         self._closed = True
         dropped = len(self._queue)
         self._queue.clear()
+        self._queue_bytes = 0
         QUEUE_SPANS.set(0)
         for task in self._tasks:
             task.cancel()
@@ -289,8 +300,11 @@ class AnalysisWorker:
             if not self._queue:
                 self._ready.clear()
                 continue
-            count = min(self._batch, len(self._queue))
-            batch = [self._queue.popleft() for _ in range(count)]
+            batch = []
+            for _ in range(min(self._batch, len(self._queue))):
+                span, size = self._queue.popleft()
+                self._queue_bytes -= size
+                batch.append(span)
             QUEUE_SPANS.set(len(self._queue))
             self._crashes_left = MAX_CRASHES_PER_BATCH
             self._timeouts_left = MAX_TIMEOUTS_PER_BATCH
@@ -399,7 +413,11 @@ class AnalysisWorker:
         since_us = (time.time_ns() // 1000) - REQUEUE_MAX_AGE_S * 1_000_000
         try:
             rows, found = await queries.unanalysed_spans(
-                reader, since_us=since_us, source=SCORE_SOURCE, limit=self._capacity
+                reader,
+                since_us=since_us,
+                source=SCORE_SOURCE,
+                limit=self._capacity,
+                max_bytes=self._max_bytes,
             )
             spans = await asyncio.to_thread(_spans_to_requeue, rows, found) if rows else []
         except asyncio.CancelledError:

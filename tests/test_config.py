@@ -234,6 +234,7 @@ ENV_CASES = {
         "high_recall",
     ),
     "LLMTRACE_SECURITY_ANALYSIS_QUEUE_MAX_SPANS": ("security_analysis.queue_max_spans", "10", 10),
+    "LLMTRACE_SECURITY_ANALYSIS_QUEUE_MAX_BYTES": ("security_analysis.queue_max_bytes", "4096", 4096),
     "LLMTRACE_SECURITY_ANALYSIS_BATCH_MAX_SPANS": ("security_analysis.batch_max_spans", "8", 8),
     "LLMTRACE_SECURITY_ANALYSIS_TIMEOUT_MS": ("security_analysis.timeout_ms", "250", 250),
     "LLMTRACE_SECURITY_ANALYSIS_MODEL_PATH": ("security_analysis.model_path", "/m.onnx", "/m.onnx"),

@@ -126,6 +126,8 @@ class SecurityAnalysisSettings:
     # Spans waiting for analysis; beyond this new spans are stored unanalysed and counted
     # (llmtrace_analysis_spans_shed_total), so ingest never waits for analysis.
     queue_max_spans: int = 10_000
+    # ... and their serialized bytes (content included); beyond either, new spans are shed.
+    queue_max_bytes: int = 256 * 1024 * 1024
     # Spans analysed together (one classifier batch).
     batch_max_spans: int = 256
     # Past this a batch's analysis is abandoned and counted; its spans stay stored.

@@ -320,6 +320,7 @@ RULES: Final[dict[str, Rule]] = {
     "shipper.rpc_timeout_ms": _milliseconds,
     "security_analysis.operating_point": _one_of(OPERATING_POINTS),
     "security_analysis.queue_max_spans": _positive,
+    "security_analysis.queue_max_bytes": _positive,
     "security_analysis.batch_max_spans": _positive,
     "security_analysis.timeout_ms": _milliseconds,
     "security_analysis.analyze_processes": _at_most(MAX_ANALYZE_PROCESSES),

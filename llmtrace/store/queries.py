@@ -317,6 +317,7 @@ async def stats(reader: StoreReader, q: StatsQuery) -> list[Row]:
     return [total, *groups]
 
 
+_REQUEUE_CHUNK_ROWS = 16
 _UNANALYSED = (
     "SELECT s.tenant, s.trace_id, s.span_id FROM span_rows AS s "
     "WHERE s.ingest_time >= make_timestamptz(?::BIGINT) AND NOT EXISTS ("
@@ -327,10 +328,13 @@ _UNANALYSED = (
 
 
 async def unanalysed_spans(
-    reader: StoreReader, *, since_us: int, source: str, limit: int
+    reader: StoreReader, *, since_us: int, source: str, limit: int, max_bytes: int
 ) -> tuple[list[Row], list[Row]]:
     """Spans ingested since `since_us` (oldest first, at most `limit`) without a `source` score,
     in the full select (ingested score only), and the (type, detector, location) of their findings.
+    Rows are read a few at a time and no more once their content passes `max_bytes`: the spans
+    that waited while the core was down may be many and large, and a restart that ran out of
+    memory loading them would load them again at the next.
     """
     if limit <= 0:
         return [], []
@@ -343,13 +347,21 @@ async def unanalysed_spans(
 
     def run(cursor: duckdb.DuckDBPyConnection) -> tuple[list[Row], list[Row]]:
         params = [since_us, source, limit]
+        # No ORDER BY: sorting would make DuckDB hold every row before the first arrives.
         cursor.execute(
             f"WITH todo AS ({_UNANALYSED}) SELECT {columns} FROM span_rows AS s "
-            "JOIN todo USING (tenant, trace_id, span_id) ORDER BY s.ingest_time",
+            "JOIN todo USING (tenant, trace_id, span_id)",
             params,
         )
         names = [d[0] for d in cursor.description or ()]
-        spans = [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
+        spans: list[Row] = []
+        size = 0
+        while size < max_bytes and (chunk := cursor.fetchmany(_REQUEUE_CHUNK_ROWS)):
+            for values in chunk:
+                spans.append(dict(zip(names, values, strict=True)))
+                size += sum(len(value) for value in values if isinstance(value, str | bytes))
+                if size >= max_bytes:
+                    break
         if not spans:
             return [], []
         cursor.execute(
