@@ -11,6 +11,7 @@ import dataclasses
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -18,6 +19,7 @@ import pytest_asyncio
 
 from llmtrace.api.v1 import ingest_service_pb2, query_service_pb2, span_pb2
 from llmtrace.config.schema import SecurityAnalysisSettings, Settings
+from llmtrace.store.reader import Row, StoreReader
 from tests.conftest import RunningCore, core_settings, running_core
 from tests.factories import BASE_NS, MS, make_span
 
@@ -129,3 +131,43 @@ async def test_one_span_larger_than_any_response_is_a_clear_error(tmp_path: Path
             assert "grpc.max_message_bytes" in (failed.value.details() or "")
         basic = await core.query.ListSpans(query_service_pb2.ListSpansRequest(tenant=TENANT))
         assert [s.span_id for s in basic.spans] == [span.span_id]
+
+
+async def test_a_full_page_reads_no_further_than_a_response_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Rows past what one response carries are not read: a page of large spans was read whole
+    # (a thousand rows, content and all) only to send a few of them.
+    read: list[int] = []
+    fetch_bounded = StoreReader.fetch_bounded
+
+    async def counting(self: StoreReader, *args: Any, **kwargs: Any) -> tuple[list[Row], bool]:
+        rows, cut = await fetch_bounded(self, *args, **kwargs)
+        read.append(len(rows))
+        return rows, cut
+
+    monkeypatch.setattr(StoreReader, "fetch_bounded", counting)
+    async with running_core(_settings(tmp_path / "db.duckdb", max_message_bytes=1024 * 1024)) as core:
+        for span in _big_spans(os.urandom(16)):
+            await core.ingest.IngestSpans(ingest_service_pb2.IngestSpansRequest(spans=[span]))
+        page = await core.query.ListSpans(
+            query_service_pb2.ListSpansRequest(
+                tenant=TENANT, view=query_service_pb2.SPAN_VIEW_FULL, page_size=50
+            )
+        )
+    assert len(page.spans) == 1 and page.next_page_token
+    assert read == [3]  # 900 KB each against twice the 1 MiB a response may hold
+
+
+async def test_full_view_pages_hold_at_most_a_hundred_spans(tmp_path: Path) -> None:
+    async with running_core(_settings(tmp_path / "db.duckdb")) as core:
+        spans = [make_span(tenant=TENANT, start_ns=BASE_NS + i * MS) for i in range(150)]
+        await core.ingest.IngestSpans(ingest_service_pb2.IngestSpansRequest(spans=spans))
+        full = await core.query.ListSpans(
+            query_service_pb2.ListSpansRequest(
+                tenant=TENANT, view=query_service_pb2.SPAN_VIEW_FULL, page_size=1000
+            )
+        )
+        basic = await core.query.ListSpans(query_service_pb2.ListSpansRequest(tenant=TENANT, page_size=1000))
+    assert len(full.spans) == 100 and full.next_page_token
+    assert len(basic.spans) == 150

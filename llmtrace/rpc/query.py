@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import decimal
 import functools
@@ -72,6 +73,11 @@ def _list_request(request: Any, paging: PageSizes) -> ListRequest:
         default_page_size=paging.default,
         max_page_size=paging.maximum,
     )
+
+
+#: Largest page of ListSpans in the full view: a page's rows are sorted in full by DuckDB, and a
+#: span may hold megabytes.
+FULL_VIEW_MAX_PAGE_SIZE = 100
 
 
 @dataclass(frozen=True)
@@ -227,9 +233,19 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         """A page of spans (basic view unless asked for full)."""
         full = request.view == query_service_pb2.SPAN_VIEW_FULL
         req = _list_request(request, self._paging)
+        if full:  # pages of whole spans are smaller, and read no further than a response holds
+            req = dataclasses.replace(
+                req,
+                max_page_size=min(req.max_page_size, FULL_VIEW_MAX_PAGE_SIZE),
+                default_page_size=min(req.default_page_size, FULL_VIEW_MAX_PAGE_SIZE),
+            )
         join = queries.uses_security_score(req.filter, req.order_by)
         page = await list_page(
-            self._reader, self._codec, queries.span_list_query(full, join_scores=join), req
+            self._reader,
+            self._codec,
+            queries.span_list_query(full, join_scores=join),
+            req,
+            max_bytes=2 * self._max_message_bytes if full else 0,
         )
         if not join:
             await self._merge_analysed_scores(req.tenant, page.rows)

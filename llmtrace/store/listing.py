@@ -71,8 +71,13 @@ class Page:
         return Page(self.rows[:count], self.token_after(count - 1), self.token_after)
 
 
-async def list_page(reader: StoreReader, codec: PageTokenCodec, query: ListQuery, req: ListRequest) -> Page:
-    """Run one page of `query` for `req`; raises QueryError on a bad filter, order or token."""
+async def list_page(
+    reader: StoreReader, codec: PageTokenCodec, query: ListQuery, req: ListRequest, *, max_bytes: int = 0
+) -> Page:
+    """Run one page of `query` for `req`; raises QueryError on a bad filter, order or token.
+
+    With `max_bytes`, rows are read only until their content passes it (one at least): a page of
+    large spans is cut to what one response can carry anyway, before it is all in memory."""
     size = effective_page_size(req.page_size, default=req.default_page_size, maximum=req.max_page_size)
     where = compile_filter(req.filter, query.catalog)
     order = parse_order_by(req.order_by, query.catalog, default=query.default_order, tiebreak=query.tiebreak)
@@ -86,8 +91,13 @@ async def list_page(reader: StoreReader, codec: PageTokenCodec, query: ListQuery
         f"WHERE {query.tenant_column} = ? AND {where.sql} "
         f"ORDER BY {order_sql_clause(order)} LIMIT {size + 1}"
     )
-    rows = await reader.fetch(sql, [*relation_params, req.tenant, *where.params])
-    more = len(rows) > size
+    params = [*relation_params, req.tenant, *where.params]
+    cut_short = False
+    if max_bytes:
+        rows, cut_short = await reader.fetch_bounded(sql, params, max_bytes)
+    else:
+        rows = await reader.fetch(sql, params)
+    more = len(rows) > size or cut_short
     rows = rows[:size]
     sort_keys = [[row.pop(f"__k{i}") for i in range(len(order))] for row in rows]
 

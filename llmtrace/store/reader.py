@@ -98,6 +98,27 @@ class StoreReader:
 
         return await self.run(query)
 
+    async def fetch_bounded(
+        self, sql: str, params: Sequence[object], max_bytes: int, chunk_rows: int = 16
+    ) -> tuple[list[Row], bool]:
+        """Rows of `sql`, read a few at a time until their text and bytes pass `max_bytes` (one
+        row at least); and whether reading stopped there, before the result's end."""
+
+        def query(cursor: duckdb.DuckDBPyConnection) -> tuple[list[Row], bool]:
+            cursor.execute(sql, list(params))
+            names = [d[0] for d in cursor.description or ()]
+            rows: list[Row] = []
+            size = 0
+            while chunk := cursor.fetchmany(chunk_rows):
+                for values in chunk:
+                    if rows and size >= max_bytes:
+                        return rows, True
+                    rows.append(dict(zip(names, values, strict=True)))
+                    size += sum(len(value) for value in values if isinstance(value, str | bytes))
+            return rows, False
+
+        return await self.run(query)
+
     def close(self) -> None:
         """Wait for running queries, then stop the worker threads."""
         self._pool.shutdown(wait=True, cancel_futures=True)
