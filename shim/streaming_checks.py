@@ -28,7 +28,7 @@ from typing import Final
 from llmtrace.capture import model
 from llmtrace.capture.exchange import MAX_FINDINGS
 from llmtrace.security.findings import Finding, Severity
-from llmtrace.security.normalize import normalize
+from llmtrace.security.normalize import normalize, unescape_json
 from llmtrace.security.pii import find_pii
 from llmtrace.security.secrets import _JWT_HEADER_MAX, find_secrets
 
@@ -70,6 +70,8 @@ def _key(finding: Finding) -> _Key:
 
 
 def _find(text: str, location: str) -> list[Finding]:
+    if location.endswith(".arguments"):  # JSON: `gh\u0070_...` is the token the tool receives
+        text = unescape_json(text)
     normalized = normalize(text)
     return find_pii(normalized, location, normalized=True) + find_secrets(
         normalized, location, normalized=True

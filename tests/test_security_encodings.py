@@ -110,6 +110,13 @@ def test_candidates_are_bounded() -> None:
     assert decoders(b64(ATTACK) + " " + harmless) == ["base64"]
 
 
+def test_ids_that_decode_to_no_text_do_not_crowd_an_attack_out() -> None:
+    # Tokens that look like base64 but decode to bytes that are not text (ids, hashes) are cheap
+    # to try: they no longer use up the blobs whose decoding is judged.
+    ids = " ".join(f"Qx7vZp2Lk9Wm4Rt{i:02d}Yb8Nc3Hd" for i in range(3 * MAX_CANDIDATES))
+    assert decoders(f"Ids: {ids}. Please decode and follow: {b64(ATTACK)}") == ["base64"]
+
+
 def test_normalized_flag() -> None:
     text = codecs.encode(ATTACK, "rot13")
     assert decoders(text) == ["rot13"]

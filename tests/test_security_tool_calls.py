@@ -134,11 +134,19 @@ def test_disguised_command_is_normalised() -> None:
     assert kinds({"cmd": "RM -RF /"}) == ["recursive_delete"]
 
 
-def test_strings_are_bounded() -> None:
+def test_a_command_behind_many_decoy_strings_is_still_found_and_the_work_bounded() -> None:
+    # Keys count as strings: 130 decoy keys once hid the command past the first MAX_STRINGS.
+    decoys = {f"key{i}": "x" for i in range(MAX_STRINGS // 2 + 2)}
+    [finding] = find_tool_call_risks(
+        "run", json.dumps({**decoys, "cmd": "rm -rf / --no-preserve-root"}), LOCATION
+    )
+    assert finding.type == "dangerous_command"
+    assert finding.location == LOCATION  # the strings past the first ones are checked together
     many = {"items": [f"item {i}" for i in range(MAX_STRINGS + 10)] + ["rm -rf /"]}
-    assert found(many) == []
+    assert kinds(many) == ["recursive_delete"]
     start = time.perf_counter()
     find_tool_call_risks("run", json.dumps({"cmd": "rm -" * 50_000}), LOCATION)
+    find_tool_call_risks("run", json.dumps([f"item {i}" for i in range(200_000)]), LOCATION)
     assert time.perf_counter() - start < 2.0
 
 

@@ -27,7 +27,9 @@ from prometheus_client import REGISTRY
 from llmtrace.api.v1 import finding_pb2, span_pb2
 from llmtrace.capture.exchange import MAX_FINDINGS
 from llmtrace.config.schema import StreamingAnalysisSettings
+from llmtrace.security.exchange import Exchange, ToolCall
 from llmtrace.security.findings import Severity
+from llmtrace.security.tiers import regex_exchange_findings
 from shim import streaming_checks
 from shim.streaming_checks import OVERLAP, StreamCheck
 from tests.conftest import (
@@ -535,6 +537,22 @@ def test_a_token_split_across_two_argument_deltas_is_found_once_and_is_critical(
     found = feed_arguments(check, ['{"body": "token ', TOKEN[:14], TOKEN[14:] + '", ', '"to": "a@b.c"}'])
     assert [(f.type, f.location) for f in found] == [("secret_leakage", CALL_ARGUMENTS)]
     assert check.critical is not None and check.critical.location == CALL_ARGUMENTS
+
+
+def test_a_token_written_with_json_escapes_in_argument_deltas_is_critical() -> None:
+    # `\u0070` is `p` to the tool that reads the arguments; split across deltas, escape and all.
+    escaped = TOKEN.replace("p", "\\u0070", 1)
+    check = StreamCheck()
+    found = feed_arguments(check, ['{"body": "key ' + escaped[:5], escaped[5:] + '"}'])
+    assert [(f.type, f.location) for f in found] == [("secret_leakage", CALL_ARGUMENTS)]
+    assert check.critical is not None
+
+
+def test_a_token_written_with_json_escapes_in_a_tool_call_is_found() -> None:
+    escaped = TOKEN.replace("p", "\\u0070", 1)
+    call = ToolCall("send", json.dumps({"body": "x"}).replace('"x"', f'"key {escaped}"'), CALL_ARGUMENTS)
+    findings = regex_exchange_findings(Exchange(tool_calls=(call,)))
+    assert "secret_leakage" in {f.type for f in findings}
 
 
 def test_arguments_are_never_joined_to_the_text_or_to_other_calls() -> None:

@@ -28,7 +28,9 @@ from llmtrace.security.normalize import normalize
 
 ENCODING_ATTACK: Final = "encoding_attack"
 
+#: Blobs of one encoding whose decoding is judged, and blobs tried, per text.
 MAX_CANDIDATES: Final = 8
+MAX_TRIED: Final = 256
 MAX_BLOB_CHARS: Final = 8192
 _EXCERPT_MAX: Final = 60
 
@@ -142,9 +144,11 @@ def _blobs(text: str) -> Iterator[tuple[str, int, int, str]]:
     for name, pattern, decode in _BLOB_DECODERS:
         if name == "binary" and "0" not in text:
             continue
-        tried = 0
+        tried = judged = 0
         for m in pattern.finditer(text):
-            if tried >= MAX_CANDIDATES:
+            # Judging a decoding runs every tier on it: a few per encoding. Decoding is cheap, so
+            # more are tried: ids and hashes that decode to no text cannot crowd an attack out.
+            if tried >= MAX_TRIED or judged >= MAX_CANDIDATES:
                 break
             blob = m.group().strip(" :,-")
             if len(blob) > MAX_BLOB_CHARS:
@@ -152,6 +156,7 @@ def _blobs(text: str) -> Iterator[tuple[str, int, int, str]]:
             tried += 1
             decoded = decode(blob)
             if decoded is not None:
+                judged += 1
                 yield name, m.start(), m.start() + len(blob), decoded
 
 

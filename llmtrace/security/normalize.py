@@ -120,3 +120,33 @@ def normalize(text: str) -> str:
             if stripped != decomposed:
                 text = unicodedata.normalize("NFC", stripped)
     return _collapse_spaces(text)
+
+
+_JSON_ESCAPE: Final = re.compile(r'\\(u[0-9a-fA-F]{4}|["\\/bfnrt])')
+_SIMPLE_ESCAPES: Final = {
+    '"': '"',
+    "\\": "\\",
+    "/": "/",
+    "b": "\b",
+    "f": "\f",
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+}
+
+
+def unescape_json(text: str) -> str:
+    """JSON text with its string escapes read (`\\u0070` as `p`): tool-call arguments are JSON,
+    and a key written with escapes is the same key to the tool that reads them. Surrogate escapes
+    are left as they are (a lone half is no character)."""
+    if "\\" not in text:
+        return text
+
+    def read(found: re.Match[str]) -> str:
+        escape = found.group(1)
+        if escape[0] != "u":
+            return _SIMPLE_ESCAPES[escape]
+        code = int(escape[1:], 16)
+        return found.group(0) if 0xD800 <= code <= 0xDFFF else chr(code)
+
+    return _JSON_ESCAPE.sub(read, text)

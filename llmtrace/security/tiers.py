@@ -22,7 +22,7 @@ from llmtrace.security.exchange import Exchange, Side, Text
 from llmtrace.security.findings import DATA_LEAKAGE, PII_DETECTED, SECRET_LEAKAGE, Finding, Severity, score
 from llmtrace.security.injection import find_injection
 from llmtrace.security.leakage import find_prompt_echo
-from llmtrace.security.normalize import normalize
+from llmtrace.security.normalize import normalize, unescape_json
 from llmtrace.security.pii import find_pii
 from llmtrace.security.secrets import find_secrets
 from llmtrace.security.tool_calls import (
@@ -93,7 +93,9 @@ def regex_exchange_findings(exchange: Exchange) -> list[Finding]:
     for call in exchange.tool_calls:
         findings.extend(find_tool_call_risks(call.name, call.arguments, call.location))
         # Arguments carry data out as well as commands: a key or a card number sent to a tool.
-        findings.extend(regex_findings(Text(call.arguments, call.location, "response", "assistant")))
+        # Read with their JSON escapes undone: `gh\u0070_...` is the token the tool receives.
+        arguments = unescape_json(call.arguments)
+        findings.extend(regex_findings(Text(arguments, call.location, "response", "assistant")))
     if exchange.system_prompts:
         for item in exchange.texts:
             if item.side == "response" and item.text:

@@ -40,6 +40,8 @@ SUSPICIOUS_URL: Final = "suspicious_url"
 # Bounds: a model can emit huge arguments; the first strings and characters are what matter.
 MAX_STRINGS: Final = 256
 MAX_STRING_CHARS: Final = 65_536
+#: The strings past MAX_STRINGS are checked together, up to this many characters.
+_REST_MAX_CHARS: Final = 4 * MAX_STRING_CHARS
 _MAX_DEPTH: Final = 32
 _EXCERPT_MAX: Final = 80
 #: Characters of a tool's name that a finding's description repeats, and of an argument's name that a
@@ -412,9 +414,18 @@ def find_tool_call_risks(name: str, arguments_json: str, location: str) -> list[
     # in one show in it.
     tool_shown = _shown(name, _TOOL_NAME_SHOWN)
     findings: list[Finding] = []
+    rest: list[str] = []  # past MAX_STRINGS: decoy keys must not hide a command behind them
+    rest_chars = 0
     for count, (path, value) in enumerate(_strings(parsed, location)):
-        if count >= MAX_STRINGS:
+        if count < MAX_STRINGS:
+            if value:
+                findings.extend(_check(value, path, tool_shown))
+            continue
+        if rest_chars >= _REST_MAX_CHARS:
             break
-        if value:
-            findings.extend(_check(value, path, tool_shown))
+        rest.append(value[:MAX_STRING_CHARS])
+        rest_chars += len(rest[-1]) + 1
+    if rest:
+        # Checked as one text, at the arguments' place: one pass, however many strings.
+        findings.extend(_check("\n".join(rest), location, tool_shown))
     return findings
