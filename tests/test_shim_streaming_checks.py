@@ -519,6 +519,76 @@ async def test_an_early_stop_comes_before_the_closing_event_that_arrived_with_it
     assert streamed.span.status.error_type == "stream_stopped"
 
 
+def _responses_completed(text: str) -> bytes:
+    response = {
+        "id": "resp_1",
+        "object": "response",
+        "model": "gpt-4o",
+        "status": "completed",
+        "output": [
+            {
+                "type": "message",
+                "id": "msg_1",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        ],
+    }
+    payload = {"type": "response.completed", "response": response}
+    return b"event: response.completed\ndata: " + json.dumps(payload).encode() + b"\n\n"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "writes"),
+    [
+        # A Responses stream with no deltas: the answer comes whole, in the last event.
+        (
+            "/v1/responses",
+            {"model": "gpt-4o", "stream": True, "input": "hi"},
+            [
+                b'event: response.created\ndata: {"type": "response.created", "response": '
+                b'{"id": "resp_1", "object": "response", "model": "gpt-4o", "status": "in_progress", '
+                b'"output": []}}\n\n',
+                _responses_completed(f"the token is {TOKEN}"),
+            ],
+        ),
+        # A chat stream whose delta content is a list of parts.
+        (
+            "/v1/chat/completions",
+            None,
+            [
+                b"data: "
+                + json.dumps(
+                    {
+                        "id": "c1",
+                        "object": "chat.completion.chunk",
+                        "model": "gpt-4o",
+                        "choices": [
+                            {
+                                "index": 0,
+                                "delta": {"content": [{"type": "text", "text": f"the token is {TOKEN}"}]},
+                                "finish_reason": None,
+                            }
+                        ],
+                    }
+                ).encode()
+                + b"\n\n",
+                b"data: [DONE]\n\n",
+            ],
+        ),
+    ],
+    ids=["responses-whole", "chat-content-parts"],
+)
+async def test_answers_not_streamed_as_text_deltas_are_checked_too(
+    tmp_path: Path, path: str, body: dict[str, Any] | None, writes: list[bytes]
+) -> None:
+    streamed = await _stream_through_shim(
+        tmp_path, writes, StreamingAnalysisSettings(enabled=True, early_stop_on_critical=True), path, body
+    )
+    assert streamed.span.status.error_type == "stream_stopped"
+    assert "secret_leakage" in {f.type for f in streamed.span.findings}
+
+
 # --- tool-call arguments -------------------------------------------------------------------------
 
 CALL_ARGUMENTS = "response.choices[0].tool_calls[0].arguments"

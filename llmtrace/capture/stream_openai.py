@@ -5,6 +5,7 @@ from __future__ import annotations
 from llmtrace.capture import model
 from llmtrace.capture.accumulate import ChoiceAccumulator, ToolCallAccumulator
 from llmtrace.capture.jsonvalues import as_dict, as_int, as_list, as_str
+from llmtrace.capture.parts import content_part
 from llmtrace.capture.stream_base import MAX_SLOTS, StreamReader, event_object
 from llmtrace.capture.usage import openai_usage
 
@@ -69,6 +70,8 @@ class ChatStream(StreamReader):
         if isinstance(role, str) and role:
             choice.role = role
         content = delta.get("content")
+        if isinstance(content, list):  # a few servers stream content as parts: their text
+            content = "".join(part.text for item in content if (part := content_part(item)) and part.text)
         if isinstance(content, str) and content:
             self.deltas += 1
             choice.content.add(content, self.budget)

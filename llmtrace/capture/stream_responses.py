@@ -167,7 +167,24 @@ class ResponsesStream(StreamReader):
                 final = responses_output_item(raw, self.budget)
                 if final is not None:
                     self._finals[index] = final
+                    self._tell_listeners(index, final)
         self._finish_reason = responses_finish_reason(response, has_tool_calls=self._has_tool_calls())
+
+    def _tell_listeners(self, index: int, final: model.Message) -> None:
+        """Hand an item that came only whole, in the last event, to the streaming checks, as
+        its deltas would have been: they must see every answer, however it was streamed."""
+        for part in final.parts:
+            if not part.text:
+                continue
+            if part.type == model.PART_REASONING:
+                if self.on_reasoning is not None:
+                    self.on_reasoning(0, part.text)
+            elif self.on_text is not None:
+                self.on_text(0, part.text)
+        if self.on_arguments is not None:
+            for call in final.tool_calls:
+                if call.arguments:
+                    self.on_arguments(0, index, call.arguments)
 
     def _has_tool_calls(self) -> bool:
         streamed = any(isinstance(item, ToolCallAccumulator) for item in self._items.values())
