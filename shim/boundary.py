@@ -87,7 +87,9 @@ class BoundaryDefense:
             # orjson refuses some JSON the upstream reads (lone surrogate escapes, numbers beyond
             # a double): what it cannot read, it cannot write back unchanged.
             try:
-                fallback = json.loads(body)
+                # Read as loosely as upstreams read (a byte-order mark, UTF-16, stray bytes that
+                # some decoders replace): content to wrap that cannot be is counted as skipped.
+                fallback = json.loads(body.decode(json.detect_encoding(body), "replace"))
             except (ValueError, RecursionError):
                 return Wrapped(0)  # not JSON: the upstream will say so
             if self._targets(fallback)[1]:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from prometheus_client import REGISTRY
 
 from llmtrace.config.schema import BoundaryDefenseSettings
@@ -111,6 +113,24 @@ def test_json_orjson_cannot_read_is_left_alone() -> None:
     assert wrapped.skipped == "unsupported_json"
     # Nothing to wrap in it: nothing skipped either.
     assert defense.apply(body_of(conv[:2]).replace(b"Paris", b"\\ud800")).skipped == ""
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda body: body.replace(b"sunny", b"caf\xe9"),  # Latin-1 bytes, read by lenient decoders
+        lambda body: b"\xef\xbb\xbf" + body,  # a byte-order mark
+        lambda body: body.decode().encode("utf-16"),
+    ],
+    ids=["latin-1", "bom", "utf-16"],
+)
+def test_bodies_an_upstream_may_read_but_the_rewrite_cannot_are_counted_skipped(
+    encode: Callable[[bytes], bytes],
+) -> None:
+    defense = BoundaryDefense(BoundaryDefenseSettings(enabled=True))
+    wrapped = defense.apply(encode(body_of(conversation())))
+    assert wrapped.body is None
+    assert wrapped.skipped == "unsupported_json"
 
 
 def test_a_fresh_nonce_per_request() -> None:
