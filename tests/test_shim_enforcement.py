@@ -342,6 +342,28 @@ async def test_depth_full_checks_with_the_regex_tiers_past_the_deadline(
 HEADERS = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
 
 
+@dataclasses.dataclass(frozen=True)
+class _Refusal:
+    """What a block-mode stack made of one request: the answer, what the upstream got, the spans."""
+
+    status: int
+    error: dict[str, Any]
+    forwarded: list[Any]
+    spans: list[span_pb2.Span]
+
+
+async def _post_in_block_mode(
+    tmp_path: Path, body: bytes, headers: dict[str, str] = HEADERS, path: str = "/v1/chat/completions"
+) -> _Refusal:
+    async with (
+        running_stack(tmp_path, enforcement=EnforcementSettings(mode="block")) as stack,
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.post(stack.shim.base_url + path, data=body, headers=headers) as reply:
+            status, answer = reply.status, await reply.json()
+        return _Refusal(status, answer.get("error", {}), list(stack.upstream.requests), await stack.spans())
+
+
 async def test_a_lone_surrogate_escape_is_still_checked_and_blocked(tmp_path: Path) -> None:
     # orjson refuses `\ud800`; the body must not pass as unparseable (and so unchecked).
     body = (
@@ -349,19 +371,11 @@ async def test_a_lone_surrogate_escape_is_still_checked_and_blocked(tmp_path: Pa
         + INJECTION.encode()
         + b'"}]}'
     )
-    async with (
-        running_stack(tmp_path, enforcement=EnforcementSettings(mode="block")) as stack,
-        aiohttp.ClientSession() as http,
-    ):
-        async with http.post(
-            stack.shim.base_url + "/v1/chat/completions", data=body, headers=HEADERS
-        ) as reply:
-            assert reply.status == 403
-            assert (await reply.json())["error"]["code"] == "request_blocked"
-        assert stack.upstream.requests == []
-        [span] = await stack.spans()
-        assert span.request.messages[0].parts[0].text == "\ufffd " + INJECTION  # recorded, encodable
-        assert "prompt_injection" in {f.type for f in span.findings}
+    refusal = await _post_in_block_mode(tmp_path, body)
+    assert (refusal.status, refusal.error["code"], refusal.forwarded) == (403, "request_blocked", [])
+    [span] = refusal.spans
+    assert span.request.messages[0].parts[0].text == "\ufffd " + INJECTION  # recorded, encodable
+    assert "prompt_injection" in {f.type for f in span.findings}
 
 
 def _chat_bytes() -> bytes:
@@ -383,17 +397,8 @@ def _chat_bytes() -> bytes:
 async def test_json_an_upstream_reads_is_checked_and_blocked(
     tmp_path: Path, body: bytes, content_type: str
 ) -> None:
-    async with (
-        running_stack(tmp_path, enforcement=EnforcementSettings(mode="block")) as stack,
-        aiohttp.ClientSession() as http,
-    ):
-        headers = {**HEADERS, "Content-Type": content_type}
-        async with http.post(
-            stack.shim.base_url + "/v1/chat/completions", data=body, headers=headers
-        ) as reply:
-            assert reply.status == 403
-            assert (await reply.json())["error"]["code"] == "request_blocked"
-        assert stack.upstream.requests == []
+    refusal = await _post_in_block_mode(tmp_path, body, {**HEADERS, "Content-Type": content_type})
+    assert (refusal.status, refusal.error["code"], refusal.forwarded) == (403, "request_blocked", [])
 
 
 _NESTED = [
@@ -462,35 +467,21 @@ _NESTED = [
 async def test_text_inside_content_of_types_not_modelled_is_checked(
     tmp_path: Path, path: str, body: dict[str, Any]
 ) -> None:
-    async with (
-        running_stack(tmp_path, enforcement=EnforcementSettings(mode="block")) as stack,
-        aiohttp.ClientSession() as http,
-    ):
-        async with http.post(stack.shim.base_url + path, json=body, headers=HEADERS) as reply:
-            assert reply.status == 403
-        assert stack.upstream.requests == []
-        [span] = await stack.spans()
-        assert INJECTION in "".join(part.text for m in span.request.messages for part in m.parts)
+    refusal = await _post_in_block_mode(tmp_path, json.dumps(body).encode(), path=path)
+    assert (refusal.status, refusal.forwarded) == (403, [])
+    [span] = refusal.spans
+    assert INJECTION in "".join(part.text for m in span.request.messages for part in m.parts)
 
 
 async def test_a_body_the_check_cannot_read_is_refused_where_a_finding_could_block(tmp_path: Path) -> None:
     # Go's JSON decoder (gin, Ollama) reads the first object and ignores what follows it.
     body = _chat_bytes() + b"\n}"
-    async with (
-        running_stack(tmp_path, enforcement=EnforcementSettings(mode="block")) as stack,
-        aiohttp.ClientSession() as http,
-    ):
-        async with http.post(
-            stack.shim.base_url + "/v1/chat/completions", data=body, headers=HEADERS
-        ) as reply:
-            assert reply.status == 400
-            error = (await reply.json())["error"]
-        assert error["code"] == "unreadable_body"
-        assert error["type"] == "invalid_request_error"
-        assert stack.upstream.requests == []
-        [span] = await stack.spans()
-        assert span.status.http_status_code == 400
-        assert span.status.error_type == "unreadable_body"
+    refusal = await _post_in_block_mode(tmp_path, body)
+    assert (refusal.status, refusal.error["code"], refusal.forwarded) == (400, "unreadable_body", [])
+    assert refusal.error["type"] == "invalid_request_error"
+    [span] = refusal.spans
+    assert span.status.http_status_code == 400
+    assert span.status.error_type == "unreadable_body"
     async with (
         running_stack(tmp_path / "flag", enforcement=EnforcementSettings(mode="flag")) as stack,
         aiohttp.ClientSession() as http,
