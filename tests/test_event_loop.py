@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from llmtrace.api.v1 import ingest_service_pb2, query_service_pb2
+from llmtrace.rpc.query import FULL_VIEW_MAX_PAGE_SIZE
 from tests.conftest import RunningCore, core_settings, running_core
 from tests.factories import make_span
 
@@ -74,12 +75,14 @@ async def test_ingest_and_queries_do_not_block_the_loop(core: RunningCore) -> No
                 stats = await core.query.GetStats(query_service_pb2.GetStatsRequest(tenant="acme"))
                 page = await core.query.ListSpans(
                     query_service_pb2.ListSpansRequest(
-                        tenant="acme", page_size=200, view=query_service_pb2.SPAN_VIEW_FULL
+                        tenant="acme",
+                        page_size=FULL_VIEW_MAX_PAGE_SIZE,
+                        view=query_service_pb2.SPAN_VIEW_FULL,
                     )
                 )
     finally:
         gc.enable()
     assert sum(a.accepted_spans for a in acks) == 5000
     assert stats.total.span_count == 5000
-    assert len(page.spans) == 200
+    assert len(page.spans) == FULL_VIEW_MAX_PAGE_SIZE
     assert not slow, slow

@@ -562,7 +562,7 @@ type ListSpansRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Tenant whose spans to list. Required.
 	Tenant string `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
-	// Maximum number of spans to return (default 50, max 1000).
+	// Maximum number of spans to return (default 50, max 1000; max 100 with view SPAN_VIEW_FULL).
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// Token from a previous response's `next_page_token`.
 	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`

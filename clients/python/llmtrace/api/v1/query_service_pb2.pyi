@@ -307,7 +307,7 @@ class ListSpansRequest(_message.Message):
     tenant: _builtins.str
     """Tenant whose spans to list. Required."""
     page_size: _builtins.int
-    """Maximum number of spans to return (default 50, max 1000)."""
+    """Maximum number of spans to return (default 50, max 1000; max 100 with view SPAN_VIEW_FULL)."""
     page_token: _builtins.str
     """Token from a previous response's `next_page_token`."""
     filter: _builtins.str
