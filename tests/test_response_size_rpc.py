@@ -148,15 +148,18 @@ async def test_a_full_page_reads_no_further_than_a_response_holds(
 
     monkeypatch.setattr(StoreReader, "fetch_bounded", counting)
     async with running_core(_settings(tmp_path / "db.duckdb", max_message_bytes=1024 * 1024)) as core:
-        for span in _big_spans(os.urandom(16)):
+        trace_id = os.urandom(16)
+        for span in _big_spans(trace_id):
             await core.ingest.IngestSpans(ingest_service_pb2.IngestSpansRequest(spans=[span]))
         page = await core.query.ListSpans(
             query_service_pb2.ListSpansRequest(
                 tenant=TENANT, view=query_service_pb2.SPAN_VIEW_FULL, page_size=50
             )
         )
+        reply = await core.query.GetTrace(query_service_pb2.GetTraceRequest(tenant=TENANT, trace_id=trace_id))
     assert len(page.spans) == 1 and page.next_page_token
-    assert read == [3]  # 900 KB each against twice the 1 MiB a response may hold
+    assert len(reply.trace.spans) == 1 and reply.trace.spans_truncated
+    assert read == [3, 3]  # 900 KB each against twice the 1 MiB a response may hold
 
 
 async def test_full_view_pages_hold_at_most_a_hundred_spans(tmp_path: Path) -> None:

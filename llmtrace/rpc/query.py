@@ -186,13 +186,16 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
     ) -> query_service_pb2.GetTraceResponse:
         """One trace with its spans, oldest first."""
         tenant = _tenant(request.tenant)
-        trace_id = _id(request.trace_id, "trace_id", limits.TRACE_ID_BYTES)
+        _id(request.trace_id, "trace_id", limits.TRACE_ID_BYTES)  # validated; its bytes are used as sent
         summary = await queries.get_trace(self._reader, tenant, request.trace_id)
         if summary is None:
             raise not_found(f"trace {request.trace_id.hex()} not found")
         trace = trace_from_row(summary)
         full = request.view != query_service_pb2.SPAN_VIEW_BASIC
-        rows = await queries.get_spans(self._reader, tenant, trace_id=trace_id, full=full)
+        rows, cut_short = await queries.get_trace_spans(
+            self._reader, tenant, request.trace_id, full=full, max_bytes=2 * self._max_message_bytes
+        )
+        trace.spans_truncated = cut_short
         if len(rows) > queries.MAX_TRACE_SPANS:
             rows = rows[: queries.MAX_TRACE_SPANS]
             trace.spans_truncated = True

@@ -163,6 +163,23 @@ async def get_spans(
     full: bool = True,
 ) -> list[Row]:
     """Rows of the spans matching the ids (a trace's spans oldest first)."""
+    sql, params = _spans_sql(tenant, span_id=span_id, trace_id=trace_id, full=full)
+    return await reader.fetch(sql, params)
+
+
+async def get_trace_spans(
+    reader: StoreReader, tenant: str, trace_id: bytes, *, full: bool, max_bytes: int
+) -> tuple[list[Row], bool]:
+    """A trace's span rows, oldest first, read only until their content passes `max_bytes` (a
+    trace can hold thousands of large spans; one response carries a few megabytes); and whether
+    reading stopped before the end."""
+    sql, params = _spans_sql(tenant, span_id=None, trace_id=trace_id, full=full)
+    return await reader.fetch_bounded(sql, params, max_bytes)
+
+
+def _spans_sql(
+    tenant: str, *, span_id: bytes | None, trace_id: bytes | None, full: bool
+) -> tuple[str, list[object]]:
     where = ["s.tenant = ?"]
     params: list[object] = [tenant, tenant]
     if span_id is not None:
@@ -176,7 +193,7 @@ async def get_spans(
         f"FROM {SPAN_RELATION.replace('{tenant}', '?')} "
         f"WHERE {' AND '.join(where)} ORDER BY s.start_time, s.span_id LIMIT {MAX_TRACE_SPANS + 1}"
     )
-    return await reader.fetch(sql, params)
+    return sql, params
 
 
 async def get_trace(reader: StoreReader, tenant: str, trace_id: bytes) -> Row | None:
