@@ -403,8 +403,11 @@ class Shipper:
             batch = self._in_flight = self._cut_batch()
             if over:
                 await self._spool_write(batch, drop=True)
-            else:
-                await self._spool_in_order(batch)
+            elif await self._spool_write(batch, drop=False) is None:
+                # Spooled only to survive a SIGKILL: a spool without room for it is no reason to
+                # lose spans a slow core would still take, so they are sent (ahead of the spool).
+                _log.warning("the spool refused waiting spans; sent to the core", spans=batch.spans)
+                await self._deliver(batch)
             self._in_flight = None
 
     async def _spool_write(self, batch: _Batch, *, drop: bool) -> int | None:

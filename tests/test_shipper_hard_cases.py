@@ -244,3 +244,28 @@ async def test_close_while_a_batch_is_being_spooled_spools_it_once(tmp_path: Pat
     await _until(writing.is_set)
     await asyncio.wait_for(shipper.close(0.05), 10)
     assert _spooled_spans(settings) == [s.span_id for s in spans]
+
+
+async def test_spans_that_waited_too_long_and_find_the_spool_full_are_sent_not_dropped(
+    tmp_path: Path,
+) -> None:
+    # A slow core keeps spans waiting past the slow-send limit, and the spool has no room for
+    # them: the spool was only their insurance against a SIGKILL, the core still takes them.
+    settings = _settings(tmp_path, batch_max_spans=5, rpc_timeout_ms=60_000)
+    dropped = _sample("llmtrace_shim_spans_dropped_total")
+    async with _ScriptedCore(delay_s=1.3 * SLOW_SEND_S) as core:
+        spool = Spool.open(Path(settings.spool_dir), settings.spool_max_bytes)
+
+        def failing_append(payload: bytes) -> int | None:
+            raise OSError(28, "No space left on device")
+
+        spool.append = failing_append  # type: ignore[method-assign]
+        shipper = _shipper(settings, core.addr, spool)
+        await shipper.start()
+        spans = [make_span(tenant="acme") for _ in range(20)]
+        for span in spans:
+            shipper.submit(span)
+        await _until(lambda: len(core.acknowledged) == len(spans), 20)
+        await shipper.close(5)
+    assert sorted(core.acknowledged) == sorted(s.span_id for s in spans)
+    assert _sample("llmtrace_shim_spans_dropped_total") == dropped
