@@ -34,6 +34,7 @@ _GITLAB = "gl" + "pat-" + "xY7-kP2_qR9sT4uV6wZ1"
         ("gh github_pat_" + "B" * 30, "gh [GITHUB_TOKEN]"),
         ("slack xoxb-1234567890-abcdefghij", "slack [SLACK_TOKEN]"),
         ("t eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl end", "t [JWT] end"),
+        ("-eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl end", "-[JWT] end"),
         ("-----BEGIN PRIVATE KEY-----\nMIIEv\n-----END PRIVATE KEY-----\nafter", "[PRIVATE_KEY]\nafter"),
         ("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNz (cut", "[PRIVATE_KEY]"),
         ("key sk-proj-" + "x" * 40, "key [OPENAI_KEY]"),

@@ -44,6 +44,7 @@ CASES: dict[str, Callable[[], None]] = {
     "sql_space_run": lambda: _check(["union select\n1\n" + " " * (SIZE - 20) + "x"]),
     # "eyJ" again and again without a dot: each one read the rest of the run.
     "jwt_prefix_run": lambda: _check([_fill("eyJ-")]),
+    "jwt_after_dashes": lambda: _check([_fill("-eyJabcdefgh")]),
     # Thousands of links and addresses: each candidate was compared with every link.
     "pii_among_links": lambda: _check([_fill("a://b 8.8.8.8 ")]),
     # Injection markers among e-mail addresses: each excerpt walked every masked span.

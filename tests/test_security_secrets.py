@@ -320,6 +320,15 @@ def test_bearer_token_is_found_but_not_a_variable() -> None:
     assert detectors(f"Authorization: Bearer {JWT}") == ["jwt"]
 
 
+
+@pytest.mark.parametrize("text", [f"token-{JWT}", f"-{JWT}", f"id_token=abc-{JWT} end"])
+def test_a_jwt_right_after_a_dash_is_found_and_masked(text: str) -> None:
+    # A diff line, or a token glued to a name with a dash: the dash ends the word before it.
+    findings = found(text)
+    assert [f.detector for f in findings] == ["regex.secret.jwt"]
+    assert "[JWT]" in findings[0].excerpt and JWT[-12:] not in findings[0].excerpt
+
+
 # Connection strings and URLs with a password in the userinfo. None is real.
 @pytest.mark.parametrize(
     ("text", "password"),

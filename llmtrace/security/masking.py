@@ -27,8 +27,12 @@ _PRIVATE_KEY = re.compile(
     r"(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|\Z)",
     re.S,
 )
-# As in secrets.py: only at the start of a run of base64url characters (else quadratic).
-_JWT = re.compile(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{4,}+\.[A-Za-z0-9_-]{4,}+\.[A-Za-z0-9_-]*")
+# As in secrets.py: at the start of a run of base64url characters, or after a `-` with a header
+# free of `-` (anywhere else, quadratic).
+_JWT = re.compile(
+    r"(?:(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{4,}+|(?<=-)eyJ[A-Za-z0-9_]{4,}+)"
+    r"\.[A-Za-z0-9_-]{4,}+\.[A-Za-z0-9_-]*"
+)
 _AWS = re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b")
 # An AWS secret access key is 40 characters of base64 with both cases; only in text that speaks of
 # AWS or secret access keys (a 40-character token is otherwise too common to mask).

@@ -54,9 +54,14 @@ _AWS_SECRET: Final = re.compile(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0
 _AWS_SECRET_CONTEXT: Final = re.compile(r"aws|secret[_ ]?access[_ ]?key|secretaccesskey", _A)
 _GITHUB: Final = re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b", _A)
 _SLACK: Final = re.compile(r"\bxox[baprs]-[A-Za-z0-9-]{10,}", _A)
-# Only at the start of a run of base64url characters: tried at every "eyJ" of a long run without a
-# dot, each attempt would read to its end (quadratic).
-_JWT: Final = re.compile(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{4,}+\.[A-Za-z0-9_-]{4,}+\.[A-Za-z0-9_-]*", _A)
+# At the start of a run of base64url characters, or after a `-` (`token-eyJ...`, a diff line) with
+# a header free of `-`: an "eyJ" anywhere in a run, tried at every one of a long run without a dot,
+# would read to its end each time (quadratic); these attempts read to the next `-` at most.
+_JWT: Final = re.compile(
+    r"(?:(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{4,}+|(?<=-)eyJ[A-Za-z0-9_]{4,}+)"
+    r"\.[A-Za-z0-9_-]{4,}+\.[A-Za-z0-9_-]*",
+    _A,
+)
 #: Longest header segment (base64url characters) that is decoded: 8 KB.
 _JWT_HEADER_MAX: Final = 8192
 _ANTHROPIC: Final = re.compile(r"\bsk-ant-[A-Za-z0-9_-]{20,}", _A)
