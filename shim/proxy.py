@@ -297,9 +297,14 @@ class _WholeEvents:
 
 
 #: The event that ends a stream: `[DONE]` (OpenAI chat and completions), `message_stop`
-#: (Anthropic), the Responses API's last events.
+#: (Anthropic), the Responses API's last events, named by an `event:` line or only by their data's
+#: `type` (`event:` lines are optional). Lines may end in CR alone, as `_EVENT_END` allows.
 _CLOSING_EVENT: Final = re.compile(
-    rb"(?m)^(?:data: ?\[DONE\]|event: ?(?:message_stop|response\.(?:completed|incomplete|failed)))[ \t]*\r?$"
+    rb"(?:\A|(?<=[\r\n]))(?:"
+    rb"(?:data: ?\[DONE\]|event: ?(?:message_stop|response\.(?:completed|incomplete|failed)))"
+    rb"[ \t]*(?=[\r\n]|\Z)"
+    rb'|data: ?\{[^\r\n]*"type": ?"response\.(?:completed|incomplete|failed)"'
+    rb")"
 )
 
 

@@ -320,7 +320,6 @@ def test_bearer_token_is_found_but_not_a_variable() -> None:
     assert detectors(f"Authorization: Bearer {JWT}") == ["jwt"]
 
 
-
 @pytest.mark.parametrize("text", [f"token-{JWT}", f"-{JWT}", f"id_token=abc-{JWT} end"])
 def test_a_jwt_right_after_a_dash_is_found_and_masked(text: str) -> None:
     # A diff line, or a token glued to a name with a dash: the dash ends the word before it.

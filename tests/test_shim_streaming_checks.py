@@ -504,6 +504,25 @@ async def test_an_early_stop_never_lands_inside_a_half_sent_event(tmp_path: Path
             ],
             "message_stop",
         ),
+        # Lines that end in a bare CR, which SSE allows.
+        (
+            "/v1/chat/completions",
+            None,
+            [_chunk(f"the token is {TOKEN}") + b"\r\rdata: [DONE]\r\r"],
+            "[DONE]",
+        ),
+        # A Responses stream without `event:` lines: its events are named by their data's type.
+        (
+            "/v1/responses",
+            {"model": "gpt-4o", "stream": True, "input": "hi"},
+            [
+                b'data: {"type": "response.output_text.delta", "item_id": "msg_1", "output_index": 0, '
+                b'"content_index": 0, "delta": "the token is ' + TOKEN.encode() + b'"}\n\n'
+                b'data: {"type": "response.completed", "response": {"id": "resp_1", "object": "response", '
+                b'"model": "gpt-4o", "status": "completed", "output": []}}\n\n'
+            ],
+            "response.completed",
+        ),
     ],
 )
 async def test_an_early_stop_comes_before_the_closing_event_that_arrived_with_it(
