@@ -15,7 +15,7 @@ from typing import Final
 from multidict import CIMultiDict
 from sanic.compat import Header
 
-from llmtrace.credential_params import CREDENTIAL_PARAM
+from llmtrace.credential_params import mask_credential_params
 
 #: Connection-scoped headers; never forwarded in either direction.
 HOP_BY_HOP: Final = frozenset(
@@ -201,4 +201,4 @@ def masked_query(query: str) -> str:
     """The query string with credential-looking parameter values replaced by `***`."""
     if not query:
         return ""
-    return CREDENTIAL_PARAM.sub(lambda m: m.group("head") + MASK, query)
+    return mask_credential_params(query, MASK)

@@ -53,7 +53,7 @@ from llmtrace.capture.response_parse import MAX_SKIMMED_BYTES
 from llmtrace.capture.routes import route_of
 from llmtrace.capture.span import exchange_span
 from llmtrace.config.schema import Settings
-from llmtrace.credential_params import CREDENTIAL_PARAM
+from llmtrace.credential_params import mask_credential_params
 from llmtrace.security.findings import Finding
 from shim import metrics
 from shim.boundary import BoundaryDefense
@@ -939,7 +939,7 @@ def _error_text(exc: Exception) -> str:
         text = f"{type(exc).__name__}: {exc.message}"
     else:
         text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return CREDENTIAL_PARAM.sub(lambda m: m.group("head") + MASK, text)
+    return mask_credential_params(text, MASK)
 
 
 def _stop_event(api: str, message: str) -> bytes:

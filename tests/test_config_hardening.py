@@ -111,6 +111,7 @@ def test_a_200_kb_config_validates_quickly(tmp_path: Path) -> None:
         ),
         ("https://app/cb#access_token=tok&state=1", f"https://app/cb#access_token={REDACTED}&state=1"),
         ("https://app/cb#state=1&id_token=tok", f"https://app/cb#state=1&id_token={REDACTED}"),
+        ("https://h/v1?%6Bey=AIzaS&x=1", f"https://h/v1?%6Bey={REDACTED}&x=1"),
         # Not secrets: plain `name: value` text and fragments.
         ("Content-Type: application/json", "Content-Type: application/json"),
         ("https://docs.example/page#section=2", "https://docs.example/page#section=2"),

@@ -88,6 +88,15 @@ def test_query_credentials_are_masked() -> None:
     assert masked_query("") == ""
 
 
+def test_query_credentials_are_masked_under_a_percent_encoded_name() -> None:
+    # The upstream decodes the name (`%6Bey` is `key`), so the value is just as much a key.
+    assert (
+        masked_query("%6Bey=AIzaS&si%67=zz&c%6Fde=fk&api_%6Bey=k")
+        == "%6Bey=***&si%67=***&c%6Fde=***&api_%6Bey=***"
+    )
+    assert masked_query("%78=1&model=gpt") == "%78=1&model=gpt"
+
+
 def test_key_fingerprint_is_stable_short_and_not_the_key() -> None:
     one = key_fingerprint([("Authorization", "Bearer sk-abcdef0123456789")])
     assert one == key_fingerprint([("api-key", "sk-abcdef0123456789")])

@@ -7,6 +7,7 @@ import functools
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
+from urllib.parse import unquote_plus
 
 from llmtrace.config.schema import Settings
 from llmtrace.config.values import RULES, public_choices
@@ -144,7 +145,7 @@ def redact_text(text: str) -> str:
     return _QUERY_PARAM.sub(
         lambda m: (
             m["head"] + REDACTED
-            if m["value"] and (looks_secret(m["name"]) or is_credential_param(m["name"]))
+            if m["value"] and (looks_secret(name := unquote_plus(m["name"])) or is_credential_param(name))
             else m[0]
         ),
         text,
