@@ -61,6 +61,15 @@ def _on_disk(spool_dir: Path) -> set[bytes]:
     return ids
 
 
+def _fill_the_disk(spool: Spool) -> None:
+    """From now on every write to `spool` fails as on a full disk."""
+
+    def failing_append(payload: bytes) -> int | None:
+        raise OSError(28, "No space left on device")
+
+    spool.append = failing_append  # type: ignore[method-assign]
+
+
 async def test_spans_a_slow_core_keeps_waiting_reach_the_disk_within_about_a_second(tmp_path: Path) -> None:
     # The core answers every call, each under the slow-send limit, but takes in fewer spans than
     # arrive: what waits in memory must still be on disk soon (a SIGKILL loses only memory).
@@ -156,10 +165,7 @@ async def test_a_spool_that_refuses_a_batch_while_the_core_answers_does_not_drop
         waiting = make_span(tenant="acme")
         spool.append(ingest_service_pb2.IngestSpansRequest(spans=[waiting]).SerializeToString())
 
-        def failing_append(payload: bytes) -> int | None:
-            raise OSError(28, "No space left on device")
-
-        spool.append = failing_append  # type: ignore[method-assign]
+        _fill_the_disk(spool)
         later = make_span(tenant="acme")
         shipper.submit(later)
         await _until(lambda: later.span_id in core.acknowledged)
@@ -256,10 +262,7 @@ async def test_spans_that_waited_too_long_and_find_the_spool_full_are_sent_not_d
     async with _ScriptedCore(delay_s=1.3 * SLOW_SEND_S) as core:
         spool = Spool.open(Path(settings.spool_dir), settings.spool_max_bytes)
 
-        def failing_append(payload: bytes) -> int | None:
-            raise OSError(28, "No space left on device")
-
-        spool.append = failing_append  # type: ignore[method-assign]
+        _fill_the_disk(spool)
         shipper = _shipper(settings, core.addr, spool)
         await shipper.start()
         spans = [make_span(tenant="acme") for _ in range(20)]
