@@ -24,6 +24,7 @@ import grpc
 import openai
 import pytest
 import structlog
+import yarl
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -359,7 +360,9 @@ async def _post_in_block_mode(
         running_stack(tmp_path, enforcement=EnforcementSettings(mode="block")) as stack,
         aiohttp.ClientSession() as http,
     ):
-        async with http.post(stack.shim.base_url + path, data=body, headers=headers) as reply:
+        # As given: the client would otherwise normalise a percent-encoded path.
+        url = yarl.URL(stack.shim.base_url + path, encoded=True)
+        async with http.post(url, data=body, headers=headers) as reply:
             status, answer = reply.status, await reply.json()
         return _Refusal(status, answer.get("error", {}), list(stack.upstream.requests), await stack.spans())
 
@@ -376,6 +379,23 @@ async def test_a_lone_surrogate_escape_is_still_checked_and_blocked(tmp_path: Pa
     [span] = refusal.spans
     assert span.request.messages[0].parts[0].text == "\ufffd " + INJECTION  # recorded, encodable
     assert "prompt_injection" in {f.type for f in span.findings}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/chat/completion%73",
+        "/v1/chat/%63ompletions",
+        "/v1/chat/completions/x/..",
+        "/v1//chat/completions",
+    ],
+)
+async def test_every_spelling_of_a_route_that_upstreams_read_as_it_is_checked(
+    tmp_path: Path, path: str
+) -> None:
+    # The fake upstream, as Starlette and Go's routers do, routes on the decoded path.
+    refusal = await _post_in_block_mode(tmp_path, _chat_bytes(), path=path)
+    assert (refusal.status, refusal.error["code"], refusal.forwarded) == (403, "request_blocked", [])
 
 
 def _chat_bytes() -> bytes:

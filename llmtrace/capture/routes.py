@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import posixpath
 from typing import NamedTuple
+from urllib.parse import unquote
 
 from llmtrace.capture import model
 
@@ -30,10 +32,15 @@ _SUFFIXES: tuple[tuple[str, Route], ...] = (
 def route_of(path: str) -> Route:
     """The route of `path` (query string and trailing slash ignored).
 
+    The path is read as upstreams route it: percent-decoded, with `.` and `..` segments resolved
+    (Starlette, Go's and aiohttp's routers all take `/v1/chat/completion%73` for
+    `/v1/chat/completions`), so that no spelling of a route passes its checks unread. It is
+    forwarded as it came.
+
     Unknown paths get an empty api and operation; their provider is `anthropic` when the path
     says so (e.g. `/v1/messages/count_tokens`), else `openai`, the format most upstreams speak.
     """
-    clean = path.partition("?")[0].rstrip("/")
+    clean = posixpath.normpath(unquote(path.partition("?")[0])).rstrip("/")
     for suffix, found in _SUFFIXES:
         if clean.endswith(suffix):
             return found
