@@ -45,7 +45,12 @@ def content_part(item: object) -> model.Part | None:
     if kind == "input_image":  # Responses API
         return image_part(as_str(part.get("image_url")) or as_str(part.get("file_id")))
     if kind in ("image", "document"):  # Anthropic: a `source` of base64, url or file
-        return _anthropic_source(kind, as_dict(part.get("source")))
+        found = _anthropic_source(kind, as_dict(part.get("source")))
+        # A document's title and context are given to the model with it: they are read too.
+        told = [text for key in ("title", "context") if (text := as_str(part.get(key)))]
+        if told:
+            found.text = "\n".join([*told, found.text] if found.text else told)
+        return found
     if kind == "input_audio":
         audio = as_dict(part.get("input_audio")) or part
         audio_format = as_str(audio.get("format"))
@@ -59,8 +64,9 @@ def content_part(item: object) -> model.Part | None:
     return model.Part(model.PART_OTHER, mime=kind, text=nested_text(part))
 
 
-#: The fields of an unmodelled part whose strings a model reads (never `data`: base64 payloads).
-_TEXT_FIELDS = ("title", "text", "content", "output")
+#: The fields of an unmodelled part whose strings a model reads (never `data`: base64 payloads);
+#: `stdout` and `stderr` are a Responses `shell_call_output`'s.
+_TEXT_FIELDS = ("title", "text", "content", "output", "stdout", "stderr")
 _NESTING_MAX = 16
 
 

@@ -61,6 +61,9 @@ def read_completions(body: JsonObject, request: model.ParsedRequest) -> None:
     _common(body, request)
     request.parameters.max_tokens = as_int(body.get("max_tokens"))
     texts, token_ids = _texts_and_token_ids(body.get("prompt"))
+    suffix = body.get("suffix")  # the text after the insertion point: the model reads it too
+    if isinstance(suffix, str) and suffix:
+        texts.append(suffix)
     request.messages.extend(model.Message("user", [model.Part(model.PART_TEXT, text=t)]) for t in texts)
     request.token_id_count = token_ids
 
@@ -86,6 +89,10 @@ def read_responses(body: JsonObject, request: model.ParsedRequest) -> None:
     instructions = body.get("instructions")
     if isinstance(instructions, str) and instructions:
         request.messages.append(model.Message("system", [model.Part(model.PART_TEXT, text=instructions)]))
+    # A stored prompt's variables are put into it: the model reads them as it reads the input.
+    variables = [content_part(v) for v in as_dict(as_dict(body.get("prompt")).get("variables")).values()]
+    if any(variables):
+        request.messages.append(model.Message("user", [part for part in variables if part is not None]))
     items = body.get("input")
     if isinstance(items, str):
         request.messages.append(model.Message("user", [model.Part(model.PART_TEXT, text=items)]))
@@ -114,6 +121,15 @@ def response_item(value: object) -> model.Message | None:
         arguments = to_json_text(first_given(item, "arguments", "input"))
         call = model.ToolCall(as_str(item.get("call_id")), "function", as_str(item.get("name")), arguments)
         return model.Message("assistant", tool_calls=[call])
+    if kind in _SHELL_CALLS:  # a replayed shell command: checked like a function's arguments
+        action = to_json_text(item.get("action"))
+        call = model.ToolCall(as_str(item.get("call_id")), kind, _SHELL_CALLS[kind], action)
+        return model.Message("assistant", tool_calls=[call])
+    if kind == "mcp_call":  # the call, and the output the model was given (read as a part)
+        arguments = to_json_text(item.get("arguments"))
+        call = model.ToolCall(as_str(item.get("id")), kind, as_str(item.get("name")), arguments)
+        output = content_part(item)
+        return model.Message("assistant", [output] if output else [], tool_calls=[call])
     if kind in ("function_call_output", "custom_tool_call_output"):
         output = item.get("output")
         parts = text_parts(output) if isinstance(output, str | list) else []
@@ -131,6 +147,10 @@ def response_item(value: object) -> model.Message | None:
         return model.Message("assistant", parts)
     part = content_part(item)  # a bare part, or an item type we do not model (web search call, ...)
     return model.Message(as_str(item.get("role")) or "user", [part] if part else [])
+
+
+#: Responses items that run a shell command, and the tool name their calls are recorded under.
+_SHELL_CALLS = {"local_shell_call": "local_shell", "shell_call": "shell"}
 
 
 def _common(body: JsonObject, request: model.ParsedRequest) -> None:
