@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import os
 import re
 import time
@@ -90,6 +91,8 @@ FLAGGED_HEADER: Final = "X-LLMTrace-Flagged"
 FINDINGS_HEADER: Final = "X-LLMTrace-Findings"
 ERROR_BLOCKED: Final = "request_blocked"
 ERROR_UNREADABLE_BODY: Final = "unreadable_body"
+#: A key spelt so that a case-insensitive JSON reader (Go's) takes it for one the check reads.
+ERROR_AMBIGUOUS_FIELD: Final = "ambiguous_field"
 ERROR_STREAM_STOPPED: Final = "stream_stopped"
 ERROR_RESPONSE_TIMEOUT: Final = "response_timeout"
 #: Why a compressed request body could not be read whole (`llmtrace.enforcement.failopen`, and
@@ -516,6 +519,18 @@ class Exchange:
                 meta.http_status = error.status
                 self.fail(error.code, error.message)
                 return error.response()
+            misspelt = self.parsed_request.misspelt_key if proxy.refuses_unread else ""
+            if misspelt:
+                shown = json.dumps(misspelt[:64])  # ASCII, whatever the key holds
+                error = ShimError(
+                    400,
+                    ERROR_AMBIGUOUS_FIELD,
+                    f"the request body has a field {shown}, which some upstreams read as a field the "
+                    "proxy's inline check reads under its exact name; it was not forwarded",
+                )
+                meta.http_status = error.status
+                self.fail(error.code, error.message)
+                return error.response()
             inspection = await guard.inspect(self.parsed_request, meta)
             if inspection.failed_open:
                 meta.set_attribute("llmtrace.enforcement.failopen", inspection.failed_open)
@@ -771,6 +786,7 @@ class Exchange:
                     self.body,
                     self._request.headers.get("content-type", ""),
                     max_body_bytes=self._proxy.settings.capture.max_body_bytes,
+                    check_spelling=self._proxy.refuses_unread,
                 )
         return self._parsed
 
@@ -830,6 +846,7 @@ class Exchange:
             self._codings,
             decoded,
             max_body_bytes=self._proxy.settings.capture.max_body_bytes,
+            check_spelling=self._proxy.refuses_unread,
         )
 
     def _answer(self, error: ShimError) -> HTTPResponse:

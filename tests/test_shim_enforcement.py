@@ -524,6 +524,30 @@ async def test_json_an_upstream_reads_is_checked_and_blocked(
     assert (refusal.status, refusal.error["code"], refusal.forwarded) == (403, "request_blocked", [])
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {
+            "model": "gpt-4o",
+            "messages": [{"role": "user", "content": "hi"}],
+            "Messages": [{"role": "user", "content": INJECTION}],
+        },
+        {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi", "Content": INJECTION}]},
+    ],
+    ids=["messages", "content"],
+)
+async def test_a_key_a_go_upstream_reads_as_a_checked_one_is_refused(
+    tmp_path: Path, body: dict[str, object]
+) -> None:
+    # Go's encoding/json (Ollama) matches keys whatever their case, the last one winning: the
+    # check would read "hi" where the upstream reads the injection.
+    refusal = await _post_in_block_mode(tmp_path, json.dumps(body).encode())
+    assert (refusal.status, refusal.error["code"], refusal.forwarded) == (400, "ambiguous_field", [])
+    assert "Messages" in refusal.error["message"] or "Content" in refusal.error["message"]
+    [span] = refusal.spans
+    assert span.status.error_type == "ambiguous_field"
+
+
 _NESTED = [
     (
         "/v1/messages",

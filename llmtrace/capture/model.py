@@ -126,6 +126,9 @@ class ParsedRequest:
     raw_body: str = ""
     #: The body, or `raw_body`, was cut to the capture limit.
     truncated: bool = False
+    #: A key a case-insensitive JSON reader takes for one the readers read (`key_spelling`);
+    #: looked for only when asked (`parse_request(check_spelling=True)`).
+    misspelt_key: str = ""
 
 
 @dataclass(slots=True)

@@ -12,6 +12,7 @@ from llmtrace import limits
 from llmtrace.capture import model
 from llmtrace.capture.decode import Decoder
 from llmtrace.capture.jsonvalues import JsonObject, as_str, loads
+from llmtrace.capture.key_spelling import misspelt_key
 from llmtrace.capture.request_anthropic import read_messages
 from llmtrace.capture.request_openai import read_chat, read_completions, read_embeddings, read_responses
 from llmtrace.capture.routes import route_of
@@ -35,12 +36,15 @@ _MAX_MEMBERS: Final = 16
 _FEED_BYTES: Final = 64 * 1024
 
 
-def parse_request(path: str, body: bytes, content_type: str, *, max_body_bytes: int) -> model.ParsedRequest:
+def parse_request(
+    path: str, body: bytes, content_type: str, *, max_body_bytes: int, check_spelling: bool = False
+) -> model.ParsedRequest:
     """What `body`, sent to `path`, asks for.
 
     Known routes are read field by field. A body that is not JSON, not an object, or sent to an
     unknown route is kept as text in `raw_body`, cut to `max_body_bytes` (and `truncated` set).
-    Wrong types at any level lose only the values concerned. Never raises.
+    Wrong types at any level lose only the values concerned. With `check_spelling`, a key that
+    other readers take for one read here is noted (`misspelt_key`). Never raises.
     """
     found = route_of(path)
     request = model.ParsedRequest(api=found.api, operation=found.operation, provider=found.provider)
@@ -56,6 +60,8 @@ def parse_request(path: str, body: bytes, content_type: str, *, max_body_bytes: 
     if reader is not None and isinstance(data, dict):
         try:
             reader(data, request)
+            if check_spelling:
+                request.misspelt_key = misspelt_key(data)
             return request
         except Exception:  # a reader bug must not break the proxy: keep the raw body instead
             request = model.ParsedRequest(api=found.api, operation=found.operation, provider=found.provider)
@@ -121,6 +127,7 @@ def parse_decoded_request(
     decoded: DecodedBody,
     *,
     max_body_bytes: int,
+    check_spelling: bool = False,
 ) -> model.ParsedRequest:
     """`parse_request` of what decoding the compressed `body` gave (`decode_request_body`). A body
     cut at the limit, or broken after some text, is read as far as it goes (marked `truncated`);
@@ -130,7 +137,9 @@ def parse_decoded_request(
         encoding = "".join(c if " " <= c <= "~" else "?" for c in ", ".join(codings))
         request.raw_body = f"[{len(body)} bytes, Content-Encoding: {encoding[: limits.MAX_NAME_CHARS]}]"
         return request
-    request = parse_request(path, decoded.data, content_type, max_body_bytes=max_body_bytes)
+    request = parse_request(
+        path, decoded.data, content_type, max_body_bytes=max_body_bytes, check_spelling=check_spelling
+    )
     if decoded.cut or decoded.failed:
         request.truncated = True
     return request
