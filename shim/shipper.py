@@ -179,9 +179,11 @@ class Shipper:
         self._in_flight: _Batch | None = None
         # Sends still waiting for a slow core after their batch was copied to the spool.
         self._slow_sends: dict[_SendTask, _Verdict] = {}
-        #: Slow sends whose copy the spool refused (full, or unwritable), with their span counts:
-        #: their spans are lost only if the send fails.
-        self._uncopied: dict[_SendTask, int] = {}
+        #: Slow sends whose copy the spool refused (full, or unwritable), with their batches: spooled
+        #: again if the send fails (the spool may have room by then).
+        self._uncopied: dict[_SendTask, _Batch] = {}
+        #: Spool writes of such batches whose send failed (close waits for them).
+        self._respooling: set[asyncio.Task[int | None]] = set()
         # The send of each such copy, by the copy's spool sequence number: replay waits for it
         # rather than send the batch a second time, and drops the copy once it got a verdict.
         self._originals: dict[int, tuple[_SendTask, _Verdict]] = {}
@@ -247,6 +249,7 @@ class Shipper:
     async def close(self, grace: float) -> None:
         """Deliver or spool everything queued, then stop; spooled batches wait for the next run."""
         self._closing = True
+        deadline = time.monotonic() + grace
         self._wake.set()
         batches, replay = self._tasks
         replay.cancel()
@@ -265,10 +268,17 @@ class Shipper:
                 _log.exception("shipper task failed", task=task.get_name())
         # Sends still waiting for a slow core: their batches are in the spool already.
         # Those answered are only writing their dead letters: let them finish.
+        # Those whose batch is only on the wire (the spool refused a copy) get what is left of
+        # the grace before they are cancelled.
+        only_copy = [send for send in self._uncopied if not send.done()]
+        if only_copy:
+            await asyncio.wait(only_copy, timeout=max(deadline - time.monotonic(), 0))
         for send, verdict in list(self._slow_sends.items()):
             if not verdict.reached:
                 send.cancel()
         await asyncio.gather(*self._slow_sends, return_exceptions=True)
+        await asyncio.sleep(0)  # done callbacks queue their batches' spool writes
+        await asyncio.gather(*self._respooling, return_exceptions=True)
         await self._drop_answered_copies()
         # The batch a cancelled send was carrying, then whatever is still in memory, go to disk,
         # in that order.
@@ -376,7 +386,7 @@ class Shipper:
             self._originals[seq] = (send, verdict)
         else:
             _log.warning("the spool refused a copy of a slow batch", spans=batch.spans)
-            self._uncopied[send] = batch.spans
+            self._uncopied[send] = batch
         send.add_done_callback(self._slow_send_done)  # runs soon even if the send is done already
 
     async def _spool_in_order(self, batch: _Batch) -> None:
@@ -443,10 +453,11 @@ class Shipper:
         uncopied = self._uncopied.pop(send, None)
         failed = send.cancelled() or send.exception() is not None or send.result() is not None
         if failed and uncopied is not None:
-            metrics.SPANS_DROPPED.inc(uncopied)
-            _log.error(
-                "a slow send failed and the spool had no room for its batch: spans dropped", spans=uncopied
-            )
+            # The spool may have room now: try again (a refusal is counted dropped there).
+            _log.warning("a slow send failed; its batch goes to the spool", spans=uncopied.spans)
+            respool = asyncio.ensure_future(self._to_spool(uncopied))
+            self._respooling.add(respool)
+            respool.add_done_callback(self._respooling.discard)
         elif not send.cancelled() and send.exception() is not None:
             _log.error("a slow send failed; its batch is in the spool", error=repr(send.exception()))
 

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from llmtrace.api.v1 import ingest_service_pb2
-from shim.shipper import MAX_CORE_FAILURES, SLOW_SEND_S
+from shim.shipper import MAX_CORE_FAILURES, SLOW_SEND_S, frame_span
 from shim.spool import Spool
 from tests.factories import make_span
 from tests.test_shipper import (
@@ -271,4 +271,65 @@ async def test_spans_that_waited_too_long_and_find_the_spool_full_are_sent_not_d
         await _until(lambda: len(core.acknowledged) == len(spans), 20)
         await shipper.close(5)
     assert sorted(core.acknowledged) == sorted(s.span_id for s in spans)
+    assert _sample("llmtrace_shim_spans_dropped_total") == dropped
+
+
+class _PerTenantCore(_StandInCore):
+    """Answers each batch after its tenant's delay. Tenant "b"'s first call fails with
+    UNAVAILABLE after `b_fails_after_s`, or, when that is None, never ends."""
+
+    def __init__(self, delays: dict[str, float], b_fails_after_s: float | None) -> None:
+        super().__init__()
+        self.delays = delays
+        self.b_fails_after_s = b_fails_after_s
+        self.b_calls = 0
+        self.acknowledged: list[bytes] = []
+
+    async def _ingest(self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        spans = ingest_service_pb2.IngestSpansRequest.FromString(request).spans
+        tenants = {span.tenant for span in spans}
+        if "b" in tenants:
+            self.b_calls += 1
+            if self.b_calls == 1 and self.b_fails_after_s is None:
+                await asyncio.Event().wait()
+            if self.b_calls == 1 and self.b_fails_after_s is not None:
+                await asyncio.sleep(self.b_fails_after_s)
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "core restarting")
+        await asyncio.sleep(max(self.delays.get(tenant, 0.0) for tenant in tenants))
+        self.acknowledged += [span.span_id for span in spans]
+        return ingest_service_pb2.IngestSpansResponse(accepted_spans=len(spans)).SerializeToString()
+
+
+@pytest.mark.parametrize("outcome", ["fails", "is_cut_by_close"])
+async def test_a_slow_send_the_spool_had_no_room_to_copy_is_spooled_when_it_ends_badly(
+    tmp_path: Path, outcome: str
+) -> None:
+    # The spool has room for one batch. A's send is slow: its copy fills the spool. B then goes
+    # straight to the core (the spool refuses it, the core answers), is slow too, and its copy is
+    # refused: the RPC holds B's only copy. A is answered and the spool is empty again, and then
+    # B's send fails, or close cuts it. B must end up in the spool, or at the core, not dropped.
+    a, b, warm = (make_span(tenant=tenant) for tenant in ("a", "b", "w"))
+    room = len(frame_span(b.SerializeToString()))
+    settings = _settings(tmp_path, rpc_timeout_ms=60_000, spool_max_bytes=room + 10)
+    dropped = _sample("llmtrace_shim_spans_dropped_total")
+    async with _PerTenantCore(
+        {"a": 3 * SLOW_SEND_S}, 4 * SLOW_SEND_S if outcome == "fails" else None
+    ) as core:
+        shipper = _shipper(settings, core.addr)
+        await shipper.start()
+        shipper.submit(warm)  # the core answers: a batch the spool refuses is sent, not dropped
+        await _until(lambda: warm.span_id in core.acknowledged)
+        shipper.submit(a)
+        await _until(lambda: shipper.spool_bytes > 0, 3 * SLOW_SEND_S)
+        shipper.submit(b)
+        await _until(lambda: a.span_id in core.acknowledged and shipper.spool_bytes == 0, 10 * SLOW_SEND_S)
+        assert core.b_calls == 1  # B's first send is still waiting
+        if outcome == "fails":
+            await _until(lambda: b.span_id in core.acknowledged, 10 * SLOW_SEND_S)  # replayed
+            await shipper.close(5)
+            left: list[bytes] = []
+        else:
+            await shipper.close(5)
+            left = _spooled_spans(settings)
+    assert b.span_id in core.acknowledged or b.span_id in left
     assert _sample("llmtrace_shim_spans_dropped_total") == dropped
