@@ -21,7 +21,7 @@ from typing import Final
 from llmtrace.security.classifier.model import InjectionClassifier
 from llmtrace.security.exchange import Exchange
 from llmtrace.security.findings import Finding, Severity
-from llmtrace.security.masking import mask_sensitive
+from llmtrace.security.masking import masked_prefix
 from llmtrace.security.normalize import normalize
 from llmtrace.security.tiers import Verdict, regex_exchange_findings
 
@@ -32,12 +32,9 @@ _EXCERPT_CHARS: Final = 160
 
 
 def _head_excerpt(text: str) -> str:
-    """The start of a text, masked, then cut at a space.
-
-    Masking runs on more than is kept, so a secret straddling the cut is masked whole, and the
-    cut goes back to a space, so no fragment of an unmasked token survives at the end.
-    """
-    flat = " ".join(mask_sensitive(text[: _EXCERPT_CHARS * 16]).split())
+    """The start of a text, masked (`masked_prefix`: never a fragment of a secret at the cut,
+    however far whitespace or masks shorten what comes before it), then cut at a space."""
+    flat = " ".join(masked_prefix(text, _EXCERPT_CHARS * 16).split())
     if len(flat) <= _EXCERPT_CHARS:
         return flat
     cut = flat.rfind(" ", 0, _EXCERPT_CHARS)

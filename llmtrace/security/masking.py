@@ -259,6 +259,25 @@ _AWS_PREFIXES: Final = ("AKIA", "ASIA", "ABIA", "ACCA")
 _ASSIGNMENT_WORDS: Final = ("key", "token", "secret", "passw")
 
 
+#: How much more of a text than is kept is masked when it is cut (`masked_prefix`): longer than
+#: anything masked but private keys, which are masked to the end when their END line is cut away.
+MASK_MARGIN: Final = 8 * 1024
+
+
+def masked_prefix(text: str, keep: int) -> str:
+    """The start of `text`, masked: about `keep` characters (fewer where masks are shorter than
+    what they hide), never a fragment of a secret.
+
+    A long text is masked over `keep + MASK_MARGIN` characters and the last `MASK_MARGIN` of the
+    result are dropped: a secret the cut goes through escapes masking, and what is left of it sits
+    at the end. (Masks shorten the text, so dropping from the start's side would not do.)
+    """
+    if len(text) <= keep + MASK_MARGIN:
+        return mask_sensitive(text)
+    masked = mask_sensitive(text[: keep + MASK_MARGIN])
+    return masked[: max(len(masked) - MASK_MARGIN, 0)]
+
+
 def mask_sensitive(text: str) -> str:
     """`text` with PII and secrets replaced by typed placeholders such as `[EMAIL]`.
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from llmtrace.security.findings import Finding, Match, Severity, drop_overlapping, to_findings
-from llmtrace.security.masking import mask_sensitive
+from llmtrace.security.masking import MASK_MARGIN, mask_sensitive, masked_prefix
 from llmtrace.security.normalize import normalize
 
 DANGEROUS_COMMAND: Final = "dangerous_command"
@@ -48,9 +48,6 @@ _EXCERPT_MAX: Final = 80
 #: finding's location does.
 _TOOL_NAME_SHOWN: Final = 64
 _KEY_SHOWN: Final = 64
-#: How much more of a name than is shown is masked: a secret straddling the cut is masked whole
-#: (longer than anything masked but private keys, which are masked to the end when their END is cut).
-_NAME_MASK_MARGIN: Final = 8 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,9 +359,8 @@ def _strings(value: object, path: str, depth: int = 0) -> Iterator[tuple[str, st
 def _shown(name: str, limit: int) -> str:
     """A name the model chose (an argument's, a tool's) as a finding may repeat it: masked (a key or a
     card number can be a name), then cut (a name can be 100 KB)."""
-    cut = len(name) > limit + _NAME_MASK_MARGIN
-    shown = mask_sensitive(name[: limit + _NAME_MASK_MARGIN] if cut else name)
-    return shown if len(shown) <= limit and not cut else shown[:limit] + "…"
+    shown = masked_prefix(name, limit)
+    return shown if len(shown) <= limit and len(name) <= limit + MASK_MARGIN else shown[:limit] + "…"
 
 
 def _placeholder(text: str) -> str:
