@@ -285,7 +285,7 @@ class _WholeEvents:
         for end in _EVENT_END.finditer(data):
             cut = end.end()
         if cut < 0:
-            if b"\n" not in data or len(data) > self.MAX_HELD:
+            if (b"\n" not in data and b"\r" not in data) or len(data) > self.MAX_HELD:
                 self._held = b""
                 return data
             self._held = data

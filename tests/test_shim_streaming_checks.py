@@ -538,6 +538,23 @@ async def test_an_early_stop_comes_before_the_closing_event_that_arrived_with_it
     assert streamed.span.status.error_type == "stream_stopped"
 
 
+async def test_an_early_stop_after_an_event_whose_cr_line_end_straddles_two_reads_sends_whole_events(
+    tmp_path: Path,
+) -> None:
+    # The event carrying the token ends in a bare CR, its blank line comes in the next read with
+    # the start of the next event: that start must not go out before the stop event.
+    second = _chunk("after")
+    streamed = await _stream_through_shim(
+        tmp_path,
+        [_chunk(f"the token is {TOKEN}") + b"\r", b"\r" + second[:30], second[30:] + b"\r\r"],
+        StreamingAnalysisSettings(enabled=True, early_stop_on_critical=True),
+    )
+    events = [e for e in streamed.received.replace("\r\r", "\n\n").split("\n\n") if e.strip()]
+    payloads = [json.loads(e.removeprefix("data: ")) for e in events]  # every event is whole JSON
+    assert "error" in payloads[-1]
+    assert "after" not in streamed.received
+
+
 def _responses_completed(text: str) -> bytes:
     response = {
         "id": "resp_1",
