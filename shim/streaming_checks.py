@@ -69,13 +69,34 @@ def _key(finding: Finding) -> _Key:
     return (finding.type, finding.detector, finding.severity)
 
 
-def _find(text: str, location: str) -> list[Finding]:
+def _find(text: str, location: str, *, open_end: bool = False) -> list[Finding]:
+    """PII and secrets in `text`. With `open_end` (a window of a stream still arriving), its last
+    word may be the start of a secret not yet whole, which no pattern matched: an excerpt that
+    reaches it does not show it."""
     if location.endswith(".arguments"):  # JSON: `gh\u0070_...` is the token the tool receives
         text = unescape_json(text)
     normalized = normalize(text)
-    return find_pii(normalized, location, normalized=True) + find_secrets(
+    found = find_pii(normalized, location, normalized=True) + find_secrets(
         normalized, location, normalized=True
     )
+    last = _LAST_WORD.search(normalized) if open_end and found else None
+    if last is None:
+        return found
+    return [replace(f, excerpt=_without_word(f.excerpt, last.group())) for f in found]
+
+
+#: A run of characters at the very end of a text: a word the text may not have finished.
+_LAST_WORD: Final = re.compile(r"\S{6,}\Z")
+
+
+def _without_word(excerpt: str, word: str) -> str:
+    """`excerpt` with `word`, or the start of it where the excerpt was cut inside it, left out."""
+    if word in excerpt:
+        return excerpt.replace(word, "…")
+    shown = _LAST_WORD.search(excerpt.rstrip("…"))
+    if shown is not None and word.startswith(shown.group()):
+        return excerpt.rstrip("…")[: shown.start()] + "…"
+    return excerpt
 
 
 def _overlap(window: str) -> str:
@@ -188,7 +209,7 @@ class StreamCheck:
         text.pending.clear()
         window = tail + added
         text.tail = _overlap(window)
-        in_window = _find(window, text.location)
+        in_window = _find(window, text.location, open_end=True)
         if not in_window or not tail:
             return in_window
         # What the overlap holds on its own was reported by an earlier scan.

@@ -101,9 +101,9 @@ def scan_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     scanned: list[int] = []
     real = streaming_checks._find
 
-    def spy(text: str, location: str) -> Any:
+    def spy(text: str, location: str, *, open_end: bool = False) -> Any:
         scanned.append(len(text))
-        return real(text, location)
+        return real(text, location, open_end=open_end)
 
     monkeypatch.setattr(streaming_checks, "_find", spy)
     return scanned

@@ -94,3 +94,16 @@ def test_values_still_in_the_overlap_are_not_reported_again() -> None:
         "regex.pii.credit_card",
         "regex.secret.jwt",
     ]
+
+
+@pytest.mark.parametrize("cut", [8, 20, 30])
+def test_an_excerpt_never_shows_the_start_of_a_secret_still_arriving(cut: int) -> None:
+    # A card is found in a read that ends partway into a token: the card's excerpt reaches the
+    # window's end, where the token's start matches no pattern yet.
+    check = StreamCheck()
+    found = []
+    for piece in (f"card {CARD} key {TOKEN[:cut]}", f"{TOKEN[cut:]} done"):
+        check.on_text(0, piece)
+        found += check.scan()
+    assert {f.detector for f in found} >= {"regex.pii.credit_card", "regex.secret.github_token"}
+    assert all(TOKEN[:6] not in f.excerpt for f in found)
