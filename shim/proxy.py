@@ -39,6 +39,7 @@ from llmtrace import limits
 from llmtrace.api.v1 import span_pb2
 from llmtrace.capture import ParsedRequest, ResponseCapture, build_span, parse_request
 from llmtrace.capture.content_filter import BODIES_FULL, normalize_mode
+from llmtrace.capture.decode import readable_accept_encoding
 from llmtrace.capture.exchange import ExchangeMeta
 from llmtrace.capture.model import API_CHAT_COMPLETIONS, API_MESSAGES
 from llmtrace.capture.raw import MAX_RAW_BODY_BYTES
@@ -457,6 +458,11 @@ class Exchange:
             return self._answer(ShimError(400, "invalid_header", str(exc)))
         if "traceparent" in headers:
             headers["traceparent"] = self._identity.traceparent()  # same trace, our span as the parent
+        if proxy.stream_checks and "accept-encoding" in headers:
+            # An answer the checks cannot decode (zstd) would pass them unread.
+            accepted = readable_accept_encoding(",".join(headers.popall("accept-encoding")))
+            if accepted:
+                headers["Accept-Encoding"] = accepted
         try:
             upstream = await proxy.session.request(
                 request.method,

@@ -1015,3 +1015,26 @@ def test_every_reader_hands_reasoning_to_the_checks(api: str) -> None:
     for event in events:
         capture.feed(event)
     assert heard == [("reasoning", "a"), ("reasoning", "b"), ("text", "answer")]
+
+
+@pytest.mark.parametrize("checks", [True, False])
+async def test_with_streaming_checks_the_upstream_is_asked_only_for_codings_they_read(
+    tmp_path: Path, checks: bool
+) -> None:
+    # An answer in zstd would pass the checks unread; without checks the header goes as it came.
+    async with (
+        running_stack(tmp_path, streaming_analysis=StreamingAnalysisSettings(enabled=checks)) as stack,
+        aiohttp.ClientSession() as http,
+    ):
+        for accept in ("gzip, zstd;q=0.9, br", "zstd"):
+            headers = {"Authorization": f"Bearer {KEY}", "Accept-Encoding": accept}
+            async with http.post(
+                stack.shim.base_url + "/v1/chat/completions", json=_CHAT_BODY, headers=headers
+            ):
+                pass
+        sent = [request.headers.get("accept-encoding") for request in stack.upstream.requests]
+    if checks:
+        assert all(value is None or "zstd" not in value for value in sent)
+        assert sent[0] is not None and sent[0].startswith("gzip") and sent[1] is None
+    else:
+        assert sent == ["gzip, zstd;q=0.9, br", "zstd"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import zlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
 #: Most decompressed bytes one step yields: a compression bomb never expands all at once.
 STEP_BYTES = 256 * 1024
@@ -22,6 +22,23 @@ def _load_brotli() -> Any:
 
 
 _BROTLI: Any = _load_brotli()
+
+
+#: Content codings `Decoder` reads.
+READABLE_CODINGS: Final = frozenset(
+    {"gzip", "x-gzip", "deflate", "identity"} | ({"br"} if _BROTLI else set())
+)
+
+
+def readable_accept_encoding(value: str) -> str:
+    """An `Accept-Encoding` value narrowed to the codings `Decoder` reads (`zstd` and `*` left
+    out): "" when none is left, which asks for the answer as it is (identity)."""
+    kept = [
+        item.strip()
+        for item in value.split(",")
+        if item.partition(";")[0].strip().lower() in READABLE_CODINGS
+    ]
+    return ", ".join(kept)
 
 
 class Decoder:
