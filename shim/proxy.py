@@ -696,6 +696,8 @@ class Exchange:
                         meta.ttft_nano = time.time_ns() - meta.start_unix_nano
                 capture.feed(chunk)
                 if self._record_stream_findings(check.scan()) and early_stop and check.critical is not None:
+                    if events is not None:
+                        capture.stopped()  # what `events` held back is not the client's
                     await self._stop_stream(upstream, response, check)
                     return
                 # The closing event goes out only after what came with it was checked: a stop

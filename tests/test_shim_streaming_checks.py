@@ -555,6 +555,20 @@ async def test_an_early_stop_after_an_event_whose_cr_line_end_straddles_two_read
     assert "after" not in streamed.received
 
 
+async def test_a_stopped_stream_records_only_what_the_client_was_sent(tmp_path: Path) -> None:
+    # The chunk with the token also holds a whole data line without its blank line: held back,
+    # never sent, and so not part of the answer the span records.
+    streamed = await _stream_through_shim(
+        tmp_path,
+        [_chunk("hi ") + b"\n\n", _chunk(f"token {TOKEN}") + b"\n\n" + _chunk(" UNSENT") + b"\n", b"\n"],
+        StreamingAnalysisSettings(enabled=True, early_stop_on_critical=True),
+    )
+    assert "UNSENT" not in streamed.received
+    assert streamed.span.status.error_type == "stream_stopped"
+    [choice] = streamed.span.response.choices
+    assert "UNSENT" not in "".join(part.text for part in choice.message.parts)
+
+
 def _responses_completed(text: str) -> bytes:
     response = {
         "id": "resp_1",

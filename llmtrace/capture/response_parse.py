@@ -79,6 +79,7 @@ class ResponseCapture:
         "_skimmed",
         "_sse",
         "_status",
+        "_stopped",
         "_stream",
         "_tail",
     )
@@ -115,6 +116,8 @@ class ResponseCapture:
         self._opaque = False
         self._sse: SseParser | None = None
         self._stream: StreamReader | None = None
+        # The client got the stream only up to its last whole event (`stopped`).
+        self._stopped = False
         # The end of a compressed stream decoded past `MAX_DECODED_BYTES`; None until then.
         self._skimmed: Tail | None = None
         reader = _STREAM_READERS.get(request.api)
@@ -156,6 +159,11 @@ class ResponseCapture:
     def request(self) -> model.ParsedRequest:
         """The parsed request this response answers."""
         return self._request
+
+    def stopped(self) -> None:
+        """The proxy stopped the stream after the last whole event it relayed: an unfinished
+        event the parser holds never reached the client, and is not recorded."""
+        self._stopped = True
 
     def feed(self, chunk: bytes) -> None:
         """Take the next raw chunk of the body."""
@@ -283,7 +291,7 @@ class ResponseCapture:
         if self._skimmed is not None:
             if not self._capped:  # the kept end is the stream's real end: read its last events
                 self._read_stream_end(stream, self._skimmed.value())
-        elif not self._read_short:
+        elif not self._read_short and not self._stopped:
             for event, data in sse.close():
                 stream.on_event(event, data)
         stream.fill(response)
