@@ -40,7 +40,10 @@ def route_of(path: str) -> Route:
     Unknown paths get an empty api and operation; their provider is `anthropic` when the path
     says so (e.g. `/v1/messages/count_tokens`), else `openai`, the format most upstreams speak.
     """
-    clean = posixpath.normpath(unquote(path.partition("?")[0])).rstrip("/")
+    clean = path.partition("?")[0]
+    if "%" in clean or "/." in clean or "//" in clean:  # rare: most paths are read as they are
+        clean = posixpath.normpath(unquote(clean))
+    clean = clean.rstrip("/")
     for suffix, found in _SUFFIXES:
         if clean.endswith(suffix):
             return found
