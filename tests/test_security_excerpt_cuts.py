@@ -10,6 +10,8 @@ import json
 
 import pytest
 
+from llmtrace.capture.accumulate import Budget
+from llmtrace.capture.content_filter import masked_within
 from llmtrace.security.analyze import ML_PROMPT_INJECTION, Analyzer
 from llmtrace.security.exchange import Exchange, Text
 from llmtrace.security.masking import MASK_MARGIN, masked_prefix
@@ -62,3 +64,12 @@ def test_an_argument_name_holding_secrets_is_shown_masked() -> None:
     findings = find_tool_call_risks("run", arguments, "request.messages[0].tool_calls[0].arguments")
     assert findings
     assert all("ghp_abc" not in f.location and "ghp_abc" not in f.excerpt for f in findings)
+
+
+@pytest.mark.parametrize("room", [10, 100, 1000])
+def test_redacted_text_cut_to_its_budget_keeps_no_fragment_of_a_secret(room: int) -> None:
+    text = "x " * (room // 2) + PEM + " " + TOKEN + " " + "y" * (2 * MASK_MARGIN)
+    budget = Budget(room)
+    kept = masked_within(text, budget)
+    assert len(kept) <= room and budget.truncated
+    assert "ghp_abc" not in kept and "MIIE" not in kept

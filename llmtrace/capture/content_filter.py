@@ -14,16 +14,11 @@ from __future__ import annotations
 from typing import Final
 
 from llmtrace.capture.accumulate import Budget
-from llmtrace.security.masking import mask_sensitive
+from llmtrace.security.masking import MASK_MARGIN, mask_sensitive, masked_prefix
 
 BODIES_FULL: Final = "full"
 BODIES_REDACTED: Final = "redacted"
 BODIES_METADATA: Final = "metadata"
-
-# When a text is cut before masking, the last characters of the masked text are dropped too: a
-# secret straddling the first cut may have escaped masking. Longer than any masked pattern but
-# private keys, which match up to the end of the text when their END line is cut away.
-_MASK_MARGIN = 8 * 1024
 
 
 def normalize_mode(bodies: str) -> str:
@@ -68,8 +63,8 @@ def masked_within(value: str, budget: Budget) -> str:
     if room == 0:
         budget.truncated = True
         return ""
-    if len(value) <= room + _MASK_MARGIN:
-        return mask_sensitive(value)
-    masked = mask_sensitive(value[: room + _MASK_MARGIN])
-    budget.truncated = True
-    return masked[: min(room, max(len(masked) - _MASK_MARGIN, 0))]
+    masked = masked_prefix(value, room)
+    if len(value) > room + MASK_MARGIN:
+        budget.truncated = True
+        return masked[:room]
+    return masked
