@@ -91,7 +91,8 @@ def core_in_background(settings: Settings) -> bool:
 
     Not when inline enforcement asks the core (`enforcement.depth: full`): the core is then on
     the clients' path, and in the background a busy machine would time its answers out, so that
-    requests pass unchecked (the check fails open) exactly when the proxy is loaded.
+    requests would be checked by the regex tiers alone (the proxy's fallback), without the
+    classifier, exactly when the proxy is loaded.
     """
     if settings.core_priority != "background":
         return False
