@@ -42,6 +42,10 @@ _AWS_SECRET = re.compile(
 _AWS_SECRET_CONTEXT = re.compile(r"aws|secret[_ ]?access[_ ]?key|secretaccesskey")
 _GITHUB = re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b")
 _SLACK = re.compile(r"\bxox[abposre]-[A-Za-z0-9-]{10,}")
+# The secret path of an incoming webhook (the host is kept), as secrets.py reports it.
+_SLACK_WEBHOOK = re.compile(
+    r"(?<=hooks\.slack\.com/services/)T[A-Z0-9]{8,12}/B[A-Z0-9]{8,12}/[A-Za-z0-9]{24}(?![A-Za-z0-9])"
+)
 _ANTHROPIC = re.compile(r"\bsk-ant-[A-Za-z0-9_-]{20,}")
 _OPENAI = re.compile(r"\bsk-(?:proj-|svcacct-|admin-|None-)?[A-Za-z0-9_-]{20,}")
 _STRIPE = re.compile(r"\b[rs]k_(?:live|test)_[A-Za-z0-9]{20,255}\b")
@@ -85,10 +89,13 @@ _IBAN = re.compile(r"\b[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]{4}){2,7}(?: ?[A-Za-z0-9]
 # Digits in any grouping with spaces, hyphens, en dashes (U+2013, as word processors write `-`) or dots;
 # dots only in groups of four (or Amex's 4-6-5), checked after the match: `1700000000.123`, a timestamp,
 # is no card. One separator class, not alternatives per grouping: this runs at every digit.
-_CARD = re.compile(r"(?<![\d\u2013-])\d(?:[ .\u2013-]?\d){12,18}(?![\d\u2013-])", _A)
+# The whole run of 13 or more digits (possessive: a run is read once, never re-split by backtracking),
+# then `_card_spans` finds the cards in it. A run bounded at 19 digits took a number written before a
+# card (`2024-01-05 4532 0151 1283 0366`, `Card 2 4532 ...`) as the card's first digits, failed Luhn
+# and moved past the card. Not after `+`: `+4915112345678` is a phone number.
+_CARD = re.compile(r"(?<![\d\u2013+-])\d(?:[ .\u2013-]?\d){12,}+", _A)
 _DOTTED_CARD = re.compile(r"\d{4}\.\d{4}\.\d{4}\.\d{1,7}|\d{4}\.\d{6}\.\d{5}", _A)
-# Inside a run whose dots do not group a card (`1.4532...`, `...0366.25`): cards between the dots.
-_UNDOTTED_CARD = re.compile(r"(?<![\d\u2013-])\d(?:[ \u2013-]?\d){12,18}(?![\d\u2013-])", _A)
+_CARD_GROUP_SEPARATOR = re.compile("[ \u2013-]")
 _CARD_SEPARATORS: Final = str.maketrans("", "", " -\u2013.")
 _SSN = re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])")
 # As pii.py finds them: undashed only just after words naming one (nine digits are otherwise an
@@ -98,8 +105,12 @@ _SSN_CONTEXT = re.compile(r"\b(?:ssn|social security)\b", _A)
 # Upper or lower case (`ab 12 34 56 c`); the prefix is validated in capitals.
 _NINO = re.compile(r"\b([A-Za-z]{2})( ?)(\d{2})\2(\d{2})\2(\d{2})\2([A-Da-d])\b", _A)
 _NINO_DIGITS = re.compile(r"\d\d ?\d\d ?\d\d")
+# After a country code the first group may be one digit (`+33 1 42 68 53 00`, `+353 1 234 5678`,
+# `+31 6 12345678`): pii.py reports these, and masking left them in clear.
 _PHONE = re.compile(
-    r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,4}(?!\w)", _A
+    r"(?<![\w+])(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}|(?:\(\d{1,4}\)[ .-]?)?\d{2,4})"
+    r"(?:[ .-]?\d{2,4}){1,4}(?!\w)",
+    _A,
 )
 # The pre-check for every digit-based pattern: a run of 9+ digits with separators.
 _DIGIT_RUN = re.compile(r"\d[\d ().+\u2013-]{7,}\d")
@@ -123,13 +134,54 @@ def _is_card(candidate: str) -> bool:
 
 
 def _card_spans(match: re.Match[str]) -> list[tuple[int, int]]:
-    """Where the card numbers in a `_CARD` match are: the whole match, or runs between its dots."""
+    """Where the card numbers in a `_CARD` match are: the whole match, or runs between its dots
+    (`1.4532...`, `...0366.25`: dots that do not group a card), or groups within those."""
     text = match.group()
+    pieces: list[tuple[int, str]] = [(match.start(), text)]
     if "." in text and _DOTTED_CARD.fullmatch(text) is None:
-        pieces = [(match.start() + m.start(), m.group()) for m in _UNDOTTED_CARD.finditer(text)]
-    else:
-        pieces = [(match.start(), text)]
-    return [(start, start + len(piece)) for start, piece in pieces if _is_card(piece)]
+        pieces, offset = [], match.start()
+        for piece in text.split("."):
+            pieces.append((offset, piece))
+            offset += len(piece) + 1
+    return [(start + s, start + e) for start, piece in pieces for s, e in _cards_in(piece)]
+
+
+def _cards_in(piece: str) -> list[tuple[int, int]]:
+    """Cards in a run of digit groups without dots: the whole run, else consecutive groups of three
+    to six digits (4-4-4-4, 4-6-5) or one group of 13 to 19, as people write cards; a number written
+    before a card (a date, a count) is left out. Small groups (`12 34 56 ...`) only count whole."""
+    if _is_card(piece):
+        return [(0, len(piece))]
+    groups = _CARD_GROUP_SEPARATOR.split(piece)
+    offsets = [0]
+    for group in groups[:-1]:
+        offsets.append(offsets[-1] + len(group) + 1)
+    spans: list[tuple[int, int]] = []
+    first = 0
+    while first < len(groups):
+        last = _card_end(groups, first)
+        if last is None:
+            first += 1
+            continue
+        spans.append((offsets[first], offsets[last] + len(groups[last])))
+        first = last + 1
+    return spans
+
+
+def _card_end(groups: list[str], first: int) -> int | None:
+    """The last group of a card that starts at group `first`, if one does (at most 19 digits on)."""
+    if len(groups[first]) < 3:
+        return None
+    digits = ""
+    for last in range(first, len(groups)):
+        if last > first and not (3 <= len(groups[last]) <= 6 and len(groups[first]) <= 6):
+            return None
+        digits += groups[last]
+        if len(digits) > 19:
+            return None
+        if len(digits) >= 13 and luhn_valid(digits):
+            return last
+    return None
 
 
 def _card(match: re.Match[str]) -> str:
@@ -295,10 +347,13 @@ def mask_sensitive(text: str) -> str:
         text, key_ids = _AWS.subn("[AWS_ACCESS_KEY]", text)
     if _may_hold_aws_secret(text, key_id=key_ids > 0):
         text = _AWS_SECRET.sub("[AWS_SECRET_KEY]", text)
-    if "gh" in text:
+    # "github_pat_" holds no "gh": fine-grained tokens need their own pre-check.
+    if "gh" in text or "_pat_" in text:
         text = _GITHUB.sub("[GITHUB_TOKEN]", text)
     if "xox" in text:
         text = _SLACK.sub("[SLACK_TOKEN]", text)
+    if "hooks.slack.com" in text:
+        text = _SLACK_WEBHOOK.sub("[SLACK_TOKEN]", text)
     if "sk-" in text:
         text = _ANTHROPIC.sub("[ANTHROPIC_KEY]", text)
         text = _OPENAI.sub("[OPENAI_KEY]", text)
@@ -389,10 +444,12 @@ def sensitive_spans(text: str) -> list[Span]:
     # says "AWS"): without it, a secret key pasted after its id was shown in excerpts.
     if _may_hold_aws_secret(text, key_id=bool(key_ids)):
         scan(_AWS_SECRET, "[AWS_SECRET_KEY]")
-    if "gh" in text:
+    if "gh" in text or "_pat_" in text:  # as in `mask_sensitive`
         scan(_GITHUB, "[GITHUB_TOKEN]")
     if "xox" in text:
         scan(_SLACK, "[SLACK_TOKEN]")
+    if "hooks.slack.com" in text:
+        scan(_SLACK_WEBHOOK, "[SLACK_TOKEN]")
     if "sk-" in text:
         scan(_ANTHROPIC, "[ANTHROPIC_KEY]")
         scan(_OPENAI, "[OPENAI_KEY]")

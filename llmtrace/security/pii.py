@@ -93,7 +93,9 @@ _FILE_TLDS: Final = frozenset({"png", "jpg", "jpeg", "gif", "svg", "webp", "ico"
 _GIT_HOSTS: Final = frozenset({"github.com", "gitlab.com", "bitbucket.org"})
 
 # Runs of digits in groups; cards are searched for inside them (a run may hold more than one number).
-_DIGIT_GROUPS: Final = re.compile(r"(?<![\w.,-])\d+(?:[ -]\d+)*(?![\w])", _A)
+# Not after `+`: `+4915112345678` is a phone number in E.164 (13 digits from a `4`: one in ten such
+# numbers passed Luhn and was reported as a Visa card).
+_DIGIT_GROUPS: Final = re.compile(r"(?<![\w.,+-])\d+(?:[ -]\d+)*(?![\w])", _A)
 # Upper or lower case (people paste `de89 3704 ...`); `_ibans` rejects mixed case, then validates.
 _IBAN: Final = re.compile(r"\b[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]{4}){2,7}(?: ?[A-Za-z0-9]{1,3})?\b", _A)
 _SSN_DASHED: Final = re.compile(r"(?<![\w-])(\d{3})-(\d{2})-(\d{4})(?![\w-])", _A)

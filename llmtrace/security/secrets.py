@@ -9,9 +9,10 @@ Placeholders are not: values that are low in entropy or read like `YOUR_KEY_HERE
 `${API_KEY}`, `os.environ[...]`, and the documentation examples `AKIAIOSFODNN7EXAMPLE` / `...EXAMPLEKEY`.
 Severities: private keys, AWS secret keys, live Stripe keys and provider API tokens (GitHub, GitLab,
 Slack, OpenAI, Anthropic, Google, Hugging Face, npm) are critical; AWS access key ids, Stripe test-mode
-keys (they cannot touch live data), JWTs, bearer tokens, assigned keys or passwords, and passwords in
-a URL's userinfo (`postgres://app:S3cr3t@db/prod`, `redis://:pw@host`: a working connection string,
-`url_credentials`; the excerpt keeps scheme, user and host) are high.
+keys (they cannot touch live data), Slack incoming-webhook URLs (`slack_token`, the path masked), JWTs,
+bearer tokens, assigned keys or passwords, and passwords in a URL's userinfo
+(`postgres://app:S3cr3t@db/prod`, `redis://:pw@host`: a working connection string, `url_credentials`;
+the excerpt keeps scheme, user and host) are high.
 """
 
 from __future__ import annotations
@@ -53,7 +54,14 @@ _AWS_KEY_ID: Final = re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b", _A)
 _AWS_SECRET: Final = re.compile(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])", _A)
 _AWS_SECRET_CONTEXT: Final = re.compile(r"aws|secret[_ ]?access[_ ]?key|secretaccesskey", _A)
 _GITHUB: Final = re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b", _A)
-_SLACK: Final = re.compile(r"\bxox[baprs]-[A-Za-z0-9-]{10,}", _A)
+# Bot, user, app, refresh (`xoxr`), legacy (`xoxs`) and rotation (`xoxe-1-...`) tokens; masking.py
+# masked `xoxe-` tokens, which were not reported here.
+_SLACK: Final = re.compile(r"\bxox[baprse]-[A-Za-z0-9-]{10,}", _A)
+# An incoming webhook's path (workspace id, bot id, 24-character secret): whoever holds the URL posts
+# into the channel. The span is the path, so that the excerpt keeps the host.
+_SLACK_WEBHOOK: Final = re.compile(
+    r"(?<=hooks\.slack\.com/services/)T[A-Z0-9]{8,12}/B[A-Z0-9]{8,12}/[A-Za-z0-9]{24}(?![A-Za-z0-9])", _A
+)
 # At the start of a run of base64url characters, or after a `-` (`token-eyJ...`, a diff line) with
 # a header free of `-`: an "eyJ" anywhere in a run, tried at every one of a long run without a dot,
 # would read to its end each time (quadratic); these attempts read to the next `-` at most.
@@ -64,6 +72,7 @@ _JWT: Final = re.compile(
 )
 #: Longest header segment (base64url characters) that is decoded: 8 KB.
 _JWT_HEADER_MAX: Final = 8192
+_KEY_RUN: Final = re.compile(r"[A-Za-z0-9]{16,}", _A)
 _ANTHROPIC: Final = re.compile(r"\bsk-ant-[A-Za-z0-9_-]{20,}", _A)
 _OPENAI: Final = re.compile(r"\bsk-(?!ant-)(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}", _A)
 # Stripe secret (`sk_`) and restricted (`rk_`) keys; publishable `pk_` keys are public by design.
@@ -197,14 +206,19 @@ def _tokens(text: str) -> Iterator[Match]:
             # Real Slack tokens carry numeric workspace/user ids; `xoxb-your-token-here` does not.
             if sum(c.isdigit() for c in token) >= 8 and shannon_entropy(token) >= 3.0:
                 yield _match(m.start(), m.end(), "slack_token", Severity.CRITICAL, 0.9)
+    if "hooks.slack.com" in text:
+        for m in _SLACK_WEBHOOK.finditer(text):
+            # High, not critical: a webhook posts into one channel and reads nothing.
+            if _random_body(m.group().rsplit("/", 1)[1]):
+                yield _match(m.start(), m.end(), "slack_token", Severity.HIGH, 0.9)
     if "sk-" in text:
         for m in _ANTHROPIC.finditer(text):
             body = m.group()[len("sk-ant-") :]
-            if shannon_entropy(body) >= 3.5 and not _looks_placeholder(body):
+            if shannon_entropy(body) >= 3.5 and not _looks_placeholder(body) and _has_key_run(body):
                 yield _match(m.start(), m.end(), "anthropic_key", Severity.CRITICAL, 0.95)
         for m in _OPENAI.finditer(text):
             body = m.group()[3:]
-            if shannon_entropy(body) >= 3.5 and not _looks_placeholder(body):
+            if shannon_entropy(body) >= 3.5 and not _looks_placeholder(body) and _has_key_run(body):
                 yield _match(m.start(), m.end(), "openai_key", Severity.CRITICAL, 0.9)
     # A one-character test (a `memchr`) is ten times cheaper than a longer one: "_" and "z", rare in
     # prose, spare most texts the searches for the prefixes.
@@ -233,6 +247,14 @@ def _tokens(text: str) -> Iterator[Match]:
             # Twenty characters carry at most 4.3 bits each: a lower bar than for longer tokens.
             if _random_body(m.group()[6:], 3.2):
                 yield _match(m.start(), m.end(), "gitlab_token", Severity.CRITICAL, 0.95)
+
+
+def _has_key_run(body: str) -> bool:
+    """Whether a `sk-` key's body holds random key material: a run of 16 or more letters and digits
+    with a digit or a capital in it. Names that start with `sk-` (`sk-react-components-library-v2`,
+    a branch `sk-ant-feature-request-handling`) are short lower-case words between hyphens; real keys
+    (OpenAI's 48 characters or `proj-` payload, Anthropic's 95) are one or a few long mixed runs."""
+    return any(not (run.isalpha() and run.islower()) for run in _KEY_RUN.findall(body))
 
 
 def _random_body(body: str, min_entropy: float = 3.5) -> bool:

@@ -265,6 +265,9 @@ _RULES: Final[tuple[_Rule, ...]] = (
         Severity.CRITICAL,
         0.9,
         r"/dev/tcp/|\b(?:nc|ncat|netcat)\s+(?:-[a-z]+\s+){0,4}[^\s]+\s+\d+\s+(?:-[a-z]+\s+){0,4}-e\s|\bbash\s+-i\s+>&"
+        # The program to run given before the host, as the usual one-liner has it (`nc -e /bin/sh
+        # HOST PORT`, ncat's `-c` / `--sh-exec` / `--exec`): only `nc HOST PORT -e` was found.
+        r"|\b(?:nc|ncat|netcat)(?:\s+-[a-z]+){0,4}\s+(?:-[a-z]*e|-c|--exec|--sh-exec)\s+\S"
         r"|\bsocat\s+[^\n]{0,300}?exec:",
     ),
     _rule(
@@ -309,7 +312,9 @@ _RULES: Final[tuple[_Rule, ...]] = (
         0.85,
         r"\b(?:file|gopher|dict|ldap|jar|netdoc)://|\b169\.254\.169\.254\b|\bmetadata\.google\.internal\b"
         # The metadata address as an IPv4-mapped IPv6 host (`http://[::ffff:a9fe:a9fe]/`).
-        r"|\[(?:0{0,4}:){2,5}ffff:(?:a9fe:a9fe|169\.254\.169\.254)\]",
+        r"|\[(?:0{0,4}:){2,5}ffff:(?:a9fe:a9fe|169\.254\.169\.254)\]"
+        # EC2's metadata service over IPv6 (Nitro instances): the same credentials, a raw IP URL before.
+        r"|\[fd00:ec2::254\]",
     ),
     _rule(
         "exfil_host",
