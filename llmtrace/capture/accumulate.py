@@ -86,14 +86,29 @@ class ToolCallAccumulator:
 class ChoiceAccumulator:
     """One choice (or content block sequence) assembled from deltas."""
 
-    __slots__ = ("content", "finish_reason", "function_call", "reasoning", "refusal", "role", "tool_calls")
+    __slots__ = (
+        "audio",
+        "call_keys",
+        "content",
+        "finish_reason",
+        "function_call",
+        "reasoning",
+        "refusal",
+        "role",
+        "tool_calls",
+    )
 
     def __init__(self) -> None:
         self.role = "assistant"
         self.content = TextAccumulator()
         self.refusal = TextAccumulator()
         self.reasoning = TextAccumulator()
+        #: The transcript of an audio answer (`delta.audio.transcript`): what the model said.
+        self.audio = TextAccumulator()
         self.tool_calls: dict[int, ToolCallAccumulator] = {}
+        #: The stream's tool call index -> the key of the call its deltas continue, where the two
+        #: differ (a server reusing one index for several calls, see `stream_openai`).
+        self.call_keys: dict[int, int] = {}
         self.function_call: ToolCallAccumulator | None = None
         self.finish_reason = ""
 
@@ -105,8 +120,8 @@ class ChoiceAccumulator:
         return call
 
     def to_choice(self, index: int) -> model.Choice:
-        """The finished choice; parts in the order reasoning, text, refusal (reasoning streams
-        before the answer; `response_json` orders a whole message the same way)."""
+        """The finished choice; parts in the order reasoning, text, refusal, audio transcript
+        (reasoning streams before the answer; `response_json` orders a whole message the same way)."""
         parts: list[model.Part] = []
         if self.reasoning.pieces:
             parts.append(model.Part(model.PART_REASONING, text=self.reasoning.text()))
@@ -114,6 +129,8 @@ class ChoiceAccumulator:
             parts.append(model.Part(model.PART_TEXT, text=self.content.text()))
         if self.refusal.pieces:
             parts.append(model.Part(model.PART_REFUSAL, text=self.refusal.text()))
+        if self.audio.pieces:
+            parts.append(model.Part(model.PART_AUDIO, text=self.audio.text()))
         calls = [self.tool_calls[i].to_model() for i in sorted(self.tool_calls)]
         if self.function_call is not None:
             calls.append(self.function_call.to_model())

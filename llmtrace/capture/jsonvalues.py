@@ -86,6 +86,14 @@ def to_json_text(value: object) -> str:
     try:
         return orjson.dumps(value).decode()
     except (TypeError, orjson.JSONEncodeError):
+        pass
+    # orjson writes at most 254 levels of nesting (it reads 1024) and no integer past 64 bits
+    # (which the standard library's reader, `loads`' fallback, gives): the standard library's
+    # writer, compact as orjson's, keeps such values rather than losing the whole text (lone
+    # surrogates, which orjson refuses too, made valid for protobuf).
+    try:
+        return _clean(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+    except (TypeError, ValueError, RecursionError):
         return ""
 
 

@@ -10,6 +10,10 @@ from llmtrace.capture.jsonvalues import as_dict, as_list, as_str, first_given, t
 # Part types that carry text, by their name in any of the three APIs.
 _TEXT_TYPES = frozenset({"text", "input_text", "output_text", "summary_text"})
 
+#: Anthropic content blocks that call a tool with an `input` object: the client's own tools, the
+#: server tools (web search, web fetch, code execution) and the MCP connector's tools.
+ANTHROPIC_TOOL_CALLS = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
+
 
 def image_part(url: str, mime: str = "") -> model.Part:
     """An image part; inline `data:` URIs are not stored (span.proto), only their MIME type."""

@@ -13,7 +13,7 @@ from llmtrace.capture.jsonvalues import (
     as_str,
     to_json_text,
 )
-from llmtrace.capture.parts import content_part, text_parts
+from llmtrace.capture.parts import ANTHROPIC_TOOL_CALLS, content_part, text_parts
 
 
 def read_messages(body: JsonObject, request: model.ParsedRequest) -> None:
@@ -60,7 +60,7 @@ def _messages(role: str, content: object) -> list[model.Message]:
     for item in as_list(content):
         block = as_dict(item)
         kind = block.get("type")
-        if kind == "tool_use":
+        if kind in ANTHROPIC_TOOL_CALLS:  # server and MCP tool calls are replayed in history too
             arguments = to_json_text(block.get("input"))
             call = model.ToolCall(as_str(block.get("id")), "function", as_str(block.get("name")), arguments)
             message.tool_calls.append(call)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from llmtrace.capture import model
 from llmtrace.capture.accumulate import Budget
 from llmtrace.capture.jsonvalues import JsonObject, as_dict, as_int, as_list, as_str, loads, to_json_text
-from llmtrace.capture.parts import legacy_function_call, openai_tool_calls, text_parts
+from llmtrace.capture.parts import ANTHROPIC_TOOL_CALLS, legacy_function_call, openai_tool_calls, text_parts
 from llmtrace.capture.request_openai import response_item
 from llmtrace.capture.usage import anthropic_usage, openai_usage
 
@@ -19,7 +19,11 @@ def read_error(body: JsonObject, response: model.ParsedResponse) -> bool:
     """Fill the upstream error of an OpenAI (`{"error": {...}}`) or Anthropic
     (`{"type": "error", "error": {...}}`) error body; False when `body` is not one."""
     error = body.get("error")
-    if not error or (body.get("type") not in (None, "error")):
+    if not error and body.get("object") == "error" and isinstance(body.get("message"), str):
+        # vLLM before 0.10 (and servers built on its protocol) put the error's fields at the
+        # top level: `{"object": "error", "message": ..., "type": "BadRequestError", "code": 400}`.
+        error = body
+    elif not error or (body.get("type") not in (None, "error")):
         return False
     if isinstance(error, str):  # some OpenAI-compatible servers send a bare message
         response.error_message = error
@@ -69,7 +73,7 @@ def read_messages(body: JsonObject, response: model.ParsedResponse, budget: Budg
     message = model.Message(as_str(body.get("role")) or "assistant")
     for raw in as_list(body.get("content")):
         block = as_dict(raw)
-        if block.get("type") in ("tool_use", "server_tool_use"):
+        if block.get("type") in ANTHROPIC_TOOL_CALLS:
             arguments = budget.take(to_json_text(block.get("input")))
             message.tool_calls.append(
                 model.ToolCall(as_str(block.get("id")), "function", as_str(block.get("name")), arguments)
@@ -159,6 +163,10 @@ def _chat_message(raw: JsonObject, budget: Budget) -> model.Message:
     refusal = raw.get("refusal")
     if isinstance(refusal, str) and refusal:
         parts.append(model.Part(model.PART_REFUSAL, text=budget.take(refusal)))
+    # An audio answer (`modalities: ["audio"]`) has no `content`: its transcript is the text.
+    transcript = as_dict(raw.get("audio")).get("transcript")
+    if isinstance(transcript, str) and transcript:
+        parts.append(model.Part(model.PART_AUDIO, text=budget.take(transcript)))
     calls = openai_tool_calls(raw.get("tool_calls")) or legacy_function_call(raw.get("function_call"))
     for call in calls:
         call.arguments = budget.take(call.arguments)

@@ -7,7 +7,7 @@ from llmtrace.capture import model
 from llmtrace.capture.accumulate import TextAccumulator, ToolCallAccumulator
 from llmtrace.capture.estimate import text_tokens
 from llmtrace.capture.jsonvalues import as_dict, as_int, as_str, to_json_text
-from llmtrace.capture.parts import content_part
+from llmtrace.capture.parts import ANTHROPIC_TOOL_CALLS, content_part
 from llmtrace.capture.stream_base import MAX_SLOTS, StreamReader, event_object
 from llmtrace.capture.usage import anthropic_usage
 
@@ -62,7 +62,7 @@ class AnthropicStream(StreamReader):
             return
         block = as_dict(payload.get("content_block"))
         kind = as_str(block.get("type"))
-        if kind in ("tool_use", "server_tool_use"):
+        if kind in ANTHROPIC_TOOL_CALLS:
             call = ToolCallAccumulator(as_str(block.get("id")), as_str(block.get("name")))
             initial = block.get("input")
             if initial:  # usually `{}`, the arguments follow as input_json_delta pieces

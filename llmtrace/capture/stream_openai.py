@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from llmtrace.capture import model
 from llmtrace.capture.accumulate import ChoiceAccumulator, ToolCallAccumulator
-from llmtrace.capture.jsonvalues import as_dict, as_int, as_list, as_str
+from llmtrace.capture.jsonvalues import as_dict, as_int, as_list, as_str, first_given
 from llmtrace.capture.parts import content_part
 from llmtrace.capture.stream_base import MAX_SLOTS, StreamReader, event_object
 from llmtrace.capture.usage import openai_usage
@@ -31,10 +31,12 @@ class ChatStream(StreamReader):
         error = chunk.get("error")
         # An error sent mid-stream ends the answer. By its value, not its key: some
         # OpenAI-compatible providers put `"error": null` in every chunk (as `read_error` does).
+        # Its choices are still read: OpenRouter's error chunk ends them with `"finish_reason":
+        # "error"`.
         if error:
             self.set_error(error)
-            return
-        usage = chunk.get("usage")
+        # Groq reports a stream's usage in its last chunk's `x_groq.usage`, not in `usage`.
+        usage = chunk.get("usage") or as_dict(chunk.get("x_groq")).get("usage")
         if usage:
             self.usage = openai_usage(usage)
         for raw in as_list(chunk.get("choices")):
@@ -90,26 +92,44 @@ class ChatStream(StreamReader):
             choice.reasoning.add(reasoning, self.budget)
             if self.on_reasoning is not None:
                 self.on_reasoning(index, reasoning)
+        # An audio answer streams its transcript (beside base64 `data`, not kept) under `audio`.
+        transcript = as_dict(delta.get("audio")).get("transcript")
+        if isinstance(transcript, str) and transcript:
+            self.deltas += 1
+            choice.audio.add(transcript, self.budget)
+            if self.on_text is not None:
+                self.on_text(index, transcript)
         for position, raw in enumerate(as_list(delta.get("tool_calls"))):
             item = as_dict(raw)
+            # A custom (freeform) tool's call streams its name and `input` under `custom`.
+            function = as_dict(item.get("function")) or as_dict(item.get("custom"))
+            item_id = as_str(item.get("id"))
+            name = as_str(function.get("name"))
             call_index = as_int(item.get("index"))
-            key = position if call_index is None else call_index
-            if call_index is None and choice.tool_calls:
-                # No index (some OpenAI-compatible servers): a delta with a new id starts the next
-                # call; one without continues the latest.
-                latest = max(choice.tool_calls)
-                item_id = as_str(item.get("id"))
-                opened = item_id and choice.tool_calls[latest].id not in ("", item_id)
-                key = latest + 1 if opened else latest
+            if call_index is None:
+                key = position
+                if choice.tool_calls:
+                    # No index (some OpenAI-compatible servers): a delta with a new id starts the
+                    # next call; one without continues the latest.
+                    latest = max(choice.tool_calls)
+                    opened = item_id and choice.tool_calls[latest].id not in ("", item_id)
+                    key = latest + 1 if opened else latest
+            else:
+                key = choice.call_keys.get(call_index, call_index)
+                current = choice.tool_calls.get(key)
+                if current is not None and item_id and name and current.id not in ("", item_id):
+                    # Ollama gives every parallel call `index: 0`: a delta opening a call (its own
+                    # id and a name) at an index another call holds is the next call, and the
+                    # index's later deltas continue it.
+                    key = choice.call_keys[call_index] = max(choice.tool_calls) + 1
             if key not in choice.tool_calls and not self.claim_slot():
                 continue
             call = choice.tool_call(key)
-            function = as_dict(item.get("function"))
-            call.merge_ids(as_str(item.get("id")), as_str(function.get("name")))
+            call.merge_ids(item_id, name)
             kind = as_str(item.get("type"))
             if kind:
                 call.type = kind
-            self._arguments(call, function.get("arguments"), index, key)
+            self._arguments(call, first_given(function, "arguments", "input"), index, key)
         function_call = as_dict(delta.get("function_call"))  # legacy functions
         if function_call:
             if choice.function_call is None:
