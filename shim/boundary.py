@@ -8,9 +8,9 @@ developer) message, or sent as a new system message at the front when the reques
 nonce cannot be guessed by whoever wrote the content, so the content cannot close the block early.
 Bodies that are not a JSON object, and other routes, pass through untouched. So do bodies a
 rewrite could alter beyond the wrapping: JSON the fast parser cannot read exactly (escaped lone
-surrogates; integers beyond 64 bits, which it would turn into floats) is forwarded byte for byte,
-and the proxy counts it as skipped. In shadow mode nothing changes; the proxy only counts what
-would have been wrapped.
+surrogates; integers beyond 64 bits, which it would turn into floats; nesting deeper than the 254
+levels it writes) is forwarded byte for byte, and the proxy counts it as skipped. In shadow mode
+nothing changes; the proxy only counts what would have been wrapped.
 """
 
 from __future__ import annotations
@@ -56,11 +56,14 @@ class Wrapped:
 class BoundaryDefense:
     """`boundary_defense.*` for one worker."""
 
-    __slots__ = ("roles", "shadow")
+    __slots__ = ("_role_value", "roles", "shadow")
 
     def __init__(self, settings: BoundaryDefenseSettings) -> None:
         self.roles = frozenset(role.lower() for role in settings.wrap_roles)
         self.shadow = settings.shadow_mode
+        #: `"role": "tool"` (a wrapped role) in a body too deep to read.
+        names = b"|".join(re.escape(role.encode()) for role in sorted(self.roles)) or b"(?!)"
+        self._role_value = re.compile(rb'"role"\s*:\s*"(?:' + names + rb')"', re.IGNORECASE)
 
     def _targets(self, data: object) -> tuple[list[Any], list[int]]:
         """The messages list of a chat request and the indexes of the messages to wrap."""
@@ -90,7 +93,13 @@ class BoundaryDefense:
                 # Read as loosely as upstreams read (a byte-order mark, UTF-16, stray bytes that
                 # some decoders replace): content to wrap that cannot be is counted as skipped.
                 fallback = json.loads(body.decode(json.detect_encoding(body), "replace"))
-            except (ValueError, RecursionError):
+            except RecursionError:
+                # Nested deeper than either reader goes (Go's reads 10,000 levels): whether it
+                # holds content to wrap can only be told from its text.
+                if self._role_value.search(body):
+                    return Wrapped(0, skipped=SKIP_UNSUPPORTED_JSON)
+                return Wrapped(0)
+            except ValueError:
                 return Wrapped(0)  # not JSON: the upstream will say so
             if self._targets(fallback)[1]:
                 return Wrapped(0, skipped=SKIP_UNSUPPORTED_JSON)
@@ -101,6 +110,9 @@ class BoundaryDefense:
         if _LONG_DIGITS.search(body) and _has_large_number(data):
             return Wrapped(0, skipped=SKIP_LARGE_NUMBER)
         if self.shadow:
+            # What enabled mode would do: a body it could not write back is skipped, not wrapped.
+            if _dumps(data) is None:
+                return Wrapped(0, skipped=SKIP_UNSUPPORTED_JSON)
             return Wrapped(len(targets))
         nonce = secrets.token_hex(8)
         open_tag, close_tag = f"<<data-{nonce}>>", f"<</data-{nonce}>>"
@@ -109,7 +121,19 @@ class BoundaryDefense:
             message["content"] = _wrap(message["content"], open_tag, close_tag)
             messages[i] = message
         _add_reminder(messages, REMINDER.format(open=open_tag, close=close_tag))
-        return Wrapped(len(targets), orjson.dumps(data), nonce)
+        rewritten = _dumps(data)
+        if rewritten is None:
+            return Wrapped(0, skipped=SKIP_UNSUPPORTED_JSON)
+        return Wrapped(len(targets), rewritten, nonce)
+
+
+def _dumps(data: object) -> bytes | None:
+    """`data` as JSON, or None where orjson cannot write it: it reads 1024 levels of nesting but
+    writes only 254, so a body it read may not be one it can write back."""
+    try:
+        return orjson.dumps(data)
+    except orjson.JSONEncodeError:
+        return None
 
 
 def _add_reminder(messages: list[Any], reminder: str) -> None:
