@@ -118,13 +118,6 @@ async def _post_blocking(
         return reply.status, len(stack.upstream.requests)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="llmtrace/capture parses a Responses `mcp_call` item's `output` (what the MCP server "
-    "returned) as an assistant turn, so the injection tiers never read it, while a "
-    "`function_call_output` or `local_shell_call_output` is read as tool/user text; the fix is in "
-    "the request parser (llmtrace/capture), not in shim/",
-)
 async def test_an_injection_returned_by_an_mcp_tool_in_a_responses_request_is_blocked(tmp_path: Path) -> None:
     body = {
         "model": "gpt-4o",
@@ -146,12 +139,6 @@ async def test_an_injection_returned_by_an_mcp_tool_in_a_responses_request_is_bl
     assert (status, forwarded) == (403, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="llmtrace/capture reads no text from an Anthropic `web_fetch_tool_result` (the fetched "
-    "page, a document with a text source, replayed in the assistant turn): not even the secret "
-    "tiers run on it; the fix is in the request parser (llmtrace/capture), not in shim/",
-)
 async def test_a_secret_in_a_replayed_anthropic_web_fetch_result_is_blocked(tmp_path: Path) -> None:
     source = {"type": "text", "media_type": "text/plain", "data": f"key {GITHUB_TOKEN}"}
     page = {

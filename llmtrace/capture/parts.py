@@ -15,6 +15,13 @@ _TEXT_TYPES = frozenset({"text", "input_text", "output_text", "summary_text"})
 ANTHROPIC_TOOL_CALLS = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
 
 
+def is_anthropic_tool_result(kind: object) -> bool:
+    """Whether an Anthropic content block holds what a tool returned: the client's `tool_result`
+    and the server and MCP tools' results (`web_fetch_tool_result`, `mcp_tool_result`, ...), whose
+    text came from outside the conversation (a fetched page, a search, an MCP server)."""
+    return isinstance(kind, str) and kind.endswith("tool_result")
+
+
 def image_part(url: str, mime: str = "") -> model.Part:
     """An image part; inline `data:` URIs are not stored (span.proto), only their MIME type."""
     if url.startswith("data:"):
@@ -84,9 +91,16 @@ def nested_text(value: object, depth: int = 0) -> str:
         return "\n".join(text for item in value if (text := nested_text(item, depth + 1)))
     if not isinstance(value, dict):
         return ""
-    return "\n".join(
-        text for key in _TEXT_FIELDS if key in value and (text := nested_text(value[key], depth + 1))
-    )
+    texts = [text for key in _TEXT_FIELDS if key in value and (text := nested_text(value[key], depth + 1))]
+    # A document nested in a block (a page Anthropic's web fetch returned): a plain-text source's
+    # `data` is its text, and a content source's blocks hold it; other sources are base64.
+    source = value.get("source")
+    if isinstance(source, dict) and source.get("type") in ("text", "content"):
+        text = as_str(source.get("data")) if source.get("type") == "text" else ""
+        text = text or nested_text(source.get("content"), depth + 1)
+        if text:
+            texts.append(text)
+    return "\n".join(texts)
 
 
 def _anthropic_source(kind: str, source: dict[str, Any]) -> model.Part:

@@ -13,7 +13,7 @@ from llmtrace.capture.jsonvalues import (
     as_str,
     to_json_text,
 )
-from llmtrace.capture.parts import ANTHROPIC_TOOL_CALLS, content_part, text_parts
+from llmtrace.capture.parts import ANTHROPIC_TOOL_CALLS, content_part, is_anthropic_tool_result, text_parts
 
 
 def read_messages(body: JsonObject, request: model.ParsedRequest) -> None:
@@ -21,6 +21,8 @@ def read_messages(body: JsonObject, request: model.ParsedRequest) -> None:
 
     `tool_result` blocks (sent inside user messages) become `tool` messages of their own, before
     the rest of their user message, so that every span has the same shape whatever the provider.
+    A server or MCP tool's result replayed in an assistant turn (`web_fetch_tool_result`, ...)
+    becomes a `tool` message too, after the part of the turn that called it.
     """
     request.model = as_str(body.get("model"))
     params = request.parameters
@@ -67,6 +69,16 @@ def _messages(role: str, content: object) -> list[model.Message]:
         elif kind == "tool_result":
             result = block.get("content")
             parts = text_parts(result) if isinstance(result, str | list) else []
+            out.append(model.Message("tool", parts, tool_call_id=as_str(block.get("tool_use_id"))))
+        elif is_anthropic_tool_result(kind):
+            # A server or MCP tool's result replayed in the assistant turn: text from outside the
+            # conversation (a fetched page), checked as tool output, not as the model's own words.
+            # In the turn's order: the call and what came before it, then the result.
+            if message.parts or message.tool_calls:
+                out.append(message)
+                message = model.Message(role)
+            part = content_part(item)
+            parts = [part] if part is not None else []
             out.append(model.Message("tool", parts, tool_call_id=as_str(block.get("tool_use_id"))))
         else:
             part = content_part(item)

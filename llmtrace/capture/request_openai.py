@@ -98,7 +98,15 @@ def read_responses(body: JsonObject, request: model.ParsedRequest) -> None:
         request.messages.append(model.Message("user", [model.Part(model.PART_TEXT, text=items)]))
     for item in as_list(items):
         message = response_item(item)
-        if message is not None:
+        if message is None:
+            continue
+        if as_dict(item).get("type") == "mcp_call" and any(part.text for part in message.parts):
+            # What the MCP server returned is tool output the model reads next (an inbox, a page):
+            # checked as a tool message, as a `function_call_output` is, not as the model's words.
+            request.messages.append(model.Message("assistant", tool_calls=message.tool_calls))
+            call_id = message.tool_calls[0].id if message.tool_calls else ""
+            request.messages.append(model.Message("tool", message.parts, tool_call_id=call_id))
+        else:
             request.messages.append(message)
     for entry in as_list(body.get("tools")):
         tool = as_dict(entry)
