@@ -121,18 +121,13 @@ class Guard:
             else None
         )
         self._failopen_logged_at = -_FAILOPEN_LOG_INTERVAL_S
-        self._regex_verdict: Callable[[Exchange], Verdict] | None = None
-        if self._analysis is None:
-            self._regex()
+        # Loaded now at either depth, never on a request: depth `full` falls back to the regex
+        # tiers when the core does not answer, and importing them then stalled the event loop for
+        # about 70 ms, every client's requests with it, just when the core was in trouble. (A
+        # worker with no guard, `log` mode, never loads them.)
+        from llmtrace.security.tiers import regex_verdict  # noqa: PLC0415
 
-    def _regex(self) -> Callable[[Exchange], Verdict]:
-        if self._regex_verdict is None:
-            # Imported only when a worker scans here: `log` mode never loads the analysis stack,
-            # depth `full` only for a request too big for the core's Analyze.
-            from llmtrace.security.tiers import regex_verdict  # noqa: PLC0415
-
-            self._regex_verdict = regex_verdict
-        return self._regex_verdict
+        self._regex_verdict: Callable[[Exchange], Verdict] = regex_verdict
 
     @classmethod
     def from_settings(cls, settings: Settings, channel: grpc.aio.Channel | None) -> Guard | None:
@@ -177,7 +172,7 @@ class Guard:
             )
 
     async def _scan(self, exchange: Exchange, chars: int) -> Verdict:
-        regex_verdict = self._regex()
+        regex_verdict = self._regex_verdict
         if chars > _THREAD_CHARS:
             return await asyncio.to_thread(regex_verdict, exchange)
         return regex_verdict(exchange)

@@ -8,11 +8,12 @@ real functions.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from prometheus_client import REGISTRY
 
 from llmtrace.config.schema import BoundaryDefenseSettings, EnforcementSettings
@@ -174,3 +175,24 @@ async def test_a_secret_in_a_replayed_anthropic_web_fetch_result_is_blocked(tmp_
         tmp_path, "/v1/messages", body, ANTHROPIC_HEADERS, EnforcementSettings(mode="log", secrets="block")
     )
     assert (status, forwarded) == (403, 0)
+
+
+def test_a_guard_at_depth_full_loads_its_fallback_tiers_when_built_not_on_a_request() -> None:
+    """The first fall-back to the regex tiers imported them on the event loop (about 70 ms, every
+    client's requests stalled) just when the core was not answering."""
+    code = (
+        "import asyncio, sys\n"
+        "import grpc.aio\n"
+        "from llmtrace.config.schema import EnforcementSettings, Settings\n"
+        "from shim.guard import Guard\n"
+        "async def main() -> None:\n"
+        "    channel = grpc.aio.insecure_channel('127.0.0.1:9')\n"
+        "    settings = Settings(enforcement=EnforcementSettings(mode='block', depth='full'))\n"
+        "    before = 'llmtrace.security.tiers' in sys.modules\n"
+        "    Guard.from_settings(settings, channel)\n"
+        "    print(before, 'llmtrace.security.tiers' in sys.modules)\n"
+        "    await channel.close()\n"
+        "asyncio.run(main())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.split() == ["False", "True"]
