@@ -335,7 +335,13 @@ class Shipper:
                 continue
             batch = self._in_flight = self._cut_batch()
             try:
-                if len(self._spool) or (self._closing and self._core_ok is False):
+                # Sends holding the only copy of their batch (the spool refused one) fill the
+                # memory budget: this batch tries the spool first, and is dropped if refused too.
+                if (
+                    len(self._spool)
+                    or (self._closing and self._core_ok is False)
+                    or not self._room_uncopied(batch)
+                ):
                     await self._spool_in_order(batch)
                 else:
                     await self._deliver(batch)
@@ -394,7 +400,8 @@ class Shipper:
         refuses it (full, or unwritable) while the core answers is no reason to lose it: it is
         sent directly instead, ahead of the spool."""
         core_answers = self._core_ok is True
-        if await self._spool_write(batch, drop=not core_answers) is None and core_answers:
+        refused = await self._spool_write(batch, drop=not core_answers) is None
+        if refused and core_answers and self._may_send_uncopied(batch):
             _log.warning("the spool refused a batch; sent to the core directly", spans=batch.spans)
             await self._deliver(batch)
 
@@ -413,12 +420,35 @@ class Shipper:
             batch = self._in_flight = self._cut_batch()
             if over:
                 await self._spool_write(batch, drop=True)
-            elif await self._spool_write(batch, drop=False) is None:
+            elif await self._spool_write(batch, drop=False) is None and self._may_send_uncopied(batch):
                 # Spooled only to survive a SIGKILL: a spool without room for it is no reason to
                 # lose spans a slow core would still take, so they are sent (ahead of the spool).
                 _log.warning("the spool refused waiting spans; sent to the core", spans=batch.spans)
                 await self._deliver(batch)
             self._in_flight = None
+
+    def _room_uncopied(self, batch: _Batch) -> bool:
+        """Whether the sends that hold the only copy of their batch leave room for `batch`."""
+        held = sum(len(sent.payload) for sent in self._uncopied.values())
+        return held + len(batch.payload) <= self._settings.queue_max_bytes
+
+    def _may_send_uncopied(self, batch: _Batch) -> bool:
+        """Whether `batch`, refused by the spool, may go to the core with no copy on disk; if not,
+        it is dropped here (counted and logged). Slow sends of such batches hold them in memory
+        until the core answers: past `queue_max_bytes` of them, a core slower than the traffic
+        with a full spool would grow the worker without bound (150 MB in a minute, measured)."""
+        if self._room_uncopied(batch):
+            return True
+        held = sum(len(sent.payload) for sent in self._uncopied.values())
+        self._in_flight = None
+        metrics.SPANS_DROPPED.inc(batch.spans)
+        _log.error(
+            "spool full and the core slow: spans dropped",
+            spans=batch.spans,
+            spool_bytes=self._spool.bytes_used,
+            unacknowledged_bytes=held,
+        )
+        return False
 
     async def _spool_write(self, batch: _Batch, *, drop: bool) -> int | None:
         """`_to_spool`, finished even when close cancels the batcher meanwhile: the batch ends up

@@ -333,3 +333,32 @@ async def test_a_slow_send_the_spool_had_no_room_to_copy_is_spooled_when_it_ends
             left = _spooled_spans(settings)
     assert b.span_id in core.acknowledged or b.span_id in left
     assert _sample("llmtrace_shim_spans_dropped_total") == dropped
+
+
+async def test_sends_without_a_spooled_copy_hold_at_most_queue_max_bytes(tmp_path: Path) -> None:
+    # The spool is full and the core takes far longer than the traffic allows: each batch the
+    # spool refuses goes to the core with its only copy in the send. Those sends hold their spans
+    # in memory until the core answers; the worker grew by 150 MB a minute under such a load.
+    # Past `queue_max_bytes` of them, spans are dropped (counted), as a full spool means.
+    span_bytes = len(frame_span(make_span(tenant="acme").SerializeToString()))
+    budget = 4 * span_bytes
+    settings = _settings(tmp_path, batch_max_spans=2, queue_max_bytes=budget, rpc_timeout_ms=60_000)
+    dropped = _sample("llmtrace_shim_spans_dropped_total")
+    async with _ScriptedCore() as core:
+        spool = Spool.open(Path(settings.spool_dir), settings.spool_max_bytes)
+        _fill_the_disk(spool)
+        shipper = _shipper(settings, core.addr, spool)
+        await shipper.start()
+        warm = make_span(tenant="acme")
+        shipper.submit(warm)  # the core answers: a batch the spool refuses is sent, not dropped
+        await _until(lambda: warm.span_id in core.acknowledged)
+        core.delay_s = 60.0
+        started = time.monotonic()
+        while time.monotonic() - started < 5 * SLOW_SEND_S:
+            shipper.submit(make_span(tenant="acme"))
+            await asyncio.sleep(0.02)
+        await _until(lambda: _sample("llmtrace_shim_spans_dropped_total") > dropped, 5)
+        waiting = len(core.received) - len(core.acknowledged)
+        # One send may still be inside its first second (not yet counted as held): a batch more.
+        assert waiting * span_bytes <= budget + 2 * span_bytes
+        await shipper.close(0.1)
