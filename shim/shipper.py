@@ -427,26 +427,28 @@ class Shipper:
                 await self._deliver(batch)
             self._in_flight = None
 
+    def _uncopied_bytes(self) -> int:
+        """What the sends that hold the only copy of their batch (no spooled copy) keep in memory."""
+        return sum(len(sent.payload) for sent in self._uncopied.values())
+
     def _room_uncopied(self, batch: _Batch) -> bool:
-        """Whether the sends that hold the only copy of their batch leave room for `batch`."""
-        held = sum(len(sent.payload) for sent in self._uncopied.values())
-        return held + len(batch.payload) <= self._settings.queue_max_bytes
+        """Whether those sends leave room for `batch` within `queue_max_bytes`."""
+        return self._uncopied_bytes() + len(batch.payload) <= self._settings.queue_max_bytes
 
     def _may_send_uncopied(self, batch: _Batch) -> bool:
         """Whether `batch`, refused by the spool, may go to the core with no copy on disk; if not,
         it is dropped here (counted and logged). Slow sends of such batches hold them in memory
         until the core answers: past `queue_max_bytes` of them, a core slower than the traffic
-        with a full spool would grow the worker without bound (150 MB in a minute, measured)."""
+        with a full spool would grow the worker without bound (about 110 MB in a minute, measured)."""
         if self._room_uncopied(batch):
             return True
-        held = sum(len(sent.payload) for sent in self._uncopied.values())
         self._in_flight = None
         metrics.SPANS_DROPPED.inc(batch.spans)
         _log.error(
             "spool full and the core slow: spans dropped",
             spans=batch.spans,
             spool_bytes=self._spool.bytes_used,
-            unacknowledged_bytes=held,
+            unacknowledged_bytes=self._uncopied_bytes(),
         )
         return False
 

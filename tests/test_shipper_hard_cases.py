@@ -338,7 +338,7 @@ async def test_a_slow_send_the_spool_had_no_room_to_copy_is_spooled_when_it_ends
 async def test_sends_without_a_spooled_copy_hold_at_most_queue_max_bytes(tmp_path: Path) -> None:
     # The spool is full and the core takes far longer than the traffic allows: each batch the
     # spool refuses goes to the core with its only copy in the send. Those sends hold their spans
-    # in memory until the core answers; the worker grew by 150 MB a minute under such a load.
+    # in memory until the core answers; the worker grew by about 110 MB a minute under such a load.
     # Past `queue_max_bytes` of them, spans are dropped (counted), as a full spool means.
     span_bytes = len(frame_span(make_span(tenant="acme").SerializeToString()))
     budget = 4 * span_bytes
